@@ -1,0 +1,97 @@
+//! The `Admission` seam: who is calling, may they, and what they used.
+//!
+//! The server asks [`Admission::admit`] before routing; the returned [`Permit`] holds the reserved
+//! capacity (a request slot, estimated tokens, estimated spend) and is settled with the actual usage
+//! after the response. A permit dropped unsettled releases what it reserved, so a failed request
+//! costs nothing. gateway-governance implements it; [`AllowAll`] is the default.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::types::Usage;
+
+/// What admission needs to know about a request.
+#[derive(Debug, Clone)]
+pub struct AdmissionRequest<'a> {
+    /// The credential the client presented (`Authorization: Bearer` or `x-api-key`), if any.
+    pub presented_key: Option<&'a str>,
+    /// The model the client asked for.
+    pub model: &'a str,
+    /// The providers the request may reach (for provider allow-lists).
+    pub providers: &'a [&'a str],
+    /// Estimated input tokens.
+    pub estimated_input_tokens: u64,
+    /// Requested output limit.
+    pub max_output_tokens: u64,
+}
+
+/// Why a request is refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    /// No or an unknown key (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Model or provider not allowed (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// Request, token or concurrency limit reached (429).
+    #[error("{message}")]
+    RateLimited {
+        /// The explanation.
+        message: String,
+        /// When to retry.
+        retry_after: Duration,
+    },
+    /// Budget spent (402).
+    #[error("{message}")]
+    BudgetExceeded {
+        /// The explanation, naming the budget and its reset.
+        message: String,
+        /// When the budget resets, if it does.
+        resets_in: Option<Duration>,
+    },
+    /// The store is unavailable (503).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Capacity reserved for one request.
+pub trait Permit: Send + Sync {
+    /// The virtual key's name, for logs and metrics.
+    fn virtual_key(&self) -> Option<&str> {
+        None
+    }
+
+    /// Whether the caller is batch traffic (held back first when capacity is short).
+    fn is_batch(&self) -> bool {
+        false
+    }
+
+    /// Records the actual usage and cost, releasing the reservation.
+    fn settle(self: Box<Self>, usage: &Usage, cost_usd: f64);
+}
+
+/// Decides whether a request may proceed.
+#[async_trait]
+pub trait Admission: Send + Sync + 'static {
+    /// Admits or refuses; on admission, reserves capacity.
+    async fn admit(&self, request: &AdmissionRequest<'_>) -> Result<Box<dyn Permit>, Refusal>;
+}
+
+/// Admits everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AllowAll;
+
+struct NoPermit;
+
+impl Permit for NoPermit {
+    fn settle(self: Box<Self>, _usage: &Usage, _cost_usd: f64) {}
+}
+
+#[async_trait]
+impl Admission for AllowAll {
+    async fn admit(&self, _request: &AdmissionRequest<'_>) -> Result<Box<dyn Permit>, Refusal> {
+        Ok(Box::new(NoPermit))
+    }
+}

@@ -1,0 +1,1381 @@
+//! The balancer and failover engine.
+//!
+//! [`Engine`] holds an immutable [`Snapshot`] of providers, keys and routes behind `arc-swap`; a
+//! reload builds a new snapshot, carries over the [`Signals`] of keys whose identity did not change,
+//! and swaps it in atomically, so in-flight requests finish on the snapshot they started with.
+//!
+//! For each request the engine resolves the model to an ordered plan of targets (route targets in
+//! the route strategy's order, the route's fallbacks, the request's own fallbacks), picks a key of
+//! each target's provider with the provider's strategy, and walks the plan by the error classes of
+//! [`ProviderError::scope`]:
+//!
+//! - caller errors are returned at once;
+//! - key-scoped errors (429 of one key, 401) rest or disable that key and try another key;
+//! - transient errors (5xx, timeouts, connection errors) try another key of the same provider after
+//!   a backoff with jitter, at most `max_retries` times, then the next target;
+//! - provider-scoped errors (overloaded, account-wide throttling, unknown model) go to the next target.
+//!
+//! No (provider, key, model) candidate is tried twice, attempts are bounded by `max_attempts` and the
+//! request deadline. Streams fail over until their first chunk; after that an error ends the stream.
+
+use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use futures_core::Stream;
+use futures_util::StreamExt;
+use smallvec::SmallVec;
+
+use crate::error::{EngineError, FailoverScope, ProviderError, RateLimitScope};
+use crate::observe::{AttemptRecord, NoopObserver, Observer};
+use crate::provider::{Call, ChunkStream, Credential, Provider};
+use crate::ratelimit::RateLimitInfo;
+use crate::signals::{
+    AttemptOutcome, Availability, Clock, HealthConfig, InFlight, Signals, SignalsSnapshot,
+    TokioClock,
+};
+use crate::strategy::{Candidate, PickContext, Strategy, StrategyKind};
+use crate::types::{
+    ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, ModelInfo, Usage,
+};
+
+/// One credential of a provider.
+#[derive(Debug, Clone)]
+pub struct KeyConfig {
+    /// Name shown in logs, metrics and health (never the secret).
+    pub name: String,
+    /// The credential.
+    pub credential: Credential,
+    /// Share of traffic relative to the provider's other keys.
+    pub weight: u32,
+    /// Models this key may serve; `None` allows any.
+    pub models: Option<Vec<String>>,
+    /// Known requests-per-minute limit.
+    pub rpm: Option<u64>,
+    /// Known tokens-per-minute limit.
+    pub tpm: Option<u64>,
+}
+
+/// One upstream provider with its keys.
+#[derive(Clone)]
+pub struct ProviderConfig {
+    /// Unique name; clients address `name/model`.
+    pub name: String,
+    /// The adapter.
+    pub provider: Arc<dyn Provider>,
+    /// Its keys (at least one; a keyless local server has one key with [`Credential::None`]).
+    pub keys: Vec<KeyConfig>,
+    /// How keys are chosen.
+    pub strategy: StrategyKind,
+    /// Per-attempt timeout.
+    pub timeout: Duration,
+    /// Extra attempts at this provider after a transient error.
+    pub max_retries: u32,
+    /// Models this provider is known to serve (for `/v1/models` and bare-model routing).
+    pub models: Vec<String>,
+}
+
+impl std::fmt::Debug for ProviderConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderConfig")
+            .field("name", &self.name)
+            .field("kind", &self.provider.kind())
+            .field("keys", &self.keys)
+            .field("strategy", &self.strategy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A weighted target of a route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetConfig {
+    /// Provider name.
+    pub provider: String,
+    /// Upstream model id.
+    pub model: String,
+    /// Share of the route's traffic.
+    pub weight: u32,
+}
+
+/// A public model name mapped to targets and fallbacks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    /// The model name clients ask for.
+    pub name: String,
+    /// How targets are chosen.
+    pub strategy: StrategyKind,
+    /// Weighted targets.
+    pub targets: Vec<TargetConfig>,
+    /// Tried in order after the targets: `provider/model` or another route's name.
+    pub fallbacks: Vec<String>,
+}
+
+/// Retry and deadline settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryConfig {
+    /// First backoff before retrying the same provider.
+    pub backoff_base: Duration,
+    /// Largest backoff.
+    pub backoff_max: Duration,
+    /// Most attempts for one request, over all targets.
+    pub max_attempts: u32,
+    /// Overall deadline of one request.
+    pub request_timeout: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+            max_attempts: 8,
+            request_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Everything the engine is built from.
+#[derive(Debug, Clone, Default)]
+pub struct EngineConfig {
+    /// Providers.
+    pub providers: Vec<ProviderConfig>,
+    /// Routes.
+    pub routes: Vec<RouteConfig>,
+    /// Health tuning.
+    pub health: HealthConfig,
+    /// Retries and deadlines.
+    pub retry: RetryConfig,
+}
+
+/// A configuration the engine cannot use.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}", .problems.join("; "))]
+pub struct ConfigError {
+    /// One message per problem, naming the field.
+    pub problems: Vec<String>,
+}
+
+struct KeyEntry {
+    name: Arc<str>,
+    credential: Arc<Credential>,
+    weight: u32,
+    models: Option<HashSet<String>>,
+    rpm: Option<u64>,
+    tpm: Option<u64>,
+    signals: Arc<Signals>,
+}
+
+impl KeyEntry {
+    fn allows(&self, model: &str) -> bool {
+        self.models.as_ref().is_none_or(|m| m.contains(model))
+    }
+}
+
+struct ProviderEntry {
+    name: Arc<str>,
+    kind: Arc<str>,
+    provider: Arc<dyn Provider>,
+    keys: Vec<KeyEntry>,
+    strategy: Box<dyn Strategy>,
+    timeout: Duration,
+    max_retries: u32,
+    models: Vec<String>,
+    signals: Arc<Signals>,
+}
+
+struct TargetEntry {
+    provider: usize,
+    model: Arc<str>,
+    weight: u32,
+}
+
+struct RouteEntry {
+    name: Arc<str>,
+    targets: Vec<TargetEntry>,
+    fallbacks: Vec<String>,
+    strategy: Box<dyn Strategy>,
+}
+
+/// An immutable view of the configuration, swapped atomically on reload.
+pub struct Snapshot {
+    providers: Vec<ProviderEntry>,
+    provider_index: HashMap<String, usize>,
+    routes: HashMap<String, RouteEntry>,
+    bare_models: HashMap<String, Vec<usize>>,
+    health: HealthConfig,
+    retry: RetryConfig,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("providers", &self.providers.len())
+            .field("routes", &self.routes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Per-request options.
+#[derive(Debug, Clone, Default)]
+pub struct RequestOptions {
+    /// The gateway's request id.
+    pub request_id: Arc<str>,
+    /// W3C traceparent to forward.
+    pub traceparent: Option<Arc<str>>,
+    /// Fallbacks named by the request itself.
+    pub fallbacks: Vec<String>,
+    /// Only these providers may serve it (a virtual key's allow-list); empty means all.
+    pub allowed_providers: Vec<String>,
+    /// Fixed RNG seed (tests and simulations).
+    pub seed: Option<u64>,
+}
+
+/// Who served a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedBy {
+    /// Provider name.
+    pub provider: Arc<str>,
+    /// Provider kind.
+    pub provider_kind: Arc<str>,
+    /// Key name.
+    pub key: Arc<str>,
+    /// Upstream model id.
+    pub model: Arc<str>,
+}
+
+/// A successful answer and how it was obtained.
+#[derive(Debug)]
+pub struct Outcome<T> {
+    /// The answer.
+    pub value: T,
+    /// Who served it.
+    pub served_by: ServedBy,
+    /// Every attempt, the successful one last.
+    pub attempts: Vec<AttemptRecord>,
+    /// The route the model resolved to, if any.
+    pub route: Option<Arc<str>>,
+}
+
+/// A failure and the attempts that led to it.
+#[derive(Debug)]
+pub struct Failure {
+    /// What went wrong.
+    pub error: EngineError,
+    /// Every attempt made.
+    pub attempts: Vec<AttemptRecord>,
+    /// The route the model resolved to, if any.
+    pub route: Option<Arc<str>>,
+}
+
+impl From<Failure> for EngineError {
+    fn from(f: Failure) -> Self {
+        f.error
+    }
+}
+
+/// Health of one key, for the admin API and telemetry.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyHealth {
+    /// Key name.
+    pub name: String,
+    /// `available`, `resting`, `ejected` or `probing`.
+    pub state: &'static str,
+    /// Milliseconds until it comes back, if resting or ejected.
+    pub cooldown_ms: Option<u64>,
+    /// Configured weight.
+    pub weight: u32,
+    /// Live signals.
+    pub signals: SignalsSnapshot,
+    /// Share of this provider's picks so far.
+    pub share: f64,
+}
+
+/// Health of one provider.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProviderHealth {
+    /// Provider name.
+    pub name: String,
+    /// Provider kind.
+    pub kind: String,
+    /// Key strategy.
+    pub strategy: &'static str,
+    /// Provider-level state.
+    pub state: &'static str,
+    /// Milliseconds until it comes back, if ejected.
+    pub cooldown_ms: Option<u64>,
+    /// Provider-level signals.
+    pub signals: SignalsSnapshot,
+    /// Its keys.
+    pub keys: Vec<KeyHealth>,
+}
+
+/// The balancer and failover engine. Cheap to share (`Arc<Engine>`).
+pub struct Engine {
+    snapshot: ArcSwap<Snapshot>,
+    registry: Mutex<HashMap<String, Arc<Signals>>>,
+    clock: Arc<dyn Clock>,
+    observer: Arc<dyn Observer>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+fn state_name(a: Availability) -> &'static str {
+    match a {
+        Availability::Available => "available",
+        Availability::Ejected { .. } => "ejected",
+        Availability::Resting { .. } => "resting",
+        Availability::Probing => "probing",
+    }
+}
+
+impl Engine {
+    /// Builds an engine on tokio's clock with no observer.
+    pub fn new(config: EngineConfig) -> Result<Self, ConfigError> {
+        Self::with_parts(config, Arc::new(TokioClock::new()), Arc::new(NoopObserver))
+    }
+
+    /// Builds an engine with an injected clock and observer.
+    pub fn with_parts(
+        config: EngineConfig,
+        clock: Arc<dyn Clock>,
+        observer: Arc<dyn Observer>,
+    ) -> Result<Self, ConfigError> {
+        let registry = Mutex::new(HashMap::new());
+        let snapshot = build_snapshot(&config, &registry)?;
+        Ok(Engine {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            registry,
+            clock,
+            observer,
+        })
+    }
+
+    /// Validates `config` and swaps it in; health of unchanged keys carries over. On error the
+    /// running configuration stays.
+    pub fn reload(&self, config: EngineConfig) -> Result<(), ConfigError> {
+        let snapshot = build_snapshot(&config, &self.registry)?;
+        self.snapshot.store(Arc::new(snapshot));
+        Ok(())
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// The clock's now, in nanoseconds.
+    pub fn now(&self) -> u64 {
+        self.clock.now_nanos()
+    }
+
+    /// A chat completion, balanced and failed over.
+    pub async fn chat(
+        &self,
+        request: &ChatRequest,
+        opts: &RequestOptions,
+    ) -> Result<Outcome<ChatResponse>, Failure> {
+        let est = request.estimate_input_tokens() + u64::from(request.output_limit().unwrap_or(0));
+        let fallbacks = merge_fallbacks(&request.fallbacks, &opts.fallbacks);
+        let out = self
+            .run(&request.model, &fallbacks, opts, est, |p, call| async move {
+                let r = p.chat(&call, request).await?;
+                Ok((r.body, r.rate_limit, None))
+            })
+            .await?;
+        let actual = out.value.usage.map_or(est, |u| u.total_tokens);
+        out.key_signals.settle_tokens(est, actual);
+        Ok(out.finish(self.now()))
+    }
+
+    /// A streamed chat completion. Fails over until the first chunk; the returned stream ends with
+    /// an error item if the upstream fails later.
+    pub async fn chat_stream(
+        &self,
+        request: &ChatRequest,
+        opts: &RequestOptions,
+    ) -> Result<Outcome<EngineStream>, Failure> {
+        let est = request.estimate_input_tokens() + u64::from(request.output_limit().unwrap_or(0));
+        let fallbacks = merge_fallbacks(&request.fallbacks, &opts.fallbacks);
+        let clock = Arc::clone(&self.clock);
+        let out = self
+            .run(&request.model, &fallbacks, opts, est, |p, call| {
+                let clock = Arc::clone(&clock);
+                async move {
+                    let start = clock.now_nanos();
+                    let s = p.chat_stream(&call, request).await?;
+                    let mut chunks = s.chunks;
+                    match chunks.next().await {
+                        Some(Ok(first)) => {
+                            let ttft = Duration::from_nanos(clock.now_nanos().saturating_sub(start));
+                            Ok(((first, chunks), s.rate_limit, Some(ttft)))
+                        }
+                        Some(Err(e)) => Err(e),
+                        None => Err(ProviderError::Protocol(
+                            "stream ended before the first chunk".to_owned(),
+                        )),
+                    }
+                }
+            })
+            .await?;
+        let ttft = out.attempts.last().and_then(|a| a.ttft);
+        let ((first, rest), served_by, attempts, route) = (
+            out.value,
+            out.served_by.clone(),
+            out.attempts,
+            out.route,
+        );
+        let stream = EngineStream {
+            first: Some(first),
+            rest,
+            guards: Some(StreamGuards {
+                key: out.key_guard,
+                target: out.target_guard,
+                key_signals: out.key_signals,
+                estimated_tokens: est,
+                clock: Arc::clone(&self.clock),
+                health: out.health,
+                ttft: ttft.unwrap_or_default(),
+            }),
+            usage: None,
+        };
+        Ok(Outcome {
+            value: stream,
+            served_by,
+            attempts,
+            route,
+        })
+    }
+
+    /// Embeddings, balanced and failed over.
+    pub async fn embed(
+        &self,
+        request: &EmbeddingRequest,
+        opts: &RequestOptions,
+    ) -> Result<Outcome<EmbeddingResponse>, Failure> {
+        let est = request.input.estimate_tokens();
+        let fallbacks = merge_fallbacks(&request.fallbacks, &opts.fallbacks);
+        let out = self
+            .run(&request.model, &fallbacks, opts, est, |p, call| async move {
+                let r = p.embed(&call, request).await?;
+                Ok((r.body, r.rate_limit, None))
+            })
+            .await?;
+        Ok(out.finish(self.now()))
+    }
+
+    /// Whether a model name resolves to something this gateway serves.
+    pub fn resolves(&self, model: &str) -> bool {
+        let snap = self.snapshot.load();
+        snap.routes.contains_key(model)
+            || split_direct(&snap, model).is_some()
+            || snap.bare_models.contains_key(model)
+    }
+
+    /// The providers a model name may reach (for provider allow-lists), route fallbacks included.
+    pub fn providers_for(&self, model: &str) -> Vec<String> {
+        let snap = self.snapshot.load();
+        let mut out = Vec::new();
+        let mut push = |i: usize| {
+            let n = snap.providers[i].name.to_string();
+            if !out.contains(&n) {
+                out.push(n);
+            }
+        };
+        if let Some(r) = snap.routes.get(model) {
+            for t in &r.targets {
+                push(t.provider);
+            }
+        } else if let Some((p, _)) = split_direct(&snap, model) {
+            push(p);
+        } else if let Some(ps) = snap.bare_models.get(model) {
+            for p in ps {
+                push(*p);
+            }
+        }
+        out
+    }
+
+    /// Routes and directly addressable models.
+    pub fn models(&self) -> Vec<ModelInfo> {
+        let snap = self.snapshot.load();
+        let mut out: Vec<ModelInfo> = Vec::new();
+        let mut names: Vec<&String> = snap.routes.keys().collect();
+        names.sort();
+        for n in names {
+            out.push(ModelInfo {
+                id: n.clone(),
+                owned_by: "gateway".to_owned(),
+                created: 0,
+            });
+        }
+        for p in &snap.providers {
+            let mut models: Vec<String> = p.models.clone();
+            for k in &p.keys {
+                if let Some(m) = &k.models {
+                    models.extend(m.iter().cloned());
+                }
+            }
+            for r in snap.routes.values() {
+                for t in &r.targets {
+                    if snap.providers[t.provider].name == p.name {
+                        models.push(t.model.to_string());
+                    }
+                }
+            }
+            models.sort();
+            models.dedup();
+            for m in models {
+                out.push(ModelInfo {
+                    id: format!("{}/{}", p.name, m),
+                    owned_by: p.name.to_string(),
+                    created: 0,
+                });
+            }
+        }
+        out
+    }
+
+    /// Health of every provider and key.
+    pub fn health(&self) -> Vec<ProviderHealth> {
+        let snap = self.snapshot.load();
+        let now = self.now();
+        let decay = snap.health.decay;
+        let ms = |until: Option<u64>| until.map(|u| u.saturating_sub(now) / 1_000_000);
+        snap.providers
+            .iter()
+            .map(|p| {
+                let total: u64 = p
+                    .keys
+                    .iter()
+                    .map(|k| k.signals.snapshot(now, decay, None, None).picks)
+                    .sum();
+                let pa = p.signals.availability(now);
+                ProviderHealth {
+                    name: p.name.to_string(),
+                    kind: p.kind.to_string(),
+                    strategy: p.strategy.name(),
+                    state: state_name(pa),
+                    cooldown_ms: ms(pa.until()),
+                    signals: p.signals.snapshot(now, decay, None, None),
+                    keys: p
+                        .keys
+                        .iter()
+                        .map(|k| {
+                            let a = k.signals.availability(now);
+                            let s = k.signals.snapshot(now, decay, k.rpm, k.tpm);
+                            KeyHealth {
+                                name: k.name.to_string(),
+                                state: state_name(a),
+                                cooldown_ms: ms(a.until()),
+                                weight: k.weight,
+                                share: if total == 0 {
+                                    0.0
+                                } else {
+                                    s.picks as f64 / total as f64
+                                },
+                                signals: s,
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// The lowest headroom (0..1) among a model's reachable keys; used to hold back batch traffic.
+    pub fn headroom_for(&self, model: &str) -> f64 {
+        let snap = self.snapshot.load();
+        let now = self.now();
+        let providers = self.providers_for(model);
+        let mut best = 0.0f64;
+        let mut any = false;
+        for name in providers {
+            if let Some(&i) = snap.provider_index.get(&name) {
+                for k in &snap.providers[i].keys {
+                    any = true;
+                    let usable = k.signals.availability(now).is_available();
+                    let h = if usable {
+                        k.signals.headroom(now, k.rpm, k.tpm)
+                    } else {
+                        0.0
+                    };
+                    best = best.max(h);
+                }
+            }
+        }
+        if any {
+            best
+        } else {
+            1.0
+        }
+    }
+
+    async fn run<'r, T, F, Fut>(
+        &self,
+        model: &str,
+        fallbacks: &[String],
+        opts: &RequestOptions,
+        est_tokens: u64,
+        mut call_fn: F,
+    ) -> Result<Success<T>, Failure>
+    where
+        F: FnMut(Arc<dyn Provider>, Call) -> Fut,
+        Fut: std::future::Future<
+                Output = Result<(T, RateLimitInfo, Option<Duration>), ProviderError>,
+            > + 'r,
+    {
+        let snap = self.snapshot.load_full();
+        let mut rng = match opts.seed {
+            Some(s) => fastrand::Rng::with_seed(s),
+            None => fastrand::Rng::new(),
+        };
+        let mut plan = Plan::new(&snap, model, fallbacks, &opts.allowed_providers).map_err(|e| {
+            Failure {
+                error: e,
+                attempts: Vec::new(),
+                route: None,
+            }
+        })?;
+        let route = plan.route.clone();
+        let retry = snap.retry;
+        let health = snap.health;
+        let deadline = self
+            .now()
+            .saturating_add(retry.request_timeout.as_nanos() as u64);
+        let mut attempts: Vec<AttemptRecord> = Vec::new();
+        let mut tried: SmallVec<[(usize, usize, Arc<str>); 8]> = SmallVec::new();
+        let mut last_err: Option<ProviderError> = None;
+        let mut earliest_back: Option<u64> = None;
+        let mut prev_provider: Option<Arc<str>> = None;
+
+        let fail = |error: EngineError, attempts: Vec<AttemptRecord>, route: Option<Arc<str>>| Failure {
+            error,
+            attempts,
+            route,
+        };
+
+        while let Some((pi, model_id)) = plan.next_target(&snap, self.now(), &mut rng) {
+            let p = &snap.providers[pi];
+            let mut provider_attempts = 0u32;
+            loop {
+                if attempts.len() as u32 >= retry.max_attempts {
+                    break;
+                }
+                let now = self.now();
+                if now >= deadline {
+                    return Err(fail(
+                        EngineError::DeadlineExceeded {
+                            attempts: attempts.len() as u32,
+                        },
+                        attempts,
+                        route,
+                    ));
+                }
+                // Candidates: keys that allow the model and were not tried for it.
+                let mut idx: SmallVec<[usize; 16]> = SmallVec::new();
+                let mut cands: SmallVec<[Candidate<'_>; 16]> = SmallVec::new();
+                for (ki, k) in p.keys.iter().enumerate() {
+                    if !k.allows(&model_id)
+                        || tried
+                            .iter()
+                            .any(|(tp, tk, tm)| *tp == pi && *tk == ki && **tm == *model_id)
+                    {
+                        continue;
+                    }
+                    idx.push(ki);
+                    cands.push(Candidate {
+                        weight: k.weight,
+                        signals: &k.signals,
+                        rpm: k.rpm,
+                        tpm: k.tpm,
+                    });
+                }
+                if cands.is_empty() {
+                    break;
+                }
+                let ctx = PickContext {
+                    now,
+                    health: &health,
+                };
+                let Some(choice) = p.strategy.pick(&cands, &ctx, &mut rng).or_else(|| {
+                    // Nothing usable: strategies without health (round robin, weighted) never
+                    // return None here; for the others, remember when a key comes back.
+                    if let Some(b) = crate::strategy::earliest_return(&cands, now) {
+                        earliest_back = Some(earliest_back.map_or(b, |e| e.min(b)));
+                    }
+                    None
+                }) else {
+                    break;
+                };
+                let ki = idx[choice];
+                let key = &p.keys[ki];
+                tried.push((pi, ki, Arc::clone(&model_id)));
+
+                // Backoff before another attempt at the same provider after a transient error.
+                if provider_attempts > 0
+                    && last_err
+                        .as_ref()
+                        .is_some_and(|e| e.scope() == FailoverScope::Transient)
+                {
+                    let exp = retry
+                        .backoff_base
+                        .saturating_mul(1 << provider_attempts.min(10))
+                        .min(retry.backoff_max);
+                    let jittered = exp.mul_f64(0.5 + rng.f64() * 0.5);
+                    let left = Duration::from_nanos(deadline.saturating_sub(self.now()));
+                    tokio::time::sleep(jittered.min(left)).await;
+                }
+
+                let now = self.now();
+                let left = Duration::from_nanos(deadline.saturating_sub(now));
+                let timeout = p.timeout.min(left);
+                let call = Call {
+                    credential: Arc::clone(&key.credential),
+                    key_name: Arc::clone(&key.name),
+                    model: Arc::clone(&model_id),
+                    timeout,
+                    request_id: Arc::clone(&opts.request_id),
+                    traceparent: opts.traceparent.clone(),
+                };
+                let key_guard = key.signals.start(now, est_tokens);
+                let target_guard = p.signals.start(now, est_tokens);
+                let result = match tokio::time::timeout(
+                    timeout,
+                    call_fn(Arc::clone(&p.provider), call),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(ProviderError::Timeout),
+                };
+                let end = self.now();
+                let latency = Duration::from_nanos(end.saturating_sub(now));
+                let is_retry = provider_attempts > 0;
+                let fallback_from = match &prev_provider {
+                    Some(prev) if *prev != p.name => Some(Arc::clone(prev)),
+                    _ => None,
+                };
+                provider_attempts += 1;
+                prev_provider = Some(Arc::clone(&p.name));
+                match result {
+                    Ok((value, rate_limit, ttft)) => {
+                        key.signals.record_rate_limit(end, &rate_limit);
+                        let record = AttemptRecord {
+                            provider: Arc::clone(&p.name),
+                            provider_kind: Arc::clone(&p.kind),
+                            key: Arc::clone(&key.name),
+                            model: Arc::clone(&model_id),
+                            outcome: "ok",
+                            error: None,
+                            latency,
+                            ttft,
+                            rate_limit,
+                            is_retry,
+                            fallback_from,
+                        };
+                        self.observer.on_attempt(&record);
+                        attempts.push(record);
+                        return Ok(Success {
+                            value,
+                            served_by: ServedBy {
+                                provider: Arc::clone(&p.name),
+                                provider_kind: Arc::clone(&p.kind),
+                                key: Arc::clone(&key.name),
+                                model: Arc::clone(&model_id),
+                            },
+                            attempts,
+                            route,
+                            key_guard,
+                            target_guard,
+                            key_signals: Arc::clone(&key.signals),
+                            health,
+                        });
+                    }
+                    Err(err) => {
+                        let scope = err.scope();
+                        // Health bookkeeping by class.
+                        match &err {
+                            ProviderError::RateLimited {
+                                retry_after,
+                                remaining,
+                                scope: rl_scope,
+                                ..
+                            } => {
+                                if let Some(info) = remaining {
+                                    key.signals.record_rate_limit(end, info);
+                                }
+                                let wait = retry_after
+                                    .or_else(|| remaining.and_then(|r| r.wait_hint()))
+                                    .unwrap_or(health.default_rest);
+                                let until = end.saturating_add(wait.as_nanos() as u64);
+                                match rl_scope {
+                                    RateLimitScope::Key => key.signals.rest_until(until),
+                                    RateLimitScope::Quota => key.signals.disable_until(
+                                        end.saturating_add(health.disable_for.as_nanos() as u64),
+                                    ),
+                                    RateLimitScope::Provider => p.signals.rest_until(until),
+                                }
+                                key_guard.finish(end, AttemptOutcome::Neutral, &health);
+                                target_guard.finish(end, AttemptOutcome::Neutral, &health);
+                            }
+                            ProviderError::Auth { .. } => {
+                                key.signals.disable_until(
+                                    end.saturating_add(health.disable_for.as_nanos() as u64),
+                                );
+                                key_guard.finish(end, AttemptOutcome::Failure, &health);
+                                target_guard.finish(end, AttemptOutcome::Neutral, &health);
+                            }
+                            e if e.is_provider_failure() => {
+                                if let ProviderError::Overloaded {
+                                    retry_after: Some(w),
+                                    ..
+                                } = e
+                                {
+                                    p.signals
+                                        .rest_until(end.saturating_add(w.as_nanos() as u64));
+                                }
+                                key_guard.finish(end, AttemptOutcome::Neutral, &health);
+                                target_guard.finish(end, AttemptOutcome::Failure, &health);
+                            }
+                            _ => {
+                                key_guard.finish(end, AttemptOutcome::Neutral, &health);
+                                target_guard.finish(end, AttemptOutcome::Neutral, &health);
+                            }
+                        }
+                        let record = AttemptRecord {
+                            provider: Arc::clone(&p.name),
+                            provider_kind: Arc::clone(&p.kind),
+                            key: Arc::clone(&key.name),
+                            model: Arc::clone(&model_id),
+                            outcome: err.outcome(),
+                            error: Some(err.clone()),
+                            latency,
+                            ttft: None,
+                            rate_limit: RateLimitInfo::default(),
+                            is_retry,
+                            fallback_from,
+                        };
+                        self.observer.on_attempt(&record);
+                        attempts.push(record);
+                        match scope {
+                            FailoverScope::Caller => {
+                                return Err(fail(EngineError::Caller(err), attempts, route));
+                            }
+                            FailoverScope::Stop => {
+                                return Err(fail(EngineError::Cancelled, attempts, route));
+                            }
+                            FailoverScope::Key => {
+                                last_err = Some(err);
+                                continue;
+                            }
+                            FailoverScope::Transient => {
+                                last_err = Some(err);
+                                if provider_attempts > p.max_retries {
+                                    break;
+                                }
+                            }
+                            FailoverScope::Provider => {
+                                last_err = Some(err);
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            if attempts.len() as u32 >= retry.max_attempts {
+                break;
+            }
+        }
+        let n = attempts.len() as u32;
+        let error = match (last_err, earliest_back) {
+            // Nothing was tried because everything is resting: say when to come back.
+            (None, Some(back)) | (Some(ProviderError::RateLimited { .. }), Some(back)) => {
+                EngineError::AllRateLimited {
+                    retry_after: Duration::from_nanos(back.saturating_sub(self.now()))
+                        .max(Duration::from_millis(1)),
+                }
+            }
+            (Some(last), _) => EngineError::Exhausted { attempts: n, last },
+            (None, None) => EngineError::Exhausted {
+                attempts: n,
+                last: ProviderError::Connect("no usable key for this model".to_owned()),
+            },
+        };
+        Err(fail(error, attempts, route))
+    }
+}
+
+fn merge_fallbacks(a: &[String], b: &[String]) -> Vec<String> {
+    if b.is_empty() {
+        return a.to_vec();
+    }
+    let mut v = a.to_vec();
+    for f in b {
+        if !v.contains(f) {
+            v.push(f.clone());
+        }
+    }
+    v
+}
+
+struct Success<T> {
+    value: T,
+    served_by: ServedBy,
+    attempts: Vec<AttemptRecord>,
+    route: Option<Arc<str>>,
+    key_guard: InFlight,
+    target_guard: InFlight,
+    key_signals: Arc<Signals>,
+    health: HealthConfig,
+}
+
+impl<T> Success<T> {
+    /// Records a non-streaming success and hands out the answer.
+    fn finish(self, now: u64) -> Outcome<T> {
+        self.key_guard
+            .finish(now, AttemptOutcome::Success, &self.health);
+        self.target_guard
+            .finish(now, AttemptOutcome::Success, &self.health);
+        Outcome {
+            value: self.value,
+            served_by: self.served_by,
+            attempts: self.attempts,
+            route: self.route,
+        }
+    }
+}
+
+/// Splits `provider/model` when the prefix names a provider.
+fn split_direct(snap: &Snapshot, name: &str) -> Option<(usize, Arc<str>)> {
+    let (p, m) = name.split_once('/')?;
+    let i = *snap.provider_index.get(p)?;
+    (!m.is_empty()).then(|| (i, Arc::from(m)))
+}
+
+/// The ordered targets of one request, produced lazily.
+struct Plan<'s> {
+    route: Option<Arc<str>>,
+    route_entry: Option<&'s RouteEntry>,
+    route_tried: SmallVec<[bool; 8]>,
+    queue: SmallVec<[(usize, Arc<str>); 4]>,
+    queue_pos: usize,
+    allowed: &'s [String],
+}
+
+impl<'s> Plan<'s> {
+    fn new(
+        snap: &'s Snapshot,
+        model: &str,
+        fallbacks: &[String],
+        allowed: &'s [String],
+    ) -> Result<Self, EngineError> {
+        let mut plan = Plan {
+            route: None,
+            route_entry: None,
+            route_tried: SmallVec::new(),
+            queue: SmallVec::new(),
+            queue_pos: 0,
+            allowed,
+        };
+        if let Some(r) = snap.routes.get(model) {
+            plan.route = Some(Arc::clone(&r.name));
+            plan.route_entry = Some(r);
+            plan.route_tried = SmallVec::from_elem(false, r.targets.len());
+            for f in &r.fallbacks {
+                plan.push_name(snap, f, 1);
+            }
+        } else if let Some(t) = split_direct(snap, model) {
+            plan.queue.push(t);
+        } else if let Some(ps) = snap.bare_models.get(model) {
+            let m: Arc<str> = Arc::from(model);
+            for p in ps {
+                plan.queue.push((*p, Arc::clone(&m)));
+            }
+        } else {
+            return Err(EngineError::UnknownModel(model.to_owned()));
+        }
+        for f in fallbacks {
+            plan.push_name(snap, f, 1);
+        }
+        if plan.route_entry.is_none() && plan.queue.is_empty() {
+            return Err(EngineError::UnknownModel(model.to_owned()));
+        }
+        if !allowed.is_empty() {
+            let any = plan
+                .route_entry
+                .is_some_and(|r| r.targets.iter().any(|t| plan.is_allowed(snap, t.provider)))
+                || plan.queue.iter().any(|(p, _)| plan.is_allowed(snap, *p));
+            if !any {
+                return Err(EngineError::InvalidRequest(format!(
+                    "model `{model}` is not served by any provider this key may use"
+                )));
+            }
+        }
+        Ok(plan)
+    }
+
+    fn is_allowed(&self, snap: &Snapshot, provider: usize) -> bool {
+        self.allowed.is_empty()
+            || self
+                .allowed
+                .iter()
+                .any(|a| **a == *snap.providers[provider].name)
+    }
+
+    fn push_name(&mut self, snap: &Snapshot, name: &str, depth: u8) {
+        if let Some(t) = split_direct(snap, name) {
+            self.push(t);
+        } else if let Some(r) = snap.routes.get(name) {
+            if depth > 0 {
+                for t in &r.targets {
+                    self.push((t.provider, Arc::clone(&t.model)));
+                }
+                for f in &r.fallbacks {
+                    self.push_name(snap, f, depth - 1);
+                }
+            }
+        } else if let Some(ps) = snap.bare_models.get(name) {
+            let m: Arc<str> = Arc::from(name);
+            for p in ps {
+                self.push((*p, Arc::clone(&m)));
+            }
+        }
+    }
+
+    fn push(&mut self, t: (usize, Arc<str>)) {
+        if !self.queue.iter().any(|(p, m)| *p == t.0 && *m == t.1) {
+            self.queue.push(t);
+        }
+    }
+
+    fn next_target(
+        &mut self,
+        snap: &Snapshot,
+        now: u64,
+        rng: &mut fastrand::Rng,
+    ) -> Option<(usize, Arc<str>)> {
+        if let Some(r) = self.route_entry {
+            let health = snap.health;
+            let ctx = PickContext {
+                now,
+                health: &health,
+            };
+            let mut idx: SmallVec<[usize; 8]> = SmallVec::new();
+            let mut cands: SmallVec<[Candidate<'_>; 8]> = SmallVec::new();
+            let mut untried_unusable: Option<usize> = None;
+            for (i, t) in r.targets.iter().enumerate() {
+                if self.route_tried[i] || !self.is_allowed(snap, t.provider) {
+                    continue;
+                }
+                let p = &snap.providers[t.provider];
+                // A target whose every key is resting is skipped for now (tried last).
+                let keys_ok = p.keys.iter().any(|k| {
+                    k.allows(&t.model)
+                        && Candidate {
+                            weight: k.weight,
+                            signals: &k.signals,
+                            rpm: k.rpm,
+                            tpm: k.tpm,
+                        }
+                        .is_usable(now)
+                });
+                if !keys_ok || !p.signals.availability(now).is_available() {
+                    untried_unusable.get_or_insert(i);
+                    // Strategies without health still see it, so round robin stays exact.
+                    if matches!(r.strategy.name(), "round_robin" | "weighted") {
+                        idx.push(i);
+                        cands.push(Candidate {
+                            weight: t.weight,
+                            signals: &p.signals,
+                            rpm: None,
+                            tpm: None,
+                        });
+                    }
+                    continue;
+                }
+                idx.push(i);
+                cands.push(Candidate {
+                    weight: t.weight,
+                    signals: &p.signals,
+                    rpm: None,
+                    tpm: None,
+                });
+            }
+            if let Some(c) = r.strategy.pick(&cands, &ctx, rng) {
+                let i = idx[c];
+                self.route_tried[i] = true;
+                let t = &r.targets[i];
+                return Some((t.provider, Arc::clone(&t.model)));
+            }
+            // Then the fallback queue; unusable route targets come last of all.
+            if self.queue_pos >= self.queue.len() {
+                if let Some(i) = untried_unusable {
+                    self.route_tried[i] = true;
+                    let t = &r.targets[i];
+                    return Some((t.provider, Arc::clone(&t.model)));
+                }
+            }
+        }
+        while self.queue_pos < self.queue.len() {
+            let (p, m) = self.queue[self.queue_pos].clone();
+            self.queue_pos += 1;
+            if self.is_allowed(snap, p) {
+                return Some((p, m));
+            }
+        }
+        None
+    }
+}
+
+fn key_id(provider: &str, kind: &str, k: &KeyConfig) -> String {
+    format!(
+        "key\x1f{provider}\x1f{kind}\x1f{}\x1f{:x}",
+        k.name,
+        k.credential.fingerprint()
+    )
+}
+
+fn build_snapshot(
+    config: &EngineConfig,
+    registry: &Mutex<HashMap<String, Arc<Signals>>>,
+) -> Result<Snapshot, ConfigError> {
+    let mut problems = Vec::new();
+    let mut provider_index = HashMap::new();
+    for (i, p) in config.providers.iter().enumerate() {
+        if p.name.is_empty() {
+            problems.push(format!("providers[{i}].name: must not be empty"));
+        } else if p.name.contains('/') {
+            problems.push(format!(
+                "providers[{i}].name: `{}` must not contain `/`",
+                p.name
+            ));
+        }
+        if provider_index.insert(p.name.clone(), i).is_some() {
+            problems.push(format!("providers[{i}].name: duplicate provider `{}`", p.name));
+        }
+        if p.keys.is_empty() {
+            problems.push(format!("providers[{i}].keys: provider `{}` has no key", p.name));
+        }
+        let mut seen = HashSet::new();
+        for (j, k) in p.keys.iter().enumerate() {
+            if !seen.insert(&k.name) {
+                problems.push(format!(
+                    "providers[{i}].keys[{j}].name: duplicate key `{}` in provider `{}`",
+                    k.name, p.name
+                ));
+            }
+        }
+    }
+    let mut route_names = HashSet::new();
+    for (i, r) in config.routes.iter().enumerate() {
+        if !route_names.insert(&r.name) {
+            problems.push(format!("routes[{i}].name: duplicate route `{}`", r.name));
+        }
+        if r.targets.is_empty() {
+            problems.push(format!("routes[{i}].targets: route `{}` has no target", r.name));
+        }
+        for (j, t) in r.targets.iter().enumerate() {
+            if !provider_index.contains_key(&t.provider) {
+                problems.push(format!(
+                    "routes[{i}].targets[{j}].provider: unknown provider `{}` in route `{}`",
+                    t.provider, r.name
+                ));
+            }
+        }
+        for (j, f) in r.fallbacks.iter().enumerate() {
+            let ok = match f.split_once('/') {
+                Some((p, m)) if provider_index.contains_key(p) && !m.is_empty() => true,
+                _ => config.routes.iter().any(|o| o.name == *f),
+            };
+            if !ok {
+                problems.push(format!(
+                    "routes[{i}].fallbacks[{j}]: `{f}` is neither `provider/model` with a known provider nor a route"
+                ));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ConfigError { problems });
+    }
+
+    let mut reg = registry
+        .lock()
+        .map_err(|_| ConfigError {
+            problems: vec!["internal: signal registry poisoned".to_owned()],
+        })?;
+    let mut live = HashSet::new();
+    let mut signal_for = |id: String| -> Arc<Signals> {
+        live.insert(id.clone());
+        Arc::clone(reg.entry(id).or_insert_with(Signals::new))
+    };
+
+    let mut providers = Vec::with_capacity(config.providers.len());
+    let mut bare_models: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, p) in config.providers.iter().enumerate() {
+        let kind = p.provider.kind().to_owned();
+        let keys = p
+            .keys
+            .iter()
+            .map(|k| KeyEntry {
+                name: Arc::from(k.name.as_str()),
+                credential: Arc::new(k.credential.clone()),
+                weight: k.weight.max(1),
+                models: k.models.as_ref().map(|m| m.iter().cloned().collect()),
+                rpm: k.rpm,
+                tpm: k.tpm,
+                signals: signal_for(key_id(&p.name, &kind, k)),
+            })
+            .collect::<Vec<_>>();
+        let mut known: Vec<String> = p.models.clone();
+        for k in &p.keys {
+            if let Some(m) = &k.models {
+                known.extend(m.iter().cloned());
+            }
+        }
+        for m in known {
+            let v = bare_models.entry(m).or_default();
+            if !v.contains(&i) {
+                v.push(i);
+            }
+        }
+        providers.push(ProviderEntry {
+            name: Arc::from(p.name.as_str()),
+            kind: Arc::from(kind.as_str()),
+            provider: Arc::clone(&p.provider),
+            keys,
+            strategy: p.strategy.build(),
+            timeout: p.timeout,
+            max_retries: p.max_retries,
+            models: p.models.clone(),
+            signals: signal_for(format!("provider\x1f{}\x1f{kind}", p.name)),
+        });
+    }
+    // Signals of keys that are gone are dropped from the registry.
+    reg.retain(|k, _| live.contains(k));
+    drop(reg);
+
+    let mut routes = HashMap::new();
+    for r in &config.routes {
+        let targets = r
+            .targets
+            .iter()
+            .filter_map(|t| {
+                provider_index.get(&t.provider).map(|&pi| TargetEntry {
+                    provider: pi,
+                    model: Arc::from(t.model.as_str()),
+                    weight: t.weight.max(1),
+                })
+            })
+            .collect();
+        routes.insert(
+            r.name.clone(),
+            RouteEntry {
+                name: Arc::from(r.name.as_str()),
+                targets,
+                fallbacks: r.fallbacks.clone(),
+                strategy: r.strategy.build(),
+            },
+        );
+    }
+    Ok(Snapshot {
+        providers,
+        provider_index,
+        routes,
+        bare_models,
+        health: config.health,
+        retry: config.retry,
+    })
+}
+
+struct StreamGuards {
+    key: InFlight,
+    target: InFlight,
+    key_signals: Arc<Signals>,
+    estimated_tokens: u64,
+    clock: Arc<dyn Clock>,
+    health: HealthConfig,
+    ttft: Duration,
+}
+
+impl StreamGuards {
+    fn finish(self, outcome: AttemptOutcome, usage: Option<Usage>) {
+        let now = self.clock.now_nanos();
+        if let Some(u) = usage {
+            self.key_signals
+                .settle_tokens(self.estimated_tokens, u.total_tokens);
+        }
+        // Streams are judged by time to first token, not by their length.
+        let at = self.key.started() + self.ttft.as_nanos() as u64;
+        let end = if outcome == AttemptOutcome::Success {
+            at.min(now)
+        } else {
+            now
+        };
+        self.key.finish(end, outcome, &self.health);
+        self.target.finish(end, outcome, &self.health);
+    }
+}
+
+/// A stream of chunks from the chosen upstream, with health accounting when it ends.
+pub struct EngineStream {
+    first: Option<ChatChunk>,
+    rest: ChunkStream,
+    guards: Option<StreamGuards>,
+    usage: Option<Usage>,
+}
+
+impl std::fmt::Debug for EngineStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineStream").finish_non_exhaustive()
+    }
+}
+
+impl Stream for EngineStream {
+    type Item = Result<ChatChunk, ProviderError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if let Some(first) = this.first.take() {
+            if let Some(u) = first.usage {
+                this.usage = Some(u);
+            }
+            return Poll::Ready(Some(Ok(first)));
+        }
+        if this.guards.is_none() {
+            return Poll::Ready(None);
+        }
+        match this.rest.as_mut().poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(chunk))) => {
+                if let Some(u) = chunk.usage {
+                    this.usage = Some(u);
+                }
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                if let Some(g) = this.guards.take() {
+                    let outcome = if e.is_provider_failure() {
+                        AttemptOutcome::Failure
+                    } else {
+                        AttemptOutcome::Neutral
+                    };
+                    g.finish(outcome, this.usage);
+                }
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                if let Some(g) = this.guards.take() {
+                    g.finish(AttemptOutcome::Success, this.usage);
+                }
+                Poll::Ready(None)
+            }
+        }
+    }
+}

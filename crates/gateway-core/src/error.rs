@@ -1,0 +1,245 @@
+//! Errors, classified by what failover may do about them.
+//!
+//! Every adapter turns a provider's status, body and headers into one [`ProviderError`]; the failover
+//! engine only looks at [`ProviderError::scope`], never at strings (pingora-error's `RetryType`).
+
+use std::time::Duration;
+
+use crate::ratelimit::RateLimitInfo;
+
+/// Who a rate limit applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitScope {
+    /// This key is over its per-minute limit: rest it until the reset and use another key.
+    Key,
+    /// This key's quota or credit is exhausted for a long time (days): take it out of rotation.
+    Quota,
+    /// The whole account, project or region is throttled: other keys of the provider will not help.
+    Provider,
+}
+
+/// What the failover engine may do after an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailoverScope {
+    /// The caller's fault: return it as is, try nothing else.
+    Caller,
+    /// The key is the problem: try another key of the same provider, then other targets.
+    Key,
+    /// The provider is the problem but it may pass: another attempt at the same provider (another
+    /// key) after a backoff is worth it, then other targets.
+    Transient,
+    /// The provider is the problem: go to the next target.
+    Provider,
+    /// Stop without trying anything else (the caller went away).
+    Stop,
+}
+
+/// An upstream failure, classified.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProviderError {
+    /// HTTP 429 or an equivalent throttling signal.
+    #[error("rate limited ({scope:?}): {message}")]
+    RateLimited {
+        /// How long the provider asked us to wait.
+        retry_after: Option<Duration>,
+        /// Remaining requests or tokens reported with the refusal.
+        remaining: Option<RateLimitInfo>,
+        /// Who the limit applies to.
+        scope: RateLimitScope,
+        /// The provider's message.
+        message: String,
+    },
+    /// The provider is out of capacity (Anthropic 529, 503 overloaded).
+    #[error("provider overloaded: {message}")]
+    Overloaded {
+        /// How long to wait, if said.
+        retry_after: Option<Duration>,
+        /// The provider's message.
+        message: String,
+    },
+    /// A 5xx answer.
+    #[error("upstream server error {status}: {message}")]
+    Server {
+        /// The HTTP status.
+        status: u16,
+        /// The provider's message.
+        message: String,
+    },
+    /// No answer in time.
+    #[error("upstream timed out")]
+    Timeout,
+    /// The connection could not be made or broke.
+    #[error("upstream connection failed: {0}")]
+    Connect(String),
+    /// The key was refused (401, 403): take it out of rotation.
+    #[error("upstream refused the credential ({status}): {message}")]
+    Auth {
+        /// The HTTP status.
+        status: u16,
+        /// The provider's message.
+        message: String,
+    },
+    /// The model or deployment does not exist at this provider: route elsewhere.
+    #[error("model not found upstream: {message}")]
+    NotFound {
+        /// The provider's message.
+        message: String,
+    },
+    /// The request is invalid: the caller's fault.
+    #[error("{message}")]
+    BadRequest {
+        /// The HTTP status (400, 413, 422).
+        status: u16,
+        /// The provider's message.
+        message: String,
+        /// The offending parameter, if known.
+        param: Option<String>,
+        /// The provider's error code, if any.
+        code: Option<String>,
+    },
+    /// The prompt does not fit the model's context window: the caller's fault.
+    #[error("{message}")]
+    ContextLengthExceeded {
+        /// The provider's message.
+        message: String,
+    },
+    /// The content was blocked by a policy: the caller's fault.
+    #[error("{message}")]
+    ContentFiltered {
+        /// The provider's message.
+        message: String,
+    },
+    /// The upstream sent something that is not its documented format.
+    #[error("upstream sent an invalid response: {0}")]
+    Protocol(String),
+    /// The request was cancelled (client went away).
+    #[error("request cancelled")]
+    Cancelled,
+}
+
+impl ProviderError {
+    /// What failover may do.
+    pub fn scope(&self) -> FailoverScope {
+        match self {
+            ProviderError::RateLimited { scope, .. } => match scope {
+                RateLimitScope::Key | RateLimitScope::Quota => FailoverScope::Key,
+                RateLimitScope::Provider => FailoverScope::Provider,
+            },
+            ProviderError::Auth { .. } => FailoverScope::Key,
+            ProviderError::Overloaded { .. } | ProviderError::NotFound { .. } => {
+                FailoverScope::Provider
+            }
+            ProviderError::Server { .. }
+            | ProviderError::Timeout
+            | ProviderError::Connect(_)
+            | ProviderError::Protocol(_) => FailoverScope::Transient,
+            ProviderError::BadRequest { .. }
+            | ProviderError::ContextLengthExceeded { .. }
+            | ProviderError::ContentFiltered { .. } => FailoverScope::Caller,
+            ProviderError::Cancelled => FailoverScope::Stop,
+        }
+    }
+
+    /// The wait hint carried by the error, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProviderError::RateLimited { retry_after, .. }
+            | ProviderError::Overloaded { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// A short stable name of the class, used in metrics and logs.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            ProviderError::RateLimited { .. } => "rate_limited",
+            ProviderError::Overloaded { .. } => "overloaded",
+            ProviderError::Server { .. } | ProviderError::Protocol(_) => "server_error",
+            ProviderError::Timeout => "timeout",
+            ProviderError::Connect(_) => "connect_error",
+            ProviderError::Auth { .. } => "auth_error",
+            ProviderError::NotFound { .. }
+            | ProviderError::BadRequest { .. }
+            | ProviderError::ContextLengthExceeded { .. }
+            | ProviderError::ContentFiltered { .. } => "client_error",
+            ProviderError::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether this error says the provider is unhealthy (counts towards ejection).
+    pub fn is_provider_failure(&self) -> bool {
+        matches!(
+            self.scope(),
+            FailoverScope::Transient | FailoverScope::Provider
+        ) && !matches!(self, ProviderError::NotFound { .. })
+    }
+}
+
+/// Why the engine could not serve a request.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    /// No route, provider or key serves this model.
+    #[error("model `{0}` is not served by this gateway")]
+    UnknownModel(String),
+    /// The request is invalid before any provider is called.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// Every candidate is resting after rate limits.
+    #[error("all keys are rate limited; retry after {retry_after:?}")]
+    AllRateLimited {
+        /// The earliest time one comes back.
+        retry_after: Duration,
+    },
+    /// The caller's own error, as the provider reported it (never retried).
+    #[error(transparent)]
+    Caller(ProviderError),
+    /// Every attempt failed; carries the last upstream reason.
+    #[error("all {attempts} upstream attempts failed; last error: {last}")]
+    Exhausted {
+        /// How many attempts were made.
+        attempts: u32,
+        /// The last upstream error.
+        last: ProviderError,
+    },
+    /// The overall deadline passed.
+    #[error("request deadline exceeded after {attempts} attempts")]
+    DeadlineExceeded {
+        /// How many attempts were made.
+        attempts: u32,
+    },
+    /// The caller went away.
+    #[error("request cancelled")]
+    Cancelled,
+}
+
+impl EngineError {
+    /// The HTTP status a server should answer with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            EngineError::UnknownModel(_) => 404,
+            EngineError::InvalidRequest(_) => 400,
+            EngineError::AllRateLimited { .. } => 429,
+            EngineError::Caller(e) => match e {
+                ProviderError::BadRequest { status, .. } => *status,
+                _ => 400,
+            },
+            EngineError::Exhausted { last, .. } => match last {
+                ProviderError::Timeout => 504,
+                ProviderError::RateLimited { .. } => 429,
+                ProviderError::Overloaded { .. } => 503,
+                _ => 502,
+            },
+            EngineError::DeadlineExceeded { .. } => 504,
+            EngineError::Cancelled => 499,
+        }
+    }
+
+    /// Wait hint for a `retry-after` header.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            EngineError::AllRateLimited { retry_after } => Some(*retry_after),
+            EngineError::Exhausted { last, .. } => last.retry_after(),
+            _ => None,
+        }
+    }
+}

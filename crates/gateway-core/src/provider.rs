@@ -1,0 +1,197 @@
+//! The `Provider` seam: one implementation per upstream wire format.
+//!
+//! gateway-providers implements it for OpenAI, Anthropic, Gemini, Bedrock and the others; an
+//! embedding service implements it for its own model servers. Implementations convert the canonical
+//! request into their wire format, call upstream, and classify failures into [`ProviderError`].
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_core::Stream;
+
+use crate::error::ProviderError;
+use crate::ratelimit::RateLimitInfo;
+use crate::types::{ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, ModelInfo};
+
+/// A secret string whose `Debug` and `Display` never show the value.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(Arc<str>);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<Arc<str>>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret value; call only where it is sent upstream.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the secret is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// A short, non-reversible fingerprint, used to tell whether a key changed across reloads.
+    pub fn fingerprint(&self) -> u64 {
+        // FNV-1a: stable across runs, good enough to detect change, reveals nothing usable.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.0.as_bytes() {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The credential a call is made with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// No credential (local servers).
+    None,
+    /// An API key (bearer token, `x-api-key`, `api-key`, `x-goog-api-key`...).
+    ApiKey(Secret),
+    /// AWS credentials for SigV4.
+    Aws {
+        /// Access key id.
+        access_key_id: String,
+        /// Secret access key.
+        secret_access_key: Secret,
+        /// Session token for temporary credentials.
+        session_token: Option<Secret>,
+    },
+    /// A Google service-account JSON key (its contents).
+    ServiceAccount(Secret),
+}
+
+impl Credential {
+    /// The API key, if this is one.
+    pub fn api_key(&self) -> Option<&Secret> {
+        match self {
+            Credential::ApiKey(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// A fingerprint of the whole credential.
+    pub fn fingerprint(&self) -> u64 {
+        match self {
+            Credential::None => 0,
+            Credential::ApiKey(s) | Credential::ServiceAccount(s) => s.fingerprint(),
+            Credential::Aws {
+                access_key_id,
+                secret_access_key,
+                session_token,
+            } => {
+                Secret::new(access_key_id.as_str()).fingerprint()
+                    ^ secret_access_key.fingerprint().rotate_left(7)
+                    ^ session_token.as_ref().map_or(0, |t| t.fingerprint().rotate_left(13))
+            }
+        }
+    }
+}
+
+/// Everything a provider needs for one upstream call besides the request itself.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The chosen credential.
+    pub credential: Arc<Credential>,
+    /// The name of the chosen key (for logs; never the secret).
+    pub key_name: Arc<str>,
+    /// The upstream model id.
+    pub model: Arc<str>,
+    /// How long this attempt may take.
+    pub timeout: Duration,
+    /// The gateway's request id, forwarded where the provider accepts one.
+    pub request_id: Arc<str>,
+    /// W3C `traceparent` to forward upstream, if any.
+    pub traceparent: Option<Arc<str>>,
+}
+
+/// A non-streaming answer plus what the headers said.
+#[derive(Debug, Clone)]
+pub struct ProviderResponse<T> {
+    /// The canonical body.
+    pub body: T,
+    /// Rate-limit headroom from the headers.
+    pub rate_limit: RateLimitInfo,
+}
+
+/// A stream of canonical chunks.
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<ChatChunk, ProviderError>> + Send>>;
+
+/// A streaming answer: the chunks plus what the headers said.
+pub struct ProviderStream {
+    /// The chunks; the last one carries usage when the provider reports it.
+    pub chunks: ChunkStream,
+    /// Rate-limit headroom from the headers.
+    pub rate_limit: RateLimitInfo,
+}
+
+impl fmt::Debug for ProviderStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProviderStream")
+            .field("rate_limit", &self.rate_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An upstream LLM API.
+///
+/// Implementations must be cheap to call concurrently and must not hold locks across awaits.
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// The provider kind (`openai`, `anthropic`...), for logs and metrics.
+    fn kind(&self) -> &str;
+
+    /// A chat completion.
+    async fn chat(
+        &self,
+        call: &Call,
+        request: &ChatRequest,
+    ) -> Result<ProviderResponse<ChatResponse>, ProviderError>;
+
+    /// A streamed chat completion. The returned stream yields canonical chunks; an error item ends it.
+    async fn chat_stream(
+        &self,
+        call: &Call,
+        request: &ChatRequest,
+    ) -> Result<ProviderStream, ProviderError>;
+
+    /// Embeddings. The default says the provider has none.
+    async fn embed(
+        &self,
+        call: &Call,
+        request: &EmbeddingRequest,
+    ) -> Result<ProviderResponse<EmbeddingResponse>, ProviderError> {
+        let _ = (call, request);
+        Err(ProviderError::BadRequest {
+            status: 400,
+            message: format!("provider kind `{}` does not support embeddings", self.kind()),
+            param: Some("model".to_owned()),
+            code: Some("unsupported".to_owned()),
+        })
+    }
+
+    /// The models this provider serves. The default is none known.
+    async fn list_models(&self, call: &Call) -> Result<Vec<ModelInfo>, ProviderError> {
+        let _ = call;
+        Ok(Vec::new())
+    }
+}

@@ -1,0 +1,460 @@
+//! Choosing: strategies that pick one candidate among keys of a provider or targets of a route.
+//!
+//! A strategy only compares numbers that [`crate::signals`] measured; it is synchronous, does no I/O
+//! and takes no lock. The caller vetoes candidates (already tried, model not allowed) by leaving them
+//! out of the slice, so no strategy can pick one twice.
+//!
+//! | strategy | what it does | when to use |
+//! |---|---|---|
+//! | [`RoundRobin`] | exact rotation | identical keys, predictable tests |
+//! | [`Weighted`] | weighted random, shares converge to the weights | keys of different size |
+//! | [`Health`] | weighted, skipping ejected, resting and full candidates | the safe baseline |
+//! | [`Adaptive`] | health plus power of two choices over peak-EWMA latency, in-flight count, error rate and rate-limit headroom | the default |
+//!
+//! `Adaptive` follows Mitzenmacher's power of two choices as tower's `p2c` balancer and Finagle's
+//! peak-EWMA use it, extended with the providers' rate-limit headroom so traffic moves off a key
+//! before it starts answering 429.
+//!
+//! ```
+//! use gateway_core::signals::{HealthConfig, Signals};
+//! use gateway_core::strategy::{Candidate, PickContext, RoundRobin, Strategy};
+//!
+//! let signals = [Signals::new(), Signals::new()];
+//! let candidates: Vec<Candidate<'_>> = signals
+//!     .iter()
+//!     .map(|s| Candidate { weight: 1, signals: s, rpm: None, tpm: None })
+//!     .collect();
+//! let health = HealthConfig::default();
+//! let ctx = PickContext { now: 1, health: &health };
+//! let rr = RoundRobin::default();
+//! let mut rng = fastrand::Rng::with_seed(1);
+//! assert_eq!(rr.pick(&candidates, &ctx, &mut rng), Some(0));
+//! assert_eq!(rr.pick(&candidates, &ctx, &mut rng), Some(1));
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::signals::{HealthConfig, Signals};
+
+/// One candidate as a strategy sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate<'a> {
+    /// Configured weight (0 is treated as 1).
+    pub weight: u32,
+    /// Live signals.
+    pub signals: &'a Signals,
+    /// Configured requests per minute, if known.
+    pub rpm: Option<u64>,
+    /// Configured tokens per minute, if known.
+    pub tpm: Option<u64>,
+}
+
+impl Candidate<'_> {
+    fn weight(&self) -> f64 {
+        f64::from(self.weight.max(1))
+    }
+
+    /// Whether health and limits allow picking it at `now`.
+    pub fn is_usable(&self, now: u64) -> bool {
+        self.signals.availability(now).is_available()
+            && self.signals.under_configured_limits(now, self.rpm, self.tpm)
+    }
+
+    /// When it becomes usable again, if it is resting or ejected (ns).
+    pub fn back_at(&self, now: u64) -> Option<u64> {
+        let a = self.signals.availability(now).until();
+        let w = (!self.signals.under_configured_limits(now, self.rpm, self.tpm))
+            .then(|| self.signals.window_reset());
+        match (a, w) {
+            (Some(a), Some(w)) => Some(a.max(w)),
+            (a, w) => a.or(w),
+        }
+    }
+}
+
+/// What a pick may read besides the candidates.
+#[derive(Debug, Clone, Copy)]
+pub struct PickContext<'a> {
+    /// Now, in the clock's nanoseconds.
+    pub now: u64,
+    /// Health tuning (EWMA decay).
+    pub health: &'a HealthConfig,
+}
+
+/// A way to choose among candidates.
+pub trait Strategy: Send + Sync + fmt::Debug {
+    /// The strategy's configuration name.
+    fn name(&self) -> &'static str;
+
+    /// Picks one candidate's index, or `None` if none may be picked.
+    fn pick(
+        &self,
+        candidates: &[Candidate<'_>],
+        ctx: &PickContext<'_>,
+        rng: &mut fastrand::Rng,
+    ) -> Option<usize>;
+}
+
+/// The strategy names accepted in configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StrategyKind {
+    /// [`RoundRobin`].
+    RoundRobin,
+    /// [`Weighted`].
+    Weighted,
+    /// [`Health`].
+    Health,
+    /// [`Adaptive`].
+    #[default]
+    Adaptive,
+}
+
+impl StrategyKind {
+    /// Every kind, for benchmarks and comparisons.
+    pub const ALL: [StrategyKind; 4] = [
+        StrategyKind::RoundRobin,
+        StrategyKind::Weighted,
+        StrategyKind::Health,
+        StrategyKind::Adaptive,
+    ];
+
+    /// A fresh strategy of this kind.
+    pub fn build(self) -> Box<dyn Strategy> {
+        match self {
+            StrategyKind::RoundRobin => Box::new(RoundRobin::default()),
+            StrategyKind::Weighted => Box::new(Weighted),
+            StrategyKind::Health => Box::new(Health),
+            StrategyKind::Adaptive => Box::new(Adaptive::default()),
+        }
+    }
+
+    /// The configuration name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StrategyKind::RoundRobin => "round_robin",
+            StrategyKind::Weighted => "weighted",
+            StrategyKind::Health => "health",
+            StrategyKind::Adaptive => "adaptive",
+        }
+    }
+}
+
+impl FromStr for StrategyKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "round_robin" | "round-robin" | "roundrobin" => Ok(StrategyKind::RoundRobin),
+            "weighted" => Ok(StrategyKind::Weighted),
+            "health" | "health_aware" => Ok(StrategyKind::Health),
+            "adaptive" => Ok(StrategyKind::Adaptive),
+            other => Err(format!(
+                "unknown strategy `{other}` (expected round_robin, weighted, health or adaptive)"
+            )),
+        }
+    }
+}
+
+/// Exact rotation over the candidates given.
+#[derive(Debug, Default)]
+pub struct RoundRobin {
+    next: AtomicUsize,
+}
+
+impl Strategy for RoundRobin {
+    fn name(&self) -> &'static str {
+        "round_robin"
+    }
+
+    fn pick(
+        &self,
+        candidates: &[Candidate<'_>],
+        _ctx: &PickContext<'_>,
+        _rng: &mut fastrand::Rng,
+    ) -> Option<usize> {
+        if candidates.is_empty() {
+            return None;
+        }
+        Some(self.next.fetch_add(1, Ordering::Relaxed) % candidates.len())
+    }
+}
+
+/// Weighted random choice; shares converge to the weights.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Weighted;
+
+fn weighted_index<'a>(
+    candidates: &[Candidate<'a>],
+    rng: &mut fastrand::Rng,
+    keep: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    let total: f64 = candidates
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| keep(*i))
+        .map(|(_, c)| c.weight())
+        .sum();
+    if total <= 0.0 {
+        return None;
+    }
+    let mut x = rng.f64() * total;
+    let mut last = None;
+    for (i, c) in candidates.iter().enumerate() {
+        if !keep(i) {
+            continue;
+        }
+        last = Some(i);
+        x -= c.weight();
+        if x < 0.0 {
+            return Some(i);
+        }
+    }
+    last
+}
+
+impl Strategy for Weighted {
+    fn name(&self) -> &'static str {
+        "weighted"
+    }
+
+    fn pick(
+        &self,
+        candidates: &[Candidate<'_>],
+        _ctx: &PickContext<'_>,
+        rng: &mut fastrand::Rng,
+    ) -> Option<usize> {
+        weighted_index(candidates, rng, |_| true)
+    }
+}
+
+/// Weighted choice among candidates that are neither ejected, resting nor at their configured limit.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Health;
+
+impl Strategy for Health {
+    fn name(&self) -> &'static str {
+        "health"
+    }
+
+    fn pick(
+        &self,
+        candidates: &[Candidate<'_>],
+        ctx: &PickContext<'_>,
+        rng: &mut fastrand::Rng,
+    ) -> Option<usize> {
+        weighted_index(candidates, rng, |i| candidates[i].is_usable(ctx.now))
+    }
+}
+
+/// Health plus live load: power of two choices over a cost made of peak-EWMA latency, in-flight
+/// requests, error rate and rate-limit headroom, divided by the configured weight.
+#[derive(Debug, Clone, Copy)]
+pub struct Adaptive {
+    /// Latency assumed for a candidate without samples (ns); low, so new candidates get tried.
+    pub default_latency_nanos: f64,
+    /// How strongly the error rate raises the cost.
+    pub error_penalty: f64,
+}
+
+impl Default for Adaptive {
+    fn default() -> Self {
+        Adaptive {
+            default_latency_nanos: 1_000_000.0,
+            error_penalty: 20.0,
+        }
+    }
+}
+
+impl Adaptive {
+    /// The cost of sending one more request to a candidate; lower is better.
+    pub fn cost(&self, c: &Candidate<'_>, ctx: &PickContext<'_>) -> f64 {
+        let s = c.signals;
+        let latency = s
+            .latency_nanos(ctx.now, ctx.health.decay)
+            .unwrap_or(self.default_latency_nanos)
+            .max(1.0);
+        let load = f64::from(s.in_flight()) + 1.0;
+        let errors = 1.0 + self.error_penalty * s.error_rate();
+        let headroom = s.headroom(ctx.now, c.rpm, c.tpm);
+        // 1/(h+0.05): keys close to their limit get expensive well before they are full.
+        let scarcity = 1.0 / (headroom + 0.05);
+        latency * load * errors * scarcity / c.weight()
+    }
+}
+
+impl Strategy for Adaptive {
+    fn name(&self) -> &'static str {
+        "adaptive"
+    }
+
+    fn pick(
+        &self,
+        candidates: &[Candidate<'_>],
+        ctx: &PickContext<'_>,
+        rng: &mut fastrand::Rng,
+    ) -> Option<usize> {
+        let usable = |i: usize| candidates[i].is_usable(ctx.now);
+        let a = weighted_index(candidates, rng, usable)?;
+        let b = match weighted_index(candidates, rng, |i| i != a && usable(i)) {
+            Some(b) => b,
+            None => return Some(a),
+        };
+        let (ca, cb) = (
+            self.cost(&candidates[a], ctx),
+            self.cost(&candidates[b], ctx),
+        );
+        Some(if cb < ca { b } else { a })
+    }
+}
+
+/// The earliest time (ns) any candidate comes back, if all are unusable for a known time.
+pub fn earliest_return(candidates: &[Candidate<'_>], now: u64) -> Option<u64> {
+    candidates.iter().filter_map(|c| c.back_at(now)).min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signals::AttemptOutcome;
+    use proptest::prelude::{any, prop_assert, proptest};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn cands(signals: &[Arc<Signals>], weights: &[u32]) -> Vec<Candidate<'static>> {
+        // Leak for 'static in tests only: tiny and bounded.
+        let signals: &'static [Arc<Signals>] = Box::leak(signals.to_vec().into_boxed_slice());
+        signals
+            .iter()
+            .zip(weights)
+            .map(|(s, w)| Candidate {
+                weight: *w,
+                signals: s,
+                rpm: None,
+                tpm: None,
+            })
+            .collect()
+    }
+
+    fn sigs(n: usize) -> Vec<Arc<Signals>> {
+        (0..n).map(|_| Signals::new()).collect()
+    }
+
+    const HC: HealthConfig = HealthConfig {
+        eject_after: 3,
+        eject_for: Duration::from_secs(5),
+        max_eject_for: Duration::from_secs(60),
+        decay: Duration::from_secs(10),
+        default_rest: Duration::from_secs(1),
+        disable_for: Duration::from_secs(300),
+    };
+
+    fn ctx(now: u64) -> PickContext<'static> {
+        PickContext { now, health: &HC }
+    }
+
+    #[test]
+    fn round_robin_is_an_exact_rotation() {
+        let s = sigs(3);
+        let c = cands(&s, &[1, 5, 1]);
+        let rr = RoundRobin::default();
+        let mut rng = fastrand::Rng::with_seed(0);
+        let picks: Vec<_> = (0..7)
+            .map(|_| rr.pick(&c, &ctx(1), &mut rng).unwrap())
+            .collect();
+        assert_eq!(picks, vec![0, 1, 2, 0, 1, 2, 0]);
+    }
+
+    #[test]
+    fn health_skips_resting_and_ejected() {
+        let s = sigs(3);
+        s[0].rest_until(1_000);
+        s[1].disable_until(1_000);
+        let c = cands(&s, &[10, 10, 1]);
+        let mut rng = fastrand::Rng::with_seed(3);
+        for _ in 0..100 {
+            assert_eq!(Health.pick(&c, &ctx(10), &mut rng), Some(2));
+            assert_eq!(
+                Adaptive::default().pick(&c, &ctx(10), &mut rng),
+                Some(2)
+            );
+        }
+        s[2].rest_until(500);
+        assert_eq!(Health.pick(&c, &ctx(10), &mut rng), None);
+        assert_eq!(earliest_return(&c, 10), Some(500));
+    }
+
+    #[test]
+    fn adaptive_prefers_the_fast_and_the_roomy() {
+        let s = sigs(2);
+        // Key 0 answered in 200 ms, key 1 in 5 ms.
+        s[0].start(1, 0)
+            .finish(200_000_001, AttemptOutcome::Success, &HC);
+        s[1].start(1, 0).finish(5_000_001, AttemptOutcome::Success, &HC);
+        let c = cands(&s, &[1, 1]);
+        let ad = Adaptive::default();
+        let mut rng = fastrand::Rng::with_seed(9);
+        let fast = (0..1000)
+            .filter(|_| ad.pick(&c, &ctx(200_000_002), &mut rng) == Some(1))
+            .count();
+        assert!(fast > 990, "p2c with two candidates always compares both: {fast}");
+
+        // Same latency, but key 1 reports 2% headroom left.
+        let s = sigs(2);
+        s[1].record_rate_limit(
+            1,
+            &crate::ratelimit::RateLimitInfo {
+                limit_requests: Some(100),
+                remaining_requests: Some(2),
+                reset_requests: Some(Duration::from_secs(30)),
+                ..Default::default()
+            },
+        );
+        let c = cands(&s, &[1, 1]);
+        let roomy = (0..1000)
+            .filter(|_| ad.pick(&c, &ctx(2), &mut rng) == Some(0))
+            .count();
+        assert!(roomy > 990, "near-empty key avoided: {roomy}");
+    }
+
+    proptest! {
+        #[test]
+        fn weighted_shares_converge_to_weights(weights in proptest::collection::vec(1u32..20, 2..6), seed in any::<u64>()) {
+            let s = sigs(weights.len());
+            let c = cands(&s, &weights);
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let n = 20_000;
+            let mut counts = vec![0usize; weights.len()];
+            for _ in 0..n {
+                counts[Weighted.pick(&c, &ctx(1), &mut rng).unwrap()] += 1;
+            }
+            let total: u32 = weights.iter().sum();
+            for (i, w) in weights.iter().enumerate() {
+                let want = f64::from(*w) / f64::from(total);
+                let got = counts[i] as f64 / n as f64;
+                prop_assert!((want - got).abs() < 0.025, "candidate {} wanted {:.3} got {:.3}", i, want, got);
+            }
+        }
+
+        #[test]
+        fn unusable_candidates_are_never_picked(n in 2usize..8, bad in proptest::collection::vec(any::<bool>(), 8), seed in any::<u64>()) {
+            let s = sigs(n);
+            for (i, b) in bad.iter().take(n).enumerate() {
+                if *b { if i % 2 == 0 { s[i].rest_until(1_000_000) } else { s[i].disable_until(1_000_000) } }
+            }
+            let c = cands(&s, &vec![3; n]);
+            let any_good = bad.iter().take(n).any(|b| !b);
+            let mut rng = fastrand::Rng::with_seed(seed);
+            for strat in [StrategyKind::Health.build(), StrategyKind::Adaptive.build()] {
+                for _ in 0..50 {
+                    match strat.pick(&c, &ctx(10), &mut rng) {
+                        Some(i) => prop_assert!(!bad[i], "{} picked unusable candidate {}", strat.name(), i),
+                        None => prop_assert!(!any_good, "{} found nothing although one was usable", strat.name()),
+                    }
+                }
+            }
+        }
+    }
+}

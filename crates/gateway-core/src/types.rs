@@ -1,0 +1,921 @@
+//! Canonical request and response types.
+//!
+//! They follow the OpenAI chat-completions schema, which is the richest common denominator of the
+//! providers, with a few additions (for example `top_k`) so that Anthropic, Gemini, Bedrock Converse
+//! and Cohere requests convert into them and back without losing fields that matter. Fields the
+//! gateway does not know are kept in `extra` and passed through to OpenAI-shaped upstreams.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Instructions for the model.
+    System,
+    /// The newer name OpenAI uses for system instructions.
+    Developer,
+    /// The end user.
+    User,
+    /// The model.
+    Assistant,
+    /// The result of a tool call.
+    Tool,
+}
+
+/// A message's content: plain text or a list of parts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    /// Plain text.
+    Text(String),
+    /// Text and image parts.
+    Parts(Vec<ContentPart>),
+}
+
+impl Content {
+    /// All text parts joined (images are skipped).
+    pub fn text(&self) -> String {
+        match self {
+            Content::Text(t) => t.clone(),
+            Content::Parts(parts) => {
+                let mut out = String::new();
+                for p in parts {
+                    if let ContentPart::Text { text } = p {
+                        out.push_str(text);
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// Number of bytes of text, used for token estimates.
+    pub fn text_len(&self) -> usize {
+        match self {
+            Content::Text(t) => t.len(),
+            Content::Parts(parts) => parts
+                .iter()
+                .map(|p| match p {
+                    ContentPart::Text { text } => text.len(),
+                    ContentPart::ImageUrl { .. } => 0,
+                    ContentPart::Other(v) => v.to_string().len(),
+                })
+                .sum(),
+        }
+    }
+}
+
+/// One part of a multi-part message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContentPart {
+    /// A text part.
+    Text {
+        /// The text.
+        text: String,
+    },
+    /// An image given by URL or `data:` URL.
+    ImageUrl {
+        /// The image reference.
+        image_url: ImageUrl,
+    },
+    /// Any other part type (audio, files...), kept as is.
+    #[serde(untagged)]
+    Other(Value),
+}
+
+/// An image reference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageUrl {
+    /// `https://...` or `data:<mime>;base64,<data>`.
+    pub url: String,
+    /// `auto`, `low` or `high`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl ImageUrl {
+    /// Splits a `data:` URL into media type and base64 data.
+    pub fn as_data(&self) -> Option<(&str, &str)> {
+        let rest = self.url.strip_prefix("data:")?;
+        let (meta, data) = rest.split_once(',')?;
+        let mime = meta.strip_suffix(";base64")?;
+        Some((mime, data))
+    }
+}
+
+/// A chat message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// Who wrote it.
+    pub role: Role,
+    /// Its content; `None` for an assistant turn that only calls tools.
+    #[serde(default)]
+    pub content: Option<Content>,
+    /// Optional participant name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Tool calls made by the assistant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+    /// For `role: tool`, the call this answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// A refusal message from the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
+    /// Reasoning text some providers return (never sent back upstream by adapters that reject it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+}
+
+impl Message {
+    /// A message with text content.
+    pub fn text(role: Role, text: impl Into<String>) -> Self {
+        Message {
+            role,
+            content: Some(Content::Text(text.into())),
+            name: None,
+            tool_calls: None,
+            tool_call_id: None,
+            refusal: None,
+            reasoning_content: None,
+        }
+    }
+
+    /// The text of the content, empty if none.
+    pub fn content_text(&self) -> String {
+        self.content.as_ref().map(Content::text).unwrap_or_default()
+    }
+}
+
+/// A function call made by the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// The call id, echoed by the tool result.
+    pub id: String,
+    /// Always `function`.
+    #[serde(rename = "type", default = "function_type")]
+    pub kind: String,
+    /// The function and its arguments.
+    pub function: FunctionCall,
+}
+
+fn function_type() -> String {
+    "function".to_owned()
+}
+
+/// A function name and its JSON-encoded arguments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionCall {
+    /// The function's name.
+    pub name: String,
+    /// The arguments as a JSON string (as OpenAI sends them).
+    #[serde(default)]
+    pub arguments: String,
+}
+
+/// A tool the model may call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tool {
+    /// Always `function`.
+    #[serde(rename = "type", default = "function_type")]
+    pub kind: String,
+    /// The function's declaration.
+    pub function: FunctionDef,
+}
+
+/// A function declaration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionDef {
+    /// Its name.
+    pub name: String,
+    /// What it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// JSON schema of its arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Value>,
+    /// Structured-output strictness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
+}
+
+/// Whether and which tool the model must call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ToolChoice {
+    /// `none`, `auto` or `required`.
+    Mode(ToolChoiceMode),
+    /// A named function.
+    Named(NamedToolChoice),
+}
+
+/// The string forms of `tool_choice`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolChoiceMode {
+    /// Never call a tool.
+    None,
+    /// The model decides.
+    Auto,
+    /// Call at least one tool.
+    Required,
+}
+
+/// `{"type":"function","function":{"name":..}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamedToolChoice {
+    /// Always `function`.
+    #[serde(rename = "type", default = "function_type")]
+    pub kind: String,
+    /// The function to call.
+    pub function: NamedFunction,
+}
+
+/// The name of a function.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamedFunction {
+    /// Its name.
+    pub name: String,
+}
+
+impl ToolChoice {
+    /// The named function, if the choice names one.
+    pub fn function_name(&self) -> Option<&str> {
+        match self {
+            ToolChoice::Named(n) => Some(&n.function.name),
+            ToolChoice::Mode(_) => None,
+        }
+    }
+}
+
+/// Stop sequences: one string or several.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    /// A single sequence.
+    One(String),
+    /// Several sequences.
+    Many(Vec<String>),
+}
+
+impl Stop {
+    /// As a list.
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            Stop::One(s) => vec![s.clone()],
+            Stop::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// `response_format`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    /// Plain text.
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON matching a schema.
+    JsonSchema {
+        /// `{name, schema, strict}`.
+        json_schema: JsonSchemaFormat,
+    },
+}
+
+/// A named JSON schema for structured output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JsonSchemaFormat {
+    /// The schema's name.
+    pub name: String,
+    /// The schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<Value>,
+    /// Strict mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
+    /// Description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// `stream_options`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct StreamOptions {
+    /// Send a final chunk with usage.
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// A chat request in canonical form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ChatRequest {
+    /// The public model name: a route, `provider/model`, or a bare model.
+    pub model: String,
+    /// The conversation.
+    pub messages: Vec<Message>,
+    /// Legacy output limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// Output limit (o-series name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<u32>,
+    /// Sampling temperature, 0 to 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// Nucleus sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    /// Top-k sampling (Anthropic, Gemini, Cohere; not OpenAI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u32>,
+    /// Number of choices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
+    /// Stop sequences.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Stop>,
+    /// Presence penalty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f64>,
+    /// Frequency penalty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f64>,
+    /// Sampling seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    /// End-user identifier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Tools the model may call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<Tool>>,
+    /// Tool choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<ToolChoice>,
+    /// Whether several tools may be called at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
+    /// Output format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<ResponseFormat>,
+    /// Reasoning effort (`low`, `medium`, `high`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_effort: Option<String>,
+    /// Stream the answer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
+    /// Stream options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+    /// Gateway extension: models to try when the primary fails (`provider/model` or routes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<String>,
+    /// Fields this type does not model; passed through to OpenAI-shaped upstreams.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl ChatRequest {
+    /// The output limit the caller asked for, whichever field carried it.
+    pub fn output_limit(&self) -> Option<u32> {
+        self.max_completion_tokens.or(self.max_tokens)
+    }
+
+    /// A cheap estimate of input tokens (about four bytes per token, plus per-message overhead).
+    pub fn estimate_input_tokens(&self) -> u64 {
+        let mut bytes = 0usize;
+        for m in &self.messages {
+            bytes += 16;
+            if let Some(c) = &m.content {
+                bytes += c.text_len();
+            }
+            if let Some(calls) = &m.tool_calls {
+                for c in calls {
+                    bytes += c.function.name.len() + c.function.arguments.len();
+                }
+            }
+        }
+        if let Some(tools) = &self.tools {
+            for t in tools {
+                bytes += t.function.name.len()
+                    + t.function.description.as_ref().map_or(0, String::len)
+                    + t.function.parameters.as_ref().map_or(0, |p| p.to_string().len());
+            }
+        }
+        (bytes as u64).div_ceil(4)
+    }
+
+    /// Whether the caller asked for a usage chunk at the end of a stream.
+    pub fn wants_stream_usage(&self) -> bool {
+        self.stream_options.as_ref().is_some_and(|o| o.include_usage)
+    }
+}
+
+/// Why the model stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// Natural end or a stop sequence.
+    Stop,
+    /// Output limit reached.
+    Length,
+    /// The model called tools.
+    ToolCalls,
+    /// Content was filtered.
+    ContentFilter,
+    /// Legacy function call.
+    FunctionCall,
+}
+
+/// Token usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Usage {
+    /// Input tokens, cached ones included.
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    /// Output tokens, reasoning included.
+    #[serde(default)]
+    pub completion_tokens: u64,
+    /// Sum of the two.
+    #[serde(default)]
+    pub total_tokens: u64,
+    /// Details of the prompt tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+    /// Details of the completion tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_tokens_details: Option<CompletionTokensDetails>,
+}
+
+/// Cached-token accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PromptTokensDetails {
+    /// Input tokens served from the provider's cache.
+    #[serde(default)]
+    pub cached_tokens: u64,
+}
+
+/// Reasoning-token accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct CompletionTokensDetails {
+    /// Output tokens spent on reasoning.
+    #[serde(default)]
+    pub reasoning_tokens: u64,
+}
+
+impl Usage {
+    /// Usage from prompt, completion and cached counts.
+    pub fn new(prompt: u64, completion: u64, cached: u64) -> Self {
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt + completion,
+            prompt_tokens_details: (cached > 0).then_some(PromptTokensDetails {
+                cached_tokens: cached,
+            }),
+            completion_tokens_details: None,
+        }
+    }
+
+    /// Cached input tokens.
+    pub fn cached_tokens(&self) -> u64 {
+        self.prompt_tokens_details.map_or(0, |d| d.cached_tokens)
+    }
+}
+
+/// One answer of a chat response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Choice {
+    /// Position among the choices.
+    pub index: u32,
+    /// The assistant's message.
+    pub message: Message,
+    /// Why it stopped.
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// A chat response in canonical form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatResponse {
+    /// Response id.
+    pub id: String,
+    /// Always `chat.completion`.
+    #[serde(default = "chat_completion")]
+    pub object: String,
+    /// Unix seconds.
+    #[serde(default)]
+    pub created: u64,
+    /// The model that answered.
+    pub model: String,
+    /// The answers.
+    pub choices: Vec<Choice>,
+    /// Token usage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// Provider-specific extras, passed through.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+fn chat_completion() -> String {
+    "chat.completion".to_owned()
+}
+
+fn chat_completion_chunk() -> String {
+    "chat.completion.chunk".to_owned()
+}
+
+/// A fragment of a tool call in a stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ToolCallDelta {
+    /// Which call this fragment belongs to.
+    pub index: u32,
+    /// Present on the first fragment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `function` on the first fragment.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Name and argument fragment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<FunctionCallDelta>,
+}
+
+/// Fragment of a function call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct FunctionCallDelta {
+    /// The name, on the first fragment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A piece of the JSON arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
+}
+
+/// What a stream chunk adds to the message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Delta {
+    /// `assistant` on the first chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    /// Text to append.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// Reasoning text to append.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    /// Refusal text to append.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
+    /// Tool-call fragments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
+}
+
+/// One choice of a stream chunk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkChoice {
+    /// Position among the choices.
+    pub index: u32,
+    /// What this chunk adds.
+    #[serde(default)]
+    pub delta: Delta,
+    /// Set on the last chunk of this choice.
+    #[serde(default)]
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// A streamed chunk in canonical (OpenAI) form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatChunk {
+    /// Response id, the same on every chunk.
+    #[serde(default)]
+    pub id: String,
+    /// Always `chat.completion.chunk`.
+    #[serde(default = "chat_completion_chunk")]
+    pub object: String,
+    /// Unix seconds.
+    #[serde(default)]
+    pub created: u64,
+    /// The model that answers.
+    #[serde(default)]
+    pub model: String,
+    /// Choice deltas; empty on the usage chunk.
+    #[serde(default)]
+    pub choices: Vec<ChunkChoice>,
+    /// Usage, on the last chunk.
+    #[serde(default)]
+    pub usage: Option<Usage>,
+}
+
+impl ChatChunk {
+    /// An empty chunk with the given identity.
+    pub fn new(id: impl Into<String>, model: impl Into<String>, created: u64) -> Self {
+        ChatChunk {
+            id: id.into(),
+            object: chat_completion_chunk(),
+            created,
+            model: model.into(),
+            choices: Vec::new(),
+            usage: None,
+        }
+    }
+
+    /// The same identity with one choice carrying `delta` and `finish_reason`.
+    pub fn with_delta(mut self, delta: Delta, finish_reason: Option<FinishReason>) -> Self {
+        self.choices.push(ChunkChoice {
+            index: 0,
+            delta,
+            finish_reason,
+        });
+        self
+    }
+}
+
+/// Builds the final message back from stream chunks (used by tests and for logging usage).
+#[derive(Debug, Default, Clone)]
+pub struct StreamAccumulator {
+    /// Response id.
+    pub id: String,
+    /// Model.
+    pub model: String,
+    /// Text so far.
+    pub content: String,
+    /// Tool calls so far.
+    pub tool_calls: Vec<ToolCall>,
+    /// The finish reason, once seen.
+    pub finish_reason: Option<FinishReason>,
+    /// Usage, once seen.
+    pub usage: Option<Usage>,
+    /// Number of chunks seen.
+    pub chunks: usize,
+}
+
+impl StreamAccumulator {
+    /// Adds one chunk.
+    pub fn push(&mut self, chunk: &ChatChunk) {
+        self.chunks += 1;
+        if self.id.is_empty() {
+            self.id.clone_from(&chunk.id);
+        }
+        if self.model.is_empty() {
+            self.model.clone_from(&chunk.model);
+        }
+        if let Some(u) = chunk.usage {
+            self.usage = Some(u);
+        }
+        for c in &chunk.choices {
+            if let Some(t) = &c.delta.content {
+                self.content.push_str(t);
+            }
+            if let Some(calls) = &c.delta.tool_calls {
+                for d in calls {
+                    let i = d.index as usize;
+                    while self.tool_calls.len() <= i {
+                        self.tool_calls.push(ToolCall {
+                            id: String::new(),
+                            kind: function_type(),
+                            function: FunctionCall {
+                                name: String::new(),
+                                arguments: String::new(),
+                            },
+                        });
+                    }
+                    let call = &mut self.tool_calls[i];
+                    if let Some(id) = &d.id {
+                        call.id.clone_from(id);
+                    }
+                    if let Some(f) = &d.function {
+                        if let Some(n) = &f.name {
+                            call.function.name.push_str(n);
+                        }
+                        if let Some(a) = &f.arguments {
+                            call.function.arguments.push_str(a);
+                        }
+                    }
+                }
+            }
+            if c.finish_reason.is_some() {
+                self.finish_reason = c.finish_reason;
+            }
+        }
+    }
+
+    /// The assembled response.
+    pub fn into_response(self) -> ChatResponse {
+        let tool_calls = (!self.tool_calls.is_empty()).then_some(self.tool_calls);
+        ChatResponse {
+            id: self.id,
+            object: chat_completion(),
+            created: 0,
+            model: self.model,
+            choices: vec![Choice {
+                index: 0,
+                message: Message {
+                    role: Role::Assistant,
+                    content: (!self.content.is_empty() || tool_calls.is_none())
+                        .then_some(Content::Text(self.content)),
+                    name: None,
+                    tool_calls,
+                    tool_call_id: None,
+                    refusal: None,
+                    reasoning_content: None,
+                },
+                finish_reason: self.finish_reason,
+            }],
+            usage: self.usage,
+            extra: Map::new(),
+        }
+    }
+}
+
+/// Embedding input: one string, several, or token arrays.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EmbeddingInput {
+    /// One string.
+    One(String),
+    /// Several strings.
+    Many(Vec<String>),
+    /// One token array.
+    Tokens(Vec<u32>),
+    /// Several token arrays.
+    ManyTokens(Vec<Vec<u32>>),
+}
+
+impl EmbeddingInput {
+    /// The inputs as strings (token arrays are not supported by non-OpenAI providers).
+    pub fn texts(&self) -> Vec<String> {
+        match self {
+            EmbeddingInput::One(s) => vec![s.clone()],
+            EmbeddingInput::Many(v) => v.clone(),
+            EmbeddingInput::Tokens(_) | EmbeddingInput::ManyTokens(_) => Vec::new(),
+        }
+    }
+
+    /// Estimated tokens.
+    pub fn estimate_tokens(&self) -> u64 {
+        match self {
+            EmbeddingInput::One(s) => (s.len() as u64).div_ceil(4),
+            EmbeddingInput::Many(v) => v.iter().map(|s| (s.len() as u64).div_ceil(4)).sum(),
+            EmbeddingInput::Tokens(t) => t.len() as u64,
+            EmbeddingInput::ManyTokens(t) => t.iter().map(|t| t.len() as u64).sum(),
+        }
+    }
+}
+
+/// An embeddings request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbeddingRequest {
+    /// The public model name.
+    pub model: String,
+    /// What to embed.
+    pub input: EmbeddingInput,
+    /// `float` or `base64`; the adapters always fetch floats, the server encodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding_format: Option<String>,
+    /// Output dimensions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<u32>,
+    /// End-user identifier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Gateway extension: fallbacks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<String>,
+}
+
+/// One embedding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Embedding {
+    /// Always `embedding`.
+    #[serde(default = "embedding_object")]
+    pub object: String,
+    /// Position in the input.
+    pub index: u32,
+    /// The vector.
+    pub embedding: Vec<f32>,
+}
+
+fn embedding_object() -> String {
+    "embedding".to_owned()
+}
+
+/// An embeddings response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbeddingResponse {
+    /// Always `list`.
+    #[serde(default = "list_object")]
+    pub object: String,
+    /// The vectors.
+    pub data: Vec<Embedding>,
+    /// The model that answered.
+    pub model: String,
+    /// Token usage.
+    #[serde(default)]
+    pub usage: Option<Usage>,
+}
+
+fn list_object() -> String {
+    "list".to_owned()
+}
+
+/// A model a provider serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Its id.
+    pub id: String,
+    /// Who owns it.
+    #[serde(default)]
+    pub owned_by: String,
+    /// Unix seconds.
+    #[serde(default)]
+    pub created: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_request_round_trips_with_unknown_fields() {
+        let raw = serde_json::json!({
+            "model": "gpt-4o-mini",
+            "messages": [
+                {"role": "system", "content": "Be terse."},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+                ]},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}
+                ]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "ok"}
+            ],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+            "tool_choice": {"type": "function", "function": {"name": "f"}},
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}},
+            "stop": "END",
+            "seed": 7,
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "logit_bias": {"50256": -100}
+        });
+        let req: ChatRequest = serde_json::from_value(raw.clone()).unwrap();
+        assert_eq!(req.messages.len(), 4);
+        assert_eq!(req.tool_choice.as_ref().and_then(|c| c.function_name()), Some("f"));
+        assert!(req.wants_stream_usage());
+        assert!(req.extra.contains_key("logit_bias"), "unknown fields are kept");
+        let back = serde_json::to_value(&req).unwrap();
+        assert_eq!(back, raw, "canonical form serialises back to the same OpenAI body");
+    }
+
+    #[test]
+    fn accumulator_rebuilds_tool_calls() {
+        let mut acc = StreamAccumulator::default();
+        let c = ChatChunk::new("x", "m", 0);
+        acc.push(&c.clone().with_delta(
+            Delta {
+                tool_calls: Some(vec![ToolCallDelta {
+                    index: 0,
+                    id: Some("call_1".into()),
+                    kind: Some("function".into()),
+                    function: Some(FunctionCallDelta {
+                        name: Some("f".into()),
+                        arguments: Some(String::new()),
+                    }),
+                }]),
+                ..Delta::default()
+            },
+            None,
+        ));
+        for part in ["{\"a\"", ":1}"] {
+            acc.push(&c.clone().with_delta(
+                Delta {
+                    tool_calls: Some(vec![ToolCallDelta {
+                        index: 0,
+                        function: Some(FunctionCallDelta {
+                            name: None,
+                            arguments: Some(part.into()),
+                        }),
+                        ..ToolCallDelta::default()
+                    }]),
+                    ..Delta::default()
+                },
+                None,
+            ));
+        }
+        acc.push(&c.with_delta(Delta::default(), Some(FinishReason::ToolCalls)));
+        let resp = acc.into_response();
+        let msg = &resp.choices[0].message;
+        let calls = msg.tool_calls.as_ref().unwrap();
+        assert_eq!(calls[0].function.arguments, "{\"a\":1}");
+        assert_eq!(resp.choices[0].finish_reason, Some(FinishReason::ToolCalls));
+        assert!(msg.content.is_none());
+    }
+}
