@@ -384,10 +384,16 @@ impl Engine {
         let est = request.estimate_input_tokens() + u64::from(request.output_limit().unwrap_or(0));
         let fallbacks = merge_fallbacks(&request.fallbacks, &opts.fallbacks);
         let out = self
-            .run(&request.model, &fallbacks, opts, est, |p, call| async move {
-                let r = p.chat(&call, request).await?;
-                Ok((r.body, r.rate_limit, None))
-            })
+            .run(
+                &request.model,
+                &fallbacks,
+                opts,
+                est,
+                |p, call| async move {
+                    let r = p.chat(&call, request).await?;
+                    Ok((r.body, r.rate_limit, None))
+                },
+            )
             .await?;
         let actual = out.value.usage.map_or(est, |u| u.total_tokens);
         out.key_signals.settle_tokens(est, actual);
@@ -413,7 +419,8 @@ impl Engine {
                     let mut chunks = s.chunks;
                     match chunks.next().await {
                         Some(Ok(first)) => {
-                            let ttft = Duration::from_nanos(clock.now_nanos().saturating_sub(start));
+                            let ttft =
+                                Duration::from_nanos(clock.now_nanos().saturating_sub(start));
                             Ok(((first, chunks), s.rate_limit, Some(ttft)))
                         }
                         Some(Err(e)) => Err(e),
@@ -425,12 +432,8 @@ impl Engine {
             })
             .await?;
         let ttft = out.attempts.last().and_then(|a| a.ttft);
-        let ((first, rest), served_by, attempts, route) = (
-            out.value,
-            out.served_by.clone(),
-            out.attempts,
-            out.route,
-        );
+        let ((first, rest), served_by, attempts, route) =
+            (out.value, out.served_by.clone(), out.attempts, out.route);
         let stream = EngineStream {
             first: Some(first),
             rest,
@@ -462,10 +465,16 @@ impl Engine {
         let est = request.input.estimate_tokens();
         let fallbacks = merge_fallbacks(&request.fallbacks, &opts.fallbacks);
         let out = self
-            .run(&request.model, &fallbacks, opts, est, |p, call| async move {
-                let r = p.embed(&call, request).await?;
-                Ok((r.body, r.rate_limit, None))
-            })
+            .run(
+                &request.model,
+                &fallbacks,
+                opts,
+                est,
+                |p, call| async move {
+                    let r = p.embed(&call, request).await?;
+                    Ok((r.body, r.rate_limit, None))
+                },
+            )
             .await?;
         Ok(out.finish(self.now()))
     }
@@ -636,13 +645,12 @@ impl Engine {
             Some(s) => fastrand::Rng::with_seed(s),
             None => fastrand::Rng::new(),
         };
-        let mut plan = Plan::new(&snap, model, fallbacks, &opts.allowed_providers).map_err(|e| {
-            Failure {
+        let mut plan =
+            Plan::new(&snap, model, fallbacks, &opts.allowed_providers).map_err(|e| Failure {
                 error: e,
                 attempts: Vec::new(),
                 route: None,
-            }
-        })?;
+            })?;
         let route = plan.route.clone();
         let retry = snap.retry;
         let health = snap.health;
@@ -655,11 +663,12 @@ impl Engine {
         let mut earliest_back: Option<u64> = None;
         let mut prev_provider: Option<Arc<str>> = None;
 
-        let fail = |error: EngineError, attempts: Vec<AttemptRecord>, route: Option<Arc<str>>| Failure {
-            error,
-            attempts,
-            route,
-        };
+        let fail =
+            |error: EngineError, attempts: Vec<AttemptRecord>, route: Option<Arc<str>>| Failure {
+                error,
+                attempts,
+                route,
+            };
 
         while let Some((pi, model_id)) = plan.next_target(&snap, self.now(), &mut rng) {
             let p = &snap.providers[pi];
@@ -746,15 +755,13 @@ impl Engine {
                 };
                 let key_guard = key.signals.start(now, est_tokens);
                 let target_guard = p.signals.start(now, est_tokens);
-                let result = match tokio::time::timeout(
-                    timeout,
-                    call_fn(Arc::clone(&p.provider), call),
-                )
-                .await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(ProviderError::Timeout),
-                };
+                let result =
+                    match tokio::time::timeout(timeout, call_fn(Arc::clone(&p.provider), call))
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(ProviderError::Timeout),
+                    };
                 let end = self.now();
                 let latency = Duration::from_nanos(end.saturating_sub(now));
                 let is_retry = provider_attempts > 0;
@@ -812,7 +819,7 @@ impl Engine {
                                     key.signals.record_rate_limit(end, info);
                                 }
                                 let wait = retry_after
-                                    .or_else(|| remaining.and_then(|r| r.wait_hint()))
+                                    .or_else(|| remaining.as_ref().and_then(|r| r.wait_hint()))
                                     .unwrap_or(health.default_rest);
                                 let until = end.saturating_add(wait.as_nanos() as u64);
                                 match rl_scope {
@@ -1088,8 +1095,8 @@ impl<'s> Plan<'s> {
                 });
                 if !keys_ok || !p.signals.availability(now).is_available() {
                     untried_unusable.get_or_insert(i);
-                    // Strategies without health still see it, so round robin stays exact.
-                    if matches!(r.strategy.name(), "round_robin" | "weighted") {
+                    // The health-blind strategy still sees it, so its shares stay the weights.
+                    if r.strategy.name() == "weighted" {
                         idx.push(i);
                         cands.push(Candidate {
                             weight: t.weight,
@@ -1158,10 +1165,16 @@ fn build_snapshot(
             ));
         }
         if provider_index.insert(p.name.clone(), i).is_some() {
-            problems.push(format!("providers[{i}].name: duplicate provider `{}`", p.name));
+            problems.push(format!(
+                "providers[{i}].name: duplicate provider `{}`",
+                p.name
+            ));
         }
         if p.keys.is_empty() {
-            problems.push(format!("providers[{i}].keys: provider `{}` has no key", p.name));
+            problems.push(format!(
+                "providers[{i}].keys: provider `{}` has no key",
+                p.name
+            ));
         }
         let mut seen = HashSet::new();
         for (j, k) in p.keys.iter().enumerate() {
@@ -1179,7 +1192,10 @@ fn build_snapshot(
             problems.push(format!("routes[{i}].name: duplicate route `{}`", r.name));
         }
         if r.targets.is_empty() {
-            problems.push(format!("routes[{i}].targets: route `{}` has no target", r.name));
+            problems.push(format!(
+                "routes[{i}].targets: route `{}` has no target",
+                r.name
+            ));
         }
         for (j, t) in r.targets.iter().enumerate() {
             if !provider_index.contains_key(&t.provider) {
@@ -1205,11 +1221,9 @@ fn build_snapshot(
         return Err(ConfigError { problems });
     }
 
-    let mut reg = registry
-        .lock()
-        .map_err(|_| ConfigError {
-            problems: vec!["internal: signal registry poisoned".to_owned()],
-        })?;
+    let mut reg = registry.lock().map_err(|_| ConfigError {
+        problems: vec!["internal: signal registry poisoned".to_owned()],
+    })?;
     let mut live = HashSet::new();
     let mut signal_for = |id: String| -> Arc<Signals> {
         live.insert(id.clone());
@@ -1376,6 +1390,402 @@ impl Stream for EngineStream {
                 }
                 Poll::Ready(None)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::Secret;
+    use crate::testing::{FakeProvider, Step};
+    use crate::types::{Message, Role};
+    use futures_util::StreamExt;
+
+    fn key(name: &str) -> KeyConfig {
+        KeyConfig {
+            name: name.to_owned(),
+            credential: Credential::ApiKey(Secret::new(format!("secret-{name}"))),
+            weight: 1,
+            models: None,
+            rpm: None,
+            tpm: None,
+        }
+    }
+
+    fn provider(
+        name: &str,
+        fake: &Arc<FakeProvider>,
+        keys: &[&str],
+        strategy: StrategyKind,
+    ) -> ProviderConfig {
+        ProviderConfig {
+            name: name.to_owned(),
+            provider: Arc::clone(fake) as Arc<dyn Provider>,
+            keys: keys.iter().map(|k| key(k)).collect(),
+            strategy,
+            timeout: Duration::from_secs(5),
+            max_retries: 2,
+            models: vec!["m".to_owned()],
+        }
+    }
+
+    fn route(name: &str, targets: &[(&str, u32)], fallbacks: &[&str]) -> RouteConfig {
+        RouteConfig {
+            name: name.to_owned(),
+            strategy: StrategyKind::Adaptive,
+            targets: targets
+                .iter()
+                .map(|(p, w)| TargetConfig {
+                    provider: (*p).to_owned(),
+                    model: "m".to_owned(),
+                    weight: *w,
+                })
+                .collect(),
+            fallbacks: fallbacks.iter().map(|f| (*f).to_owned()).collect(),
+        }
+    }
+
+    fn req(model: &str) -> ChatRequest {
+        ChatRequest {
+            model: model.to_owned(),
+            messages: vec![Message::text(Role::User, "hi")],
+            ..ChatRequest::default()
+        }
+    }
+
+    fn rate_limited(secs: u64) -> ProviderError {
+        ProviderError::RateLimited {
+            retry_after: Some(Duration::from_secs(secs)),
+            remaining: None,
+            scope: RateLimitScope::Key,
+            message: "slow down".to_owned(),
+        }
+    }
+
+    fn server_error() -> ProviderError {
+        ProviderError::Server {
+            status: 502,
+            message: "bad gateway".to_owned(),
+        }
+    }
+
+    fn opts() -> RequestOptions {
+        RequestOptions {
+            request_id: Arc::from("t"),
+            ..RequestOptions::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limited_key_rests_until_its_reset_and_another_key_serves() {
+        let fake = Arc::new(FakeProvider::new());
+        fake.script("a", vec![Step::Fail(rate_limited(30))]);
+        let engine = Engine::new(EngineConfig {
+            providers: vec![provider("p", &fake, &["a", "b"], StrategyKind::RoundRobin)],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let out = engine.chat(&req("p/m"), &opts()).await.unwrap();
+        assert_eq!(&*out.served_by.key, "b", "failed over to the other key");
+        assert_eq!(out.attempts.len(), 2);
+        assert_eq!(out.attempts[0].outcome, "rate_limited");
+        let health = engine.health();
+        assert_eq!(health[0].keys[0].state, "resting");
+        assert!(health[0].keys[0].cooldown_ms.unwrap() > 29_000);
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(
+            engine.health()[0].keys[0].state,
+            "available",
+            "back after the reset hint"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resting_key_is_not_picked_by_health_strategies() {
+        let fake = Arc::new(FakeProvider::new());
+        fake.script("a", vec![Step::Fail(rate_limited(30))]);
+        let engine = Engine::new(EngineConfig {
+            providers: vec![provider("p", &fake, &["a", "b"], StrategyKind::Health)],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        // Make sure key a gets its 429: try until a is called.
+        for _ in 0..20 {
+            engine.chat(&req("p/m"), &opts()).await.unwrap();
+        }
+        let calls = fake.calls();
+        let a_calls = calls.iter().filter(|(k, _)| k == "a").count();
+        assert_eq!(
+            a_calls, 1,
+            "after its 429, key a is never picked while resting: {calls:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn all_keys_resting_gives_the_earliest_retry_time() {
+        let fake = Arc::new(FakeProvider::new());
+        fake.script("a", vec![Step::Fail(rate_limited(20))]);
+        fake.script("b", vec![Step::Fail(rate_limited(7))]);
+        let engine = Engine::new(EngineConfig {
+            providers: vec![provider("p", &fake, &["a", "b"], StrategyKind::Adaptive)],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let err = engine.chat(&req("p/m"), &opts()).await.unwrap_err();
+        assert_eq!(err.attempts.len(), 2);
+        let err2 = engine.chat(&req("p/m"), &opts()).await.unwrap_err();
+        assert!(
+            err2.attempts.is_empty(),
+            "nothing is called while every key rests"
+        );
+        match err2.error {
+            EngineError::AllRateLimited { retry_after } => {
+                assert!(
+                    retry_after <= Duration::from_secs(7) && retry_after > Duration::from_secs(6),
+                    "{retry_after:?}"
+                )
+            }
+            other => panic!("expected AllRateLimited, got {other:?}"),
+        }
+        assert_eq!(err2.error.http_status(), 429);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn caller_errors_are_returned_without_failover() {
+        let fake = Arc::new(FakeProvider::new());
+        fake.always(
+            "a",
+            Step::Fail(ProviderError::ContextLengthExceeded {
+                message: "too long".to_owned(),
+            }),
+        );
+        let engine = Engine::new(EngineConfig {
+            providers: vec![
+                provider("p", &fake, &["a", "b"], StrategyKind::RoundRobin),
+                provider("q", &fake, &["c"], StrategyKind::RoundRobin),
+            ],
+            routes: vec![route("chat", &[("p", 1)], &["q/m"])],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let err = engine.chat(&req("chat"), &opts()).await.unwrap_err();
+        assert_eq!(err.attempts.len(), 1, "no retry on the caller's error");
+        assert!(matches!(
+            err.error,
+            EngineError::Caller(ProviderError::ContextLengthExceeded { .. })
+        ));
+        assert_eq!(err.error.http_status(), 400);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn provider_errors_fall_back_to_the_next_target() {
+        let fake_p = Arc::new(FakeProvider::new());
+        fake_p.always(
+            "a",
+            Step::Fail(ProviderError::Overloaded {
+                retry_after: None,
+                message: "529".to_owned(),
+            }),
+        );
+        let fake_q = Arc::new(FakeProvider::new());
+        let engine = Engine::new(EngineConfig {
+            providers: vec![
+                provider("p", &fake_p, &["a", "a2"], StrategyKind::RoundRobin),
+                provider("q", &fake_q, &["c"], StrategyKind::RoundRobin),
+            ],
+            routes: vec![route("chat", &[("p", 1)], &["q/m"])],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let out = engine.chat(&req("chat"), &opts()).await.unwrap();
+        assert_eq!(&*out.served_by.provider, "q");
+        assert_eq!(
+            out.attempts.len(),
+            2,
+            "overloaded skips the provider's other keys"
+        );
+        assert_eq!(out.attempts[1].fallback_from.as_deref(), Some("p"));
+        assert_eq!(out.route.as_deref(), Some("chat"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_errors_retry_another_key_with_backoff_then_fail_over() {
+        let fake_p = Arc::new(FakeProvider::new());
+        for k in ["a", "b", "c"] {
+            fake_p.always(k, Step::Fail(server_error()));
+        }
+        let fake_q = Arc::new(FakeProvider::new());
+        let mut p = provider("p", &fake_p, &["a", "b", "c"], StrategyKind::RoundRobin);
+        p.max_retries = 1;
+        let engine = Engine::new(EngineConfig {
+            providers: vec![p, provider("q", &fake_q, &["z"], StrategyKind::RoundRobin)],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let mut r = req("p/m");
+        r.fallbacks = vec!["q/m".to_owned()];
+        let t0 = tokio::time::Instant::now();
+        let out = engine.chat(&r, &opts()).await.unwrap();
+        assert_eq!(&*out.served_by.provider, "q");
+        assert_eq!(
+            out.attempts.len(),
+            3,
+            "one try plus max_retries=1 at p, then q"
+        );
+        assert!(out.attempts[1].is_retry);
+        assert!(
+            t0.elapsed() >= Duration::from_millis(50),
+            "backoff before the retry"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn auth_errors_disable_the_key() {
+        let fake = Arc::new(FakeProvider::new());
+        fake.always(
+            "bad",
+            Step::Fail(ProviderError::Auth {
+                status: 401,
+                message: "invalid key".to_owned(),
+            }),
+        );
+        let engine = Engine::new(EngineConfig {
+            providers: vec![provider("p", &fake, &["bad", "good"], StrategyKind::Health)],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        for _ in 0..10 {
+            let out = engine.chat(&req("p/m"), &opts()).await.unwrap();
+            assert_eq!(&*out.served_by.key, "good");
+        }
+        let bad_calls = fake.calls().iter().filter(|(k, _)| k == "bad").count();
+        assert!(bad_calls <= 1, "a refused key leaves rotation: {bad_calls}");
+        assert_eq!(engine.health()[0].keys[0].state, "ejected");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn streams_fail_over_before_the_first_chunk_only() {
+        let fake_p = Arc::new(FakeProvider::new());
+        fake_p.always("a", Step::StreamFailFirst(server_error()));
+        let fake_q = Arc::new(FakeProvider::new());
+        fake_q.always("z", Step::StreamFailAfter(2, server_error()));
+        let mut p = provider("p", &fake_p, &["a"], StrategyKind::RoundRobin);
+        p.max_retries = 0;
+        let engine = Engine::new(EngineConfig {
+            providers: vec![p, provider("q", &fake_q, &["z"], StrategyKind::RoundRobin)],
+            routes: vec![route("chat", &[("p", 1)], &["q/m"])],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let mut r = req("chat");
+        r.stream = true;
+        let out = engine.chat_stream(&r, &opts()).await.unwrap();
+        assert_eq!(
+            &*out.served_by.provider, "q",
+            "failed over before the first chunk"
+        );
+        let items: Vec<_> = out.value.collect().await;
+        assert_eq!(items.len(), 3);
+        assert!(items[0].is_ok() && items[1].is_ok());
+        assert!(
+            items[2].is_err(),
+            "after the first chunk an error ends the stream"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unknown_models_and_bare_models() {
+        let fake = Arc::new(FakeProvider::new());
+        let mut p = provider("p", &fake, &["a"], StrategyKind::RoundRobin);
+        p.keys[0].models = Some(vec!["gpt-x".to_owned()]);
+        let engine = Engine::new(EngineConfig {
+            providers: vec![p],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let err = engine.chat(&req("nope"), &opts()).await.unwrap_err();
+        assert!(matches!(err.error, EngineError::UnknownModel(_)));
+        assert_eq!(err.error.http_status(), 404);
+        let out = engine.chat(&req("gpt-x"), &opts()).await.unwrap();
+        assert_eq!(&*out.served_by.model, "gpt-x");
+        assert!(engine.resolves("p/anything"));
+        let ids: Vec<String> = engine.models().into_iter().map(|m| m.id).collect();
+        assert!(ids.contains(&"p/gpt-x".to_owned()), "{ids:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reload_keeps_signals_of_unchanged_keys_and_refuses_bad_configs() {
+        let fake = Arc::new(FakeProvider::new());
+        fake.script("a", vec![Step::Fail(rate_limited(60))]);
+        let cfg = EngineConfig {
+            providers: vec![provider("p", &fake, &["a", "b"], StrategyKind::Health)],
+            ..EngineConfig::default()
+        };
+        let engine = Engine::new(cfg.clone()).unwrap();
+        for _ in 0..4 {
+            engine.chat(&req("p/m"), &opts()).await.unwrap();
+        }
+        assert_eq!(engine.health()[0].keys[0].state, "resting");
+        let mut changed = cfg.clone();
+        changed.providers[0].keys[1].credential = Credential::ApiKey(Secret::new("rotated"));
+        engine.reload(changed).unwrap();
+        let h = engine.health();
+        assert_eq!(
+            h[0].keys[0].state, "resting",
+            "unchanged key keeps its state"
+        );
+        assert_eq!(h[0].keys[1].signals.picks, 0, "a changed key starts fresh");
+        let mut bad = cfg;
+        bad.routes = vec![route("r", &[("missing", 1)], &[])];
+        let e = engine.reload(bad).unwrap_err();
+        assert!(e.to_string().contains("unknown provider `missing`"), "{e}");
+        assert_eq!(
+            engine.health()[0].keys[0].state,
+            "resting",
+            "running config stays"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn failover_never_repeats_a_candidate(errors in proptest::collection::vec(0u8..6, 6), seed in 0u64..1000) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+            rt.block_on(async {
+                let fakes: Vec<Arc<FakeProvider>> = (0..2).map(|_| Arc::new(FakeProvider::new())).collect();
+                let names = [["a", "b", "c"], ["d", "e", "f"]];
+                for (pi, keys) in names.iter().enumerate() {
+                    for (ki, k) in keys.iter().enumerate() {
+                        let e = match errors[pi * 3 + ki] {
+                            0 => continue,
+                            1 => rate_limited(5),
+                            2 => server_error(),
+                            3 => ProviderError::Overloaded { retry_after: None, message: String::new() },
+                            4 => ProviderError::Auth { status: 401, message: String::new() },
+                            _ => ProviderError::Timeout,
+                        };
+                        fakes[pi].always(k, Step::Fail(e));
+                    }
+                }
+                let engine = Engine::new(EngineConfig {
+                    providers: vec![
+                        provider("p", &fakes[0], &names[0], StrategyKind::Adaptive),
+                        provider("q", &fakes[1], &names[1], StrategyKind::Adaptive),
+                    ],
+                    routes: vec![route("chat", &[("p", 1), ("q", 1)], &[])],
+                    ..EngineConfig::default()
+                }).unwrap();
+                let o = RequestOptions { seed: Some(seed), ..opts() };
+                let attempts = match engine.chat(&req("chat"), &o).await {
+                    Ok(out) => out.attempts,
+                    Err(f) => f.attempts,
+                };
+                let mut seen = HashSet::new();
+                for a in &attempts {
+                    assert!(seen.insert((a.provider.to_string(), a.key.to_string())), "repeated {}/{} in {:?}", a.provider, a.key, attempts.iter().map(|a| format!("{}/{}", a.provider, a.key)).collect::<Vec<_>>());
+                }
+                assert!(attempts.len() as u32 <= RetryConfig::default().max_attempts);
+            });
         }
     }
 }

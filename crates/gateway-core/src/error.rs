@@ -42,8 +42,8 @@ pub enum ProviderError {
     RateLimited {
         /// How long the provider asked us to wait.
         retry_after: Option<Duration>,
-        /// Remaining requests or tokens reported with the refusal.
-        remaining: Option<RateLimitInfo>,
+        /// Remaining requests or tokens reported with the refusal (boxed: errors stay small).
+        remaining: Option<Box<RateLimitInfo>>,
         /// Who the limit applies to.
         scope: RateLimitScope,
         /// The provider's message.

@@ -19,6 +19,7 @@ pub mod ratelimit;
 pub mod signals;
 pub mod sim;
 pub mod strategy;
+pub mod testing;
 pub mod types;
 
 pub use admission::{Admission, AdmissionRequest, AllowAll, Permit, Refusal};
@@ -28,6 +29,8 @@ pub use engine::{
 };
 pub use error::{EngineError, FailoverScope, ProviderError, RateLimitScope};
 pub use observe::{AttemptRecord, Observer, RequestRecord};
-pub use provider::{Call, ChunkStream, Credential, Provider, ProviderResponse, ProviderStream, Secret};
+pub use provider::{
+    Call, ChunkStream, Credential, Provider, ProviderResponse, ProviderStream, Secret,
+};
 pub use ratelimit::RateLimitInfo;
 pub use strategy::{Strategy, StrategyKind};

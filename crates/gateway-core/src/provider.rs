@@ -14,7 +14,9 @@ use futures_core::Stream;
 
 use crate::error::ProviderError;
 use crate::ratelimit::RateLimitInfo;
-use crate::types::{ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, ModelInfo};
+use crate::types::{
+    ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, ModelInfo,
+};
 
 /// A secret string whose `Debug` and `Display` never show the value.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -101,7 +103,9 @@ impl Credential {
             } => {
                 Secret::new(access_key_id.as_str()).fingerprint()
                     ^ secret_access_key.fingerprint().rotate_left(7)
-                    ^ session_token.as_ref().map_or(0, |t| t.fingerprint().rotate_left(13))
+                    ^ session_token
+                        .as_ref()
+                        .map_or(0, |t| t.fingerprint().rotate_left(13))
             }
         }
     }
@@ -183,7 +187,10 @@ pub trait Provider: Send + Sync + 'static {
         let _ = (call, request);
         Err(ProviderError::BadRequest {
             status: 400,
-            message: format!("provider kind `{}` does not support embeddings", self.kind()),
+            message: format!(
+                "provider kind `{}` does not support embeddings",
+                self.kind()
+            ),
             param: Some("model".to_owned()),
             code: Some("unsupported".to_owned()),
         })

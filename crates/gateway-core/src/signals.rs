@@ -51,7 +51,10 @@ impl Default for TokioClock {
 impl Clock for TokioClock {
     fn now_nanos(&self) -> u64 {
         // Starts at 1 so that 0 can mean "never".
-        (tokio::time::Instant::now().duration_since(self.origin).as_nanos() as u64).saturating_add(1)
+        (tokio::time::Instant::now()
+            .duration_since(self.origin)
+            .as_nanos() as u64)
+            .saturating_add(1)
     }
 }
 
@@ -98,6 +101,8 @@ pub struct HealthConfig {
     pub default_rest: Duration,
     /// How long a key whose quota is exhausted (or whose credential was refused) stays out.
     pub disable_for: Duration,
+    /// The latency a failed attempt counts as, at least: failing fast must not look attractive.
+    pub failure_penalty: Duration,
 }
 
 impl Default for HealthConfig {
@@ -109,6 +114,7 @@ impl Default for HealthConfig {
             decay: Duration::from_secs(10),
             default_rest: Duration::from_secs(1),
             disable_for: Duration::from_secs(300),
+            failure_penalty: Duration::from_secs(1),
         }
     }
 }
@@ -343,7 +349,9 @@ impl Signals {
 
     /// When the configured minute window resets (ns), if it is full.
     pub fn window_reset(&self) -> u64 {
-        self.window_start.load(Ordering::Relaxed).saturating_add(MINUTE)
+        self.window_start
+            .load(Ordering::Relaxed)
+            .saturating_add(MINUTE)
     }
 
     /// Marks the start of an attempt; the returned guard records its end.
@@ -424,7 +432,8 @@ impl Signals {
                 .store(now.saturating_add(d.as_nanos() as u64), Ordering::Release);
         }
         // A failure counts as slow: it pushes the peak-EWMA up so adaptive picks shy away.
-        self.update_ewma(now, cfg.decay, Some(latency as f64), true);
+        let sample = latency.max(cfg.failure_penalty.as_nanos() as u64);
+        self.update_ewma(now, cfg.decay, Some(sample as f64), true);
     }
 
     /// Records the rate-limit headroom reported on a response.
@@ -567,20 +576,35 @@ mod tests {
         let s = Signals::new();
         let mut now = 1;
         for _ in 0..2 {
-            s.start(now, 0).finish(now + MS, AttemptOutcome::Failure, &cfg);
+            s.start(now, 0)
+                .finish(now + MS, AttemptOutcome::Failure, &cfg);
             now += 2 * MS;
-            assert!(s.availability(now).is_available(), "two failures do not eject");
+            assert!(
+                s.availability(now).is_available(),
+                "two failures do not eject"
+            );
         }
-        s.start(now, 0).finish(now + MS, AttemptOutcome::Failure, &cfg);
+        s.start(now, 0)
+            .finish(now + MS, AttemptOutcome::Failure, &cfg);
         now += 2 * MS;
         assert!(matches!(s.availability(now), Availability::Ejected { .. }));
         now += cfg.eject_for.as_nanos() as u64;
-        assert!(s.availability(now).is_available(), "half-open after eject_for");
+        assert!(
+            s.availability(now).is_available(),
+            "half-open after eject_for"
+        );
         let probe = s.start(now, 0);
-        assert_eq!(s.availability(now), Availability::Probing, "one probe at a time");
+        assert_eq!(
+            s.availability(now),
+            Availability::Probing,
+            "one probe at a time"
+        );
         probe.finish(now + MS, AttemptOutcome::Success, &cfg);
         assert!(s.availability(now + 2 * MS).is_available());
-        assert_eq!(s.snapshot(now, cfg.decay, None, None).consecutive_failures, 0);
+        assert_eq!(
+            s.snapshot(now, cfg.decay, None, None).consecutive_failures,
+            0
+        );
     }
 
     #[test]
@@ -595,7 +619,10 @@ mod tests {
         s.start(now, 0).finish(now, AttemptOutcome::Failure, &cfg);
         match s.availability(now) {
             Availability::Ejected { until } => {
-                assert!(until - now > cfg.eject_for.as_nanos() as u64, "backoff grows")
+                assert!(
+                    until - now > cfg.eject_for.as_nanos() as u64,
+                    "backoff grows"
+                )
             }
             other => panic!("expected ejection, got {other:?}"),
         }
@@ -640,11 +667,17 @@ mod tests {
         s.start(10 * MS, 0)
             .finish(110 * MS, AttemptOutcome::Success, &cfg);
         let peak = s.latency_nanos(110 * MS, cfg.decay).unwrap_or_default();
-        assert!((peak - 100.0 * MS as f64).abs() < 1.0, "peak taken at once: {peak}");
+        assert!(
+            (peak - 100.0 * MS as f64).abs() < 1.0,
+            "peak taken at once: {peak}"
+        );
         s.start(110 * MS, 0)
             .finish(111 * MS, AttemptOutcome::Success, &cfg);
         let after = s.latency_nanos(111 * MS, cfg.decay).unwrap_or_default();
-        assert!(after > 90.0 * MS as f64, "a fast sample decays slowly: {after}");
+        assert!(
+            after > 90.0 * MS as f64,
+            "a fast sample decays slowly: {after}"
+        );
     }
 
     #[test]
@@ -656,7 +689,10 @@ mod tests {
         assert!(!s.under_configured_limits(2, Some(3), None));
         assert!(s.under_configured_limits(2, Some(4), None));
         assert!(!s.under_configured_limits(2, None, Some(30)));
-        assert!(s.under_configured_limits(1 + MINUTE, Some(3), None), "window rolls over");
+        assert!(
+            s.under_configured_limits(1 + MINUTE, Some(3), None),
+            "window rolls over"
+        );
         assert!((s.headroom(2, Some(6), None) - 0.5).abs() < 1e-9);
     }
 }

@@ -1,1 +1,600 @@
-//! Simulation (todo)
+//! A deterministic simulator of providers under load, for tests and `cargo xtask bench scenarios`.
+//!
+//! [`SimProvider`] is an in-process [`Provider`] whose keys have per-minute request limits (answered
+//! with 429 and rate-limit headroom like a real provider) and whose latency and error rate follow a
+//! schedule over time. [`run`] drives an [`Engine`] with an open-loop arrival sequence (fixed rate,
+//! one task per request) and reports what clients saw. Run it on paused tokio time
+//! (`#[tokio::test(start_paused = true)]` or `tokio::time::pause()`): minutes of traffic take
+//! milliseconds and the outcome is the same on every run.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::engine::{
+    Engine, EngineConfig, KeyConfig, ProviderConfig, RequestOptions, RetryConfig, RouteConfig,
+    TargetConfig,
+};
+use crate::error::{EngineError, ProviderError, RateLimitScope};
+use crate::provider::{Call, Credential, Provider, ProviderResponse, ProviderStream, Secret};
+use crate::ratelimit::RateLimitInfo;
+use crate::signals::HealthConfig;
+use crate::strategy::StrategyKind;
+use crate::types::{ChatChunk, ChatRequest, ChatResponse, Choice, Delta, Message, Role, Usage};
+
+/// One phase of a provider's behaviour, from `at` (since the start of the run) on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Phase {
+    /// When the phase starts.
+    pub at: Duration,
+    /// Latency of every answer.
+    pub latency: Duration,
+    /// Share of requests answered with a 5xx, 0..1.
+    pub error_rate: f64,
+    /// Whether connections are refused (outage).
+    pub down: bool,
+}
+
+impl Phase {
+    /// A healthy phase with the given latency.
+    pub fn healthy(at: Duration, latency: Duration) -> Self {
+        Phase {
+            at,
+            latency,
+            error_rate: 0.0,
+            down: false,
+        }
+    }
+}
+
+/// A simulated key.
+#[derive(Debug, Clone)]
+pub struct SimKey {
+    /// Its name.
+    pub name: String,
+    /// Requests per minute the simulated provider allows it.
+    pub rpm: Option<u64>,
+    /// Whether the gateway is told the limit in configuration.
+    pub rpm_known: bool,
+    /// Configured weight.
+    pub weight: u32,
+}
+
+#[derive(Debug, Default)]
+struct SimState {
+    windows: HashMap<String, VecDeque<tokio::time::Instant>>,
+    served: HashMap<String, u64>,
+    counter: u64,
+}
+
+/// An in-process provider with per-key limits and a behaviour schedule.
+#[derive(Debug)]
+pub struct SimProvider {
+    limits: HashMap<String, Option<u64>>,
+    phases: Vec<Phase>,
+    start: tokio::time::Instant,
+    state: Mutex<SimState>,
+    seed: u64,
+}
+
+impl SimProvider {
+    /// A provider whose keys are `keys` (secret = name) and whose behaviour follows `phases`.
+    pub fn new(name: &str, keys: &[SimKey], phases: Vec<Phase>, seed: u64) -> Arc<Self> {
+        let _ = name;
+        Arc::new(SimProvider {
+            limits: keys.iter().map(|k| (k.name.clone(), k.rpm)).collect(),
+            phases,
+            start: tokio::time::Instant::now(),
+            state: Mutex::new(SimState::default()),
+            seed,
+        })
+    }
+
+    fn phase(&self) -> Phase {
+        let t = self.start.elapsed();
+        let mut cur = self
+            .phases
+            .first()
+            .copied()
+            .unwrap_or_else(|| Phase::healthy(Duration::ZERO, Duration::from_millis(100)));
+        for p in &self.phases {
+            if p.at <= t {
+                cur = *p;
+            }
+        }
+        cur
+    }
+
+    /// Requests each key served successfully.
+    pub fn served(&self) -> HashMap<String, u64> {
+        self.state
+            .lock()
+            .map(|s| s.served.clone())
+            .unwrap_or_default()
+    }
+
+    /// Admits one request of `key` or says how long until its window frees.
+    fn admit(&self, key: &str) -> Result<RateLimitInfo, (Duration, Box<RateLimitInfo>)> {
+        let Some(Some(rpm)) = self.limits.get(key).copied() else {
+            return Ok(RateLimitInfo::default());
+        };
+        let now = tokio::time::Instant::now();
+        let mut st = match self.state.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        let w = st.windows.entry(key.to_owned()).or_default();
+        while w
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+        {
+            w.pop_front();
+        }
+        let reset = w.front().map_or(Duration::ZERO, |t| {
+            Duration::from_secs(60).saturating_sub(now.duration_since(*t))
+        });
+        if w.len() as u64 >= rpm {
+            let info = Box::new(RateLimitInfo {
+                limit_requests: Some(rpm),
+                remaining_requests: Some(0),
+                reset_requests: Some(reset),
+                retry_after: Some(reset),
+                ..RateLimitInfo::default()
+            });
+            return Err((reset, info));
+        }
+        w.push_back(now);
+        Ok(RateLimitInfo {
+            limit_requests: Some(rpm),
+            remaining_requests: Some(rpm - w.len() as u64),
+            reset_requests: Some(if w.len() == 1 {
+                Duration::from_secs(60)
+            } else {
+                reset
+            }),
+            ..RateLimitInfo::default()
+        })
+    }
+
+    fn roll(&self) -> f64 {
+        let mut st = match self.state.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        st.counter += 1;
+        fastrand::Rng::with_seed(self.seed ^ st.counter.wrapping_mul(0x9E37_79B9_7F4A_7C15)).f64()
+    }
+
+    async fn serve(&self, call: &Call) -> Result<RateLimitInfo, ProviderError> {
+        let phase = self.phase();
+        if phase.down {
+            return Err(ProviderError::Connect("connection refused".to_owned()));
+        }
+        let key = call.key_name.to_string();
+        let info = match self.admit(&key) {
+            Ok(info) => info,
+            Err((wait, info)) => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                return Err(ProviderError::RateLimited {
+                    retry_after: Some(wait),
+                    remaining: Some(info),
+                    scope: RateLimitScope::Key,
+                    message: format!("rate limit reached for key {key}"),
+                });
+            }
+        };
+        let fail = self.roll() < phase.error_rate;
+        tokio::time::sleep(phase.latency).await;
+        if fail {
+            return Err(ProviderError::Server {
+                status: 500,
+                message: "simulated failure".to_owned(),
+            });
+        }
+        if let Ok(mut st) = self.state.lock() {
+            *st.served.entry(key).or_default() += 1;
+        }
+        Ok(info)
+    }
+}
+
+fn reply(model: &str) -> ChatResponse {
+    ChatResponse {
+        id: "sim".to_owned(),
+        object: "chat.completion".to_owned(),
+        created: 0,
+        model: model.to_owned(),
+        choices: vec![Choice {
+            index: 0,
+            message: Message::text(Role::Assistant, "ok"),
+            finish_reason: Some(crate::types::FinishReason::Stop),
+        }],
+        usage: Some(Usage::new(10, 1, 0)),
+        extra: serde_json::Map::new(),
+    }
+}
+
+#[async_trait]
+impl Provider for SimProvider {
+    fn kind(&self) -> &str {
+        "sim"
+    }
+
+    async fn chat(
+        &self,
+        call: &Call,
+        _request: &ChatRequest,
+    ) -> Result<ProviderResponse<ChatResponse>, ProviderError> {
+        let info = self.serve(call).await?;
+        Ok(ProviderResponse {
+            body: reply(&call.model),
+            rate_limit: info,
+        })
+    }
+
+    async fn chat_stream(
+        &self,
+        call: &Call,
+        _request: &ChatRequest,
+    ) -> Result<ProviderStream, ProviderError> {
+        let info = self.serve(call).await?;
+        let chunk = ChatChunk::new("sim", call.model.to_string(), 0).with_delta(
+            Delta {
+                content: Some("ok".to_owned()),
+                ..Delta::default()
+            },
+            Some(crate::types::FinishReason::Stop),
+        );
+        Ok(ProviderStream {
+            chunks: Box::pin(futures_util::stream::iter([Ok(chunk)])),
+            rate_limit: info,
+        })
+    }
+}
+
+/// A simulated provider's description.
+#[derive(Debug, Clone)]
+pub struct SimProviderSpec {
+    /// Its name.
+    pub name: String,
+    /// Its keys.
+    pub keys: Vec<SimKey>,
+    /// Its behaviour over time.
+    pub phases: Vec<Phase>,
+    /// Weight of its target in the route.
+    pub weight: u32,
+}
+
+/// A scenario: providers, demand and how long.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Its name.
+    pub name: String,
+    /// Providers, in route order.
+    pub providers: Vec<SimProviderSpec>,
+    /// Requests per second.
+    pub rps: f64,
+    /// How long the run lasts.
+    pub duration: Duration,
+    /// Retry settings of the engine.
+    pub retry: RetryConfig,
+    /// Extra attempts per provider after a transient error.
+    pub max_retries: u32,
+    /// Per-attempt timeout.
+    pub timeout: Duration,
+    /// Width of the buckets of the share-over-time report.
+    pub bucket: Duration,
+}
+
+/// What clients saw in one run.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SimReport {
+    /// Scenario name.
+    pub scenario: String,
+    /// Strategy used for keys and targets.
+    pub strategy: &'static str,
+    /// Requests sent.
+    pub requests: u64,
+    /// Requests answered successfully.
+    pub successes: u64,
+    /// Requests refused with 429.
+    pub client_429: u64,
+    /// Requests failed with 5xx.
+    pub client_5xx: u64,
+    /// Upstream attempts made.
+    pub attempts: u64,
+    /// Requests that failed on their first attempt.
+    pub first_attempt_failures: u64,
+    /// Median latency seen by clients, ms.
+    pub p50_ms: f64,
+    /// 99th percentile latency seen by clients, ms.
+    pub p99_ms: f64,
+    /// Successful requests per key (`provider/key`) in each time bucket.
+    pub share_over_time: Vec<HashMap<String, u64>>,
+}
+
+impl SimReport {
+    /// Share of requests that succeeded, 0..1.
+    pub fn success_rate(&self) -> f64 {
+        if self.requests == 0 {
+            return 1.0;
+        }
+        self.successes as f64 / self.requests as f64
+    }
+
+    /// Upstream attempts per request.
+    pub fn attempts_per_request(&self) -> f64 {
+        if self.requests == 0 {
+            return 0.0;
+        }
+        self.attempts as f64 / self.requests as f64
+    }
+}
+
+/// The scenario of gateway-core's simulation test: three keys of one provider with different rpm
+/// limits (total above demand), and that provider degrading (latency tenfold, then 50% errors)
+/// while a second provider stays healthy.
+pub fn degrading_keys_scenario() -> Scenario {
+    let s = Duration::from_secs;
+    let ms = Duration::from_millis;
+    Scenario {
+        name: "key-limits+degradation".to_owned(),
+        providers: vec![
+            SimProviderSpec {
+                name: "primary".to_owned(),
+                keys: vec![
+                    SimKey {
+                        name: "small".to_owned(),
+                        rpm: Some(60),
+                        rpm_known: true,
+                        weight: 1,
+                    },
+                    SimKey {
+                        name: "medium".to_owned(),
+                        rpm: Some(120),
+                        rpm_known: true,
+                        weight: 1,
+                    },
+                    SimKey {
+                        name: "large".to_owned(),
+                        rpm: Some(240),
+                        rpm_known: true,
+                        weight: 1,
+                    },
+                ],
+                phases: vec![
+                    Phase::healthy(s(0), ms(200)),
+                    Phase::healthy(s(120), ms(2000)),
+                    Phase {
+                        at: s(240),
+                        latency: ms(200),
+                        error_rate: 0.5,
+                        down: false,
+                    },
+                    Phase::healthy(s(360), ms(200)),
+                ],
+                weight: 3,
+            },
+            SimProviderSpec {
+                name: "secondary".to_owned(),
+                keys: vec![SimKey {
+                    name: "only".to_owned(),
+                    rpm: None,
+                    rpm_known: false,
+                    weight: 1,
+                }],
+                phases: vec![Phase::healthy(s(0), ms(300))],
+                weight: 1,
+            },
+        ],
+        rps: 5.0,
+        duration: s(480),
+        retry: RetryConfig {
+            max_attempts: 2,
+            backoff_base: ms(20),
+            backoff_max: ms(200),
+            request_timeout: s(30),
+        },
+        max_retries: 1,
+        timeout: s(10),
+        bucket: s(60),
+    }
+}
+
+/// Runs `scenario` with `strategy` for keys and route targets. Call on paused tokio time.
+pub async fn run(
+    scenario: &Scenario,
+    strategy: StrategyKind,
+    seed: u64,
+) -> Result<SimReport, EngineError> {
+    let mut providers = Vec::new();
+    let mut sims = Vec::new();
+    for (i, spec) in scenario.providers.iter().enumerate() {
+        let sim = SimProvider::new(
+            &spec.name,
+            &spec.keys,
+            spec.phases.clone(),
+            seed ^ (i as u64 + 1),
+        );
+        sims.push((spec.name.clone(), Arc::clone(&sim)));
+        providers.push(ProviderConfig {
+            name: spec.name.clone(),
+            provider: sim,
+            keys: spec
+                .keys
+                .iter()
+                .map(|k| KeyConfig {
+                    name: k.name.clone(),
+                    credential: Credential::ApiKey(Secret::new(k.name.as_str())),
+                    weight: k.weight,
+                    models: None,
+                    rpm: if k.rpm_known { k.rpm } else { None },
+                    tpm: None,
+                })
+                .collect(),
+            strategy,
+            timeout: scenario.timeout,
+            max_retries: scenario.max_retries,
+            models: vec!["m".to_owned()],
+        });
+    }
+    let config = EngineConfig {
+        routes: vec![RouteConfig {
+            name: "chat".to_owned(),
+            strategy,
+            targets: scenario
+                .providers
+                .iter()
+                .map(|p| TargetConfig {
+                    provider: p.name.clone(),
+                    model: "m".to_owned(),
+                    weight: p.weight,
+                })
+                .collect(),
+            fallbacks: Vec::new(),
+        }],
+        providers,
+        health: HealthConfig::default(),
+        retry: scenario.retry,
+    };
+    let engine =
+        Arc::new(Engine::new(config).map_err(|e| EngineError::InvalidRequest(e.to_string()))?);
+    let request = Arc::new(ChatRequest {
+        model: "chat".to_owned(),
+        messages: vec![Message::text(Role::User, "hello")],
+        ..ChatRequest::default()
+    });
+    let n = (scenario.rps * scenario.duration.as_secs_f64()) as u64;
+    let interval = Duration::from_secs_f64(1.0 / scenario.rps);
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        tokio::time::sleep_until(start + interval * i as u32).await;
+        let engine = Arc::clone(&engine);
+        let request = Arc::clone(&request);
+        tasks.push(tokio::spawn(async move {
+            let t0 = tokio::time::Instant::now();
+            let opts = RequestOptions {
+                request_id: Arc::from("sim"),
+                seed: Some(seed.wrapping_add(i)),
+                ..RequestOptions::default()
+            };
+            let r = engine.chat(&request, &opts).await;
+            let elapsed = t0.elapsed();
+            let at = t0.duration_since(start);
+            match r {
+                Ok(o) => {
+                    let first_failed = o.attempts.len() > 1;
+                    (
+                        at,
+                        elapsed,
+                        Ok(format!("{}/{}", o.served_by.provider, o.served_by.key)),
+                        o.attempts.len(),
+                        first_failed,
+                    )
+                }
+                Err(f) => {
+                    let n = f.attempts.len();
+                    (at, elapsed, Err(f.error.http_status()), n, true)
+                }
+            }
+        }));
+    }
+    let mut report = SimReport {
+        scenario: scenario.name.clone(),
+        strategy: strategy.as_str(),
+        requests: n,
+        ..SimReport::default()
+    };
+    let buckets = (scenario.duration.as_secs_f64() / scenario.bucket.as_secs_f64()).ceil() as usize;
+    report.share_over_time = vec![HashMap::new(); buckets.max(1)];
+    let mut latencies = Vec::with_capacity(n as usize);
+    for t in tasks {
+        let Ok((at, elapsed, result, attempts, first_failed)) = t.await else {
+            continue;
+        };
+        report.attempts += attempts as u64;
+        if first_failed {
+            report.first_attempt_failures += 1;
+        }
+        latencies.push(elapsed.as_secs_f64() * 1000.0);
+        match result {
+            Ok(who) => {
+                report.successes += 1;
+                let b = ((at.as_secs_f64() / scenario.bucket.as_secs_f64()) as usize)
+                    .min(buckets.saturating_sub(1));
+                *report.share_over_time[b].entry(who).or_default() += 1;
+            }
+            Err(429) => report.client_429 += 1,
+            Err(_) => report.client_5xx += 1,
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
+        latencies[i]
+    };
+    report.p50_ms = pct(0.5);
+    report.p99_ms = pct(0.99);
+    drop(sims);
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn adaptive_keeps_failures_near_zero_where_round_robin_does_not() {
+        let scenario = degrading_keys_scenario();
+        let rr = run(&scenario, StrategyKind::RoundRobin, 7).await.unwrap();
+        let adaptive = run(&scenario, StrategyKind::Adaptive, 7).await.unwrap();
+        let summary = format!(
+            "round_robin: success {:.4} 429 {} 5xx {} attempts/req {:.2} p99 {:.0} ms; adaptive: success {:.4} 429 {} 5xx {} attempts/req {:.2} p99 {:.0} ms",
+            rr.success_rate(), rr.client_429, rr.client_5xx, rr.attempts_per_request(), rr.p99_ms,
+            adaptive.success_rate(), adaptive.client_429, adaptive.client_5xx, adaptive.attempts_per_request(), adaptive.p99_ms,
+        );
+        eprintln!("{summary}");
+        assert_eq!(rr.requests, 2400, "{summary}");
+        assert!(
+            adaptive.success_rate() >= 0.995,
+            "adaptive must keep failures near zero: {summary}"
+        );
+        assert!(
+            rr.success_rate() < 0.99,
+            "round robin should visibly fail here: {summary}"
+        );
+        let (rr_fail, ad_fail) = (
+            rr.requests - rr.successes,
+            adaptive.requests - adaptive.successes,
+        );
+        assert!(
+            rr_fail >= 10 * ad_fail.max(1),
+            "adaptive fails at least ten times less: {summary}"
+        );
+        assert!(
+            adaptive.p99_ms < rr.p99_ms,
+            "adaptive avoids the slow phase: {summary}"
+        );
+        assert!(
+            adaptive.client_429 == 0,
+            "known rpm limits are respected: {summary}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn simulation_is_deterministic() {
+        let scenario = degrading_keys_scenario();
+        let a = run(&scenario, StrategyKind::Adaptive, 3).await.unwrap();
+        let b = run(&scenario, StrategyKind::Adaptive, 3).await.unwrap();
+        assert_eq!(
+            (a.successes, a.attempts, a.client_429),
+            (b.successes, b.attempts, b.client_429)
+        );
+    }
+}

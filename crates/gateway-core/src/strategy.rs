@@ -6,8 +6,8 @@
 //!
 //! | strategy | what it does | when to use |
 //! |---|---|---|
-//! | [`RoundRobin`] | exact rotation | identical keys, predictable tests |
-//! | [`Weighted`] | weighted random, shares converge to the weights | keys of different size |
+//! | [`RoundRobin`] | exact rotation over usable candidates | identical keys, predictable tests |
+//! | [`Weighted`] | weighted random, shares converge to the weights, blind to health | keys of different size |
 //! | [`Health`] | weighted, skipping ejected, resting and full candidates | the safe baseline |
 //! | [`Adaptive`] | health plus power of two choices over peak-EWMA latency, in-flight count, error rate and rate-limit headroom | the default |
 //!
@@ -59,14 +59,18 @@ impl Candidate<'_> {
     /// Whether health and limits allow picking it at `now`.
     pub fn is_usable(&self, now: u64) -> bool {
         self.signals.availability(now).is_available()
-            && self.signals.under_configured_limits(now, self.rpm, self.tpm)
+            && self
+                .signals
+                .under_configured_limits(now, self.rpm, self.tpm)
     }
 
     /// When it becomes usable again, if it is resting or ejected (ns).
     pub fn back_at(&self, now: u64) -> Option<u64> {
         let a = self.signals.availability(now).until();
-        let w = (!self.signals.under_configured_limits(now, self.rpm, self.tpm))
-            .then(|| self.signals.window_reset());
+        let w = (!self
+            .signals
+            .under_configured_limits(now, self.rpm, self.tpm))
+        .then(|| self.signals.window_reset());
         match (a, w) {
             (Some(a), Some(w)) => Some(a.max(w)),
             (a, w) => a.or(w),
@@ -98,7 +102,9 @@ pub trait Strategy: Send + Sync + fmt::Debug {
 }
 
 /// The strategy names accepted in configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum StrategyKind {
     /// [`RoundRobin`].
@@ -158,7 +164,7 @@ impl FromStr for StrategyKind {
     }
 }
 
-/// Exact rotation over the candidates given.
+/// Exact rotation over the usable candidates (resting and ejected ones are skipped).
 #[derive(Debug, Default)]
 pub struct RoundRobin {
     next: AtomicUsize,
@@ -172,13 +178,20 @@ impl Strategy for RoundRobin {
     fn pick(
         &self,
         candidates: &[Candidate<'_>],
-        _ctx: &PickContext<'_>,
+        ctx: &PickContext<'_>,
         _rng: &mut fastrand::Rng,
     ) -> Option<usize> {
-        if candidates.is_empty() {
+        let usable = candidates.iter().filter(|c| c.is_usable(ctx.now)).count();
+        if usable == 0 {
             return None;
         }
-        Some(self.next.fetch_add(1, Ordering::Relaxed) % candidates.len())
+        let n = self.next.fetch_add(1, Ordering::Relaxed) % usable;
+        candidates
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.is_usable(ctx.now))
+            .nth(n)
+            .map(|(i, _)| i)
     }
 }
 
@@ -249,8 +262,8 @@ impl Strategy for Health {
     }
 }
 
-/// Health plus live load: power of two choices over a cost made of peak-EWMA latency, in-flight
-/// requests, error rate and rate-limit headroom, divided by the configured weight.
+/// Health plus live load: power of two choices (drawn by configured weight) compared on a cost made
+/// of peak-EWMA latency, in-flight requests, error rate and rate-limit headroom.
 #[derive(Debug, Clone, Copy)]
 pub struct Adaptive {
     /// Latency assumed for a candidate without samples (ns); low, so new candidates get tried.
@@ -281,7 +294,9 @@ impl Adaptive {
         let headroom = s.headroom(ctx.now, c.rpm, c.tpm);
         // 1/(h+0.05): keys close to their limit get expensive well before they are full.
         let scarcity = 1.0 / (headroom + 0.05);
-        latency * load * errors * scarcity / c.weight()
+        // Weights shape which two candidates are drawn; the comparison itself is on live cost,
+        // so a tenfold slower candidate loses even when it carries more weight.
+        latency * load * errors * scarcity
     }
 }
 
@@ -349,6 +364,7 @@ mod tests {
         decay: Duration::from_secs(10),
         default_rest: Duration::from_secs(1),
         disable_for: Duration::from_secs(300),
+        failure_penalty: Duration::from_secs(1),
     };
 
     fn ctx(now: u64) -> PickContext<'static> {
@@ -376,10 +392,7 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(3);
         for _ in 0..100 {
             assert_eq!(Health.pick(&c, &ctx(10), &mut rng), Some(2));
-            assert_eq!(
-                Adaptive::default().pick(&c, &ctx(10), &mut rng),
-                Some(2)
-            );
+            assert_eq!(Adaptive::default().pick(&c, &ctx(10), &mut rng), Some(2));
         }
         s[2].rest_until(500);
         assert_eq!(Health.pick(&c, &ctx(10), &mut rng), None);
@@ -392,14 +405,18 @@ mod tests {
         // Key 0 answered in 200 ms, key 1 in 5 ms.
         s[0].start(1, 0)
             .finish(200_000_001, AttemptOutcome::Success, &HC);
-        s[1].start(1, 0).finish(5_000_001, AttemptOutcome::Success, &HC);
+        s[1].start(1, 0)
+            .finish(5_000_001, AttemptOutcome::Success, &HC);
         let c = cands(&s, &[1, 1]);
         let ad = Adaptive::default();
         let mut rng = fastrand::Rng::with_seed(9);
         let fast = (0..1000)
             .filter(|_| ad.pick(&c, &ctx(200_000_002), &mut rng) == Some(1))
             .count();
-        assert!(fast > 990, "p2c with two candidates always compares both: {fast}");
+        assert!(
+            fast > 990,
+            "p2c with two candidates always compares both: {fast}"
+        );
 
         // Same latency, but key 1 reports 2% headroom left.
         let s = sigs(2);

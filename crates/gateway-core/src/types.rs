@@ -404,7 +404,10 @@ impl ChatRequest {
             for t in tools {
                 bytes += t.function.name.len()
                     + t.function.description.as_ref().map_or(0, String::len)
-                    + t.function.parameters.as_ref().map_or(0, |p| p.to_string().len());
+                    + t.function
+                        .parameters
+                        .as_ref()
+                        .map_or(0, |p| p.to_string().len());
             }
         }
         (bytes as u64).div_ceil(4)
@@ -412,7 +415,9 @@ impl ChatRequest {
 
     /// Whether the caller asked for a usage chunk at the end of a stream.
     pub fn wants_stream_usage(&self) -> bool {
-        self.stream_options.as_ref().is_some_and(|o| o.include_usage)
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
     }
 }
 
@@ -868,11 +873,20 @@ mod tests {
         });
         let req: ChatRequest = serde_json::from_value(raw.clone()).unwrap();
         assert_eq!(req.messages.len(), 4);
-        assert_eq!(req.tool_choice.as_ref().and_then(|c| c.function_name()), Some("f"));
+        assert_eq!(
+            req.tool_choice.as_ref().and_then(|c| c.function_name()),
+            Some("f")
+        );
         assert!(req.wants_stream_usage());
-        assert!(req.extra.contains_key("logit_bias"), "unknown fields are kept");
+        assert!(
+            req.extra.contains_key("logit_bias"),
+            "unknown fields are kept"
+        );
         let back = serde_json::to_value(&req).unwrap();
-        assert_eq!(back, raw, "canonical form serialises back to the same OpenAI body");
+        assert_eq!(
+            back, raw,
+            "canonical form serialises back to the same OpenAI body"
+        );
     }
 
     #[test]

@@ -1,0 +1,147 @@
+//! Fakes for tests of this and other crates: a scripted in-process provider.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use crate::error::ProviderError;
+use crate::provider::{Call, Provider, ProviderResponse, ProviderStream};
+use crate::ratelimit::RateLimitInfo;
+use crate::types::{
+    ChatChunk, ChatRequest, ChatResponse, Choice, Delta, FinishReason, Message, Role, Usage,
+};
+
+/// What a scripted key does on its next call.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Answer with this text.
+    Reply(String),
+    /// Fail with this error.
+    Fail(ProviderError),
+    /// Stream: fail before the first chunk.
+    StreamFailFirst(ProviderError),
+    /// Stream: send `n` chunks, then fail.
+    StreamFailAfter(usize, ProviderError),
+}
+
+/// A provider whose keys follow scripts; a key with an empty script replies `ok from <key>`.
+#[derive(Debug, Default)]
+pub struct FakeProvider {
+    scripts: Mutex<HashMap<String, Vec<Step>>>,
+    always: Mutex<HashMap<String, Step>>,
+    calls: Mutex<Vec<(String, String)>>,
+}
+
+impl FakeProvider {
+    /// A fake with no scripts.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Queues steps for `key`, consumed in order.
+    pub fn script(&self, key: &str, steps: Vec<Step>) {
+        if let Ok(mut s) = self.scripts.lock() {
+            s.insert(key.to_owned(), steps.into_iter().rev().collect());
+        }
+    }
+
+    /// Makes `key` do `step` on every call once its script is consumed.
+    pub fn always(&self, key: &str, step: Step) {
+        if let Ok(mut s) = self.always.lock() {
+            s.insert(key.to_owned(), step);
+        }
+    }
+
+    /// Every call so far as (key name, model).
+    pub fn calls(&self) -> Vec<(String, String)> {
+        self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    fn next(&self, call: &Call) -> Step {
+        let key = call.key_name.to_string();
+        if let Ok(mut c) = self.calls.lock() {
+            c.push((key.clone(), call.model.to_string()));
+        }
+        if let Some(step) = self
+            .scripts
+            .lock()
+            .ok()
+            .and_then(|mut s| s.get_mut(&key).and_then(Vec::pop))
+        {
+            return step;
+        }
+        if let Some(step) = self.always.lock().ok().and_then(|s| s.get(&key).cloned()) {
+            return step;
+        }
+        Step::Reply(format!("ok from {key}"))
+    }
+}
+
+fn response(model: &str, text: String) -> ChatResponse {
+    ChatResponse {
+        id: "fake".to_owned(),
+        object: "chat.completion".to_owned(),
+        created: 0,
+        model: model.to_owned(),
+        choices: vec![Choice {
+            index: 0,
+            message: Message::text(Role::Assistant, text),
+            finish_reason: Some(FinishReason::Stop),
+        }],
+        usage: Some(Usage::new(5, 2, 0)),
+        extra: serde_json::Map::new(),
+    }
+}
+
+#[async_trait]
+impl Provider for FakeProvider {
+    fn kind(&self) -> &str {
+        "fake"
+    }
+
+    async fn chat(
+        &self,
+        call: &Call,
+        _r: &ChatRequest,
+    ) -> Result<ProviderResponse<ChatResponse>, ProviderError> {
+        match self.next(call) {
+            Step::Reply(t) => Ok(ProviderResponse {
+                body: response(&call.model, t),
+                rate_limit: RateLimitInfo::default(),
+            }),
+            Step::Fail(e) | Step::StreamFailFirst(e) | Step::StreamFailAfter(_, e) => Err(e),
+        }
+    }
+
+    async fn chat_stream(
+        &self,
+        call: &Call,
+        _r: &ChatRequest,
+    ) -> Result<ProviderStream, ProviderError> {
+        let chunk = |text: &str| {
+            Ok(
+                ChatChunk::new("fake", call.model.to_string(), 0).with_delta(
+                    Delta {
+                        content: Some(text.to_owned()),
+                        ..Delta::default()
+                    },
+                    None,
+                ),
+            )
+        };
+        let items: Vec<Result<ChatChunk, ProviderError>> = match self.next(call) {
+            Step::Fail(e) => return Err(e),
+            Step::Reply(t) => t.split_inclusive(' ').map(chunk).collect(),
+            Step::StreamFailFirst(e) => vec![Err(e)],
+            Step::StreamFailAfter(n, e) => (0..n)
+                .map(|i| chunk(&i.to_string()))
+                .chain([Err(e)])
+                .collect(),
+        };
+        Ok(ProviderStream {
+            chunks: Box::pin(futures_util::stream::iter(items)),
+            rate_limit: RateLimitInfo::default(),
+        })
+    }
+}
