@@ -260,7 +260,8 @@ pub struct Outcome<T> {
 }
 
 /// A failure and the attempts that led to it.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
 pub struct Failure {
     /// What went wrong.
     pub error: EngineError,
