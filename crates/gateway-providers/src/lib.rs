@@ -1,4 +1,17 @@
 //! gateway-providers: one adapter per upstream wire format, behind gateway-core's `Provider` trait.
+//!
+//! - [`http`]: the one shared HTTP client (pooling, TLS, HTTP/2, proxy) and body helpers.
+//! - [`sse`]: the incremental server-sent-events parser used by every streaming adapter.
+//! - [`headers`] and [`classify`]: rate-limit headers into `RateLimitInfo`, failures into
+//!   `ProviderError` classes.
+//! - One module per wire format, and [`registry`] to build providers from configuration.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod classify;
+pub mod headers;
+pub mod http;
+pub mod sse;
+
+pub use http::{HttpClient, HttpConfig};

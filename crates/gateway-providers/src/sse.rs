@@ -1,0 +1,443 @@
+//! Server-sent events: an incremental parser and a `Stream` over a response body.
+//!
+//! The parser follows the WHATWG event-stream rules that matter for LLM APIs: lines end in `\n`,
+//! `\r\n` or `\r` (also when the two bytes of `\r\n` arrive in different reads), lines starting with
+//! `:` are comments (`: keep-alive`, `: OPENROUTER PROCESSING`), several `data:` lines join with
+//! `\n`, `event:` names the event, a blank line dispatches it, and an event without data is dropped.
+//! A leading UTF-8 byte-order mark is skipped.
+//!
+//! It is on the hot path of every streamed token, so it copies each read once into its buffer and
+//! hands out single-line `data` values as zero-copy [`Bytes`] slices of that buffer.
+//!
+//! ```
+//! use gateway_providers::sse::SseParser;
+//! let mut p = SseParser::new();
+//! p.push(b"event: ping\ndata: {\"a\":");
+//! assert!(p.next_event().is_none(), "the event is not complete yet");
+//! p.push(b"1}\r\n\r\n: keep-alive\n\ndata: [DONE]\n\n");
+//! let ev = p.next_event().expect("first event");
+//! assert_eq!((ev.event_name(), ev.data()), (Some("ping"), &b"{\"a\":1}"[..]));
+//! assert!(p.next_event().expect("second event").is_done());
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_core::Stream;
+use gateway_core::ProviderError;
+use hyper::body::Body;
+use tokio::time::{Instant, Sleep};
+
+use crate::http::error_chain;
+
+/// One dispatched event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    /// The `event:` field, if any.
+    pub event: Option<Bytes>,
+    /// The `data:` lines joined with `\n`.
+    pub data: Bytes,
+    /// The `id:` field, if any.
+    pub id: Option<Bytes>,
+}
+
+impl SseEvent {
+    /// The event name as text (`None` if absent or not UTF-8).
+    pub fn event_name(&self) -> Option<&str> {
+        self.event
+            .as_deref()
+            .and_then(|e| std::str::from_utf8(e).ok())
+    }
+
+    /// The data bytes.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// The data as text, if it is UTF-8.
+    pub fn data_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.data).ok()
+    }
+
+    /// Whether the data is OpenAI's `[DONE]` sentinel.
+    pub fn is_done(&self) -> bool {
+        self.data.trim_ascii() == b"[DONE]"
+    }
+}
+
+#[derive(Debug, Default)]
+enum DataBuf {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+/// Incremental event-stream parser: [`push`](SseParser::push) bytes as they arrive, then take
+/// complete events with [`next_event`](SseParser::next_event).
+#[derive(Debug, Default)]
+pub struct SseParser {
+    buf: BytesMut,
+    /// Bytes of `buf` already known to hold no line ending.
+    scanned: usize,
+    /// The previous line ended in `\r` at the end of a read: a leading `\n` belongs to it.
+    skip_lf: bool,
+    /// A first line was taken (a byte-order mark may only start the first one).
+    started: bool,
+    event: Option<Bytes>,
+    id: Option<Bytes>,
+    data: DataBuf,
+}
+
+impl SseParser {
+    /// An empty parser.
+    pub fn new() -> Self {
+        SseParser::default()
+    }
+
+    /// Adds bytes read from the stream.
+    pub fn push(&mut self, mut chunk: &[u8]) {
+        if chunk.is_empty() {
+            return;
+        }
+        if self.skip_lf {
+            self.skip_lf = false;
+            if chunk[0] == b'\n' {
+                chunk = &chunk[1..];
+            }
+        }
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// The next complete event, if one is buffered.
+    pub fn next_event(&mut self) -> Option<SseEvent> {
+        while let Some(line) = self.next_line() {
+            if let Some(ev) = self.process_line(line) {
+                return Some(ev);
+            }
+        }
+        None
+    }
+
+    /// Ends the stream: a last line without a line ending and an event without its blank line are
+    /// still delivered (lenient, for servers that close right after the last `data:` line).
+    pub fn finish(&mut self) -> Option<SseEvent> {
+        if let Some(ev) = self.next_event() {
+            return Some(ev);
+        }
+        if !self.buf.is_empty() {
+            let line = self.buf.split().freeze();
+            self.scanned = 0;
+            if let Some(ev) = self.process_line(line) {
+                return Some(ev);
+            }
+        }
+        self.dispatch()
+    }
+
+    /// Whether bytes of an unfinished line or event are buffered.
+    pub fn has_pending(&self) -> bool {
+        !self.buf.is_empty() || !matches!(self.data, DataBuf::Empty)
+    }
+
+    fn next_line(&mut self) -> Option<Bytes> {
+        let rel = self.buf[self.scanned..]
+            .iter()
+            .position(|b| *b == b'\n' || *b == b'\r');
+        let Some(rel) = rel else {
+            self.scanned = self.buf.len();
+            return None;
+        };
+        let end = self.scanned + rel;
+        let mut consumed = end + 1;
+        if self.buf[end] == b'\r' {
+            if consumed < self.buf.len() {
+                if self.buf[consumed] == b'\n' {
+                    consumed += 1;
+                }
+            } else {
+                self.skip_lf = true;
+            }
+        }
+        self.scanned = 0;
+        let mut line = self.buf.split_to(consumed).freeze();
+        line.truncate(end);
+        if !self.started {
+            self.started = true;
+            if line.starts_with(b"\xEF\xBB\xBF") {
+                line = line.slice(3..);
+            }
+        }
+        Some(line)
+    }
+
+    fn process_line(&mut self, line: Bytes) -> Option<SseEvent> {
+        if line.is_empty() {
+            return self.dispatch();
+        }
+        if line[0] == b':' {
+            return None;
+        }
+        let (field, value) = match line.iter().position(|b| *b == b':') {
+            Some(i) => {
+                let start = if line.get(i + 1) == Some(&b' ') {
+                    i + 2
+                } else {
+                    i + 1
+                };
+                (line.slice(..i), line.slice(start..))
+            }
+            None => (line.clone(), Bytes::new()),
+        };
+        match &field[..] {
+            b"data" => {
+                self.data = match std::mem::take(&mut self.data) {
+                    DataBuf::Empty => DataBuf::One(value),
+                    DataBuf::One(first) => {
+                        let mut joined = BytesMut::with_capacity(first.len() + value.len() + 1);
+                        joined.extend_from_slice(&first);
+                        joined.put_u8(b'\n');
+                        joined.extend_from_slice(&value);
+                        DataBuf::Many(joined)
+                    }
+                    DataBuf::Many(mut joined) => {
+                        joined.put_u8(b'\n');
+                        joined.extend_from_slice(&value);
+                        DataBuf::Many(joined)
+                    }
+                };
+            }
+            b"event" => self.event = Some(value),
+            b"id" if !value.contains(&0) => self.id = Some(value),
+            _ => {}
+        }
+        None
+    }
+
+    fn dispatch(&mut self) -> Option<SseEvent> {
+        let data = match std::mem::take(&mut self.data) {
+            DataBuf::Empty => {
+                self.event = None;
+                return None;
+            }
+            DataBuf::One(b) => b,
+            DataBuf::Many(b) => b.freeze(),
+        };
+        Some(SseEvent {
+            event: self.event.take(),
+            data,
+            id: self.id.clone(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Reading,
+    Draining,
+    Done,
+}
+
+pin_project_lite::pin_project! {
+    /// Events from a response body, e.g. a hyper [`Incoming`](hyper::body::Incoming).
+    ///
+    /// A body error (the connection broke) is yielded as [`ProviderError::Connect`] and ends the
+    /// stream; with [`idle_timeout`](SseStream::idle_timeout) set, a body that sends nothing for
+    /// that long yields [`ProviderError::Timeout`] and ends the stream.
+    pub struct SseStream<B> {
+        #[pin]
+        body: B,
+        parser: SseParser,
+        state: State,
+        idle: Option<Duration>,
+        sleep: Option<Pin<Box<Sleep>>>,
+    }
+}
+
+impl<B> SseStream<B> {
+    /// Wraps a body.
+    pub fn new(body: B) -> Self {
+        SseStream {
+            body,
+            parser: SseParser::new(),
+            state: State::Reading,
+            idle: None,
+            sleep: None,
+        }
+    }
+
+    /// Fails the stream when no bytes arrive for `idle` (comments such as `: keep-alive` count as
+    /// bytes).
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle = Some(idle);
+        self.sleep = Some(Box::pin(tokio::time::sleep(idle)));
+        self
+    }
+}
+
+impl<B> Stream for SseStream<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Item = Result<SseEvent, ProviderError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut this = self.project();
+        loop {
+            match *this.state {
+                State::Done => return Poll::Ready(None),
+                State::Draining => {
+                    let ev = this.parser.finish();
+                    if ev.is_none() {
+                        *this.state = State::Done;
+                    }
+                    return Poll::Ready(ev.map(Ok));
+                }
+                State::Reading => {}
+            }
+            if let Some(ev) = this.parser.next_event() {
+                return Poll::Ready(Some(Ok(ev)));
+            }
+            match this.body.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        this.parser.push(&data);
+                        if let (Some(idle), Some(sleep)) = (*this.idle, this.sleep.as_mut()) {
+                            sleep.as_mut().reset(Instant::now() + idle);
+                        }
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    *this.state = State::Done;
+                    let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+                    return Poll::Ready(Some(Err(ProviderError::Connect(format!(
+                        "stream broke: {}",
+                        error_chain(e.as_ref())
+                    )))));
+                }
+                Poll::Ready(None) => *this.state = State::Draining,
+                Poll::Pending => {
+                    if let Some(sleep) = this.sleep.as_mut() {
+                        if sleep.as_mut().poll(cx).is_ready() {
+                            *this.state = State::Done;
+                            return Poll::Ready(Some(Err(ProviderError::Timeout)));
+                        }
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+
+    fn events(parts: &[&[u8]]) -> Vec<(Option<String>, String)> {
+        let mut p = SseParser::new();
+        let mut out = Vec::new();
+        for part in parts {
+            p.push(part);
+            while let Some(ev) = p.next_event() {
+                out.push(ev);
+            }
+        }
+        while let Some(ev) = p.finish() {
+            out.push(ev);
+        }
+        out.into_iter()
+            .map(|e| {
+                (
+                    e.event_name().map(str::to_owned),
+                    String::from_utf8_lossy(&e.data).into_owned(),
+                )
+            })
+            .collect()
+    }
+
+    fn ev(name: Option<&str>, data: &str) -> (Option<String>, String) {
+        (name.map(str::to_owned), data.to_owned())
+    }
+
+    #[test]
+    fn crlf_comments_and_multiline() {
+        let got = events(&[b": OPENROUTER PROCESSING\r\n\r\nevent: a\r\ndata: x\r\ndata:y\r\n\r\ndata: [DONE]\r\n\r\n"]);
+        assert_eq!(got, vec![ev(Some("a"), "x\ny"), ev(None, "[DONE]")]);
+    }
+
+    #[test]
+    fn every_split_point_gives_the_same_events() {
+        let input: &[u8] =
+            b"\xEF\xBB\xBFevent: message_start\r\ndata: {\"a\":1}\r\n\r\n: keep-alive\n\ndata: 1\rdata: 2\r\r\ndata: z\n\n";
+        let expected = vec![
+            ev(Some("message_start"), "{\"a\":1}"),
+            ev(None, "1\n2"),
+            ev(None, "z"),
+        ];
+        assert_eq!(events(&[input]), expected, "whole input");
+        for i in 0..input.len() {
+            for j in i..input.len() {
+                let got = events(&[&input[..i], &input[i..j], &input[j..]]);
+                assert_eq!(got, expected, "split at {i} and {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn events_without_data_are_dropped_and_trailing_event_is_kept() {
+        assert_eq!(
+            events(&[b"event: ping\n\nid: 3\ndata:no-space\n\ndata: last"]),
+            vec![ev(None, "no-space"), ev(None, "last")]
+        );
+        let mut p = SseParser::new();
+        p.push(b"id: 7\ndata: x\n\n");
+        let e = p.next_event().expect("event");
+        assert_eq!(e.id.as_deref(), Some(&b"7"[..]));
+        assert!(!p.has_pending());
+    }
+
+    #[tokio::test]
+    async fn stream_adapter_reports_body_errors() {
+        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"data: a\n\nda"))),
+            Ok(Frame::data(Bytes::from_static(b"ta: b\n\n"))),
+            Err(std::io::Error::other("reset by peer")),
+        ];
+        let body = StreamBody::new(futures_util::stream::iter(frames));
+        let items: Vec<_> = SseStream::new(body).collect().await;
+        assert_eq!(items.len(), 3, "two events then the error: {items:?}");
+        assert_eq!(
+            items[1].as_ref().map(|e| e.data.clone()).ok(),
+            Some(Bytes::from_static(b"b"))
+        );
+        assert!(
+            matches!(&items[2], Err(ProviderError::Connect(m)) if m.contains("reset by peer")),
+            "{:?}",
+            items[2]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stream_adapter_idle_timeout() {
+        let first: Result<Frame<Bytes>, std::io::Error> =
+            Ok(Frame::data(Bytes::from_static(b"data: a\n\n")));
+        let body = StreamBody::new(
+            futures_util::stream::iter(vec![first]).chain(futures_util::stream::pending()),
+        );
+        let mut s = SseStream::new(body).idle_timeout(Duration::from_secs(5));
+        assert!(matches!(s.next().await, Some(Ok(_))));
+        assert!(matches!(s.next().await, Some(Err(ProviderError::Timeout))));
+        assert!(
+            s.next().await.is_none(),
+            "the stream ends after the timeout"
+        );
+    }
+}
