@@ -227,6 +227,7 @@ impl EngineError {
                 ProviderError::Timeout => 504,
                 ProviderError::RateLimited { .. } => 429,
                 ProviderError::Overloaded { .. } => 503,
+                ProviderError::NotFound { .. } => 404,
                 _ => 502,
             },
             EngineError::DeadlineExceeded { .. } => 504,

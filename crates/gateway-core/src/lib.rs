@@ -13,6 +13,7 @@
 pub mod admission;
 pub mod engine;
 pub mod error;
+pub mod extend;
 pub mod observe;
 pub mod provider;
 pub mod ratelimit;
