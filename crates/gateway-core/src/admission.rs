@@ -22,8 +22,11 @@ pub struct AdmissionRequest<'a> {
     pub providers: &'a [&'a str],
     /// Estimated input tokens.
     pub estimated_input_tokens: u64,
-    /// Requested output limit.
+    /// Requested output limit (0 when the caller set none).
     pub max_output_tokens: u64,
+    /// The best rate-limit headroom (0..1) among the keys that can serve the model, from the
+    /// balancer's signals; low values mean capacity is short and batch traffic should yield.
+    pub headroom: f64,
 }
 
 /// Why a request is refused.
