@@ -1,0 +1,301 @@
+//! Bedrock Converse and ConverseStream: request checks (alternating roles, `toolConfig` required
+//! with tool blocks), the Converse body, eventstream frames, and `{"message"}` errors typed by
+//! the `x-amzn-ErrorType` header.
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use super::{ErrorKind, ErrorResponse};
+use crate::eventstream;
+use crate::format::js;
+use crate::plan::{chars_of, text_of, LastTurn, Output, Plan, Prompt, ToolChoice};
+use crate::state::LimitKind;
+
+/// Parses a Converse request; the model id comes from the (decoded) path.
+pub(crate) fn parse(body: &Value, model: &str, stream: bool) -> Prompt {
+    let mut p = Prompt::new(model.to_owned());
+    p.stream = stream;
+    p.include_usage = true;
+    p.chars = chars_of(&body["system"]);
+    if let Some(msgs) = body["messages"].as_array() {
+        p.chars += msgs.iter().map(|m| chars_of(&m["content"])).sum::<usize>();
+        p.last = match msgs.last() {
+            Some(m) if m["role"].as_str() == Some("user") => {
+                let blocks = m["content"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                if let Some(tr) = blocks.iter().find_map(|b| b.get("toolResult")) {
+                    LastTurn::ToolResult(text_of(&tr["content"]))
+                } else {
+                    LastTurn::User(
+                        blocks
+                            .iter()
+                            .filter_map(|b| b["text"].as_str())
+                            .collect::<Vec<_>>()
+                            .join(""),
+                    )
+                }
+            }
+            _ => LastTurn::Other,
+        };
+    }
+    if let Some(tools) = body["toolConfig"]["tools"].as_array() {
+        p.tools = tools
+            .iter()
+            .filter_map(|t| t["toolSpec"]["name"].as_str().map(str::to_owned))
+            .collect();
+    }
+    p.tool_choice = body["toolConfig"]["toolChoice"]["tool"]["name"]
+        .as_str()
+        .map_or(ToolChoice::Auto, |n| ToolChoice::Named(n.to_owned()));
+    p
+}
+
+fn bad(msg: impl Into<String>) -> Option<ErrorKind> {
+    Some(ErrorKind::BadRequest(msg.into()))
+}
+
+/// Validates a Converse request as Bedrock does.
+pub(crate) fn validate(body: &Value) -> Option<ErrorKind> {
+    let Some(msgs) = body["messages"].as_array().filter(|m| !m.is_empty()) else {
+        return bad("A conversation must start with a user message. Try again with a conversation that starts with a user message.");
+    };
+    let mut has_tool_blocks = false;
+    let mut prev_role = "";
+    for (i, m) in msgs.iter().enumerate() {
+        let role = m["role"].as_str().unwrap_or_default();
+        if role != "user" && role != "assistant" {
+            return bad(format!("1 validation error detected: Value '{role}' at 'messages.{}.member.role' failed to satisfy constraint: Member must satisfy enum value set: [user, assistant]", i + 1));
+        }
+        if i == 0 && role != "user" {
+            return bad("A conversation must start with a user message. Try again with a conversation that starts with a user message.");
+        }
+        if role == prev_role {
+            return bad("A conversation must alternate between user and assistant roles. Make sure the conversation alternates between user and assistant roles and try again.");
+        }
+        prev_role = role;
+        let Some(blocks) = m["content"].as_array() else {
+            return bad(format!("1 validation error detected: Value null at 'messages.{}.member.content' failed to satisfy constraint: Member must not be null", i + 1));
+        };
+        for (j, b) in blocks.iter().enumerate() {
+            if b.get("toolUse").is_some() || b.get("toolResult").is_some() {
+                has_tool_blocks = true;
+            }
+            if let Some(t) = b.get("text") {
+                if t.as_str().is_none_or(|s| s.trim().is_empty()) {
+                    return bad(format!("The text field in the ContentBlock object at messages.{i}.content.{j} is blank. Add text to the text field, and try again."));
+                }
+            }
+        }
+    }
+    if has_tool_blocks && body["toolConfig"].is_null() {
+        return bad("The toolConfig field must be defined when using toolUse and toolResult content blocks.");
+    }
+    None
+}
+
+fn tool_use_id(plan: &Plan) -> String {
+    format!("tooluse_mock{:012}", plan.seq)
+}
+
+fn usage(plan: &Plan) -> Value {
+    json!({
+        "inputTokens": plan.prompt_tokens,
+        "outputTokens": plan.completion_tokens,
+        "totalTokens": plan.total_tokens(),
+        "cacheReadInputTokens": 0,
+        "cacheWriteInputTokens": 0
+    })
+}
+
+/// The Converse response body.
+pub(crate) fn chat_json(plan: &Plan) -> String {
+    let (content, stop) = match &plan.output {
+        Output::Text { text, .. } => (json!([{ "text": &**text }]), "end_turn"),
+        Output::Tool {
+            name, arguments, ..
+        } => {
+            let input: Value = serde_json::from_str(arguments).unwrap_or_else(|_| json!({}));
+            (
+                json!([{ "toolUse": { "toolUseId": tool_use_id(plan), "name": name, "input": input } }]),
+                "tool_use",
+            )
+        }
+    };
+    json!({
+        "output": { "message": { "role": "assistant", "content": content } },
+        "stopReason": stop,
+        "usage": usage(plan),
+        "metrics": { "latencyMs": 1 }
+    })
+    .to_string()
+}
+
+fn ev(event_type: &str, payload: &str) -> Bytes {
+    Bytes::from(eventstream::event(event_type, payload))
+}
+
+/// The ConverseStream frames: messageStart, content block events, messageStop, metadata.
+pub(crate) fn chat_stream(plan: &Plan) -> Vec<Bytes> {
+    let mut out = vec![ev(
+        "messageStart",
+        r#"{"p":"abcdefghijkl","role":"assistant"}"#,
+    )];
+    let stop = match &plan.output {
+        Output::Text { chunks, .. } => {
+            for c in chunks.iter() {
+                out.push(ev(
+                    "contentBlockDelta",
+                    &format!(
+                        r#"{{"contentBlockIndex":0,"delta":{{"text":{}}},"p":"abcdefghijklmnopqrstu"}}"#,
+                        js(c)
+                    ),
+                ));
+            }
+            "end_turn"
+        }
+        Output::Tool {
+            name, fragments, ..
+        } => {
+            out.push(ev(
+                "contentBlockStart",
+                &format!(
+                    r#"{{"contentBlockIndex":0,"p":"abcdef","start":{{"toolUse":{{"name":{},"toolUseId":"{}"}}}}}}"#,
+                    js(name),
+                    tool_use_id(plan)
+                ),
+            ));
+            for f in fragments {
+                out.push(ev(
+                    "contentBlockDelta",
+                    &format!(
+                        r#"{{"contentBlockIndex":0,"delta":{{"toolUse":{{"input":{}}}}},"p":"abcdefghij"}}"#,
+                        js(f)
+                    ),
+                ));
+            }
+            "tool_use"
+        }
+    };
+    out.push(ev(
+        "contentBlockStop",
+        r#"{"contentBlockIndex":0,"p":"abcdefghijklmnop"}"#,
+    ));
+    out.push(ev(
+        "messageStop",
+        &format!(r#"{{"p":"abcdefghijklmnopqrs","stopReason":"{stop}"}}"#),
+    ));
+    out.push(ev(
+        "metadata",
+        &format!(
+            r#"{{"metrics":{{"latencyMs":1}},"p":"abcdefgh","usage":{}}}"#,
+            usage(plan)
+        ),
+    ));
+    out
+}
+
+/// A frame with a corrupted message CRC (for the `malformed` fault).
+pub(crate) fn malformed_frame() -> Bytes {
+    let mut f = eventstream::event("messageStart", r#"{"role":"assistant"}"#);
+    if let Some(last) = f.last_mut() {
+        *last ^= 0xff;
+    }
+    Bytes::from(f)
+}
+
+fn server_exception(status: u16) -> (&'static str, &'static str) {
+    match status {
+        503 | 529 => (
+            "ServiceUnavailableException",
+            "Bedrock is unable to process your request.",
+        ),
+        408 | 504 => (
+            "ModelTimeoutException",
+            "Model has timed out in processing the request. Try your request again.",
+        ),
+        424 => (
+            "ModelErrorException",
+            "The system encountered an unexpected error during processing. Try your request again.",
+        ),
+        429 => (
+            "ThrottlingException",
+            "Too many requests, please wait before trying again.",
+        ),
+        _ => (
+            "InternalServerException",
+            "The system encountered an unexpected error during processing. Try your request again.",
+        ),
+    }
+}
+
+/// The in-band `:message-type=exception` frame.
+pub(crate) fn stream_error(status: u16) -> Bytes {
+    let (kind, message) = server_exception(status);
+    let mut stream_kind = kind.to_owned();
+    if let Some(first) = stream_kind.get_mut(..1) {
+        first.make_ascii_lowercase();
+    }
+    if status == 424 {
+        stream_kind = "modelStreamErrorException".to_owned();
+    }
+    Bytes::from(eventstream::exception(
+        &stream_kind,
+        &json!({ "message": message }).to_string(),
+    ))
+}
+
+/// Bedrock error shapes: `{"message"}` plus `x-amzn-ErrorType`.
+pub(crate) fn error(e: &ErrorKind) -> ErrorResponse {
+    let (status, kind, message): (u16, &str, String) = match e {
+        ErrorKind::MissingKey => (
+            403,
+            "MissingAuthenticationTokenException",
+            "Missing Authentication Token".to_owned(),
+        ),
+        ErrorKind::InvalidKey(_) | ErrorKind::TokenInvalid | ErrorKind::TokenExpired => (
+            403,
+            "UnrecognizedClientException",
+            "The security token included in the request is invalid.".to_owned(),
+        ),
+        ErrorKind::Signature(kind, msg) => (403, kind, msg.clone()),
+        ErrorKind::BadRequest(msg) => (400, "ValidationException", msg.clone()),
+        ErrorKind::NotFound(_) => (
+            404,
+            "ResourceNotFoundException",
+            "Model not found.".to_owned(),
+        ),
+        ErrorKind::RateLimited { kind, .. } => (
+            429,
+            "ThrottlingException",
+            match kind {
+                LimitKind::Requests => "Too many requests, please wait before trying again.",
+                LimitKind::Tokens => "Too many tokens, please wait before trying again.",
+            }
+            .to_owned(),
+        ),
+        ErrorKind::Quota => (
+            429,
+            "ThrottlingException",
+            "Too many tokens per day, please wait before trying again.".to_owned(),
+        ),
+        ErrorKind::Server(status) => {
+            let (kind, msg) = server_exception(*status);
+            (*status, kind, msg.to_owned())
+        }
+    };
+    let namespace = if matches!(e, ErrorKind::Signature(..) | ErrorKind::MissingKey) {
+        "com.amazon.coral.service"
+    } else {
+        "com.amazon.bedrock"
+    };
+    ErrorResponse {
+        status,
+        body: json!({ "message": message }).to_string(),
+        headers: vec![(
+            "x-amzn-errortype",
+            format!("{kind}:http://internal.amazon.com/coral/{namespace}/"),
+        )],
+    }
+}
