@@ -34,7 +34,7 @@ use gateway_core::ProviderError;
 use http::header::{
     HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE, PROXY_AUTHORIZATION, USER_AGENT,
 };
-use http::{Method, Request, Response, Uri};
+use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::rt::{Read, ReadBufCursor, Write};
@@ -183,6 +183,56 @@ impl HttpClient {
             Err(_) => Err(ProviderError::Timeout),
             Ok(r) => r,
         }
+    }
+}
+
+/// Turns a non-success status, its headers and its body into an error
+/// ([`classify::classify`](crate::classify::classify) for OpenAI-shaped and Anthropic upstreams).
+pub type Classifier = fn(u16, &HeaderMap, &[u8]) -> ProviderError;
+
+impl HttpClient {
+    /// Sends a request and reads the whole body within `timeout`; a non-2xx answer becomes the
+    /// error `classify` makes of it.
+    pub async fn fetch(
+        &self,
+        req: Request<Body>,
+        timeout: Duration,
+        classify: Classifier,
+    ) -> Result<Response<Bytes>, ProviderError> {
+        let resp = self.send_buffered(req, timeout, DEFAULT_MAX_BODY).await?;
+        if resp.status().is_success() {
+            Ok(resp)
+        } else {
+            Err(classify(
+                resp.status().as_u16(),
+                resp.headers(),
+                resp.body(),
+            ))
+        }
+    }
+
+    /// Sends a request for a streamed answer and waits for the head within `timeout`. A non-2xx
+    /// answer is read (at most 1 MiB, within the same timeout) and becomes the error `classify`
+    /// makes of it; a 2xx answer is returned with its body unread.
+    pub async fn open_stream(
+        &self,
+        req: Request<Body>,
+        timeout: Duration,
+        classify: Classifier,
+    ) -> Result<Response<Incoming>, ProviderError> {
+        let started = tokio::time::Instant::now();
+        let resp = self.send(req, timeout).await?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let (parts, body) = resp.into_parts();
+        let left = timeout.saturating_sub(started.elapsed());
+        let bytes = match tokio::time::timeout(left, read_body(body, 1024 * 1024)).await {
+            Ok(Ok(b)) => b,
+            // The status alone still classifies.
+            Ok(Err(_)) | Err(_) => Bytes::new(),
+        };
+        Err(classify(parts.status.as_u16(), &parts.headers, &bytes))
     }
 }
 

@@ -9,9 +9,20 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod anthropic;
+pub mod azure;
+pub mod bedrock;
 pub mod classify;
+pub mod cohere;
+pub mod eventstream;
+pub mod gemini;
 pub mod headers;
 pub mod http;
+pub mod openai;
+pub mod registry;
 pub mod sse;
+pub mod stream;
+pub mod vertex;
 
 pub use http::{HttpClient, HttpConfig};
+pub use registry::{build_provider, kind_info, kinds, BuildError, KindInfo, ProviderSettings};

@@ -1,0 +1,913 @@
+//! Anthropic Messages API (`POST {base}/v1/messages`), translated to and from the canonical
+//! OpenAI-shaped types (wire-formats §9.1–9.3).
+//!
+//! Requests: `system`/`developer` messages join into the top-level `system`; `max_tokens` is always
+//! sent (the caller's limit, else [`default_max_tokens`]); `stop` becomes `stop_sequences`;
+//! `temperature` is clamped to 0..1; `top_p`/`top_k` pass through; `user` becomes
+//! `metadata.user_id`; assistant tool calls become `tool_use` blocks (arguments parsed, `{}` if
+//! invalid); tool messages become `tool_result` blocks in a user turn (consecutive results and the
+//! user text after them merge into one turn, results first; other same-role runs merge too);
+//! `data:` image URLs become base64 sources and other URLs `url` sources; empty text is dropped;
+//! `tool_choice` maps to `auto`/`any`/`none`/`tool`, and `parallel_tool_calls: false` to
+//! `disable_parallel_tool_use`; `reasoning_effort` becomes `thinking.budget_tokens` (low 1024,
+//! medium 4096, high 16384; `max_tokens` is raised above the budget and `temperature`/`top_k` are
+//! dropped, as the API requires). `n`, `seed`, penalties, `logprobs` and `logit_bias` have no
+//! Anthropic equivalent and are dropped.
+//!
+//! `response_format` is best effort: Anthropic has no JSON mode, so an instruction to answer with a
+//! single JSON object (matching the schema, when one is given) is appended to `system`. The answer is
+//! not validated.
+//!
+//! Responses: text blocks join into `content`, `tool_use` blocks become `tool_calls`, thinking
+//! becomes `reasoning_content`; `stop_reason` maps to `finish_reason`; usage counts cache reads and
+//! writes as prompt tokens (`cached_tokens` = cache reads). Streams map event by event (§9.3), with
+//! tools numbered from 0 and a final usage chunk with no choices.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use gateway_core::types::{
+    ChatChunk, ChatRequest, ChatResponse, Choice, Content, ContentPart, Delta, FinishReason,
+    FunctionCall, FunctionCallDelta, Message, ModelInfo, ResponseFormat, Role, ToolCall,
+    ToolCallDelta, ToolChoice, ToolChoiceMode, Usage,
+};
+use gateway_core::{Call, Credential, Provider, ProviderError, ProviderResponse, ProviderStream};
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
+use http::Method;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::classify::{classify, classify_stream_error};
+use crate::headers::{parse_rfc3339, rate_limit_info};
+use crate::http::{header_value, join_url, json_request, HttpClient};
+use crate::openai::{accept_event_stream, push_traceparent, unsupported_credential};
+use crate::sse::{SseEvent, SseStream};
+use crate::stream::{decode_stream, StreamDecoder};
+
+/// The `anthropic-version` header sent unless configured otherwise.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// Settings of an Anthropic provider.
+#[derive(Debug, Clone)]
+pub struct AnthropicConfig {
+    /// The host root, `https://api.anthropic.com`.
+    pub base_url: String,
+    /// Extra headers (`anthropic-beta`, or an `anthropic-version` override).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// The Anthropic Messages API.
+#[derive(Debug, Clone)]
+pub struct AnthropicProvider {
+    messages_url: String,
+    models_url: String,
+    headers: Arc<[(HeaderName, HeaderValue)]>,
+    client: HttpClient,
+}
+
+impl AnthropicProvider {
+    /// A provider for `config`, sending through `client`.
+    pub fn new(config: AnthropicConfig, client: HttpClient) -> Self {
+        let mut headers = vec![(
+            HeaderName::from_static("anthropic-version"),
+            HeaderValue::from_static(ANTHROPIC_VERSION),
+        )];
+        headers.extend(config.headers);
+        AnthropicProvider {
+            messages_url: join_url(&config.base_url, "/v1/messages"),
+            models_url: join_url(&config.base_url, "/v1/models?limit=1000"),
+            headers: headers.into(),
+            client,
+        }
+    }
+
+    fn request_headers(
+        &self,
+        call: &Call,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, ProviderError> {
+        let mut headers = self.headers.to_vec();
+        match call.credential.as_ref() {
+            Credential::ApiKey(key) => {
+                let key = key.expose();
+                if key.starts_with("Bearer ") {
+                    headers.push((AUTHORIZATION, header_value(key, true)?));
+                } else if !key.is_empty() {
+                    headers.push((
+                        HeaderName::from_static("x-api-key"),
+                        header_value(key, true)?,
+                    ));
+                }
+            }
+            Credential::None => {}
+            other => return Err(unsupported_credential("anthropic", other)),
+        }
+        push_traceparent(&mut headers, call)?;
+        Ok(headers)
+    }
+}
+
+#[async_trait]
+impl Provider for AnthropicProvider {
+    fn kind(&self) -> &str {
+        "anthropic"
+    }
+
+    async fn chat(
+        &self,
+        call: &Call,
+        request: &ChatRequest,
+    ) -> Result<ProviderResponse<ChatResponse>, ProviderError> {
+        let body = encode(&messages_body(request, &call.model, false))?;
+        let req = json_request(
+            Method::POST,
+            &self.messages_url,
+            &self.request_headers(call)?,
+            body,
+        )?;
+        let resp = self.client.fetch(req, call.timeout, classify).await?;
+        Ok(ProviderResponse {
+            body: parse_message(resp.body())?,
+            rate_limit: rate_limit_info(resp.headers()),
+        })
+    }
+
+    async fn chat_stream(
+        &self,
+        call: &Call,
+        request: &ChatRequest,
+    ) -> Result<ProviderStream, ProviderError> {
+        let body = encode(&messages_body(request, &call.model, true))?;
+        let mut req = json_request(
+            Method::POST,
+            &self.messages_url,
+            &self.request_headers(call)?,
+            body,
+        )?;
+        accept_event_stream(&mut req);
+        let resp = self.client.open_stream(req, call.timeout, classify).await?;
+        let rate_limit = rate_limit_info(resp.headers());
+        let events = SseStream::new(resp.into_body()).idle_timeout(call.timeout);
+        Ok(ProviderStream {
+            chunks: decode_stream(events, MessageStreamDecoder::new()),
+            rate_limit,
+        })
+    }
+
+    async fn list_models(&self, call: &Call) -> Result<Vec<ModelInfo>, ProviderError> {
+        let req = json_request(
+            Method::GET,
+            &self.models_url,
+            &self.request_headers(call)?,
+            Bytes::new(),
+        )?;
+        let resp = self.client.fetch(req, call.timeout, classify).await?;
+        parse_models(resp.body())
+    }
+}
+
+fn encode(v: &Value) -> Result<Bytes, ProviderError> {
+    serde_json::to_vec(v)
+        .map(Bytes::from)
+        .map_err(|e| ProviderError::Protocol(format!("encoding the request: {e}")))
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+
+/// The output limit used when the caller gives none: 8192 for Claude 3.5 and later, else 4096.
+pub fn default_max_tokens(model: &str) -> u32 {
+    const LARGER: [&str; 6] = [
+        "claude-3-5",
+        "claude-3-7",
+        "claude-sonnet-4",
+        "claude-opus-4",
+        "claude-haiku-4",
+        "claude-4",
+    ];
+    if LARGER.iter().any(|p| model.contains(p)) {
+        8192
+    } else {
+        4096
+    }
+}
+
+fn thinking_budget(effort: &str) -> Option<u32> {
+    match effort {
+        "minimal" | "low" => Some(1024),
+        "medium" => Some(4096),
+        "high" => Some(16384),
+        _ => None,
+    }
+}
+
+/// The Messages API body for `request`, with `model` as the upstream model id.
+pub fn messages_body(request: &ChatRequest, model: &str, stream: bool) -> Value {
+    let mut body = Map::new();
+    body.insert("model".into(), model.into());
+
+    // System: every system/developer message, joined.
+    let mut system: Vec<String> = request
+        .messages
+        .iter()
+        .filter(|m| matches!(m.role, Role::System | Role::Developer))
+        .map(Message::content_text)
+        .filter(|t| !t.is_empty())
+        .collect();
+    match &request.response_format {
+        Some(ResponseFormat::JsonObject) => {
+            system.push("Respond with a single valid JSON object and nothing else.".into());
+        }
+        Some(ResponseFormat::JsonSchema { json_schema }) => {
+            let mut s = String::from("Respond with a single valid JSON object and nothing else.");
+            if let Some(schema) = &json_schema.schema {
+                s.push_str(" It must match this JSON schema: ");
+                s.push_str(&schema.to_string());
+            }
+            system.push(s);
+        }
+        Some(ResponseFormat::Text) | None => {}
+    }
+
+    let mut max_tokens = request
+        .output_limit()
+        .unwrap_or_else(|| default_max_tokens(model));
+    let thinking = request.extra.get("thinking").cloned().or_else(|| {
+        let budget = thinking_budget(request.reasoning_effort.as_deref()?)?;
+        Some(json!({"type": "enabled", "budget_tokens": budget}))
+    });
+    let thinking_on = thinking
+        .as_ref()
+        .is_some_and(|t| t.get("type").and_then(Value::as_str) == Some("enabled"));
+    if let Some(budget) = thinking
+        .as_ref()
+        .and_then(|t| t.get("budget_tokens"))
+        .and_then(Value::as_u64)
+    {
+        let budget = u32::try_from(budget).unwrap_or(u32::MAX);
+        if max_tokens <= budget {
+            max_tokens = budget.saturating_add(max_tokens);
+        }
+    }
+    body.insert("max_tokens".into(), max_tokens.into());
+    body.insert(
+        "messages".into(),
+        Value::Array(convert_messages(&request.messages)),
+    );
+    if !system.is_empty() {
+        body.insert("system".into(), system.join("\n\n").into());
+    }
+    if let Some(stop) = &request.stop {
+        let stops: Vec<String> = stop
+            .to_vec()
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect();
+        if !stops.is_empty() {
+            body.insert("stop_sequences".into(), stops.into());
+        }
+    }
+    if !thinking_on {
+        if let Some(t) = request.temperature {
+            body.insert("temperature".into(), t.clamp(0.0, 1.0).into());
+        }
+        if let Some(k) = request.top_k {
+            body.insert("top_k".into(), k.into());
+        }
+    }
+    if let Some(p) = request.top_p {
+        body.insert("top_p".into(), p.into());
+    }
+    if let Some(user) = &request.user {
+        body.insert("metadata".into(), json!({ "user_id": user }));
+    }
+    if let Some(t) = thinking {
+        body.insert("thinking".into(), t);
+    }
+    if let Some(tools) = request.tools.as_ref().filter(|t| !t.is_empty()) {
+        let tools: Vec<Value> = tools
+            .iter()
+            .map(|t| {
+                let mut o = Map::new();
+                o.insert("name".into(), t.function.name.clone().into());
+                if let Some(d) = &t.function.description {
+                    o.insert("description".into(), d.clone().into());
+                }
+                o.insert(
+                    "input_schema".into(),
+                    t.function
+                        .parameters
+                        .clone()
+                        .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+                );
+                Value::Object(o)
+            })
+            .collect();
+        body.insert("tools".into(), tools.into());
+        let mut choice = match &request.tool_choice {
+            Some(ToolChoice::Mode(ToolChoiceMode::Auto)) => Some(json!({"type": "auto"})),
+            Some(ToolChoice::Mode(ToolChoiceMode::Required)) => Some(json!({"type": "any"})),
+            Some(ToolChoice::Mode(ToolChoiceMode::None)) => Some(json!({"type": "none"})),
+            Some(ToolChoice::Named(n)) => Some(json!({"type": "tool", "name": n.function.name})),
+            None => None,
+        };
+        if request.parallel_tool_calls == Some(false) {
+            let c = choice.get_or_insert_with(|| json!({"type": "auto"}));
+            if c["type"] != "none" {
+                c["disable_parallel_tool_use"] = true.into();
+            }
+        }
+        if let Some(c) = choice {
+            body.insert("tool_choice".into(), c);
+        }
+    }
+    if stream {
+        body.insert("stream".into(), true.into());
+    }
+    Value::Object(body)
+}
+
+fn convert_messages(messages: &[Message]) -> Vec<Value> {
+    let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
+    for m in messages {
+        let (role, blocks) = match m.role {
+            Role::System | Role::Developer => continue,
+            Role::User => ("user", content_blocks(m.content.as_ref())),
+            Role::Assistant => {
+                let mut blocks = content_blocks(m.content.as_ref());
+                for call in m.tool_calls.iter().flatten() {
+                    let input = serde_json::from_str::<Value>(&call.function.arguments)
+                        .ok()
+                        .filter(Value::is_object)
+                        .unwrap_or_else(|| json!({}));
+                    blocks.push(json!({
+                        "type": "tool_use",
+                        "id": call.id,
+                        "name": call.function.name,
+                        "input": input,
+                    }));
+                }
+                ("assistant", blocks)
+            }
+            Role::Tool => {
+                let content = match &m.content {
+                    Some(Content::Parts(parts)) => {
+                        let blocks = content_blocks(Some(&Content::Parts(parts.clone())));
+                        Value::Array(blocks)
+                    }
+                    other => Value::String(other.as_ref().map(Content::text).unwrap_or_default()),
+                };
+                let result = json!({
+                    "type": "tool_result",
+                    "tool_use_id": m.tool_call_id.clone().unwrap_or_default(),
+                    "content": content,
+                });
+                match turns.last_mut() {
+                    Some(("user", blocks)) => {
+                        // Results go before any user text already in the turn.
+                        let at = blocks
+                            .iter()
+                            .position(|b| b["type"] != "tool_result")
+                            .unwrap_or(blocks.len());
+                        blocks.insert(at, result);
+                    }
+                    _ => turns.push(("user", vec![result])),
+                }
+                continue;
+            }
+        };
+        if blocks.is_empty() {
+            continue;
+        }
+        match turns.last_mut() {
+            Some((last, existing)) if *last == role => existing.extend(blocks),
+            _ => turns.push((role, blocks)),
+        }
+    }
+    turns
+        .into_iter()
+        .map(|(role, mut blocks)| {
+            let content = if blocks.len() == 1 && blocks[0]["type"] == "text" {
+                blocks.swap_remove(0)["text"].take()
+            } else {
+                Value::Array(blocks)
+            };
+            json!({"role": role, "content": content})
+        })
+        .collect()
+}
+
+fn content_blocks(content: Option<&Content>) -> Vec<Value> {
+    match content {
+        None => Vec::new(),
+        Some(Content::Text(t)) if t.is_empty() => Vec::new(),
+        Some(Content::Text(t)) => vec![json!({"type": "text", "text": t})],
+        Some(Content::Parts(parts)) => parts
+            .iter()
+            .filter_map(|p| match p {
+                ContentPart::Text { text } if text.is_empty() => None,
+                ContentPart::Text { text } => Some(json!({"type": "text", "text": text})),
+                ContentPart::ImageUrl { image_url } => Some(match image_url.as_data() {
+                    Some((mime, data)) => json!({
+                        "type": "image",
+                        "source": {"type": "base64", "media_type": mime, "data": data},
+                    }),
+                    None => json!({
+                        "type": "image",
+                        "source": {"type": "url", "url": image_url.url},
+                    }),
+                }),
+                // Anthropic-native blocks (documents...) pass through; other dialects' parts
+                // (audio, files) have no equivalent.
+                ContentPart::Other(v) => match v.get("type").and_then(Value::as_str) {
+                    Some("image" | "document" | "search_result") => Some(v.clone()),
+                    _ => None,
+                },
+            })
+            .collect(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses
+
+/// Maps Anthropic's `stop_reason`.
+pub fn map_stop_reason(s: &str) -> FinishReason {
+    match s {
+        "max_tokens" | "model_context_window_exceeded" => FinishReason::Length,
+        "tool_use" => FinishReason::ToolCalls,
+        "refusal" => FinishReason::ContentFilter,
+        _ => FinishReason::Stop,
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+}
+
+impl WireUsage {
+    /// Input tokens including cache reads and writes.
+    fn prompt(&self) -> u64 {
+        self.input_tokens.unwrap_or(0)
+            + self.cache_read_input_tokens.unwrap_or(0)
+            + self.cache_creation_input_tokens.unwrap_or(0)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WireBlock {
+    Text {
+        #[serde(default)]
+        text: String,
+    },
+    ToolUse {
+        #[serde(default)]
+        id: String,
+        #[serde(default)]
+        name: String,
+        #[serde(default)]
+        input: Value,
+    },
+    Thinking {
+        #[serde(default)]
+        thinking: String,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct WireMessage {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    content: Vec<WireBlock>,
+    #[serde(default)]
+    stop_reason: Option<String>,
+    #[serde(default)]
+    usage: WireUsage,
+}
+
+fn arguments_of(input: &Value) -> String {
+    match input {
+        Value::Null => "{}".into(),
+        v => v.to_string(),
+    }
+}
+
+/// Parses a Messages API response into the canonical form.
+pub fn parse_message(body: &[u8]) -> Result<ChatResponse, ProviderError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ProviderError::Protocol(format!("invalid message: {e}")))?;
+    if v.get("type").and_then(Value::as_str) == Some("error") {
+        return Err(classify_stream_error(&v));
+    }
+    let wire: WireMessage = serde_json::from_value(v)
+        .map_err(|e| ProviderError::Protocol(format!("invalid message: {e}")))?;
+    let mut text = String::new();
+    let mut reasoning = String::new();
+    let mut calls = Vec::new();
+    for block in wire.content {
+        match block {
+            WireBlock::Text { text: t } => text.push_str(&t),
+            WireBlock::ToolUse { id, name, input } => calls.push(ToolCall {
+                id,
+                kind: "function".into(),
+                function: FunctionCall {
+                    name,
+                    arguments: arguments_of(&input),
+                },
+            }),
+            WireBlock::Thinking { thinking } => reasoning.push_str(&thinking),
+            WireBlock::Other => {}
+        }
+    }
+    let u = wire.usage;
+    let usage = Usage::new(
+        u.prompt(),
+        u.output_tokens.unwrap_or(0),
+        u.cache_read_input_tokens.unwrap_or(0),
+    );
+    Ok(ChatResponse {
+        id: wire.id,
+        object: "chat.completion".into(),
+        created: now_secs(),
+        model: wire.model,
+        choices: vec![Choice {
+            index: 0,
+            message: Message {
+                role: Role::Assistant,
+                content: (!text.is_empty()).then_some(Content::Text(text)),
+                name: None,
+                tool_calls: (!calls.is_empty()).then_some(calls),
+                tool_call_id: None,
+                refusal: None,
+                reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
+            },
+            finish_reason: wire.stop_reason.as_deref().map(map_stop_reason),
+        }],
+        usage: Some(usage),
+        extra: Map::new(),
+    })
+}
+
+#[derive(Deserialize)]
+struct WireModel {
+    id: String,
+    #[serde(default)]
+    created_at: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireModels {
+    data: Vec<WireModel>,
+}
+
+/// Parses `GET /v1/models`.
+pub fn parse_models(body: &[u8]) -> Result<Vec<ModelInfo>, ProviderError> {
+    let wire: WireModels = serde_json::from_slice(body)
+        .map_err(|e| ProviderError::Protocol(format!("invalid models list: {e}")))?;
+    Ok(wire
+        .data
+        .into_iter()
+        .map(|m| ModelInfo {
+            id: m.id,
+            owned_by: "anthropic".into(),
+            created: m
+                .created_at
+                .as_deref()
+                .and_then(parse_rfc3339)
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs()),
+        })
+        .collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WireDelta {
+    TextDelta {
+        #[serde(default)]
+        text: String,
+    },
+    InputJsonDelta {
+        #[serde(default)]
+        partial_json: String,
+    },
+    ThinkingDelta {
+        #[serde(default)]
+        thinking: String,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct StartMessage {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    usage: WireUsage,
+}
+
+#[derive(Deserialize)]
+struct MessageDeltaBody {
+    #[serde(default)]
+    stop_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WireEvent {
+    MessageStart {
+        message: StartMessage,
+    },
+    ContentBlockStart {
+        index: u32,
+        content_block: WireBlock,
+    },
+    ContentBlockDelta {
+        index: u32,
+        delta: WireDelta,
+    },
+    ContentBlockStop,
+    MessageDelta {
+        delta: MessageDeltaBody,
+        #[serde(default)]
+        usage: Option<WireUsage>,
+    },
+    MessageStop,
+    Ping,
+    Error,
+    #[serde(other)]
+    Unknown,
+}
+
+/// Decodes a Messages API event stream into canonical chunks (wire-formats §9.3).
+#[derive(Debug, Default)]
+pub struct MessageStreamDecoder {
+    id: String,
+    model: String,
+    created: u64,
+    usage: WireUsage,
+    /// Content block index → tool index, for tool_use blocks.
+    tools: Vec<(u32, u32)>,
+    finished: bool,
+    sent_usage: bool,
+}
+
+impl MessageStreamDecoder {
+    /// A decoder at the start of a stream.
+    pub fn new() -> Self {
+        MessageStreamDecoder {
+            created: now_secs(),
+            ..MessageStreamDecoder::default()
+        }
+    }
+
+    fn chunk(&self, delta: Delta, finish: Option<FinishReason>) -> ChatChunk {
+        ChatChunk::new(self.id.clone(), self.model.clone(), self.created).with_delta(delta, finish)
+    }
+
+    fn tool_index(&self, block: u32) -> Option<u32> {
+        self.tools
+            .iter()
+            .find(|(b, _)| *b == block)
+            .map(|(_, t)| *t)
+    }
+
+    fn usage_chunk(&mut self, out: &mut VecDeque<ChatChunk>) {
+        if self.sent_usage {
+            return;
+        }
+        self.sent_usage = true;
+        let u = self.usage;
+        let mut c = ChatChunk::new(self.id.clone(), self.model.clone(), self.created);
+        c.usage = Some(Usage::new(
+            u.prompt(),
+            u.output_tokens.unwrap_or(0),
+            u.cache_read_input_tokens.unwrap_or(0),
+        ));
+        out.push_back(c);
+    }
+}
+
+impl StreamDecoder<SseEvent> for MessageStreamDecoder {
+    fn event(
+        &mut self,
+        ev: SseEvent,
+        out: &mut VecDeque<ChatChunk>,
+    ) -> Result<bool, ProviderError> {
+        let data = ev.data.trim_ascii();
+        if data.is_empty() {
+            return Ok(false);
+        }
+        let parsed: WireEvent = serde_json::from_slice(data)
+            .map_err(|e| ProviderError::Protocol(format!("invalid stream event: {e}")))?;
+        match parsed {
+            WireEvent::MessageStart { message } => {
+                self.id = message.id;
+                self.model = message.model;
+                self.usage = message.usage;
+                out.push_back(self.chunk(
+                    Delta {
+                        role: Some(Role::Assistant),
+                        content: Some(String::new()),
+                        ..Delta::default()
+                    },
+                    None,
+                ));
+            }
+            WireEvent::ContentBlockStart {
+                index,
+                content_block,
+            } => match content_block {
+                WireBlock::Text { text } if !text.is_empty() => {
+                    out.push_back(self.chunk(
+                        Delta {
+                            content: Some(text),
+                            ..Delta::default()
+                        },
+                        None,
+                    ));
+                }
+                WireBlock::ToolUse { id, name, input } => {
+                    let k = u32::try_from(self.tools.len()).unwrap_or(u32::MAX);
+                    self.tools.push((index, k));
+                    // The input normally streams as deltas; a non-empty one here is complete.
+                    let arguments = match &input {
+                        Value::Object(o) if !o.is_empty() => input.to_string(),
+                        _ => String::new(),
+                    };
+                    out.push_back(self.chunk(
+                        Delta {
+                            tool_calls: Some(vec![ToolCallDelta {
+                                index: k,
+                                id: Some(id),
+                                kind: Some("function".into()),
+                                function: Some(FunctionCallDelta {
+                                    name: Some(name),
+                                    arguments: Some(arguments),
+                                }),
+                            }]),
+                            ..Delta::default()
+                        },
+                        None,
+                    ));
+                }
+                WireBlock::Thinking { thinking } if !thinking.is_empty() => {
+                    out.push_back(self.chunk(
+                        Delta {
+                            reasoning_content: Some(thinking),
+                            ..Delta::default()
+                        },
+                        None,
+                    ));
+                }
+                _ => {}
+            },
+            WireEvent::ContentBlockDelta { index, delta } => match delta {
+                WireDelta::TextDelta { text } => out.push_back(self.chunk(
+                    Delta {
+                        content: Some(text),
+                        ..Delta::default()
+                    },
+                    None,
+                )),
+                WireDelta::InputJsonDelta { partial_json } if !partial_json.is_empty() => {
+                    let k = self.tool_index(index).ok_or_else(|| {
+                        ProviderError::Protocol(format!(
+                            "input_json_delta for block {index}, which is not a tool_use block"
+                        ))
+                    })?;
+                    out.push_back(self.chunk(
+                        Delta {
+                            tool_calls: Some(vec![ToolCallDelta {
+                                index: k,
+                                function: Some(FunctionCallDelta {
+                                    name: None,
+                                    arguments: Some(partial_json),
+                                }),
+                                ..ToolCallDelta::default()
+                            }]),
+                            ..Delta::default()
+                        },
+                        None,
+                    ));
+                }
+                WireDelta::ThinkingDelta { thinking } => out.push_back(self.chunk(
+                    Delta {
+                        reasoning_content: Some(thinking),
+                        ..Delta::default()
+                    },
+                    None,
+                )),
+                _ => {}
+            },
+            WireEvent::MessageDelta { delta, usage } => {
+                if let Some(u) = usage {
+                    // Output tokens are cumulative; newer servers repeat the input counts.
+                    self.usage.output_tokens = u.output_tokens.or(self.usage.output_tokens);
+                    self.usage.input_tokens = u.input_tokens.or(self.usage.input_tokens);
+                    self.usage.cache_read_input_tokens = u
+                        .cache_read_input_tokens
+                        .or(self.usage.cache_read_input_tokens);
+                    self.usage.cache_creation_input_tokens = u
+                        .cache_creation_input_tokens
+                        .or(self.usage.cache_creation_input_tokens);
+                }
+                let finish = delta
+                    .stop_reason
+                    .as_deref()
+                    .map_or(FinishReason::Stop, map_stop_reason);
+                self.finished = true;
+                out.push_back(self.chunk(Delta::default(), Some(finish)));
+            }
+            WireEvent::MessageStop => {
+                self.usage_chunk(out);
+                return Ok(true);
+            }
+            WireEvent::Error => {
+                let v: Value = serde_json::from_slice(data).unwrap_or(Value::Null);
+                return Err(classify_stream_error(&v));
+            }
+            WireEvent::ContentBlockStop | WireEvent::Ping | WireEvent::Unknown => {}
+        }
+        Ok(false)
+    }
+
+    fn end(&mut self, out: &mut VecDeque<ChatChunk>) -> Result<(), ProviderError> {
+        if self.finished {
+            self.usage_chunk(out);
+            Ok(())
+        } else {
+            Err(ProviderError::Connect(
+                "upstream closed the stream before message_stop".into(),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_limits() {
+        assert_eq!(default_max_tokens("claude-3-haiku-20240307"), 4096);
+        assert_eq!(default_max_tokens("claude-3-5-sonnet-latest"), 8192);
+        assert_eq!(default_max_tokens("claude-sonnet-4-5"), 8192);
+    }
+
+    #[test]
+    fn stop_reasons() {
+        let got: Vec<FinishReason> = [
+            "end_turn",
+            "stop_sequence",
+            "pause_turn",
+            "max_tokens",
+            "model_context_window_exceeded",
+            "tool_use",
+            "refusal",
+        ]
+        .iter()
+        .map(|s| map_stop_reason(s))
+        .collect();
+        assert_eq!(
+            got,
+            [
+                FinishReason::Stop,
+                FinishReason::Stop,
+                FinishReason::Stop,
+                FinishReason::Length,
+                FinishReason::Length,
+                FinishReason::ToolCalls,
+                FinishReason::ContentFilter
+            ]
+        );
+    }
+}

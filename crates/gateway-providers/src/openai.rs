@@ -1,0 +1,936 @@
+//! OpenAI chat completions, embeddings and models, and every OpenAI-compatible upstream.
+//!
+//! The canonical types already are OpenAI's schema, so a request goes upstream almost as is: the
+//! model becomes the upstream id, the gateway-only `fallbacks` field and outgoing
+//! `reasoning_content` are dropped, and streams always ask for `stream_options.include_usage`.
+//! Per-upstream quirks ([`Quirks`], wire-formats §7) are small edits of that body.
+//!
+//! Answers are parsed leniently (unknown fields ignored, unknown `finish_reason` values mapped,
+//! tool-call `arguments` sent as objects stringified). Streams are decoded by [`ChunkDecoder`],
+//! which tolerates Azure's `choices: []` first chunk, chunks without `delta`, comment lines, usage
+//! before a trailing chunk (xAI) or in `x_groq.usage` (Groq), and in-band `{"error":..}` payloads,
+//! and always ends a stream that reported usage with one usage chunk whose `choices` is empty.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use bytes::Bytes;
+use gateway_core::types::{
+    ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Content, Delta, Embedding,
+    EmbeddingRequest, EmbeddingResponse, FinishReason, FunctionCall, FunctionCallDelta, Message,
+    ModelInfo, Role, ToolCall, ToolCallDelta, Usage,
+};
+use gateway_core::{Call, Credential, Provider, ProviderError, ProviderResponse, ProviderStream};
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use http::{Method, Response};
+use hyper::body::Incoming;
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value};
+
+use crate::classify::{classify, classify_stream_error};
+use crate::headers::rate_limit_info;
+use crate::http::{header_value, join_url, json_request, read_body, HttpClient, DEFAULT_MAX_BODY};
+use crate::sse::{SseEvent, SseStream};
+use crate::stream::{decode_stream, response_to_chunks, StreamDecoder};
+
+/// Small per-upstream differences from OpenAI's own API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quirks {
+    /// Mistral: `tool_choice: "required"` is `"any"`, `seed` is `random_seed`, and tool-call ids must
+    /// be 9 alphanumerics (other ids are mapped, deterministically, to such ids).
+    pub mistral: bool,
+    /// The upstream rejects `top_k` (OpenAI, Azure and a few others): drop it.
+    pub drop_top_k: bool,
+}
+
+impl Quirks {
+    /// The quirks of a provider kind.
+    pub fn for_kind(kind: &str) -> Quirks {
+        Quirks {
+            mistral: kind == "mistral",
+            drop_top_k: matches!(
+                kind,
+                "openai" | "azure" | "mistral" | "groq" | "deepseek" | "xai" | "cerebras"
+            ),
+        }
+    }
+}
+
+/// Settings of an OpenAI-shaped provider.
+#[derive(Debug, Clone)]
+pub struct OpenAiConfig {
+    /// The provider kind (`openai`, `groq`, `vllm`...).
+    pub kind: String,
+    /// The base URL including the API version (`https://api.openai.com/v1`).
+    pub base_url: String,
+    /// Extra headers sent on every request (OpenRouter `HTTP-Referer`, `X-Title`...).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The upstream's quirks.
+    pub quirks: Quirks,
+}
+
+/// An OpenAI-compatible upstream.
+#[derive(Debug, Clone)]
+pub struct OpenAiProvider {
+    kind: Arc<str>,
+    chat_url: String,
+    embeddings_url: String,
+    models_url: String,
+    headers: Arc<[(HeaderName, HeaderValue)]>,
+    quirks: Quirks,
+    client: HttpClient,
+}
+
+impl OpenAiProvider {
+    /// A provider for `config`, sending through `client`.
+    pub fn new(config: OpenAiConfig, client: HttpClient) -> Self {
+        OpenAiProvider {
+            chat_url: join_url(&config.base_url, "/chat/completions"),
+            embeddings_url: join_url(&config.base_url, "/embeddings"),
+            models_url: join_url(&config.base_url, "/models"),
+            kind: config.kind.into(),
+            headers: config.headers.into(),
+            quirks: config.quirks,
+            client,
+        }
+    }
+
+    fn request_headers(
+        &self,
+        call: &Call,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, ProviderError> {
+        let mut headers = self.headers.to_vec();
+        match call.credential.as_ref() {
+            Credential::ApiKey(key) if !key.is_empty() => headers.push((
+                AUTHORIZATION,
+                header_value(&format!("Bearer {}", key.expose()), true)?,
+            )),
+            Credential::ApiKey(_) | Credential::None => {}
+            other => return Err(unsupported_credential(&self.kind, other)),
+        }
+        push_traceparent(&mut headers, call)?;
+        Ok(headers)
+    }
+}
+
+#[async_trait]
+impl Provider for OpenAiProvider {
+    fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    async fn chat(
+        &self,
+        call: &Call,
+        request: &ChatRequest,
+    ) -> Result<ProviderResponse<ChatResponse>, ProviderError> {
+        let body = chat_body(request, &call.model, false, self.quirks)?;
+        let req = json_request(
+            Method::POST,
+            &self.chat_url,
+            &self.request_headers(call)?,
+            body,
+        )?;
+        let resp = self.client.fetch(req, call.timeout, classify).await?;
+        Ok(ProviderResponse {
+            body: parse_chat_response(resp.body())?,
+            rate_limit: rate_limit_info(resp.headers()),
+        })
+    }
+
+    async fn chat_stream(
+        &self,
+        call: &Call,
+        request: &ChatRequest,
+    ) -> Result<ProviderStream, ProviderError> {
+        let body = chat_body(request, &call.model, true, self.quirks)?;
+        let mut req = json_request(
+            Method::POST,
+            &self.chat_url,
+            &self.request_headers(call)?,
+            body,
+        )?;
+        accept_event_stream(&mut req);
+        open_chunk_stream(&self.client, req, call.timeout).await
+    }
+
+    async fn embed(
+        &self,
+        call: &Call,
+        request: &EmbeddingRequest,
+    ) -> Result<ProviderResponse<EmbeddingResponse>, ProviderError> {
+        let body = embeddings_body(request, &call.model)?;
+        let req = json_request(
+            Method::POST,
+            &self.embeddings_url,
+            &self.request_headers(call)?,
+            body,
+        )?;
+        let resp = self.client.fetch(req, call.timeout, classify).await?;
+        Ok(ProviderResponse {
+            body: parse_embeddings(resp.body())?,
+            rate_limit: rate_limit_info(resp.headers()),
+        })
+    }
+
+    async fn list_models(&self, call: &Call) -> Result<Vec<ModelInfo>, ProviderError> {
+        let req = json_request(
+            Method::GET,
+            &self.models_url,
+            &self.request_headers(call)?,
+            Bytes::new(),
+        )?;
+        let resp = self.client.fetch(req, call.timeout, classify).await?;
+        parse_models(resp.body())
+    }
+}
+
+/// The error for a credential kind an adapter cannot use (a configuration mistake: the key is
+/// taken out of rotation).
+pub fn unsupported_credential(kind: &str, credential: &Credential) -> ProviderError {
+    let what = match credential {
+        Credential::None => "no credential",
+        Credential::ApiKey(_) => "an API key",
+        Credential::Aws { .. } => "AWS credentials",
+        Credential::ServiceAccount(_) => "a service account",
+    };
+    ProviderError::Auth {
+        status: 401,
+        message: format!("provider kind `{kind}` cannot authenticate with {what}"),
+    }
+}
+
+/// Adds `traceparent` when the call carries one.
+pub fn push_traceparent(
+    headers: &mut Vec<(HeaderName, HeaderValue)>,
+    call: &Call,
+) -> Result<(), ProviderError> {
+    if let Some(tp) = &call.traceparent {
+        headers.push((
+            HeaderName::from_static("traceparent"),
+            header_value(tp, false)?,
+        ));
+    }
+    Ok(())
+}
+
+/// Asks for an event stream instead of JSON.
+pub fn accept_event_stream(req: &mut http::Request<crate::http::Body>) {
+    req.headers_mut().insert(
+        http::header::ACCEPT,
+        HeaderValue::from_static("text/event-stream"),
+    );
+}
+
+/// Sends a streaming chat request and decodes the OpenAI SSE answer. An upstream that answers with
+/// JSON instead is accepted too (its response is replayed as chunks).
+pub async fn open_chunk_stream(
+    client: &HttpClient,
+    req: http::Request<crate::http::Body>,
+    timeout: Duration,
+) -> Result<ProviderStream, ProviderError> {
+    let started = tokio::time::Instant::now();
+    let resp = client.open_stream(req, timeout, classify).await?;
+    let rate_limit = rate_limit_info(resp.headers());
+    if is_json(&resp) {
+        let left = timeout.saturating_sub(started.elapsed());
+        let body = tokio::time::timeout(left, read_body(resp.into_body(), DEFAULT_MAX_BODY))
+            .await
+            .map_err(|_| ProviderError::Timeout)??;
+        let parsed = parse_chat_response(&body)?;
+        let chunks: Vec<Result<ChatChunk, ProviderError>> =
+            response_to_chunks(&parsed).into_iter().map(Ok).collect();
+        return Ok(ProviderStream {
+            chunks: Box::pin(futures_util::stream::iter(chunks)),
+            rate_limit,
+        });
+    }
+    let events = SseStream::new(resp.into_body()).idle_timeout(timeout);
+    Ok(ProviderStream {
+        chunks: decode_stream(events, ChunkDecoder::new()),
+        rate_limit,
+    })
+}
+
+fn is_json(resp: &Response<Incoming>) -> bool {
+    resp.headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+
+/// The OpenAI request body for `request`, with `model` as the upstream model id.
+pub fn chat_body(
+    request: &ChatRequest,
+    model: &str,
+    stream: bool,
+    quirks: Quirks,
+) -> Result<Bytes, ProviderError> {
+    let body = chat_body_value(request, model, stream, quirks)?;
+    serde_json::to_vec(&body)
+        .map(Bytes::from)
+        .map_err(|e| ProviderError::Protocol(format!("encoding the request: {e}")))
+}
+
+/// [`chat_body`] as a JSON value (for tests and adapters that edit it further).
+pub fn chat_body_value(
+    request: &ChatRequest,
+    model: &str,
+    stream: bool,
+    quirks: Quirks,
+) -> Result<Value, ProviderError> {
+    let mut body = serde_json::to_value(request)
+        .map_err(|e| ProviderError::Protocol(format!("encoding the request: {e}")))?;
+    let Some(obj) = body.as_object_mut() else {
+        return Err(ProviderError::Protocol("request is not an object".into()));
+    };
+    obj.insert("model".into(), Value::String(model.to_owned()));
+    obj.remove("fallbacks");
+    if stream {
+        obj.insert("stream".into(), Value::Bool(true));
+        obj.insert(
+            "stream_options".into(),
+            serde_json::json!({"include_usage": true}),
+        );
+    } else {
+        obj.remove("stream");
+        obj.remove("stream_options");
+    }
+    if quirks.drop_top_k {
+        obj.remove("top_k");
+    }
+    if let Some(Value::Array(messages)) = obj.get_mut("messages") {
+        for m in messages.iter_mut() {
+            if let Some(m) = m.as_object_mut() {
+                m.remove("reasoning_content");
+                if quirks.mistral {
+                    mistral_message_ids(m);
+                }
+            }
+        }
+    }
+    if quirks.mistral {
+        if obj.get("tool_choice").and_then(Value::as_str) == Some("required") {
+            obj.insert("tool_choice".into(), Value::String("any".into()));
+        }
+        if let Some(seed) = obj.remove("seed") {
+            obj.insert("random_seed".into(), seed);
+        }
+    }
+    Ok(body)
+}
+
+fn mistral_message_ids(m: &mut Map<String, Value>) {
+    if let Some(Value::String(id)) = m.get_mut("tool_call_id") {
+        *id = mistral_tool_id(id);
+    }
+    if let Some(Value::Array(calls)) = m.get_mut("tool_calls") {
+        for c in calls {
+            if let Some(Value::String(id)) = c.get_mut("id") {
+                *id = mistral_tool_id(id);
+            }
+        }
+    }
+}
+
+/// Mistral accepts only 9-alphanumeric tool-call ids: keep such ids, map others deterministically
+/// (so a call and its result keep matching).
+pub fn mistral_tool_id(id: &str) -> String {
+    if id.len() == 9 && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return id.to_owned();
+    }
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (0..9)
+        .map(|_| {
+            let c = ALPHABET[(h % 62) as usize] as char;
+            h /= 62;
+            c
+        })
+        .collect()
+}
+
+/// The embeddings request body; floats are always asked for (the server encodes base64 itself).
+pub fn embeddings_body(request: &EmbeddingRequest, model: &str) -> Result<Bytes, ProviderError> {
+    let mut body = serde_json::json!({
+        "model": model,
+        "input": request.input,
+        "encoding_format": "float",
+    });
+    if let Some(d) = request.dimensions {
+        body["dimensions"] = d.into();
+    }
+    if let Some(u) = &request.user {
+        body["user"] = u.as_str().into();
+    }
+    serde_json::to_vec(&body)
+        .map(Bytes::from)
+        .map_err(|e| ProviderError::Protocol(format!("encoding the request: {e}")))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses
+
+/// Maps any provider's stop reason to the canonical one. `None` for an empty value; unknown
+/// values count as a normal stop.
+pub fn map_finish_reason(s: &str) -> Option<FinishReason> {
+    Some(match s.to_ascii_lowercase().as_str() {
+        "" | "null" => return None,
+        "length" | "max_tokens" | "model_context_window_exceeded" => FinishReason::Length,
+        "tool_calls" | "tool_use" | "tool_call" => FinishReason::ToolCalls,
+        "function_call" => FinishReason::FunctionCall,
+        "content_filter" | "refusal" | "safety" => FinishReason::ContentFilter,
+        _ => FinishReason::Stop,
+    })
+}
+
+fn lenient_finish<'de, D: Deserializer<'de>>(d: D) -> Result<Option<FinishReason>, D::Error> {
+    Ok(match Option::<Value>::deserialize(d)? {
+        Some(Value::String(s)) => map_finish_reason(&s),
+        _ => None,
+    })
+}
+
+fn lenient_role<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Role>, D::Error> {
+    Ok(match Option::<Value>::deserialize(d)? {
+        Some(Value::String(s)) => match s.as_str() {
+            "assistant" | "model" => Some(Role::Assistant),
+            "system" => Some(Role::System),
+            "developer" => Some(Role::Developer),
+            "user" => Some(Role::User),
+            "tool" => Some(Role::Tool),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+fn arguments_text(v: Option<Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s),
+        Value::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct WireUsage {
+    #[serde(flatten)]
+    usage: Usage,
+    #[serde(default)]
+    prompt_cache_hit_tokens: Option<u64>,
+}
+
+impl WireUsage {
+    fn into_usage(self) -> Usage {
+        let mut u = self.usage;
+        if u.total_tokens == 0 {
+            u.total_tokens = u.prompt_tokens + u.completion_tokens;
+        }
+        if u.prompt_tokens_details.is_none() {
+            if let Some(hit) = self.prompt_cache_hit_tokens.filter(|h| *h > 0) {
+                u.prompt_tokens_details =
+                    Some(gateway_core::types::PromptTokensDetails { cached_tokens: hit });
+            }
+        }
+        u
+    }
+}
+
+#[derive(Deserialize)]
+struct WireFunction {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    arguments: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct WireToolCall {
+    #[serde(default)]
+    index: Option<u32>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    function: Option<WireFunction>,
+}
+
+#[derive(Deserialize)]
+struct WireMessage {
+    #[serde(default, deserialize_with = "lenient_role")]
+    role: Option<Role>,
+    #[serde(default)]
+    content: Option<Content>,
+    #[serde(default)]
+    tool_calls: Option<Vec<WireToolCall>>,
+    #[serde(default)]
+    refusal: Option<String>,
+    #[serde(default)]
+    reasoning_content: Option<String>,
+    #[serde(default)]
+    reasoning: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct WireChoice {
+    #[serde(default)]
+    index: u32,
+    #[serde(default)]
+    message: Option<WireMessage>,
+    #[serde(default, deserialize_with = "lenient_finish")]
+    finish_reason: Option<FinishReason>,
+}
+
+#[derive(Deserialize)]
+struct WireResponse {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    created: u64,
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    choices: Vec<WireChoice>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(default)]
+    error: Option<Value>,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+/// Parses an OpenAI chat completion (leniently). A 200 whose body is an error payload is
+/// classified like an in-band stream error.
+pub fn parse_chat_response(body: &[u8]) -> Result<ChatResponse, ProviderError> {
+    let wire: WireResponse = serde_json::from_slice(body)
+        .map_err(|e| ProviderError::Protocol(format!("invalid chat completion: {e}")))?;
+    if wire.error.as_ref().is_some_and(|e| !e.is_null())
+        || wire.extra.get("object").and_then(Value::as_str) == Some("error")
+    {
+        let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        return Err(classify_stream_error(&v));
+    }
+    if wire.choices.is_empty() {
+        return Err(ProviderError::Protocol(
+            "chat completion without choices".into(),
+        ));
+    }
+    let mut extra = wire.extra;
+    extra.remove("object");
+    let choices = wire
+        .choices
+        .into_iter()
+        .map(|c| {
+            let m = c.message.unwrap_or(WireMessage {
+                role: None,
+                content: None,
+                tool_calls: None,
+                refusal: None,
+                reasoning_content: None,
+                reasoning: None,
+            });
+            let tool_calls = m.tool_calls.filter(|t| !t.is_empty()).map(|calls| {
+                calls
+                    .into_iter()
+                    .map(|t| {
+                        let f = t.function.unwrap_or(WireFunction {
+                            name: None,
+                            arguments: None,
+                        });
+                        ToolCall {
+                            id: t.id.unwrap_or_default(),
+                            kind: t.kind.unwrap_or_else(|| "function".into()),
+                            function: FunctionCall {
+                                name: f.name.unwrap_or_default(),
+                                arguments: arguments_text(f.arguments).unwrap_or_default(),
+                            },
+                        }
+                    })
+                    .collect()
+            });
+            Choice {
+                index: c.index,
+                message: Message {
+                    role: m.role.unwrap_or(Role::Assistant),
+                    content: m.content,
+                    name: None,
+                    tool_calls,
+                    tool_call_id: None,
+                    refusal: m.refusal,
+                    reasoning_content: m.reasoning_content.or_else(|| reasoning_text(m.reasoning)),
+                },
+                finish_reason: c.finish_reason,
+            }
+        })
+        .collect();
+    Ok(ChatResponse {
+        id: wire.id,
+        object: "chat.completion".into(),
+        created: wire.created,
+        model: wire.model,
+        choices,
+        usage: wire.usage.map(WireUsage::into_usage),
+        extra,
+    })
+}
+
+fn reasoning_text(v: Option<Value>) -> Option<String> {
+    match v? {
+        Value::String(s) if !s.is_empty() => Some(s),
+        _ => None,
+    }
+}
+
+#[derive(Deserialize)]
+struct WireEmbedding {
+    #[serde(default)]
+    index: u32,
+    embedding: Value,
+}
+
+#[derive(Deserialize)]
+struct WireEmbeddings {
+    data: Vec<WireEmbedding>,
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+/// Parses an embeddings response, decoding base64 vectors (little-endian f32) if a server sends
+/// them despite `encoding_format: "float"`.
+pub fn parse_embeddings(body: &[u8]) -> Result<EmbeddingResponse, ProviderError> {
+    let wire: WireEmbeddings = serde_json::from_slice(body)
+        .map_err(|e| ProviderError::Protocol(format!("invalid embeddings response: {e}")))?;
+    let data = wire
+        .data
+        .into_iter()
+        .map(|e| {
+            Ok(Embedding {
+                object: "embedding".into(),
+                index: e.index,
+                embedding: decode_vector(e.embedding)?,
+            })
+        })
+        .collect::<Result<Vec<_>, ProviderError>>()?;
+    Ok(EmbeddingResponse {
+        object: "list".into(),
+        data,
+        model: wire.model,
+        usage: wire.usage.map(WireUsage::into_usage),
+    })
+}
+
+/// A vector given as a JSON array of numbers or as base64 of little-endian f32.
+pub fn decode_vector(v: Value) -> Result<Vec<f32>, ProviderError> {
+    match v {
+        Value::Array(items) => items
+            .into_iter()
+            .map(|x| {
+                x.as_f64()
+                    .map(|f| f as f32)
+                    .ok_or_else(|| ProviderError::Protocol("embedding holds a non-number".into()))
+            })
+            .collect(),
+        Value::String(b64) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64.as_bytes())
+                .map_err(|e| ProviderError::Protocol(format!("invalid base64 embedding: {e}")))?;
+            if bytes.len() % 4 != 0 {
+                return Err(ProviderError::Protocol(
+                    "base64 embedding is not a whole number of f32".into(),
+                ));
+            }
+            Ok(bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect())
+        }
+        _ => Err(ProviderError::Protocol(
+            "embedding is neither array nor base64".into(),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+struct WireModel {
+    id: String,
+    #[serde(default)]
+    owned_by: Option<String>,
+    #[serde(default)]
+    created: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct WireModels {
+    data: Vec<WireModel>,
+}
+
+/// Parses `GET /models`.
+pub fn parse_models(body: &[u8]) -> Result<Vec<ModelInfo>, ProviderError> {
+    let wire: WireModels = serde_json::from_slice(body)
+        .map_err(|e| ProviderError::Protocol(format!("invalid models list: {e}")))?;
+    Ok(wire
+        .data
+        .into_iter()
+        .map(|m| ModelInfo {
+            id: m.id,
+            owned_by: m.owned_by.unwrap_or_default(),
+            created: m.created.unwrap_or_default(),
+        })
+        .collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams
+
+#[derive(Deserialize)]
+struct WireDelta {
+    #[serde(default, deserialize_with = "lenient_role")]
+    role: Option<Role>,
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    reasoning_content: Option<String>,
+    #[serde(default)]
+    reasoning: Option<Value>,
+    #[serde(default)]
+    refusal: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<WireToolCall>>,
+}
+
+#[derive(Deserialize)]
+struct WireChunkChoice {
+    #[serde(default)]
+    index: u32,
+    #[serde(default)]
+    delta: Option<WireDelta>,
+    #[serde(default, deserialize_with = "lenient_finish")]
+    finish_reason: Option<FinishReason>,
+}
+
+#[derive(Deserialize)]
+struct XGroq {
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct WireChunk {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    object: Option<String>,
+    #[serde(default)]
+    created: u64,
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    choices: Option<Vec<WireChunkChoice>>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(default)]
+    x_groq: Option<XGroq>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+/// Decodes an OpenAI chat-completions SSE stream into canonical chunks.
+///
+/// Usage is held back and sent as the last chunk (`choices: []`), whatever chunk the upstream put
+/// it on. The stream is complete at `[DONE]`; a body that ends after a `finish_reason` but without
+/// `[DONE]` is accepted, one that ends before any `finish_reason` is an error.
+#[derive(Debug, Default)]
+pub struct ChunkDecoder {
+    id: String,
+    model: String,
+    created: u64,
+    usage: Option<Usage>,
+    finished: bool,
+    /// Tool calls seen per choice, for servers that omit `index` on tool-call deltas.
+    tool_calls_seen: u32,
+}
+
+impl ChunkDecoder {
+    /// A decoder at the start of a stream.
+    pub fn new() -> Self {
+        ChunkDecoder::default()
+    }
+
+    fn flush_usage(&mut self, out: &mut VecDeque<ChatChunk>) {
+        if let Some(usage) = self.usage.take() {
+            let mut c = ChatChunk::new(self.id.clone(), self.model.clone(), self.created);
+            c.usage = Some(usage);
+            out.push_back(c);
+        }
+    }
+
+    fn tool_delta(&mut self, t: WireToolCall) -> ToolCallDelta {
+        let index = match t.index {
+            Some(i) => {
+                self.tool_calls_seen = self.tool_calls_seen.max(i + 1);
+                i
+            }
+            None if t.id.is_some() => {
+                self.tool_calls_seen += 1;
+                self.tool_calls_seen - 1
+            }
+            None => self.tool_calls_seen.saturating_sub(1),
+        };
+        ToolCallDelta {
+            index,
+            id: t.id,
+            kind: t.kind,
+            function: t.function.map(|f| FunctionCallDelta {
+                name: f.name,
+                arguments: arguments_text(f.arguments),
+            }),
+        }
+    }
+}
+
+impl StreamDecoder<SseEvent> for ChunkDecoder {
+    fn event(
+        &mut self,
+        ev: SseEvent,
+        out: &mut VecDeque<ChatChunk>,
+    ) -> Result<bool, ProviderError> {
+        let data = ev.data.trim_ascii();
+        if data.is_empty() {
+            return Ok(false);
+        }
+        if data == b"[DONE]" {
+            self.finished = true;
+            self.flush_usage(out);
+            return Ok(true);
+        }
+        let wire: WireChunk = serde_json::from_slice(data)
+            .map_err(|e| ProviderError::Protocol(format!("invalid stream chunk: {e}")))?;
+        if wire.error.as_ref().is_some_and(|e| !e.is_null())
+            || wire.object.as_deref() == Some("error")
+            || ev.event_name() == Some("error")
+        {
+            let v: Value = serde_json::from_slice(data).unwrap_or(Value::Null);
+            return Err(classify_stream_error(&v));
+        }
+        if self.id.is_empty() && !wire.id.is_empty() {
+            self.id = wire.id;
+        }
+        if self.model.is_empty() && !wire.model.is_empty() {
+            self.model = wire.model;
+        }
+        if self.created == 0 {
+            self.created = wire.created;
+        }
+        if let Some(u) = wire.usage.or_else(|| wire.x_groq.and_then(|x| x.usage)) {
+            self.usage = Some(u.into_usage());
+        }
+        let choices = wire.choices.unwrap_or_default();
+        if choices.is_empty() {
+            return Ok(false);
+        }
+        let mut chunk = ChatChunk::new(self.id.clone(), self.model.clone(), self.created);
+        chunk.choices.reserve(choices.len());
+        for c in choices {
+            if c.finish_reason.is_some() {
+                self.finished = true;
+            }
+            let delta = match c.delta {
+                Some(d) => Delta {
+                    role: d.role,
+                    content: d.content,
+                    reasoning_content: d.reasoning_content.or_else(|| reasoning_text(d.reasoning)),
+                    refusal: d.refusal,
+                    tool_calls: d
+                        .tool_calls
+                        .map(|calls| calls.into_iter().map(|t| self.tool_delta(t)).collect()),
+                },
+                None => Delta::default(),
+            };
+            chunk.choices.push(ChunkChoice {
+                index: c.index,
+                delta,
+                finish_reason: c.finish_reason,
+            });
+        }
+        out.push_back(chunk);
+        Ok(false)
+    }
+
+    fn end(&mut self, out: &mut VecDeque<ChatChunk>) -> Result<(), ProviderError> {
+        if self.finished {
+            self.flush_usage(out);
+            Ok(())
+        } else {
+            Err(ProviderError::Connect(
+                "upstream closed the stream before it finished".into(),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use expect_test::expect;
+
+    #[test]
+    fn mistral_ids_are_nine_alphanumerics() {
+        assert_eq!(
+            mistral_tool_id("abcDEF123"),
+            "abcDEF123",
+            "valid ids are kept"
+        );
+        let a = mistral_tool_id("call_abc123");
+        assert_eq!(a.len(), 9);
+        assert!(a.bytes().all(|b| b.is_ascii_alphanumeric()));
+        assert_eq!(a, mistral_tool_id("call_abc123"), "deterministic");
+        assert_ne!(a, mistral_tool_id("call_abc124"));
+    }
+
+    #[test]
+    fn finish_reasons_are_lenient() {
+        let got: Vec<_> = [
+            "stop",
+            "length",
+            "tool_calls",
+            "content_filter",
+            "eos",
+            "",
+            "MAX_TOKENS",
+        ]
+        .iter()
+        .map(|s| map_finish_reason(s))
+        .collect();
+        expect![[r#"[Some(Stop), Some(Length), Some(ToolCalls), Some(ContentFilter), Some(Stop), None, Some(Length)]"#]]
+            .assert_eq(&format!("{got:?}"));
+    }
+
+    #[test]
+    fn base64_vectors() {
+        let floats = [1.5f32, -0.25];
+        let bytes: Vec<u8> = floats.iter().flat_map(|f| f.to_le_bytes()).collect();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+        assert_eq!(
+            decode_vector(Value::String(b64)).ok(),
+            Some(floats.to_vec())
+        );
+        assert!(
+            decode_vector(Value::String("AAA=".into())).is_err(),
+            "3 bytes is not an f32"
+        );
+    }
+}
