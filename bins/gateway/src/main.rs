@@ -1,1 +1,90 @@
-fn main() {}
+//! `gateway-server`: parse arguments, load configuration, serve.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use gateway_server::{serve, Config, Extensions, Gateway, DEFAULT_CONFIG};
+
+const HELP: &str = "gateway-server: an OpenAI- and Anthropic-compatible AI gateway
+
+USAGE:
+    gateway-server [--config FILE] [--listen ADDR] [--check]
+
+OPTIONS:
+    -c, --config FILE   TOML configuration (default: the embedded demo with mock providers)
+    -l, --listen ADDR   override server.listen
+        --check         validate the configuration and exit
+    -h, --help          this text
+    -V, --version       the version
+";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut config_path: Option<PathBuf> = None;
+    let mut listen: Option<String> = None;
+    let mut check = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "-c" | "--config" => {
+                config_path = Some(args.next().context("--config needs a file")?.into())
+            }
+            "-l" | "--listen" => listen = Some(args.next().context("--listen needs an address")?),
+            "--check" => check = true,
+            "-h" | "--help" => {
+                print!("{HELP}");
+                return Ok(());
+            }
+            "-V" | "--version" => {
+                println!("gateway-server {}", env!("CARGO_PKG_VERSION"));
+                return Ok(());
+            }
+            other => anyhow::bail!("unknown argument `{other}`\n\n{HELP}"),
+        }
+    }
+    let mut config = match &config_path {
+        Some(p) => Config::from_file(p)?,
+        None => Config::from_toml(DEFAULT_CONFIG)?,
+    };
+    if let Some(l) = listen {
+        config.server.listen = l;
+    }
+    gateway_server::init_logging(&config);
+    let ext: Extensions = gateway_server::extensions(&config).await?;
+    let gateway = Gateway::new(config.clone(), config_path.clone(), ext).await?;
+    if check {
+        println!("configuration is valid");
+        return Ok(());
+    }
+    let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(c), Some(k)) => Some(serve::tls_acceptor(c, k)?),
+        _ => None,
+    };
+    let listener = tokio::net::TcpListener::bind(&config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    let addr = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, "gateway-server listening");
+    println!(
+        "gateway-server listening on {scheme}://{addr} ({})",
+        config_path
+            .as_deref()
+            .map_or("embedded demo configuration".to_owned(), |p| p
+                .display()
+                .to_string())
+    );
+    let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+    serve::serve(
+        Arc::clone(&gateway),
+        listener,
+        tls,
+        serve::signals(Arc::clone(&gateway)),
+        grace,
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,699 @@
+//! The Anthropic Messages dialect at the edge: requests into canonical form, responses and streams
+//! back into Anthropic's shapes, so the Anthropic SDK can reach any provider.
+
+use bytes::Bytes;
+use gateway_core::types::{
+    ChatChunk, ChatRequest, ChatResponse, Content, ContentPart, FinishReason, FunctionCall,
+    FunctionDef, ImageUrl, Message, NamedFunction, NamedToolChoice, Role, Stop, Tool, ToolCall,
+    ToolChoice, ToolChoiceMode, Usage,
+};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::errors::ApiError;
+
+#[derive(Deserialize)]
+struct MessagesRequest {
+    model: String,
+    max_tokens: Option<u32>,
+    messages: Vec<InMessage>,
+    #[serde(default)]
+    system: Option<SystemPrompt>,
+    #[serde(default)]
+    stop_sequences: Option<Vec<String>>,
+    #[serde(default)]
+    temperature: Option<f64>,
+    #[serde(default)]
+    top_p: Option<f64>,
+    #[serde(default)]
+    top_k: Option<u32>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    metadata: Option<Value>,
+    #[serde(default)]
+    tools: Option<Vec<InTool>>,
+    #[serde(default)]
+    tool_choice: Option<Value>,
+    #[serde(default)]
+    fallbacks: Vec<String>,
+    #[serde(flatten)]
+    _rest: Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SystemPrompt {
+    Text(String),
+    Blocks(Vec<Value>),
+}
+
+#[derive(Deserialize)]
+struct InMessage {
+    role: String,
+    content: InContent,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum InContent {
+    Text(String),
+    Blocks(Vec<Value>),
+}
+
+#[derive(Deserialize)]
+struct InTool {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    input_schema: Option<Value>,
+}
+
+fn text_of(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|b| b.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    }
+}
+
+fn image_part(block: &Value) -> Option<ContentPart> {
+    let src = block.get("source")?;
+    let url = match src.get("type").and_then(Value::as_str)? {
+        "base64" => format!(
+            "data:{};base64,{}",
+            src.get("media_type")
+                .and_then(Value::as_str)
+                .unwrap_or("image/png"),
+            src.get("data").and_then(Value::as_str).unwrap_or_default()
+        ),
+        "url" => src.get("url").and_then(Value::as_str)?.to_owned(),
+        _ => return None,
+    };
+    Some(ContentPart::ImageUrl {
+        image_url: ImageUrl { url, detail: None },
+    })
+}
+
+/// Decodes an Anthropic Messages request into canonical form.
+pub fn decode_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
+    let req: MessagesRequest = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))?;
+    if req.model.is_empty() {
+        return Err(ApiError::invalid("model: field required").param("model"));
+    }
+    let Some(max_tokens) = req.max_tokens else {
+        return Err(ApiError::invalid("max_tokens: Field required").param("max_tokens"));
+    };
+    if req.messages.is_empty() {
+        return Err(
+            ApiError::invalid("messages: at least one message is required").param("messages"),
+        );
+    }
+    let mut messages = Vec::with_capacity(req.messages.len() + 1);
+    match req.system {
+        Some(SystemPrompt::Text(t)) if !t.is_empty() => {
+            messages.push(Message::text(Role::System, t))
+        }
+        Some(SystemPrompt::Blocks(b)) => {
+            let t = text_of(&Value::Array(b));
+            if !t.is_empty() {
+                messages.push(Message::text(Role::System, t));
+            }
+        }
+        _ => {}
+    }
+    for (i, m) in req.messages.into_iter().enumerate() {
+        let role = match m.role.as_str() {
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "messages.{i}.role: unexpected role `{other}` (user or assistant)"
+                )))
+            }
+        };
+        let blocks = match m.content {
+            InContent::Text(t) => {
+                messages.push(Message::text(role, t));
+                continue;
+            }
+            InContent::Blocks(b) => b,
+        };
+        let mut parts: Vec<ContentPart> = Vec::new();
+        let mut tool_calls: Vec<ToolCall> = Vec::new();
+        for block in &blocks {
+            match block
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+            {
+                "text" => parts.push(ContentPart::Text {
+                    text: block
+                        .get("text")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                }),
+                "image" => {
+                    if let Some(p) = image_part(block) {
+                        parts.push(p);
+                    }
+                }
+                "tool_use" => tool_calls.push(ToolCall {
+                    id: block
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    kind: "function".to_owned(),
+                    function: FunctionCall {
+                        name: block
+                            .get("name")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned(),
+                        arguments: block
+                            .get("input")
+                            .map_or_else(|| "{}".to_owned(), Value::to_string),
+                    },
+                }),
+                "tool_result" => {
+                    let content = block.get("content").map(text_of).unwrap_or_default();
+                    let is_error = block
+                        .get("is_error")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false);
+                    let mut msg = Message::text(
+                        Role::Tool,
+                        if is_error {
+                            format!("Error: {content}")
+                        } else {
+                            content
+                        },
+                    );
+                    msg.tool_call_id = block
+                        .get("tool_use_id")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned);
+                    messages.push(msg);
+                }
+                "document" => {
+                    // Plain-text documents become text; other sources cannot cross dialects.
+                    if let Some(d) = block
+                        .get("source")
+                        .and_then(|s| s.get("data"))
+                        .and_then(Value::as_str)
+                    {
+                        parts.push(ContentPart::Text { text: d.to_owned() });
+                    }
+                }
+                // Thinking blocks are the model's own; they are not replayed to other providers.
+                _ => {}
+            }
+        }
+        let only_text = parts.iter().all(|p| matches!(p, ContentPart::Text { .. }));
+        let content = if parts.is_empty() {
+            None
+        } else if only_text {
+            Some(Content::Text(
+                parts
+                    .iter()
+                    .filter_map(|p| match p {
+                        ContentPart::Text { text } => Some(text.as_str()),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+                    .join(""),
+            ))
+        } else {
+            Some(Content::Parts(parts))
+        };
+        if content.is_some() || !tool_calls.is_empty() {
+            messages.push(Message {
+                role,
+                content,
+                name: None,
+                tool_calls: (!tool_calls.is_empty()).then_some(tool_calls),
+                tool_call_id: None,
+                refusal: None,
+                reasoning_content: None,
+            });
+        }
+    }
+    let tools = req.tools.map(|ts| {
+        ts.into_iter()
+            .map(|t| Tool {
+                kind: "function".to_owned(),
+                function: FunctionDef {
+                    name: t.name,
+                    description: t.description,
+                    parameters: t.input_schema,
+                    strict: None,
+                },
+            })
+            .collect::<Vec<_>>()
+    });
+    let mut parallel_tool_calls = None;
+    let tool_choice = req.tool_choice.as_ref().and_then(|tc| {
+        if tc.get("disable_parallel_tool_use").and_then(Value::as_bool) == Some(true) {
+            parallel_tool_calls = Some(false);
+        }
+        match tc.get("type").and_then(Value::as_str)? {
+            "auto" => Some(ToolChoice::Mode(ToolChoiceMode::Auto)),
+            "any" => Some(ToolChoice::Mode(ToolChoiceMode::Required)),
+            "none" => Some(ToolChoice::Mode(ToolChoiceMode::None)),
+            "tool" => Some(ToolChoice::Named(NamedToolChoice {
+                kind: "function".to_owned(),
+                function: NamedFunction {
+                    name: tc.get("name").and_then(Value::as_str)?.to_owned(),
+                },
+            })),
+            _ => None,
+        }
+    });
+    let stream = req.stream.unwrap_or(false);
+    Ok(ChatRequest {
+        model: req.model,
+        messages,
+        max_tokens: Some(max_tokens),
+        temperature: req.temperature,
+        top_p: req.top_p,
+        top_k: req.top_k,
+        stop: req.stop_sequences.filter(|s| !s.is_empty()).map(Stop::Many),
+        user: req
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get("user_id"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        tools,
+        tool_choice,
+        parallel_tool_calls,
+        stream,
+        stream_options: stream.then_some(gateway_core::types::StreamOptions {
+            include_usage: true,
+        }),
+        fallbacks: req.fallbacks,
+        ..ChatRequest::default()
+    })
+}
+
+fn stop_reason(f: Option<FinishReason>) -> &'static str {
+    match f {
+        Some(FinishReason::Length) => "max_tokens",
+        Some(FinishReason::ToolCalls | FinishReason::FunctionCall) => "tool_use",
+        Some(FinishReason::ContentFilter) => "refusal",
+        Some(FinishReason::Stop) | None => "end_turn",
+    }
+}
+
+fn usage_json(u: Option<Usage>) -> Value {
+    let u = u.unwrap_or_default();
+    let cached = u.cached_tokens();
+    json!({
+        "input_tokens": u.prompt_tokens.saturating_sub(cached),
+        "output_tokens": u.completion_tokens,
+        "cache_read_input_tokens": cached,
+        "cache_creation_input_tokens": 0,
+    })
+}
+
+fn message_id(id: &str) -> String {
+    if id.starts_with("msg_") {
+        id.to_owned()
+    } else if id.is_empty() {
+        format!("msg_{:016x}", fastrand::u64(..))
+    } else {
+        format!("msg_{id}")
+    }
+}
+
+fn tool_input(arguments: &str) -> Value {
+    serde_json::from_str::<Value>(arguments)
+        .ok()
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({}))
+}
+
+/// Encodes a canonical response as an Anthropic message.
+pub fn encode_response(resp: &ChatResponse) -> Bytes {
+    let mut content = Vec::new();
+    let choice = resp.choices.first();
+    if let Some(c) = choice {
+        let text = c.message.content_text();
+        if !text.is_empty() {
+            content.push(json!({"type": "text", "text": text}));
+        }
+        if let Some(calls) = &c.message.tool_calls {
+            for call in calls {
+                content.push(json!({
+                    "type": "tool_use",
+                    "id": call.id,
+                    "name": call.function.name,
+                    "input": tool_input(&call.function.arguments),
+                }));
+            }
+        }
+    }
+    let v = json!({
+        "id": message_id(&resp.id),
+        "type": "message",
+        "role": "assistant",
+        "model": resp.model,
+        "content": content,
+        "stop_reason": stop_reason(choice.and_then(|c| c.finish_reason)),
+        "stop_sequence": null,
+        "usage": usage_json(resp.usage),
+    });
+    Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+}
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum Block {
+    None,
+    Text(usize),
+    Tool { block: usize, tool: u32 },
+}
+
+/// Turns canonical chunks into Anthropic SSE events.
+#[derive(Debug)]
+pub struct StreamEncoder {
+    started: bool,
+    next_index: usize,
+    open: Block,
+    finish: Option<FinishReason>,
+    usage: Option<Usage>,
+    input_estimate: u64,
+    model: String,
+}
+
+fn event(out: &mut Vec<u8>, name: &str, data: &Value) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    let _ = serde_json::to_writer(&mut *out, data);
+    out.extend_from_slice(b"\n\n");
+}
+
+impl StreamEncoder {
+    /// A new encoder; `input_estimate` fills `message_start.usage.input_tokens`.
+    pub fn new(model: &str, input_estimate: u64) -> Self {
+        StreamEncoder {
+            started: false,
+            next_index: 0,
+            open: Block::None,
+            finish: None,
+            usage: None,
+            input_estimate,
+            model: model.to_owned(),
+        }
+    }
+
+    fn close(&mut self, out: &mut Vec<u8>) {
+        let index = match self.open {
+            Block::None => return,
+            Block::Text(i) => i,
+            Block::Tool { block, .. } => block,
+        };
+        event(
+            out,
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": index}),
+        );
+        self.open = Block::None;
+    }
+
+    /// Events for one chunk.
+    pub fn chunk(&mut self, chunk: &ChatChunk) -> Bytes {
+        let mut out = Vec::with_capacity(256);
+        if !self.started {
+            self.started = true;
+            if !chunk.model.is_empty() {
+                self.model.clone_from(&chunk.model);
+            }
+            event(
+                &mut out,
+                "message_start",
+                &json!({"type": "message_start", "message": {
+                    "id": message_id(&chunk.id),
+                    "type": "message",
+                    "role": "assistant",
+                    "model": self.model,
+                    "content": [],
+                    "stop_reason": null,
+                    "stop_sequence": null,
+                    "usage": {"input_tokens": self.input_estimate, "output_tokens": 0},
+                }}),
+            );
+        }
+        if let Some(u) = chunk.usage {
+            self.usage = Some(u);
+        }
+        for c in &chunk.choices {
+            if c.index != 0 {
+                continue;
+            }
+            if let Some(text) = c.delta.content.as_deref().filter(|t| !t.is_empty()) {
+                let index = match self.open {
+                    Block::Text(i) => i,
+                    _ => {
+                        self.close(&mut out);
+                        let i = self.next_index;
+                        self.next_index += 1;
+                        event(
+                            &mut out,
+                            "content_block_start",
+                            &json!({"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}}),
+                        );
+                        self.open = Block::Text(i);
+                        i
+                    }
+                };
+                event(
+                    &mut out,
+                    "content_block_delta",
+                    &json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": text}}),
+                );
+            }
+            if let Some(calls) = &c.delta.tool_calls {
+                for d in calls {
+                    let same = matches!(self.open, Block::Tool { tool, .. } if tool == d.index);
+                    if d.id.is_some() && !same {
+                        self.close(&mut out);
+                        let i = self.next_index;
+                        self.next_index += 1;
+                        let name = d
+                            .function
+                            .as_ref()
+                            .and_then(|f| f.name.clone())
+                            .unwrap_or_default();
+                        event(
+                            &mut out,
+                            "content_block_start",
+                            &json!({"type": "content_block_start", "index": i, "content_block": {
+                                "type": "tool_use", "id": d.id, "name": name, "input": {}
+                            }}),
+                        );
+                        self.open = Block::Tool {
+                            block: i,
+                            tool: d.index,
+                        };
+                    }
+                    if let Block::Tool { block, .. } = self.open {
+                        if let Some(args) = d.function.as_ref().and_then(|f| f.arguments.as_deref())
+                        {
+                            if !args.is_empty() {
+                                event(
+                                    &mut out,
+                                    "content_block_delta",
+                                    &json!({"type": "content_block_delta", "index": block, "delta": {
+                                        "type": "input_json_delta", "partial_json": args
+                                    }}),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            if c.finish_reason.is_some() {
+                self.finish = c.finish_reason;
+                self.close(&mut out);
+            }
+        }
+        Bytes::from(out)
+    }
+
+    /// The closing events.
+    pub fn finish(&mut self) -> Bytes {
+        let mut out = Vec::with_capacity(256);
+        if !self.started {
+            self.chunk(&ChatChunk::new("", self.model.clone(), 0));
+        }
+        self.close(&mut out);
+        let u = self.usage.unwrap_or_default();
+        let cached = u.cached_tokens();
+        event(
+            &mut out,
+            "message_delta",
+            &json!({"type": "message_delta",
+                "delta": {"stop_reason": stop_reason(self.finish), "stop_sequence": null},
+                "usage": {"input_tokens": u.prompt_tokens.saturating_sub(cached), "output_tokens": u.completion_tokens,
+                          "cache_read_input_tokens": cached}}),
+        );
+        event(&mut out, "message_stop", &json!({"type": "message_stop"}));
+        Bytes::from(out)
+    }
+
+    /// The usage seen so far.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+}
+
+/// `POST /v1/messages/count_tokens`: an estimate in Anthropic's shape.
+pub fn count_tokens(body: &[u8]) -> Result<Bytes, ApiError> {
+    // count_tokens has no max_tokens; add one so the request decodes.
+    let mut v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))?;
+    if let Some(o) = v.as_object_mut() {
+        o.entry("max_tokens").or_insert(json!(1));
+    }
+    let bytes = serde_json::to_vec(&v).unwrap_or_default();
+    let req = decode_request(&bytes)?;
+    let n = req.estimate_input_tokens();
+    Ok(Bytes::from(
+        serde_json::to_vec(&json!({"input_tokens": n})).unwrap_or_default(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_core::types::{Delta, FunctionCallDelta, ToolCallDelta};
+
+    #[test]
+    fn request_with_tools_and_results_decodes_to_openai_shape() {
+        let body = json!({
+            "model": "claude-x", "max_tokens": 100, "system": [{"type": "text", "text": "Be terse."}],
+            "messages": [
+                {"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": [{"type": "text", "text": "Checking."}, {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "18C"}, {"type": "text", "text": "thanks"}]}
+            ],
+            "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}],
+            "tool_choice": {"type": "any", "disable_parallel_tool_use": true},
+            "stop_sequences": ["END"], "stream": true
+        });
+        let r = decode_request(&serde_json::to_vec(&body).unwrap()).unwrap();
+        let roles: Vec<Role> = r.messages.iter().map(|m| m.role).collect();
+        assert_eq!(
+            roles,
+            vec![
+                Role::System,
+                Role::User,
+                Role::Assistant,
+                Role::Tool,
+                Role::User
+            ]
+        );
+        assert_eq!(
+            r.messages[2].tool_calls.as_ref().unwrap()[0]
+                .function
+                .arguments,
+            "{\"city\":\"Paris\"}"
+        );
+        assert_eq!(r.messages[3].tool_call_id.as_deref(), Some("toolu_1"));
+        assert_eq!(
+            r.tool_choice,
+            Some(ToolChoice::Mode(ToolChoiceMode::Required))
+        );
+        assert_eq!(r.parallel_tool_calls, Some(false));
+        assert_eq!(r.max_tokens, Some(100));
+        assert!(r.stream && r.wants_stream_usage());
+    }
+
+    #[test]
+    fn missing_max_tokens_is_a_clear_400() {
+        let e = decode_request(br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#)
+            .unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(e.message.contains("max_tokens"));
+        assert_eq!(decode_request(b"{not json").unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn stream_events_are_well_formed() {
+        let mut enc = StreamEncoder::new("m", 12);
+        let base = ChatChunk::new("abc", "m", 0);
+        let mut out = Vec::new();
+        out.extend_from_slice(&enc.chunk(&base.clone().with_delta(
+            Delta {
+                content: Some("Hi".into()),
+                ..Delta::default()
+            },
+            None,
+        )));
+        out.extend_from_slice(&enc.chunk(&base.clone().with_delta(
+            Delta {
+                tool_calls: Some(vec![ToolCallDelta {
+                    index: 0,
+                    id: Some("call_1".into()),
+                    kind: Some("function".into()),
+                    function: Some(FunctionCallDelta {
+                        name: Some("f".into()),
+                        arguments: Some("{\"a\"".into()),
+                    }),
+                }]),
+                ..Delta::default()
+            },
+            None,
+        )));
+        out.extend_from_slice(&enc.chunk(&base.clone().with_delta(
+            Delta {
+                tool_calls: Some(vec![ToolCallDelta {
+                    index: 0,
+                    function: Some(FunctionCallDelta {
+                        name: None,
+                        arguments: Some(":1}".into()),
+                    }),
+                    ..ToolCallDelta::default()
+                }]),
+                ..Delta::default()
+            },
+            Some(FinishReason::ToolCalls),
+        )));
+        let mut usage_chunk = base;
+        usage_chunk.usage = Some(Usage::new(12, 5, 0));
+        out.extend_from_slice(&enc.chunk(&usage_chunk));
+        out.extend_from_slice(&enc.finish());
+        let text = String::from_utf8(out).unwrap();
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("event: "))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        assert!(text.contains("\"stop_reason\":\"tool_use\""));
+        assert!(text.contains("\"output_tokens\":5"));
+        assert!(text.contains("\"id\":\"msg_abc\""));
+    }
+}

@@ -1,0 +1,880 @@
+//! Request handling: routing, body limits, the client dialects, streaming, admin API.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use futures_core::Stream;
+use gateway_core::extend::{AdminRoutes, Free, Pricing};
+use gateway_core::types::{ChatRequest, Usage};
+use gateway_core::{
+    Admission, AdmissionRequest, AllowAll, Engine, EngineStream, Failure, Observer, Permit,
+    RequestOptions, RequestRecord,
+};
+use gateway_providers::http::{HttpClient, HttpConfig};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use serde_json::json;
+
+use crate::anthropic;
+use crate::assemble::{engine_config, MockPool};
+use crate::config::{Config, ConfigError};
+use crate::errors::{ApiError, Dialect, ErrorKind};
+use crate::openai;
+
+/// The response body type of every handler.
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Settings read on every request, swapped on reload.
+#[derive(Debug)]
+pub struct Runtime {
+    /// The configuration as loaded (secrets included; never serialised unredacted).
+    pub config: Config,
+    /// `/admin/*` token; empty disables the admin API.
+    pub admin_token: String,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+}
+
+/// Pluggable parts of a gateway.
+#[derive(Clone)]
+pub struct Extensions {
+    /// Who may call, and their limits.
+    pub admission: Arc<dyn Admission>,
+    /// Sees every attempt and request.
+    pub observer: Arc<dyn Observer>,
+    /// Computes cost.
+    pub pricing: Arc<dyn Pricing>,
+    /// Renders `/metrics`.
+    pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    /// Extra admin routes (`/admin/...`), tried before the built-in ones.
+    pub admin: Option<Arc<dyn AdminRoutes>>,
+}
+
+impl Default for Extensions {
+    fn default() -> Self {
+        Extensions {
+            admission: Arc::new(AllowAll),
+            observer: Arc::new(gateway_core::observe::NoopObserver),
+            pricing: Arc::new(Free),
+            metrics: None,
+            admin: None,
+        }
+    }
+}
+
+/// The gateway: engine, settings and extensions.
+pub struct Gateway {
+    engine: Arc<Engine>,
+    runtime: ArcSwap<Runtime>,
+    config_path: Option<PathBuf>,
+    client: HttpClient,
+    mocks: MockPool,
+    ext: ArcSwap<Extensions>,
+    reload_lock: tokio::sync::Mutex<()>,
+    counter: AtomicU64,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").finish_non_exhaustive()
+    }
+}
+
+/// Why a gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The HTTP client could not be built.
+    #[error("upstream http client: {0}")]
+    Http(String),
+}
+
+impl Gateway {
+    /// Builds a gateway from a configuration (and the file it came from, for reloads).
+    pub async fn new(
+        config: Config,
+        config_path: Option<PathBuf>,
+        ext: Extensions,
+    ) -> Result<Arc<Self>, StartError> {
+        let s = &config.server;
+        let client = HttpClient::new(&HttpConfig {
+            pool_max_idle_per_host: s.pool_max_idle_per_host,
+            pool_idle_timeout: Duration::from_millis(s.pool_idle_timeout_ms),
+            connect_timeout: Duration::from_millis(s.connect_timeout_ms),
+            proxy: s.upstream_proxy.clone(),
+        })
+        .map_err(|e| StartError::Http(e.to_string()))?;
+        let mocks = MockPool::default();
+        let ec = engine_config(&config, &client, &mocks).await?;
+        let engine = Engine::with_parts(
+            ec,
+            Arc::new(gateway_core::signals::TokioClock::new()),
+            Arc::clone(&ext.observer),
+        )
+        .map_err(|e| ConfigError::Invalid(e.problems))?;
+        Ok(Arc::new(Gateway {
+            engine: Arc::new(engine),
+            runtime: ArcSwap::from_pointee(runtime_of(config)),
+            config_path,
+            client,
+            mocks,
+            ext: ArcSwap::from_pointee(ext),
+            reload_lock: tokio::sync::Mutex::new(()),
+            counter: AtomicU64::new(0),
+        }))
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// The running mock upstream of a `mock` provider.
+    pub fn mock(&self, provider: &str) -> Option<gateway_mock::MockServer> {
+        self.mocks.server(provider)
+    }
+
+    /// The current settings.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Replaces the extensions (used when governance and telemetry are built after the gateway).
+    pub fn set_extensions(&self, ext: Extensions) {
+        self.ext.store(Arc::new(ext));
+    }
+
+    /// Re-reads the configuration file and swaps it in; on error the running one stays.
+    pub async fn reload(&self) -> Result<(), StartError> {
+        let Some(path) = &self.config_path else {
+            return Err(ConfigError::Invalid(vec![
+                "no configuration file to reload from".to_owned()
+            ])
+            .into());
+        };
+        let config = Config::from_file(path)?;
+        self.apply(config).await
+    }
+
+    /// Validates `config` and swaps it in atomically; on error the running one stays.
+    pub async fn apply(&self, config: Config) -> Result<(), StartError> {
+        let _guard = self.reload_lock.lock().await;
+        let ec = engine_config(&config, &self.client, &self.mocks).await?;
+        self.engine
+            .reload(ec)
+            .map_err(|e| ConfigError::Invalid(e.problems))?;
+        self.runtime.store(Arc::new(runtime_of(config)));
+        Ok(())
+    }
+
+    fn request_id(&self, headers: &HeaderMap) -> Arc<str> {
+        if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+            if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) {
+                return Arc::from(id);
+            }
+        }
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        Arc::from(format!(
+            "req_{:012x}{:06x}",
+            fastrand::u64(..) >> 16,
+            n & 0xff_ffff
+        ))
+    }
+
+    /// Handles one HTTP request.
+    pub async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let request_id = self.request_id(req.headers());
+        let path = req.uri().path().to_owned();
+        let method = req.method().clone();
+        let dialect = if path.ends_with("/messages") || path.ends_with("/messages/count_tokens") {
+            Dialect::Anthropic
+        } else {
+            Dialect::OpenAi
+        };
+        let mut resp = match (method.clone(), path.as_str()) {
+            (Method::GET, "/health" | "/healthz" | "/v1/health") => {
+                json_response(200, &json!({"status": "ok"}))
+            }
+            (Method::GET, "/metrics") => {
+                let ext = self.ext.load();
+                match &ext.metrics {
+                    Some(render) => {
+                        let mut r = Response::new(full(render()));
+                        r.headers_mut().insert(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("text/plain; version=0.0.4"),
+                        );
+                        r
+                    }
+                    None => Response::new(full("")),
+                }
+            }
+            (Method::GET, "/v1/models" | "/models") => {
+                let mut r = Response::new(full(openai::encode_models(&self.engine.models())));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            (Method::GET, p) if p.starts_with("/v1/models/") => {
+                let id = &p["/v1/models/".len()..];
+                let id = percent_decode(id);
+                match self.engine.models().into_iter().find(|m| m.id == id) {
+                    Some(m) => json_response(200, &openai::model_json(&m)),
+                    None => error_response(
+                        &ApiError::new(
+                            404,
+                            ErrorKind::NotFound,
+                            format!("The model `{id}` does not exist"),
+                        )
+                        .code("model_not_found"),
+                        dialect,
+                        &request_id,
+                    ),
+                }
+            }
+            (
+                Method::POST,
+                "/v1/chat/completions" | "/chat/completions" | "/openai/v1/chat/completions",
+            ) => self.chat(req, Dialect::OpenAi, &request_id, started).await,
+            (Method::POST, "/v1/messages" | "/anthropic/v1/messages" | "/messages") => {
+                self.chat(req, Dialect::Anthropic, &request_id, started)
+                    .await
+            }
+            (Method::POST, "/v1/messages/count_tokens" | "/anthropic/v1/messages/count_tokens") => {
+                match self
+                    .read_body(req)
+                    .await
+                    .and_then(|b| anthropic::count_tokens(&b))
+                {
+                    Ok(b) => bytes_response(200, b),
+                    Err(e) => error_response(&e, Dialect::Anthropic, &request_id),
+                }
+            }
+            (Method::POST, "/v1/embeddings" | "/embeddings" | "/openai/v1/embeddings") => {
+                self.embeddings(req, &request_id, started).await
+            }
+            (_, p) if p.starts_with("/admin/") || p == "/admin" => self.admin(req).await,
+            (_, "/v1/chat/completions" | "/v1/messages" | "/v1/embeddings") => error_response(
+                &ApiError::new(
+                    405,
+                    ErrorKind::InvalidRequest,
+                    format!("method {method} not allowed on {path}"),
+                ),
+                dialect,
+                &request_id,
+            ),
+            _ => error_response(
+                &ApiError::new(
+                    404,
+                    ErrorKind::NotFound,
+                    format!("no route for {method} {path}"),
+                ),
+                dialect,
+                &request_id,
+            ),
+        };
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            resp.headers_mut().insert("x-request-id", v);
+        }
+        resp
+    }
+
+    async fn read_body(&self, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+        let max = self.runtime.load().max_body_bytes;
+        let too_large = || {
+            ApiError::new(
+                413,
+                ErrorKind::TooLarge,
+                format!("request body is larger than the {max}-byte limit"),
+            )
+            .code("request_too_large")
+        };
+        if let Some(len) = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            if len > max {
+                return Err(too_large());
+            }
+        }
+        match Limited::new(req.into_body(), max).collect().await {
+            Ok(c) => Ok(c.to_bytes()),
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                Err(too_large())
+            }
+            Err(e) => Err(ApiError::invalid(format!(
+                "could not read the request body: {e}"
+            ))),
+        }
+    }
+
+    async fn admit(
+        &self,
+        headers: &HeaderMap,
+        model: &str,
+        est_input: u64,
+        max_output: u64,
+    ) -> Result<(Box<dyn Permit>, Vec<String>), ApiError> {
+        let presented = presented_key(headers);
+        let providers = self.engine.providers_for(model);
+        let refs: Vec<&str> = providers.iter().map(String::as_str).collect();
+        let ext = self.ext.load_full();
+        let permit = ext
+            .admission
+            .admit(&AdmissionRequest {
+                presented_key: presented.as_deref(),
+                model,
+                providers: &refs,
+                estimated_input_tokens: est_input,
+                max_output_tokens: max_output,
+                headroom: self.engine.headroom_for(model),
+            })
+            .await
+            .map_err(|r| ApiError::from(&r))?;
+        Ok((permit, providers))
+    }
+
+    async fn chat(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        dialect: Dialect,
+        request_id: &Arc<str>,
+        started: Instant,
+    ) -> Response<Body> {
+        let headers = req.headers().clone();
+        let traceparent = headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(Arc::from);
+        let body = match self.read_body(req).await {
+            Ok(b) => b,
+            Err(e) => return error_response(&e, dialect, request_id),
+        };
+        let decoded = match dialect {
+            Dialect::OpenAi => openai::decode_chat(&body),
+            Dialect::Anthropic => anthropic::decode_request(&body),
+        };
+        let request = match decoded {
+            Ok(r) => r,
+            Err(e) => return error_response(&e, dialect, request_id),
+        };
+        let mut record = RequestRecord {
+            request_id: request_id.to_string(),
+            started_at_ms: unix_ms(),
+            endpoint: if dialect == Dialect::Anthropic {
+                "messages"
+            } else {
+                "chat"
+            },
+            requested_model: request.model.clone(),
+            stream: request.stream,
+            ..RequestRecord::default()
+        };
+        let ext = self.ext.load_full();
+        let est_input = request.estimate_input_tokens();
+        let max_output = u64::from(request.output_limit().unwrap_or(0));
+        let (permit, _) = match self
+            .admit(&headers, &request.model, est_input, max_output)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                record.status = e.status_for(dialect);
+                record.error = Some(e.message.clone());
+                record.duration = started.elapsed();
+                ext.observer.on_finish(&record);
+                return error_response(&e, dialect, request_id);
+            }
+        };
+        record.virtual_key = permit.virtual_key().map(str::to_owned);
+        let opts = RequestOptions {
+            request_id: Arc::clone(request_id),
+            traceparent,
+            ..RequestOptions::default()
+        };
+        if request.stream {
+            return self
+                .chat_stream(request, dialect, opts, permit, record, started, ext)
+                .await;
+        }
+        match self.engine.chat(&request, &opts).await {
+            Ok(out) => {
+                let usage = out.value.usage.unwrap_or_default();
+                let cost = ext
+                    .pricing
+                    .cost(&out.served_by.provider, &out.served_by.model, &usage);
+                permit.settle(&usage, cost);
+                let body = match dialect {
+                    Dialect::OpenAi => {
+                        Bytes::from(serde_json::to_vec(&out.value).unwrap_or_default())
+                    }
+                    Dialect::Anthropic => anthropic::encode_response(&out.value),
+                };
+                record.route = out.route.as_deref().map(str::to_owned);
+                record.provider = Some(out.served_by.provider.to_string());
+                record.model = Some(out.served_by.model.to_string());
+                record.usage = out.value.usage;
+                record.cost_usd = cost;
+                record.status = 200;
+                record.duration = started.elapsed();
+                record.attempts = out.attempts;
+                let attempts = record.attempts.len();
+                ext.observer.on_finish(&record);
+                let mut resp = bytes_response(200, body);
+                served_headers(
+                    resp.headers_mut(),
+                    &out.served_by.provider,
+                    &out.served_by.model,
+                    attempts,
+                    cost,
+                );
+                resp
+            }
+            Err(f) => self.fail(f, dialect, request_id, record, started, &ext),
+        }
+    }
+
+    fn fail(
+        &self,
+        f: Failure,
+        dialect: Dialect,
+        request_id: &str,
+        mut record: RequestRecord,
+        started: Instant,
+        ext: &Extensions,
+    ) -> Response<Body> {
+        let e = ApiError::from(&f.error);
+        record.route = f.route.as_deref().map(str::to_owned);
+        record.status = e.status_for(dialect);
+        record.error = Some(e.message.clone());
+        record.duration = started.elapsed();
+        let attempts = f.attempts.len();
+        record.attempts = f.attempts;
+        ext.observer.on_finish(&record);
+        let mut resp = error_response(&e, dialect, request_id);
+        if let Ok(v) = HeaderValue::from_str(&attempts.to_string()) {
+            resp.headers_mut().insert("x-gateway-attempts", v);
+        }
+        resp
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn chat_stream(
+        self: &Arc<Self>,
+        request: ChatRequest,
+        dialect: Dialect,
+        opts: RequestOptions,
+        permit: Box<dyn Permit>,
+        mut record: RequestRecord,
+        started: Instant,
+        ext: Arc<Extensions>,
+    ) -> Response<Body> {
+        let include_usage = request.wants_stream_usage();
+        let est = request.estimate_input_tokens();
+        match self.engine.chat_stream(&request, &opts).await {
+            Ok(out) => {
+                record.route = out.route.as_deref().map(str::to_owned);
+                record.provider = Some(out.served_by.provider.to_string());
+                record.model = Some(out.served_by.model.to_string());
+                record.ttft = Some(started.elapsed());
+                let attempts = out.attempts.len();
+                record.attempts = out.attempts;
+                let provider = Arc::clone(&out.served_by.provider);
+                let model = Arc::clone(&out.served_by.model);
+                let body = SseBody {
+                    inner: out.value,
+                    dialect,
+                    anthropic: (dialect == Dialect::Anthropic)
+                        .then(|| anthropic::StreamEncoder::new(&request.model, est)),
+                    include_usage,
+                    state: SseState::Streaming,
+                    buf: Vec::with_capacity(512),
+                    usage: None,
+                    request_id: opts.request_id.to_string(),
+                    finish: Some(StreamFinish {
+                        record,
+                        permit,
+                        ext,
+                        started,
+                        provider: Arc::clone(&provider),
+                        model: Arc::clone(&model),
+                    }),
+                };
+                let mut resp = Response::new(StreamBody::new(body).boxed_unsync());
+                let h = resp.headers_mut();
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/event-stream"),
+                );
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+                served_headers(h, &provider, &model, attempts, 0.0);
+                resp
+            }
+            Err(f) => self.fail(f, dialect, &opts.request_id, record, started, &ext),
+        }
+    }
+
+    async fn embeddings(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        request_id: &Arc<str>,
+        started: Instant,
+    ) -> Response<Body> {
+        let dialect = Dialect::OpenAi;
+        let headers = req.headers().clone();
+        let body = match self.read_body(req).await {
+            Ok(b) => b,
+            Err(e) => return error_response(&e, dialect, request_id),
+        };
+        let request = match openai::decode_embeddings(&body) {
+            Ok(r) => r,
+            Err(e) => return error_response(&e, dialect, request_id),
+        };
+        let ext = self.ext.load_full();
+        let mut record = RequestRecord {
+            request_id: request_id.to_string(),
+            started_at_ms: unix_ms(),
+            endpoint: "embeddings",
+            requested_model: request.model.clone(),
+            ..RequestRecord::default()
+        };
+        let (permit, _) = match self
+            .admit(&headers, &request.model, request.input.estimate_tokens(), 0)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                record.status = e.status;
+                record.error = Some(e.message.clone());
+                ext.observer.on_finish(&record);
+                return error_response(&e, dialect, request_id);
+            }
+        };
+        record.virtual_key = permit.virtual_key().map(str::to_owned);
+        let opts = RequestOptions {
+            request_id: Arc::clone(request_id),
+            ..RequestOptions::default()
+        };
+        match self.engine.embed(&request, &opts).await {
+            Ok(out) => {
+                let usage = out.value.usage.unwrap_or_default();
+                let cost = ext
+                    .pricing
+                    .cost(&out.served_by.provider, &out.served_by.model, &usage);
+                permit.settle(&usage, cost);
+                let b64 = request.encoding_format.as_deref() == Some("base64");
+                record.provider = Some(out.served_by.provider.to_string());
+                record.model = Some(out.served_by.model.to_string());
+                record.usage = out.value.usage;
+                record.cost_usd = cost;
+                record.status = 200;
+                record.duration = started.elapsed();
+                record.route = out.route.as_deref().map(str::to_owned);
+                let attempts = out.attempts.len();
+                record.attempts = out.attempts;
+                ext.observer.on_finish(&record);
+                let mut resp = bytes_response(200, openai::encode_embeddings(&out.value, b64));
+                served_headers(
+                    resp.headers_mut(),
+                    &out.served_by.provider,
+                    &out.served_by.model,
+                    attempts,
+                    cost,
+                );
+                resp
+            }
+            Err(f) => self.fail(f, dialect, request_id, record, started, &ext),
+        }
+    }
+
+    async fn admin(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let runtime = self.runtime.load_full();
+        let token = runtime.admin_token.as_bytes();
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default()
+            .trim()
+            .as_bytes()
+            .to_vec();
+        if token.is_empty() {
+            return json_response(
+                403,
+                &json!({"error": {"message": "the admin API is disabled: set server.admin_token", "type": "permission_error"}}),
+            );
+        }
+        if !constant_time_eq(&presented, token) {
+            return json_response(
+                401,
+                &json!({"error": {"message": "admin token required: Authorization: Bearer <admin_token>", "type": "authentication_error"}}),
+            );
+        }
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let query = req.uri().query().unwrap_or_default().to_owned();
+        let body = match self.read_body(req).await {
+            Ok(b) => b,
+            Err(e) => return json_response(e.status, &json!({"error": {"message": e.message}})),
+        };
+        if let Some(extra) = self.ext.load().admin.clone() {
+            if let Some((status, v)) = extra.handle(method.as_str(), &path, &query, &body).await {
+                return json_response(status, &v);
+            }
+        }
+        match (method, path.as_str()) {
+            (Method::GET, "/admin/config") => json_response(200, &runtime.config.redacted()),
+            (Method::GET, "/admin/health") => {
+                json_response(200, &json!({"providers": self.engine.health()}))
+            }
+            (Method::POST, "/admin/reload") => match self.reload().await {
+                Ok(()) => {
+                    tracing::info!("configuration reloaded through the admin API");
+                    json_response(200, &json!({"status": "reloaded"}))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reload refused; the running configuration stays");
+                    json_response(400, &json!({"status": "refused", "error": e.to_string()}))
+                }
+            },
+            _ => json_response(
+                404,
+                &json!({"error": {"message": format!("no admin route {path}")}}),
+            ),
+        }
+    }
+}
+
+fn runtime_of(config: Config) -> Runtime {
+    Runtime {
+        admin_token: config.server.admin_token.clone(),
+        max_body_bytes: config.server.max_body_bytes,
+        config,
+    }
+}
+
+/// The key a client presented: `Authorization: Bearer`, `x-api-key` or `x-bf-vk`.
+pub fn presented_key(headers: &HeaderMap) -> Option<String> {
+    if let Some(v) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(v.trim().to_owned());
+    }
+    if let Some(v) = headers.get("x-bf-vk").and_then(|v| v.to_str().ok()) {
+        return Some(v.trim().to_owned());
+    }
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|v| v.trim().to_owned())
+}
+
+/// Compares secrets without leaking where they differ through timing.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn served_headers(h: &mut HeaderMap, provider: &str, model: &str, attempts: usize, cost: f64) {
+    if let Ok(v) = HeaderValue::from_str(provider) {
+        h.insert("x-gateway-provider", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(model) {
+        h.insert("x-gateway-model", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&attempts.to_string()) {
+        h.insert("x-gateway-attempts", v);
+    }
+    if cost > 0.0 {
+        if let Ok(v) = HeaderValue::from_str(&format!("{cost:.8}")) {
+            h.insert("x-gateway-cost-usd", v);
+        }
+    }
+}
+
+fn bytes_response(status: u16, body: Bytes) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn json_response<T: serde::Serialize>(status: u16, v: &T) -> Response<Body> {
+    bytes_response(
+        status,
+        Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
+    )
+}
+
+/// An error in the dialect's shape, with `retry-after` and `x-should-retry` where they apply.
+pub fn error_response(e: &ApiError, dialect: Dialect, request_id: &str) -> Response<Body> {
+    let mut r = bytes_response(e.status_for(dialect), e.body(dialect, request_id));
+    let h = r.headers_mut();
+    if let Some(d) = e.retry_after {
+        let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+        if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+            h.insert(header::RETRY_AFTER, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&d.as_millis().max(1).to_string()) {
+            h.insert("retry-after-ms", v);
+        }
+    }
+    if e.no_retry {
+        h.insert("x-should-retry", HeaderValue::from_static("false"));
+    }
+    r
+}
+
+struct StreamFinish {
+    record: RequestRecord,
+    permit: Box<dyn Permit>,
+    ext: Arc<Extensions>,
+    started: Instant,
+    provider: Arc<str>,
+    model: Arc<str>,
+}
+
+impl StreamFinish {
+    fn done(mut self, usage: Option<Usage>, status: u16, error: Option<String>) {
+        let u = usage.unwrap_or_default();
+        let cost = self.ext.pricing.cost(&self.provider, &self.model, &u);
+        self.permit.settle(&u, cost);
+        self.record.usage = usage;
+        self.record.cost_usd = cost;
+        self.record.status = status;
+        self.record.error = error;
+        self.record.duration = self.started.elapsed();
+        self.ext.observer.on_finish(&self.record);
+    }
+}
+
+enum SseState {
+    Streaming,
+    Done,
+}
+
+/// The SSE body of a streamed answer, in the client's dialect.
+struct SseBody {
+    inner: EngineStream,
+    dialect: Dialect,
+    anthropic: Option<anthropic::StreamEncoder>,
+    include_usage: bool,
+    state: SseState,
+    buf: Vec<u8>,
+    usage: Option<Usage>,
+    request_id: String,
+    finish: Option<StreamFinish>,
+}
+
+impl Drop for SseBody {
+    fn drop(&mut self) {
+        // The client went away mid-stream: the upstream is cancelled with `inner`; account for it.
+        if let Some(f) = self.finish.take() {
+            f.done(self.usage, 499, Some("client disconnected".to_owned()));
+        }
+    }
+}
+
+impl Stream for SseBody {
+    type Item = Result<Frame<Bytes>, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if matches!(this.state, SseState::Done) {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.inner).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    if let Some(u) = chunk.usage {
+                        this.usage = Some(u);
+                    }
+                    let out = match (&mut this.anthropic, this.dialect) {
+                        (Some(enc), _) => {
+                            let b = enc.chunk(&chunk);
+                            (!b.is_empty()).then_some(b)
+                        }
+                        _ => openai::encode_chunk(&chunk, this.include_usage, &mut this.buf),
+                    };
+                    if let Some(b) = out {
+                        return Poll::Ready(Some(Ok(Frame::data(b))));
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.state = SseState::Done;
+                    let err = ApiError::from(&gateway_core::EngineError::Exhausted {
+                        attempts: 1,
+                        last: e,
+                    });
+                    let msg = format!("upstream stream failed: {}", err.message);
+                    let err = ApiError {
+                        message: msg.clone(),
+                        ..err
+                    };
+                    if let Some(f) = this.finish.take() {
+                        f.done(this.usage, 502, Some(msg));
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(
+                        err.sse_event(this.dialect, &this.request_id),
+                    ))));
+                }
+                Poll::Ready(None) => {
+                    this.state = SseState::Done;
+                    if let Some(f) = this.finish.take() {
+                        f.done(this.usage, 200, None);
+                    }
+                    let tail = match &mut this.anthropic {
+                        Some(enc) => enc.finish(),
+                        None => Bytes::from_static(openai::DONE),
+                    };
+                    return Poll::Ready(Some(Ok(Frame::data(tail))));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,696 @@
+//! The TOML configuration: parsing, `${ENV}` substitution and validation.
+//!
+//! The field names here are the public interface (see `docs/configuration.md`). Validation collects
+//! every problem with the field that has it, so one run of `gateway-server --config` tells the
+//! operator everything that is wrong.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`.
+    #[serde(default)]
+    pub server: ServerSection,
+    /// `[[providers]]`.
+    #[serde(default)]
+    pub providers: Vec<ProviderSection>,
+    /// `[[routes]]`.
+    #[serde(default)]
+    pub routes: Vec<RouteSection>,
+    /// `[health]`.
+    #[serde(default)]
+    pub health: HealthSection,
+    /// `[logging]`.
+    #[serde(default)]
+    pub logging: LoggingSection,
+    /// `[telemetry]`.
+    #[serde(default)]
+    pub telemetry: TelemetrySection,
+    /// `[governance]`.
+    #[serde(default)]
+    pub governance: GovernanceSection,
+    /// `[[virtual_keys]]`.
+    #[serde(default)]
+    pub virtual_keys: Vec<LimitsSection>,
+    /// `[[teams]]`.
+    #[serde(default)]
+    pub teams: Vec<LimitsSection>,
+    /// `[[customers]]`.
+    #[serde(default)]
+    pub customers: Vec<LimitsSection>,
+    /// `[[pricing]]`.
+    #[serde(default)]
+    pub pricing: Vec<PricingSection>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Token for `/admin/*`; empty disables the admin API.
+    #[serde(default)]
+    pub admin_token: String,
+    /// Directory of the embedded store.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Largest accepted request body.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Overall deadline of one request, all attempts included.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_ms: u64,
+    /// Most upstream attempts for one request.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// First backoff before retrying the same provider.
+    #[serde(default = "default_backoff")]
+    pub retry_backoff_ms: u64,
+    /// Largest backoff.
+    #[serde(default = "default_backoff_max")]
+    pub retry_backoff_max_ms: u64,
+    /// PEM certificate chain for TLS.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// How long shutdown waits for in-flight requests and streams.
+    #[serde(default = "default_drain")]
+    pub shutdown_grace_ms: u64,
+    /// Outbound HTTP client: idle connections kept per upstream host.
+    #[serde(default = "default_pool")]
+    pub pool_max_idle_per_host: usize,
+    /// Outbound HTTP client: idle connection lifetime.
+    #[serde(default = "default_pool_idle")]
+    pub pool_idle_timeout_ms: u64,
+    /// Outbound HTTP client: connect timeout.
+    #[serde(default = "default_connect")]
+    pub connect_timeout_ms: u64,
+    /// Outbound HTTP proxy for upstream calls.
+    #[serde(default)]
+    pub upstream_proxy: Option<String>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".to_owned()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_max_body() -> usize {
+    10 * 1024 * 1024
+}
+fn default_request_timeout() -> u64 {
+    600_000
+}
+fn default_max_attempts() -> u32 {
+    8
+}
+fn default_backoff() -> u64 {
+    50
+}
+fn default_backoff_max() -> u64 {
+    2_000
+}
+fn default_drain() -> u64 {
+    30_000
+}
+fn default_pool() -> usize {
+    256
+}
+fn default_pool_idle() -> u64 {
+    90_000
+}
+fn default_connect() -> u64 {
+    5_000
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: default_listen(),
+            admin_token: String::new(),
+            data_dir: default_data_dir(),
+            max_body_bytes: default_max_body(),
+            request_timeout_ms: default_request_timeout(),
+            max_attempts: default_max_attempts(),
+            retry_backoff_ms: default_backoff(),
+            retry_backoff_max_ms: default_backoff_max(),
+            tls_cert: None,
+            tls_key: None,
+            shutdown_grace_ms: default_drain(),
+            pool_max_idle_per_host: default_pool(),
+            pool_idle_timeout_ms: default_pool_idle(),
+            connect_timeout_ms: default_connect(),
+            upstream_proxy: None,
+        }
+    }
+}
+
+/// `[[providers]]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSection {
+    /// Unique name; clients address `name/model`.
+    pub name: String,
+    /// Wire format and preset (`openai`, `anthropic`, `groq`, `mock`...).
+    pub kind: String,
+    /// Base URL override.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// How this provider's keys are chosen.
+    #[serde(default = "default_strategy")]
+    pub strategy: String,
+    /// Per-attempt timeout.
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+    /// Extra attempts at this provider after a transient error.
+    #[serde(default = "default_retries")]
+    pub max_retries: u32,
+    /// Models this provider serves (for `/v1/models` and bare-model routing).
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Azure: `api-version`.
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// Azure: model → deployment.
+    #[serde(default)]
+    pub deployments: BTreeMap<String, String>,
+    /// Bedrock: AWS region.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Vertex: project id.
+    #[serde(default)]
+    pub project: Option<String>,
+    /// Vertex: location.
+    #[serde(default)]
+    pub location: Option<String>,
+    /// Vertex: service-account JSON file.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// Extra headers sent upstream.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// `mock` kind: which wire format the in-process mock speaks (`openai` or `anthropic`).
+    #[serde(default)]
+    pub dialect: Option<String>,
+    /// `mock` kind: added latency.
+    #[serde(default)]
+    pub latency_ms: Option<u64>,
+    /// `mock` kind: share of requests answered with `error_status`.
+    #[serde(default)]
+    pub error_rate: Option<f64>,
+    /// `mock` kind: the status of injected errors (default 500).
+    #[serde(default)]
+    pub error_status: Option<u16>,
+    /// `mock` kind: the reply text.
+    #[serde(default)]
+    pub reply: Option<String>,
+    /// The provider's keys.
+    #[serde(default)]
+    pub keys: Vec<KeySection>,
+}
+
+fn default_strategy() -> String {
+    "adaptive".to_owned()
+}
+fn default_timeout() -> u64 {
+    60_000
+}
+fn default_retries() -> u32 {
+    2
+}
+
+/// `[[providers.keys]]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KeySection {
+    /// Name shown in metrics, logs and health.
+    pub name: String,
+    /// The API key.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Share of traffic.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Models this key may serve.
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    /// Known requests per minute.
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    /// Known tokens per minute.
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    /// Bedrock: access key id.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// Bedrock: secret access key.
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// Bedrock: session token.
+    #[serde(default)]
+    pub session_token: Option<String>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// A target of a route.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSection {
+    /// Provider name.
+    pub provider: String,
+    /// Upstream model id.
+    pub model: String,
+    /// Share of the route's traffic.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+/// `[[routes]]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    /// The model name clients ask for.
+    pub name: String,
+    /// How targets are chosen.
+    #[serde(default = "default_strategy")]
+    pub strategy: String,
+    /// Weighted targets.
+    #[serde(default)]
+    pub targets: Vec<TargetSection>,
+    /// Tried in order after the targets.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+}
+
+/// `[health]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    /// Consecutive failures that eject a key or provider.
+    #[serde(default = "default_eject_after")]
+    pub eject_after: u32,
+    /// First ejection length.
+    #[serde(default = "default_eject_for")]
+    pub eject_for_ms: u64,
+    /// Longest ejection.
+    #[serde(default = "default_max_eject")]
+    pub max_eject_for_ms: u64,
+    /// EWMA time constant.
+    #[serde(default = "default_decay")]
+    pub decay_ms: u64,
+    /// Rest after a 429 without a wait hint.
+    #[serde(default = "default_rest")]
+    pub default_rest_ms: u64,
+    /// How long a key with exhausted quota or a refused credential stays out.
+    #[serde(default = "default_disable")]
+    pub disable_for_ms: u64,
+}
+
+fn default_eject_after() -> u32 {
+    3
+}
+fn default_eject_for() -> u64 {
+    5_000
+}
+fn default_max_eject() -> u64 {
+    60_000
+}
+fn default_decay() -> u64 {
+    10_000
+}
+fn default_rest() -> u64 {
+    1_000
+}
+fn default_disable() -> u64 {
+    300_000
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        HealthSection {
+            eject_after: default_eject_after(),
+            eject_for_ms: default_eject_for(),
+            max_eject_for_ms: default_max_eject(),
+            decay_ms: default_decay(),
+            default_rest_ms: default_rest(),
+            disable_for_ms: default_disable(),
+        }
+    }
+}
+
+/// `[logging]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingSection {
+    /// `json` for one JSON line per request on stdout.
+    #[serde(default)]
+    pub stdout: Option<String>,
+    /// Log prompt and completion content.
+    #[serde(default)]
+    pub content: bool,
+    /// Log filter (`info`, `debug`, `gateway_server=debug`...).
+    #[serde(default)]
+    pub level: Option<String>,
+    /// Keep request logs this many days.
+    #[serde(default)]
+    pub retention_days: Option<u64>,
+    /// Keep at most this many request logs.
+    #[serde(default)]
+    pub retention_rows: Option<u64>,
+    /// Capacity of the log queue.
+    #[serde(default)]
+    pub queue_capacity: Option<usize>,
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySection {
+    /// OTLP/HTTP endpoint for traces.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// Service name on spans.
+    #[serde(default)]
+    pub service_name: Option<String>,
+}
+
+/// `[governance]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GovernanceSection {
+    /// `redis://host:port` to share limits across instances; embedded store when unset.
+    #[serde(default)]
+    pub store: Option<String>,
+    /// Below this headroom (0..1) batch traffic is held back.
+    #[serde(default)]
+    pub batch_headroom: Option<f64>,
+}
+
+/// `[[virtual_keys]]`, `[[teams]]` and `[[customers]]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Name.
+    pub name: String,
+    /// Virtual keys only: the secret clients present.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Virtual keys: the team; teams: the customer.
+    #[serde(default)]
+    pub team: Option<String>,
+    /// Teams: the customer.
+    #[serde(default)]
+    pub customer: Option<String>,
+    /// Requests per minute.
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    /// Tokens per minute.
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    /// Requests in flight at once.
+    #[serde(default)]
+    pub max_concurrent: Option<u64>,
+    /// Budget in USD.
+    #[serde(default)]
+    pub budget_usd: Option<f64>,
+    /// `1h`, `1d`, `1w`, `1M`; none for a lifetime cap.
+    #[serde(default)]
+    pub budget_period: Option<String>,
+    /// Allowed models.
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    /// Allowed providers.
+    #[serde(default)]
+    pub providers: Option<Vec<String>>,
+    /// `interactive` or `batch`.
+    #[serde(default)]
+    pub priority: Option<String>,
+}
+
+/// `[[pricing]]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PricingSection {
+    /// Model id (upstream or `provider/model`).
+    pub model: String,
+    /// USD per million input tokens.
+    pub input_per_mtok: f64,
+    /// USD per million output tokens.
+    pub output_per_mtok: f64,
+    /// USD per million cached input tokens.
+    #[serde(default)]
+    pub cached_input_per_mtok: Option<f64>,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax or types.
+    #[error("invalid config: {0}")]
+    Parse(String),
+    /// One or more validation problems.
+    #[error("invalid config:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}` in every string of `value`, recording unset variables.
+fn substitute(value: &mut toml::Value, path: &str, problems: &mut Vec<String>) {
+    match value {
+        toml::Value::String(s) if s.contains("${") => match expand(s) {
+            Ok(v) => *s = v,
+            Err(var) => problems.push(format!("{path}: environment variable `{var}` is not set")),
+        },
+        toml::Value::Array(a) => {
+            for (i, v) in a.iter_mut().enumerate() {
+                substitute(v, &format!("{path}[{i}]"), problems);
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, v) in t.iter_mut() {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                substitute(v, &p, problems);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Expands `${VAR}` / `${VAR:-default}`; returns the first unset variable's name on failure.
+pub fn expand(s: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let expr = &after[..end];
+        let (name, default) = match expr.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (expr, None),
+        };
+        match std::env::var(name) {
+            Ok(v) if !v.is_empty() => out.push_str(&v),
+            _ => match default {
+                Some(d) => out.push_str(d),
+                None => return Err(name.to_owned()),
+            },
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+impl Config {
+    /// Reads and parses a file (validation is separate: see [`Config::validate`]).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cfg = Self::from_toml(&text)?;
+        // Relative paths in the file are relative to the file.
+        if let Some(dir) = path.parent() {
+            for p in &mut cfg.providers {
+                if let Some(f) = &p.credentials_file {
+                    if f.is_relative() && !f.exists() {
+                        p.credentials_file = Some(dir.join(f));
+                    }
+                }
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Parses TOML text, substituting environment variables.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let mut value: toml::Value =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut problems = Vec::new();
+        substitute(&mut value, "", &mut problems);
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
+        }
+        value
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))
+    }
+
+    /// A copy with every secret replaced by `"***"`, for `GET /admin/config`.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        let hide = |s: &mut Option<String>| {
+            if s.is_some() {
+                *s = Some("***".to_owned());
+            }
+        };
+        if !c.server.admin_token.is_empty() {
+            c.server.admin_token = "***".to_owned();
+        }
+        for p in &mut c.providers {
+            for k in &mut p.keys {
+                hide(&mut k.secret);
+                hide(&mut k.secret_access_key);
+                hide(&mut k.session_token);
+                if k.access_key_id.is_some() {
+                    k.access_key_id = Some("***".to_owned());
+                }
+            }
+            for (name, v) in p.headers.iter_mut() {
+                let n = name.to_ascii_lowercase();
+                if n.contains("auth") || n.contains("key") || n.contains("token") {
+                    *v = "***".to_owned();
+                }
+            }
+            if let Some(u) = &p.base_url {
+                p.base_url = Some(redact_url(u));
+            }
+        }
+        for v in c
+            .virtual_keys
+            .iter_mut()
+            .chain(c.teams.iter_mut())
+            .chain(c.customers.iter_mut())
+        {
+            hide(&mut v.secret);
+        }
+        if let Some(s) = &c.governance.store {
+            c.governance.store = Some(redact_url(s));
+        }
+        c
+    }
+}
+
+/// Hides user-info and query secrets in a URL.
+fn redact_url(u: &str) -> String {
+    let mut out = u.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let rest = &out[scheme_end + 3..];
+        if let Some(at) = rest.find('@') {
+            if rest[..at].find('/').is_none() {
+                out = format!("{}***@{}", &out[..scheme_end + 3], &rest[at + 1..]);
+            }
+        }
+    }
+    if let Some(q) = out.find('?') {
+        out.truncate(q);
+        out.push_str("?***");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_substitution_with_defaults_and_unset_variables() {
+        std::env::set_var("GW_TEST_SET", "value");
+        assert_eq!(expand("a-${GW_TEST_SET}-b").unwrap(), "a-value-b");
+        assert_eq!(expand("${GW_TEST_UNSET_X:-dflt}").unwrap(), "dflt");
+        assert_eq!(expand("${GW_TEST_UNSET_X}").unwrap_err(), "GW_TEST_UNSET_X");
+        let err = Config::from_toml(
+            "[[providers]]\nname='p'\nkind='openai'\n[[providers.keys]]\nname='k'\nsecret='${GW_TEST_UNSET_Y}'\n",
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("providers[0].keys[0].secret"), "{msg}");
+        assert!(msg.contains("GW_TEST_UNSET_Y"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let err = Config::from_toml("[server]\nlisten='127.0.0.1:1'\nlistn='x'\n").unwrap_err();
+        assert!(err.to_string().contains("listn"), "{err}");
+    }
+
+    #[test]
+    fn redaction_hides_every_secret() {
+        let cfg = Config::from_toml(
+            r#"
+[server]
+admin_token = "adm-secret"
+[[providers]]
+name = "p"
+kind = "openai"
+base_url = "https://user:pw@example.invalid/v1?key=qs-secret"
+headers = { "x-api-key" = "hdr-secret", "x-title" = "ok" }
+[[providers.keys]]
+name = "k"
+secret = "sk-secret"
+[[providers.keys]]
+name = "aws"
+access_key_id = "AKIDSECRET"
+secret_access_key = "aws-secret"
+session_token = "sess-secret"
+[[virtual_keys]]
+name = "vk"
+secret = "vk-secret"
+"#,
+        )
+        .unwrap();
+        let text = serde_json::to_string(&cfg.redacted()).unwrap();
+        for s in [
+            "adm-secret",
+            "pw@",
+            "qs-secret",
+            "hdr-secret",
+            "sk-secret",
+            "AKIDSECRET",
+            "aws-secret",
+            "sess-secret",
+            "vk-secret",
+        ] {
+            assert!(!text.contains(s), "{s} leaked in {text}");
+        }
+        assert!(text.contains("\"x-title\":\"ok\""));
+    }
+}

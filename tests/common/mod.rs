@@ -1,0 +1,189 @@
+//! Test support: start the real gateway on 127.0.0.1:0 and talk to it over HTTP.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gateway_server::{serve, Config, Extensions, Gateway};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// A running gateway.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    /// SSE `data:` payloads in order.
+    pub fn sse_data(&self) -> Vec<String> {
+        self.text()
+            .split("\n\n")
+            .filter_map(|ev| {
+                ev.lines()
+                    .find_map(|l| l.strip_prefix("data: "))
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+    /// SSE `event:` names in order.
+    pub fn sse_events(&self) -> Vec<String> {
+        self.text()
+            .lines()
+            .filter_map(|l| l.strip_prefix("event: "))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl TestGateway {
+    /// Starts a gateway from TOML text (listen address is replaced by 127.0.0.1:0).
+    pub async fn start(toml: &str) -> TestGateway {
+        Self::start_with(toml, Extensions::default(), None).await
+    }
+
+    pub async fn start_with(
+        toml: &str,
+        ext: Extensions,
+        path: Option<std::path::PathBuf>,
+    ) -> TestGateway {
+        let mut config = Config::from_toml(toml).unwrap_or_else(|e| panic!("config: {e}"));
+        config.server.listen = "127.0.0.1:0".to_owned();
+        let gateway = Gateway::new(config, path, ext)
+            .await
+            .unwrap_or_else(|e| panic!("start: {e}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let gw = Arc::clone(&gateway);
+        let task = tokio::spawn(async move {
+            let _ = serve::serve(
+                gw,
+                listener,
+                None,
+                async {
+                    let _ = rx.await;
+                },
+                Duration::from_secs(5),
+            )
+            .await;
+        });
+        TestGateway {
+            addr,
+            gateway,
+            stop: Some(tx),
+            task: Some(task),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Answer {
+        let mut b = http::Request::builder().method(method).uri(self.url(path));
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(Full::new(body.into())).unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
+            .await
+            .expect("gateway answered in time")
+            .expect("request sent");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Answer {
+        self.request(
+            "POST",
+            path,
+            &[
+                ("content-type", "application/json"),
+                ("authorization", "Bearer client-key"),
+            ],
+            serde_json::to_vec(body).unwrap(),
+        )
+        .await
+    }
+
+    pub async fn post_anthropic(&self, body: &Value) -> Answer {
+        self.request(
+            "POST",
+            "/v1/messages",
+            &[
+                ("content-type", "application/json"),
+                ("x-api-key", "client-key"),
+                ("anthropic-version", "2023-06-01"),
+            ],
+            serde_json::to_vec(body).unwrap(),
+        )
+        .await
+    }
+
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Answer {
+        self.request("GET", path, headers, Bytes::new()).await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+/// An OpenAI chat body.
+pub fn chat(model: &str, text: &str) -> Value {
+    serde_json::json!({"model": model, "messages": [{"role": "user", "content": text}]})
+}
+
+/// An Anthropic messages body.
+pub fn messages(model: &str, text: &str) -> Value {
+    serde_json::json!({"model": model, "max_tokens": 64, "messages": [{"role": "user", "content": text}]})
+}

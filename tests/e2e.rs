@@ -1,0 +1,605 @@
+//! End-to-end: the real gateway server, real adapters, mock upstreams speaking each provider's wire
+//! format on 127.0.0.1.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway_mock::{Faults, MockServer, MockUpstream};
+use gateway_tests::{chat, messages, TestGateway};
+use serde_json::{json, Value};
+
+async fn mock(keys: &[&str]) -> MockServer {
+    let mut m = MockUpstream::new();
+    for k in keys {
+        m = m.key(k);
+    }
+    m.start().await.unwrap()
+}
+
+/// One OpenAI provider and one Anthropic provider, a route over both.
+fn two_providers(openai: &MockServer, anthropic: &MockServer) -> String {
+    format!(
+        r#"
+[server]
+admin_token = "adm-token-123"
+max_body_bytes = 4096
+
+[[providers]]
+name = "oai"
+kind = "openai"
+base_url = "{}"
+models = ["gpt-4o-mini", "text-embedding-3-small"]
+[[providers.keys]]
+name = "k1"
+secret = "sk-test-openai-1"
+[[providers.keys]]
+name = "k2"
+secret = "sk-test-openai-2"
+
+[[providers]]
+name = "ant"
+kind = "anthropic"
+base_url = "{}"
+models = ["claude-3-5-haiku-latest"]
+[[providers.keys]]
+name = "main"
+secret = "sk-ant-test-1"
+
+[[routes]]
+name = "chat"
+targets = [{{ provider = "oai", model = "gpt-4o-mini" }}]
+fallbacks = ["ant/claude-3-5-haiku-latest"]
+"#,
+        openai.openai_base(),
+        anthropic.url()
+    )
+}
+
+async fn setup() -> (TestGateway, MockServer, MockServer) {
+    let o = mock(&["sk-test-openai-1", "sk-test-openai-2"]).await;
+    let a = mock(&["sk-ant-test-1"]).await;
+    let gw = TestGateway::start(&two_providers(&o, &a)).await;
+    (gw, o, a)
+}
+
+#[tokio::test]
+async fn openai_chat_non_stream_and_stream() {
+    let (gw, o, _a) = setup().await;
+    let r = gw
+        .post("/v1/chat/completions", &chat("oai/gpt-4o-mini", "hello"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert!(v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .contains("mock"));
+    assert!(v["usage"]["total_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(r.header("x-gateway-provider"), Some("oai"));
+    assert_eq!(r.header("x-gateway-model"), Some("gpt-4o-mini"));
+    assert!(r.header("x-request-id").is_some());
+    let sent = o.last_request().unwrap();
+    assert_eq!(
+        sent.body["model"], "gpt-4o-mini",
+        "upstream gets the upstream model id"
+    );
+    let auth = sent.header("authorization").unwrap();
+    assert!(
+        auth == "Bearer sk-test-openai-1" || auth == "Bearer sk-test-openai-2",
+        "{auth}"
+    );
+
+    let mut body = chat("chat", "stream please");
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let r = gw.post("/v1/chat/completions", &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    let data = r.sse_data();
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| {
+            c["choices"]
+                .get(0)
+                .and_then(|ch| ch["delta"]["content"].as_str())
+        })
+        .collect();
+    assert_eq!(text, "Hello from the mock upstream.");
+    let usage_chunk = chunks.last().unwrap();
+    assert_eq!(
+        usage_chunk["choices"],
+        json!([]),
+        "usage chunk last, as OpenAI sends it"
+    );
+    assert!(usage_chunk["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+
+    // Without include_usage, no usage chunk reaches the client.
+    let mut body = chat("chat", "stream please");
+    body["stream"] = json!(true);
+    let r = gw.post("/v1/chat/completions", &body).await;
+    let data = r.sse_data();
+    assert!(data[..data.len() - 1].iter().all(|d| {
+        let v: Value = serde_json::from_str(d).unwrap();
+        v["choices"].as_array().is_some_and(|c| !c.is_empty())
+    }));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn anthropic_messages_native_and_cross_format() {
+    let (gw, o, a) = setup().await;
+    // Anthropic client -> Anthropic provider.
+    let r = gw
+        .post_anthropic(&messages("ant/claude-3-5-haiku-latest", "hi"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["content"][0]["type"], "text");
+    assert_eq!(v["stop_reason"], "end_turn");
+    let sent = a.last_request().unwrap();
+    assert_eq!(
+        sent.header("x-api-key"),
+        Some("sk-ant-test-1"),
+        "the provider key, not the client's"
+    );
+    assert!(sent.header("anthropic-version").is_some());
+
+    // Anthropic client -> OpenAI provider, streamed.
+    let mut body = messages("oai/gpt-4o-mini", "hi");
+    body["system"] = json!("Be terse.");
+    body["stream"] = json!(true);
+    let r = gw.post_anthropic(&body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let events = r.sse_events();
+    assert_eq!(events.first().map(String::as_str), Some("message_start"));
+    assert_eq!(events.last().map(String::as_str), Some("message_stop"));
+    assert!(events.contains(&"content_block_delta".to_owned()));
+    let sent = o.last_request().unwrap();
+    assert_eq!(
+        sent.body["messages"][0]["role"], "system",
+        "system prompt placed as OpenAI expects"
+    );
+
+    // OpenAI client -> Anthropic provider, streamed, with usage.
+    let mut body = chat("ant/claude-3-5-haiku-latest", "hi");
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let r = gw.post("/v1/chat/completions", &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let data = r.sse_data();
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let sent = a.last_request().unwrap();
+    assert!(
+        sent.body["max_tokens"].as_u64().unwrap() > 0,
+        "max_tokens filled for Anthropic"
+    );
+    let text: String = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .filter_map(|c| {
+            c["choices"]
+                .get(0)
+                .and_then(|ch| ch["delta"]["content"].as_str().map(str::to_owned))
+        })
+        .collect();
+    assert_eq!(text, "Hello from the mock upstream.");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn tools_cross_formats() {
+    let (gw, _o, _a) = setup().await;
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}]);
+    let mut body = chat("ant/claude-3-5-haiku-latest", "Weather in Paris?");
+    body["tools"] = tools.clone();
+    let r = gw.post("/v1/chat/completions", &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+    let call = &v["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "get_weather");
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(args["query"], "Weather in Paris?");
+
+    let body = json!({"model": "oai/gpt-4o-mini", "max_tokens": 50, "stream": true,
+        "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}],
+        "messages": [{"role": "user", "content": "Weather?"}]});
+    let r = gw.post_anthropic(&body).await;
+    let text = r.text();
+    assert!(text.contains("\"type\":\"tool_use\""), "{text}");
+    assert!(text.contains("input_json_delta"), "{text}");
+    assert!(text.contains("\"stop_reason\":\"tool_use\""), "{text}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn embeddings_models_health_and_count_tokens() {
+    let (gw, _o, _a) = setup().await;
+    let r = gw
+        .post(
+            "/v1/embeddings",
+            &json!({"model": "oai/text-embedding-3-small", "input": ["a", "b"]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+    assert!(v["data"][0]["embedding"].is_array());
+    let r = gw
+        .post(
+            "/v1/embeddings",
+            &json!({"model": "text-embedding-3-small", "input": "a", "encoding_format": "base64"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.json()["data"][0]["embedding"].is_string(),
+        "base64 as the OpenAI SDK asks by default"
+    );
+
+    let r = gw.get("/v1/models", &[]).await;
+    let ids: Vec<String> = r.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        ids.contains(&"chat".to_owned()) && ids.contains(&"oai/gpt-4o-mini".to_owned()),
+        "{ids:?}"
+    );
+    assert_eq!(gw.get("/health", &[]).await.status, 200);
+    let r = gw
+        .request(
+            "POST",
+            "/v1/messages/count_tokens",
+            &[("content-type", "application/json")],
+            serde_json::to_vec(
+                &json!({"model": "chat", "messages": [{"role": "user", "content": "hello there"}]}),
+            )
+            .unwrap(),
+        )
+        .await;
+    assert!(r.json()["input_tokens"].as_u64().unwrap() > 0);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn key_failover_on_429_and_provider_fallback_on_5xx() {
+    let (gw, o, a) = setup().await;
+    o.set_key_faults(
+        "sk-test-openai-1",
+        Faults {
+            rate_limit_always: true,
+            retry_after_ms: Some(30_000),
+            ..Faults::default()
+        },
+    );
+    for _ in 0..10 {
+        let r = gw
+            .post("/v1/chat/completions", &chat("oai/gpt-4o-mini", "hi"))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(
+        o.requests_for_key("sk-test-openai-1"),
+        1,
+        "a key that said 429 rests until its reset"
+    );
+    assert_eq!(o.requests_for_key("sk-test-openai-2"), 10);
+
+    o.set_faults(Faults {
+        error_rate: 1.0,
+        error_status: Some(500),
+        ..Faults::default()
+    });
+    o.clear_key_faults("sk-test-openai-1");
+    let before = a.requests();
+    let r = gw.post("/v1/chat/completions", &chat("chat", "hi")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("x-gateway-provider"),
+        Some("ant"),
+        "route fallback served"
+    );
+    assert_eq!(a.requests(), before + 1);
+
+    // Request-level fallbacks.
+    let mut body = chat("oai/gpt-4o-mini", "hi");
+    body["fallbacks"] = json!(["ant/claude-3-5-haiku-latest"]);
+    let r = gw.post("/v1/chat/completions", &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-gateway-provider"), Some("ant"));
+
+    // Everything failing: a 502 naming the last upstream reason, never a key.
+    let r = gw
+        .post("/v1/chat/completions", &chat("oai/gpt-4o-mini", "hi"))
+        .await;
+    assert!(matches!(r.status, 502 | 503), "{} {}", r.status, r.text());
+    let e = r.json();
+    assert_eq!(e["error"]["type"], "server_error");
+    assert!(!r.text().contains("sk-test-openai"), "{}", r.text());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn caller_errors_are_not_failed_over() {
+    let (gw, o, a) = setup().await;
+    o.set_faults(Faults {
+        error_rate: 1.0,
+        error_status: Some(400),
+        ..Faults::default()
+    });
+    let before = (o.requests(), a.requests());
+    let r = gw.post("/v1/chat/completions", &chat("chat", "hi")).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+    assert_eq!(
+        (o.requests(), a.requests()),
+        (before.0 + 1, before.1),
+        "one attempt, no fallback"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_of_every_kind_and_the_server_keeps_serving() {
+    let (gw, o, _a) = setup().await;
+    let h = [("content-type", "application/json")];
+    // Malformed JSON, both dialects.
+    let r = gw
+        .request("POST", "/v1/chat/completions", &h, "{nope")
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+    let r = gw.request("POST", "/v1/messages", &h, "{nope").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["type"], "error");
+    assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+    // Missing fields.
+    let r = gw
+        .post("/v1/chat/completions", &json!({"model": "chat"}))
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["param"], "messages");
+    // Unknown model, both dialects.
+    let r = gw
+        .post("/v1/chat/completions", &chat("no-such-model", "hi"))
+        .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"]["code"], "model_not_found");
+    let r = gw.post_anthropic(&messages("no-such-model", "hi")).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"]["type"], "not_found_error");
+    // Oversized body (limit 4096 in this config).
+    let big = "x".repeat(10_000);
+    let r = gw.post("/v1/chat/completions", &chat("chat", &big)).await;
+    assert_eq!(r.status, 413);
+    let r = gw.post_anthropic(&messages("chat", &big)).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["error"]["type"], "request_too_large");
+    // Upstream garbage.
+    o.set_faults(Faults {
+        malformed: true,
+        ..Faults::default()
+    });
+    let r = gw
+        .post("/v1/chat/completions", &chat("oai/gpt-4o-mini", "hi"))
+        .await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    // Disconnect mid-stream: the stream ends with an in-band error.
+    o.set_faults(Faults {
+        disconnect_after_chunks: Some(3),
+        ..Faults::default()
+    });
+    let mut body = chat("oai/gpt-4o-mini", "hi");
+    body["stream"] = json!(true);
+    let r = gw.post("/v1/chat/completions", &body).await;
+    assert_eq!(r.status, 200);
+    let data = r.sse_data();
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert!(
+        last.get("error").is_some(),
+        "in-band error after the first chunk: {data:?}"
+    );
+    // Wrong method, unknown path.
+    assert_eq!(gw.get("/v1/chat/completions", &[]).await.status, 405);
+    assert_eq!(gw.get("/nope", &[]).await.status, 404);
+    // Still serving.
+    o.set_faults(Faults::default());
+    let r = gw
+        .post("/v1/chat/completions", &chat("oai/gpt-4o-mini", "hi"))
+        .await;
+    assert_eq!(r.status, 200);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn weighted_shares_follow_weights() {
+    let o = mock(&["w-heavy", "w-light"]).await;
+    let cfg = format!(
+        r#"
+[[providers]]
+name = "p"
+kind = "openai"
+base_url = "{}"
+strategy = "weighted"
+[[providers.keys]]
+name = "heavy"
+secret = "w-heavy"
+weight = 3
+[[providers.keys]]
+name = "light"
+secret = "w-light"
+weight = 1
+"#,
+        o.openai_base()
+    );
+    let gw = TestGateway::start(&cfg).await;
+    for _ in 0..400 {
+        assert_eq!(
+            gw.post("/v1/chat/completions", &chat("p/m", "hi"))
+                .await
+                .status,
+            200
+        );
+    }
+    let heavy = o.requests_for_key("w-heavy") as f64;
+    let share = heavy / 400.0;
+    assert!((share - 0.75).abs() < 0.07, "heavy key share {share}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn admin_api_needs_its_token_and_never_shows_secrets() {
+    let (gw, _o, _a) = setup().await;
+    assert_eq!(gw.get("/admin/config", &[]).await.status, 401);
+    assert_eq!(
+        gw.get("/admin/config", &[("authorization", "Bearer wrong")])
+            .await
+            .status,
+        401
+    );
+    let auth = [("authorization", "Bearer adm-token-123")];
+    for path in ["/admin/config", "/admin/health"] {
+        let r = gw.get(path, &auth).await;
+        assert_eq!(r.status, 200, "{path}");
+        for secret in [
+            "sk-test-openai-1",
+            "sk-test-openai-2",
+            "sk-ant-test-1",
+            "adm-token-123",
+        ] {
+            assert!(!r.text().contains(secret), "{secret} leaked by {path}");
+        }
+    }
+    gw.post("/v1/chat/completions", &chat("oai/gpt-4o-mini", "hi"))
+        .await;
+    let h = gw.get("/admin/health", &auth).await.json();
+    let oai = h["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "oai")
+        .unwrap();
+    assert_eq!(oai["keys"].as_array().unwrap().len(), 2);
+    assert!(oai["keys"][0]["state"].is_string());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn hot_reload_under_load_loses_no_request() {
+    let o = mock(&["r-1", "r-2"]).await;
+    let dir = std::env::temp_dir().join(format!("gw-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gw.toml");
+    let cfg = |w: u32| {
+        format!(
+            r#"
+[server]
+admin_token = "adm"
+[[providers]]
+name = "p"
+kind = "openai"
+base_url = "{}"
+[[providers.keys]]
+name = "a"
+secret = "r-1"
+weight = {w}
+[[providers.keys]]
+name = "b"
+secret = "r-2"
+[[routes]]
+name = "chat"
+targets = [{{ provider = "p", model = "m" }}]
+"#,
+            o.openai_base()
+        )
+    };
+    std::fs::write(&path, cfg(1)).unwrap();
+    let gw =
+        Arc::new(TestGateway::start_with(&cfg(1), Default::default(), Some(path.clone())).await);
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let gw = Arc::clone(&gw);
+        tasks.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..50 {
+                statuses.push(
+                    gw.post("/v1/chat/completions", &chat("chat", "hi"))
+                        .await
+                        .status,
+                );
+            }
+            statuses
+        }));
+    }
+    for w in [5, 2, 9, 1] {
+        std::fs::write(&path, cfg(w)).unwrap();
+        let r = gw
+            .request(
+                "POST",
+                "/admin/reload",
+                &[("authorization", "Bearer adm")],
+                "",
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // An invalid file is refused and the running config stays.
+    std::fs::write(
+        &path,
+        "[[routes]]\nname = \"x\"\ntargets = [{ provider = \"missing\", model = \"m\" }]\n",
+    )
+    .unwrap();
+    let r = gw
+        .request(
+            "POST",
+            "/admin/reload",
+            &[("authorization", "Bearer adm")],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.text().contains("unknown provider `missing`"),
+        "{}",
+        r.text()
+    );
+    for t in tasks {
+        let statuses = t.await.unwrap();
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    }
+    assert_eq!(
+        gw.post("/v1/chat/completions", &chat("chat", "hi"))
+            .await
+            .status,
+        200
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn demo_configuration_serves_without_keys() {
+    let gw = TestGateway::start(gateway_server::DEFAULT_CONFIG).await;
+    for _ in 0..20 {
+        let r = gw
+            .post("/v1/chat/completions", &chat("chat", "hello"))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let r = gw.post_anthropic(&messages("chat", "hello")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    gw.stop().await;
+}
