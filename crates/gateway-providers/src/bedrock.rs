@@ -53,6 +53,19 @@ use crate::stream::{decode_stream, StreamDecoder};
 /// The SigV4 signing name of the Bedrock runtime.
 pub const SIGNING_NAME: &str = "bedrock";
 
+/// The region used when none is configured or found in the base URL.
+pub const DEFAULT_REGION: &str = "us-east-1";
+
+/// The region of a `https://bedrock-runtime[-fips].{region}.amazonaws.com` URL.
+pub fn region_from_url(url: &str) -> Option<String> {
+    let host = url.split("://").nth(1)?.split(['/', ':']).next()?;
+    let rest = host
+        .strip_prefix("bedrock-runtime.")
+        .or_else(|| host.strip_prefix("bedrock-runtime-fips."))?;
+    let region = rest.split('.').next()?;
+    (!region.is_empty()).then(|| region.to_owned())
+}
+
 /// The default endpoint of `region`.
 pub fn default_base_url(region: &str) -> String {
     format!("https://bedrock-runtime.{region}.amazonaws.com")
@@ -1218,6 +1231,19 @@ mod tests {
 
     fn request(raw: Value) -> ChatRequest {
         serde_json::from_value(raw).expect("a valid canonical request")
+    }
+
+    #[test]
+    fn regions_from_endpoints() {
+        assert_eq!(
+            region_from_url("https://bedrock-runtime.eu-west-3.amazonaws.com").as_deref(),
+            Some("eu-west-3")
+        );
+        assert_eq!(
+            region_from_url("https://bedrock-runtime-fips.us-east-1.amazonaws.com/").as_deref(),
+            Some("us-east-1")
+        );
+        assert_eq!(region_from_url("http://127.0.0.1:9"), None);
     }
 
     #[test]

@@ -25,8 +25,12 @@ use http::header::{HeaderName, HeaderValue};
 
 use crate::anthropic::{AnthropicConfig, AnthropicProvider};
 use crate::azure::{AzureConfig, AzureProvider};
+use crate::bedrock::{BedrockConfig, BedrockProvider};
+use crate::cohere::{CohereConfig, CohereProvider};
+use crate::gemini::{GeminiConfig, GeminiProvider};
 use crate::http::{validate_base_url, HttpClient};
 use crate::openai::{OpenAiConfig, OpenAiProvider, Quirks};
+use crate::vertex::{VertexConfig, VertexProvider};
 
 /// One `[[providers]]` entry of the configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -195,7 +199,36 @@ static KINDS: &[KindInfo] = &[
         family: "anthropic",
         embeddings: false,
     },
-    // Kinds of the other families (gemini, vertex, bedrock, cohere) go here, one entry each.
+    KindInfo {
+        kind: "gemini",
+        default_base_url: Some(crate::gemini::DEFAULT_BASE_URL),
+        key_required: true,
+        family: "gemini",
+        embeddings: true,
+    },
+    KindInfo {
+        kind: "vertex",
+        // For the default location; another `location` gets its own endpoint.
+        default_base_url: Some("https://us-central1-aiplatform.googleapis.com"),
+        key_required: true,
+        family: "vertex",
+        embeddings: true,
+    },
+    KindInfo {
+        kind: "bedrock",
+        // For the default region; another `region` gets its own endpoint.
+        default_base_url: Some("https://bedrock-runtime.us-east-1.amazonaws.com"),
+        key_required: true,
+        family: "bedrock",
+        embeddings: false,
+    },
+    KindInfo {
+        kind: "cohere",
+        default_base_url: Some(crate::cohere::DEFAULT_BASE_URL),
+        key_required: true,
+        family: "cohere",
+        embeddings: true,
+    },
 ];
 
 /// Every known provider kind.
@@ -295,6 +328,22 @@ pub fn build_provider(
         Ok(base.trim_end_matches('/').to_owned())
     };
 
+    // A configured base URL, validated; `None` when the endpoint follows from other settings.
+    let explicit_base_url = || -> Result<Option<String>, BuildError> {
+        match settings
+            .base_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+        {
+            Some(base) => {
+                validate_base_url(base).map_err(|r| invalid("base_url", r))?;
+                Ok(Some(base.trim_end_matches('/').to_owned()))
+            }
+            None => Ok(None),
+        }
+    };
+
     let provider: Arc<dyn Provider> = match info.family {
         "openai" => Arc::new(OpenAiProvider::new(
             OpenAiConfig {
@@ -327,7 +376,54 @@ pub fn build_provider(
             },
             client.clone(),
         )),
-        // Other families (gemini, vertex, bedrock, cohere) are built here, one arm each.
+        "gemini" => Arc::new(GeminiProvider::new(
+            &GeminiConfig {
+                base_url: Some(base_url()?),
+            },
+            client.clone(),
+        )),
+        "cohere" => Arc::new(CohereProvider::new(
+            &CohereConfig {
+                base_url: Some(base_url()?),
+            },
+            client.clone(),
+        )),
+        // Vertex and Bedrock derive their endpoint from the location or region unless one is set.
+        "vertex" => {
+            let location = settings
+                .location
+                .as_deref()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .unwrap_or(crate::vertex::DEFAULT_LOCATION)
+                .to_owned();
+            Arc::new(VertexProvider::new(
+                &VertexConfig {
+                    project: settings.project.clone(),
+                    base_url: explicit_base_url()?,
+                    location,
+                },
+                client.clone(),
+            ))
+        }
+        "bedrock" => {
+            let base = explicit_base_url()?;
+            let region = settings
+                .region
+                .as_deref()
+                .map(str::trim)
+                .filter(|r| !r.is_empty())
+                .map(str::to_owned)
+                .or_else(|| base.as_deref().and_then(crate::bedrock::region_from_url))
+                .unwrap_or_else(|| crate::bedrock::DEFAULT_REGION.to_owned());
+            Arc::new(BedrockProvider::new(
+                &BedrockConfig {
+                    region,
+                    base_url: base,
+                },
+                client.clone(),
+            ))
+        }
         _ => {
             return Err(BuildError::Unsupported {
                 provider: settings.name.clone(),

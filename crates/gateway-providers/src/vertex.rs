@@ -56,6 +56,9 @@ pub const DEFAULT_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
 /// How long before its expiry a cached token is replaced (at most half its lifetime).
 pub const REFRESH_MARGIN: Duration = Duration::from_secs(60);
 
+/// The location used when none is configured.
+pub const DEFAULT_LOCATION: &str = "us-central1";
+
 /// The default endpoint of a location.
 pub fn default_base_url(location: &str) -> String {
     match location {
