@@ -395,6 +395,19 @@ async fn connection_refused_is_connect() {
 }
 
 #[tokio::test]
+async fn https_to_a_plain_server_fails_the_handshake() {
+    let server = mock(MockUpstream::new()).await;
+    let base = server.openai_base().replace("http://", "https://");
+    let p = provider(ProviderSettings::new("oa", "openai").with_base_url(base));
+    let err = p
+        .chat(&call("k", "m"), &request(false))
+        .await
+        .expect_err("no TLS there");
+    assert!(matches!(err, ProviderError::Connect(_)), "{err:?}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn hanging_server_times_out_under_call_timeout() {
     let server = mock(MockUpstream::new().faults(Faults {
         hang: true,
