@@ -223,8 +223,8 @@ impl std::fmt::Debug for Snapshot {
 pub struct RequestOptions {
     /// The gateway's request id.
     pub request_id: Arc<str>,
-    /// W3C traceparent to forward.
-    pub traceparent: Option<Arc<str>>,
+    /// The request's trace; each attempt gets a child span and a `traceparent` naming it.
+    pub trace: Option<crate::observe::TraceContext>,
     /// Fallbacks named by the request itself.
     pub fallbacks: Vec<String>,
     /// Only these providers may serve it (a virtual key's allow-list); empty means all.
@@ -746,14 +746,19 @@ impl Engine {
                 let now = self.now();
                 let left = Duration::from_nanos(deadline.saturating_sub(now));
                 let timeout = p.timeout.min(left);
+                let span_id = opts.trace.map(|_| rng.u64(1..));
                 let call = Call {
                     credential: Arc::clone(&key.credential),
                     key_name: Arc::clone(&key.name),
                     model: Arc::clone(&model_id),
                     timeout,
                     request_id: Arc::clone(&opts.request_id),
-                    traceparent: opts.traceparent.clone(),
+                    traceparent: opts
+                        .trace
+                        .zip(span_id)
+                        .map(|(t, s)| Arc::from(t.traceparent_for(s))),
                 };
+                let started_at = std::time::SystemTime::now();
                 let key_guard = key.signals.start(now, est_tokens);
                 let target_guard = p.signals.start(now, est_tokens);
                 let result =
@@ -787,6 +792,8 @@ impl Engine {
                             rate_limit,
                             is_retry,
                             fallback_from,
+                            started_at,
+                            span_id,
                         };
                         self.observer.on_attempt(&record);
                         attempts.push(record);
@@ -869,6 +876,8 @@ impl Engine {
                             rate_limit: RateLimitInfo::default(),
                             is_retry,
                             fallback_from,
+                            started_at,
+                            span_id,
                         };
                         self.observer.on_attempt(&record);
                         attempts.push(record);

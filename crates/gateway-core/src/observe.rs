@@ -4,11 +4,70 @@
 //! and queues records for a background writer.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::error::ProviderError;
 use crate::ratelimit::RateLimitInfo;
 use crate::types::Usage;
+
+/// W3C trace context of one request: the client's trace (or a new one) and the gateway's span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    /// 128-bit trace id.
+    pub trace_id: u128,
+    /// The gateway's span for this request.
+    pub span_id: u64,
+    /// The client's span, when it sent a `traceparent`.
+    pub parent_span_id: Option<u64>,
+    /// The sampled flag.
+    pub sampled: bool,
+}
+
+impl TraceContext {
+    /// Continues the client's `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), or starts a new trace.
+    pub fn from_traceparent(header: Option<&str>, rng: &mut fastrand::Rng) -> Self {
+        let span_id = rng.u64(1..);
+        if let Some(h) = header {
+            let parts: Vec<&str> = h.trim().split('-').collect();
+            if parts.len() == 4
+                && parts[0].len() == 2
+                && parts[1].len() == 32
+                && parts[2].len() == 16
+            {
+                if let (Ok(t), Ok(p), Ok(f)) = (
+                    u128::from_str_radix(parts[1], 16),
+                    u64::from_str_radix(parts[2], 16),
+                    u8::from_str_radix(&parts[3][..parts[3].len().min(2)], 16),
+                ) {
+                    if t != 0 && p != 0 && parts[0] != "ff" {
+                        return TraceContext {
+                            trace_id: t,
+                            span_id,
+                            parent_span_id: Some(p),
+                            sampled: f & 1 == 1,
+                        };
+                    }
+                }
+            }
+        }
+        TraceContext {
+            trace_id: (u128::from(rng.u64(1..)) << 64) | u128::from(rng.u64(..)),
+            span_id,
+            parent_span_id: None,
+            sampled: true,
+        }
+    }
+
+    /// The `traceparent` header naming `span_id` as the parent (for an upstream call).
+    pub fn traceparent_for(&self, span_id: u64) -> String {
+        format!(
+            "00-{:032x}-{:016x}-{:02x}",
+            self.trace_id,
+            span_id,
+            u8::from(self.sampled)
+        )
+    }
+}
 
 /// One upstream attempt, as it ended.
 #[derive(Debug, Clone)]
@@ -35,6 +94,10 @@ pub struct AttemptRecord {
     pub is_retry: bool,
     /// The provider of the previous attempt, when this one moved to another provider.
     pub fallback_from: Option<Arc<str>>,
+    /// When the attempt started.
+    pub started_at: SystemTime,
+    /// The attempt's span id (its `traceparent` upstream names it), when the request is traced.
+    pub span_id: Option<u64>,
 }
 
 /// One client request, as it finished.
@@ -74,6 +137,8 @@ pub struct RequestRecord {
     pub ttft: Option<Duration>,
     /// Request and response bodies, only when content logging is on.
     pub content: Option<(String, String)>,
+    /// The request's trace context.
+    pub trace: Option<TraceContext>,
 }
 
 /// Sees attempts and requests. Must not block.
@@ -116,5 +181,29 @@ impl Observer for Observers {
         for o in &self.0 {
             o.on_finish(record);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_is_continued_or_started() {
+        let mut rng = fastrand::Rng::with_seed(1);
+        let t = TraceContext::from_traceparent(
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            &mut rng,
+        );
+        assert_eq!(t.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+        assert_eq!(t.parent_span_id, Some(0x00f067aa0ba902b7));
+        assert!(t.sampled);
+        let child = t.traceparent_for(0xabc);
+        assert_eq!(
+            child,
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000abc-01"
+        );
+        let fresh = TraceContext::from_traceparent(Some("garbage"), &mut rng);
+        assert!(fresh.parent_span_id.is_none() && fresh.trace_id != 0);
     }
 }

@@ -367,10 +367,10 @@ impl Gateway {
         started: Instant,
     ) -> Response<Body> {
         let headers = req.headers().clone();
-        let traceparent = headers
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .map(Arc::from);
+        let trace = gateway_core::observe::TraceContext::from_traceparent(
+            headers.get("traceparent").and_then(|v| v.to_str().ok()),
+            &mut fastrand::Rng::new(),
+        );
         let body = match self.read_body(req).await {
             Ok(b) => b,
             Err(e) => return error_response(&e, dialect, request_id),
@@ -393,6 +393,7 @@ impl Gateway {
             },
             requested_model: request.model.clone(),
             stream: request.stream,
+            trace: Some(trace),
             ..RequestRecord::default()
         };
         let ext = self.ext.load_full();
@@ -414,7 +415,7 @@ impl Gateway {
         record.virtual_key = permit.virtual_key().map(str::to_owned);
         let opts = RequestOptions {
             request_id: Arc::clone(request_id),
-            traceparent,
+            trace: Some(trace),
             ..RequestOptions::default()
         };
         if request.stream {
@@ -557,11 +558,16 @@ impl Gateway {
             Err(e) => return error_response(&e, dialect, request_id),
         };
         let ext = self.ext.load_full();
+        let trace = gateway_core::observe::TraceContext::from_traceparent(
+            headers.get("traceparent").and_then(|v| v.to_str().ok()),
+            &mut fastrand::Rng::new(),
+        );
         let mut record = RequestRecord {
             request_id: request_id.to_string(),
             started_at_ms: unix_ms(),
             endpoint: "embeddings",
             requested_model: request.model.clone(),
+            trace: Some(trace),
             ..RequestRecord::default()
         };
         let (permit, _) = match self
@@ -579,6 +585,7 @@ impl Gateway {
         record.virtual_key = permit.virtual_key().map(str::to_owned);
         let opts = RequestOptions {
             request_id: Arc::clone(request_id),
+            trace: Some(trace),
             ..RequestOptions::default()
         };
         match self.engine.embed(&request, &opts).await {
