@@ -48,6 +48,7 @@ use tokio::time::{Instant, Sleep};
 use crate::eventstream::{Frame, FrameDecoder};
 use crate::gemini::unix_now;
 use crate::http::{header_value, join_url, json_request, Body, HttpClient};
+use crate::openai::push_traceparent;
 use crate::stream::{decode_stream, StreamDecoder};
 
 /// The SigV4 signing name of the Bedrock runtime.
@@ -1099,11 +1100,7 @@ impl BedrockProvider {
         accept: &'static str,
     ) -> Result<http::Request<Body>, ProviderError> {
         let mut extra = vec![(ACCEPT, HeaderValue::from_static(accept))];
-        if !call.request_id.is_empty() {
-            if let Ok(v) = HeaderValue::from_str(&call.request_id) {
-                extra.push((HeaderName::from_static("x-amzn-requestid-client"), v));
-            }
-        }
+        push_traceparent(&mut extra, call)?;
         match call.credential.as_ref() {
             Credential::ApiKey(key) => {
                 extra.push((

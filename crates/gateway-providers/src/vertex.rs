@@ -16,7 +16,11 @@
 //! retry.
 //!
 //! Vertex's 429 "Resource exhausted" is shared capacity, so it is a provider-scope rate limit.
-//! Claude on Vertex (`publishers/anthropic/...:rawPredict`) is not implemented.
+//!
+//! Claude models on Vertex (model ids starting with `claude`, e.g. `claude-sonnet-4-5@20250929`)
+//! go to `publishers/anthropic/models/{model}:rawPredict` (`:streamRawPredict` for streams) with
+//! the Anthropic Messages body of [`crate::anthropic`] minus `model` and with
+//! `"anthropic_version": "vertex-2023-10-16"`; answers and streams are Anthropic's.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -37,7 +41,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::classify::{classify_details, parse_error_body};
+use crate::anthropic::{messages_body, parse_message, MessageStreamDecoder};
+use crate::classify::{classify, classify_details, parse_error_body};
 use crate::gemini::{
     classify_vertex, decode_response, encode_request, parse_response, to_bytes, unix_now,
     GeminiStream, GoogleApi, SignatureStore,
@@ -305,6 +310,44 @@ pub fn decode_embeddings(body: &Value, model: &str) -> Result<EmbeddingResponse,
 }
 
 // ---------------------------------------------------------------------------------------------
+// Claude on Vertex
+// ---------------------------------------------------------------------------------------------
+
+/// The `anthropic_version` Vertex expects in Claude bodies.
+pub const VERTEX_ANTHROPIC_VERSION: &str = "vertex-2023-10-16";
+
+/// Whether `model` is a Claude model, served through the Anthropic publisher's `rawPredict`.
+pub fn is_claude(model: &str) -> bool {
+    model.starts_with("claude")
+}
+
+/// The `rawPredict` body: the Anthropic Messages body without `model`, with the Vertex
+/// `anthropic_version`.
+pub fn claude_body(request: &ChatRequest, model: &str, stream: bool) -> Value {
+    let mut body = messages_body(request, model, stream);
+    if let Value::Object(m) = &mut body {
+        m.remove("model");
+        m.insert(
+            "anthropic_version".into(),
+            Value::from(VERTEX_ANTHROPIC_VERSION),
+        );
+    }
+    body
+}
+
+/// Errors of `rawPredict`: Anthropic's own error bodies pass through; Google's (quota, auth) do not.
+pub fn classify_claude(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError {
+    let anthropic_shaped = serde_json::from_slice::<Value>(body)
+        .ok()
+        .is_some_and(|v| v.get("type").and_then(Value::as_str) == Some("error"));
+    if anthropic_shaped {
+        classify(status, headers, body)
+    } else {
+        classify_vertex(status, headers, body)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Provider
 // ---------------------------------------------------------------------------------------------
 
@@ -352,16 +395,22 @@ impl VertexProvider {
         }
     }
 
-    /// The URL of `method` for `model` in `project`. A model given as a full resource name
+    /// The URL of `method` for `model` in `project`: under the `anthropic` publisher for Claude
+    /// models, `google` otherwise. A model given as a full resource name
     /// (`projects/.../endpoints/...`) is used as is.
     pub fn url(&self, project: &str, model: &str, method: &str) -> String {
         if model.starts_with("projects/") {
             return join_url(&self.base_url, &format!("/v1/{model}:{method}"));
         }
+        let publisher = if is_claude(model) {
+            "anthropic"
+        } else {
+            "google"
+        };
         join_url(
             &self.base_url,
             &format!(
-                "/v1/projects/{project}/locations/{}/publishers/google/models/{model}:{method}",
+                "/v1/projects/{project}/locations/{}/publishers/{publisher}/models/{model}:{method}",
                 self.location
             ),
         )
@@ -399,7 +448,8 @@ impl VertexProvider {
         Ok(headers)
     }
 
-    /// Sends `body` to `url` with a token, refreshing the token once if Vertex answers 401.
+    /// Sends a request with a token, refreshing the token once if Vertex answers 401. `send` gets
+    /// the headers and what is left of the call's time budget (the token fetch counts against it).
     async fn with_token<T, F, Fut>(
         &self,
         call: &Call,
@@ -407,20 +457,19 @@ impl VertexProvider {
         send: F,
     ) -> Result<T, ProviderError>
     where
-        F: Fn(Vec<(HeaderName, HeaderValue)>) -> Fut,
+        F: Fn(Vec<(HeaderName, HeaderValue)>, Duration) -> Fut,
         Fut: std::future::Future<Output = Result<T, ProviderError>>,
     {
-        let token = self
-            .tokens
-            .token(&self.client, key, call.timeout, None)
-            .await?;
-        match send(self.headers(call, &token)?).await {
+        let deadline = Instant::now() + call.timeout;
+        let left = || deadline.saturating_duration_since(Instant::now());
+        let token = self.tokens.token(&self.client, key, left(), None).await?;
+        match send(self.headers(call, &token)?, left()).await {
             Err(ProviderError::Auth { status: 401, .. }) => {
                 let fresh = self
                     .tokens
-                    .token(&self.client, key, call.timeout, Some(&token))
+                    .token(&self.client, key, left(), Some(&token))
                     .await?;
-                send(self.headers(call, &fresh)?).await
+                send(self.headers(call, &fresh)?, left()).await
             }
             other => other,
         }
@@ -439,12 +488,26 @@ impl Provider for VertexProvider {
         request: &ChatRequest,
     ) -> Result<ProviderResponse<ChatResponse>, ProviderError> {
         let (key, project) = self.account(call)?;
+        if is_claude(&call.model) {
+            let body = to_bytes(&claude_body(request, &call.model, false))?;
+            let url = self.url(&project, &call.model, "rawPredict");
+            let resp = self
+                .with_token(call, &key, |headers, timeout| {
+                    let req = json_request(Method::POST, &url, &headers, body.clone());
+                    async move { self.client.fetch(req?, timeout, classify_claude).await }
+                })
+                .await?;
+            return Ok(ProviderResponse {
+                body: parse_message(resp.body())?,
+                rate_limit: RateLimitInfo::default(),
+            });
+        }
         let body = to_bytes(&encode_request(request, &call.model, &self.signatures)?)?;
         let url = self.url(&project, &call.model, "generateContent");
         let resp = self
-            .with_token(call, &key, |headers| {
+            .with_token(call, &key, |headers, timeout| {
                 let req = json_request(Method::POST, &url, &headers, body.clone());
-                async move { self.client.fetch(req?, call.timeout, classify_vertex).await }
+                async move { self.client.fetch(req?, timeout, classify_vertex).await }
             })
             .await?;
         let wire = parse_response(resp.body())?;
@@ -460,17 +523,34 @@ impl Provider for VertexProvider {
         request: &ChatRequest,
     ) -> Result<ProviderStream, ProviderError> {
         let (key, project) = self.account(call)?;
+        if is_claude(&call.model) {
+            let body = to_bytes(&claude_body(request, &call.model, true))?;
+            let url = self.url(&project, &call.model, "streamRawPredict");
+            let resp = self
+                .with_token(call, &key, |headers, timeout| {
+                    let req = json_request(Method::POST, &url, &headers, body.clone());
+                    async move {
+                        let mut req = req?;
+                        accept_event_stream(&mut req);
+                        self.client.open_stream(req, timeout, classify_claude).await
+                    }
+                })
+                .await?;
+            let events = SseStream::new(resp.into_body()).idle_timeout(call.timeout);
+            return Ok(ProviderStream {
+                chunks: decode_stream(events, MessageStreamDecoder::new()),
+                rate_limit: RateLimitInfo::default(),
+            });
+        }
         let body = to_bytes(&encode_request(request, &call.model, &self.signatures)?)?;
         let url = self.url(&project, &call.model, "streamGenerateContent?alt=sse");
         let resp = self
-            .with_token(call, &key, |headers| {
+            .with_token(call, &key, |headers, timeout| {
                 let req = json_request(Method::POST, &url, &headers, body.clone());
                 async move {
                     let mut req = req?;
                     accept_event_stream(&mut req);
-                    self.client
-                        .open_stream(req, call.timeout, classify_vertex)
-                        .await
+                    self.client.open_stream(req, timeout, classify_vertex).await
                 }
             })
             .await?;
@@ -505,9 +585,9 @@ impl Provider for VertexProvider {
         let body = to_bytes(&encode_embeddings(&texts, request.dimensions))?;
         let url = self.url(&project, &call.model, "predict");
         let resp = self
-            .with_token(call, &key, |headers| {
+            .with_token(call, &key, |headers, timeout| {
                 let req = json_request(Method::POST, &url, &headers, body.clone());
-                async move { self.client.fetch(req?, call.timeout, classify_vertex).await }
+                async move { self.client.fetch(req?, timeout, classify_vertex).await }
             })
             .await?;
         let value: Value = serde_json::from_slice(resp.body())
@@ -558,6 +638,57 @@ mod tests {
         assert_eq!(
             p.url("p1", "projects/p1/locations/europe-west4/endpoints/123", "generateContent"),
             "https://europe-west4-aiplatform.googleapis.com/v1/projects/p1/locations/europe-west4/endpoints/123:generateContent"
+        );
+    }
+
+    #[test]
+    fn claude_goes_to_the_anthropic_publisher() {
+        let client = HttpClient::new(&crate::HttpConfig::default()).expect("client");
+        let p = VertexProvider::new(
+            &VertexConfig {
+                project: Some("p1".into()),
+                location: "us-east5".into(),
+                base_url: None,
+            },
+            client,
+        );
+        assert_eq!(
+            p.url("p1", "claude-sonnet-4-5@20250929", "streamRawPredict"),
+            "https://us-east5-aiplatform.googleapis.com/v1/projects/p1/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929:streamRawPredict"
+        );
+        let req: ChatRequest = serde_json::from_value(json!({
+            "model": "x", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 10
+        }))
+        .expect("request");
+        let body = claude_body(&req, "claude-sonnet-4-5@20250929", true);
+        assert!(body.get("model").is_none(), "no model in the body: {body}");
+        assert_eq!(body["anthropic_version"], VERTEX_ANTHROPIC_VERSION);
+        assert_eq!(body["stream"], true);
+        assert_eq!(body["max_tokens"], 10);
+
+        let overloaded = classify_claude(
+            529,
+            &HeaderMap::new(),
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        );
+        assert!(
+            matches!(overloaded, ProviderError::Overloaded { .. }),
+            "{overloaded:?}"
+        );
+        let exhausted = classify_claude(
+            429,
+            &HeaderMap::new(),
+            br#"{"error":{"code":429,"message":"Resource exhausted. Please try again later.","status":"RESOURCE_EXHAUSTED"}}"#,
+        );
+        assert!(
+            matches!(
+                exhausted,
+                ProviderError::RateLimited {
+                    scope: gateway_core::RateLimitScope::Provider,
+                    ..
+                }
+            ),
+            "{exhausted:?}"
         );
     }
 

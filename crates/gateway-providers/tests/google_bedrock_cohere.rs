@@ -651,3 +651,128 @@ fn eventstream_frames_match_the_mock_encoder() {
     assert_eq!(frame.header_str(":event-type"), Some("contentBlockDelta"));
     assert_eq!(&frame.payload[..], payload);
 }
+
+/// A loopback stand-in for Vertex's Anthropic publisher (the mock serves only the Google one):
+/// answers `:rawPredict` with a Messages response and `:streamRawPredict` with a Messages stream,
+/// and records the paths and bodies it saw.
+async fn claude_on_vertex_server(
+    seen: Arc<std::sync::Mutex<Vec<(String, serde_json::Value, String)>>>,
+) -> String {
+    use http_body_util::{BodyExt, Full};
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let seen = Arc::clone(&seen);
+                    async move {
+                        let path = req.uri().path().to_owned();
+                        let auth = req
+                            .headers()
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned();
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let json: serde_json::Value =
+                            serde_json::from_slice(&body).unwrap_or_default();
+                        seen.lock().expect("lock").push((path.clone(), json, auth));
+                        let (ct, text) = if path.ends_with(":streamRawPredict") {
+                            ("text/event-stream", [
+                                r#"event: message_start
+data: {"type":"message_start","message":{"id":"msg_v1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[],"stop_reason":null,"usage":{"input_tokens":12,"output_tokens":1}}}"#,
+                                r#"event: content_block_start
+data: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+                                r#"event: content_block_delta
+data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello from "}}"#,
+                                r#"event: content_block_delta
+data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Claude."}}"#,
+                                r#"event: content_block_stop
+data: {"type":"content_block_stop","index":0}"#,
+                                r#"event: message_delta
+data: {"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":4}}"#,
+                                r#"event: message_stop
+data: {"type":"message_stop"}"#,
+                            ].join("\n\n") + "\n\n")
+                        } else {
+                            ("application/json", r#"{"id":"msg_v1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"Hello from Claude."}],"stop_reason":"end_turn","usage":{"input_tokens":12,"output_tokens":4}}"#.to_owned())
+                        };
+                        Ok::<_, std::convert::Infallible>(
+                            hyper::Response::builder()
+                                .header("content-type", ct)
+                                .body(Full::new(bytes::Bytes::from(text)))
+                                .expect("response"),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn vertex_serves_claude_through_raw_predict() {
+    let tokens = MockUpstream::new().start().await.expect("mock starts");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let base = claude_on_vertex_server(Arc::clone(&seen)).await;
+    let p = VertexProvider::new(
+        &VertexConfig {
+            project: Some("proj".into()),
+            location: "us-east5".into(),
+            base_url: Some(base),
+        },
+        client(),
+    );
+    let c = call(
+        Credential::ServiceAccount(Secret::new(gateway_mock::test_service_account(
+            &tokens.token_uri(),
+        ))),
+        "claude-sonnet-4-5@20250929",
+    );
+    let direct = p.chat(&c, &hello()).await.expect("rawPredict").body;
+    assert_eq!(
+        direct.choices[0].message.content_text(),
+        "Hello from Claude."
+    );
+    let (streamed, _) = stream_to_response(&p, &c, &hello())
+        .await
+        .expect("streamRawPredict");
+    assert_eq!(
+        streamed.choices[0].message.content_text(),
+        "Hello from Claude."
+    );
+    assert_eq!(
+        streamed.choices[0].finish_reason,
+        direct.choices[0].finish_reason
+    );
+    assert_eq!(streamed.usage, direct.usage, "same usage streamed and not");
+    assert_eq!(tokens.token_fetches(), 1, "one token for both calls");
+
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(
+        seen.iter().map(|(p, _, _)| p.as_str()).collect::<Vec<_>>(),
+        [
+            "/v1/projects/proj/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929:rawPredict",
+            "/v1/projects/proj/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929:streamRawPredict",
+        ]
+    );
+    let (_, body, auth) = &seen[0];
+    assert!(auth.starts_with("Bearer ya29."), "{auth}");
+    assert_eq!(body["anthropic_version"], "vertex-2023-10-16");
+    assert!(body.get("model").is_none(), "{body}");
+    assert_eq!(body["system"], "Be terse.");
+}
