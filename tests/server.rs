@@ -1,0 +1,292 @@
+//! Server behaviour around requests: TLS and HTTP/2, graceful shutdown, request ids, client
+//! disconnects, and secrets kept out of logs.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use gateway_mock::{MockServer, MockUpstream};
+use gateway_server::{serve, Config, Extensions, Gateway};
+use gateway_tests::{chat, TestGateway};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::json;
+
+fn config(m: &MockServer, secret: &str) -> String {
+    format!(
+        r#"
+[server]
+admin_token = "adm"
+[[providers]]
+name = "p"
+kind = "openai"
+base_url = "{}"
+[[providers.keys]]
+name = "k"
+secret = "{secret}"
+"#,
+        m.openai_base()
+    )
+}
+
+#[tokio::test]
+async fn tls_with_http2_negotiated_by_alpn() {
+    let m = MockUpstream::new().start().await.unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("gw-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::File::create(&cert_path)
+        .unwrap()
+        .write_all(cert.cert.pem().as_bytes())
+        .unwrap();
+    std::fs::File::create(&key_path)
+        .unwrap()
+        .write_all(cert.key_pair.serialize_pem().as_bytes())
+        .unwrap();
+    let acceptor = serve::tls_acceptor(&cert_path, &key_path).unwrap();
+
+    let cfg = Config::from_toml(&config(&m, "sk-tls")).unwrap();
+    let gw = Gateway::new(cfg, None, Extensions::default())
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve::serve(
+        gw,
+        listener,
+        Some(acceptor),
+        async {
+            let _ = rx.await;
+        },
+        Duration::from_secs(2),
+    ));
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .enable_http2()
+        .build();
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(https);
+    let req = http::Request::post(format!("https://localhost:{port}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(
+            serde_json::to_vec(&chat("p/m", "over tls")).unwrap(),
+        )))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2, "ALPN picked h2");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    let _ = tx.send(());
+    task.await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_drains_an_in_flight_stream() {
+    let m = MockUpstream::new()
+        .stream_chunks(10)
+        .chunk_delay(Duration::from_millis(40))
+        .start()
+        .await
+        .unwrap();
+    let cfg = Config::from_toml(&config(&m, "sk-drain")).unwrap();
+    let gw = Gateway::new(cfg, None, Extensions::default())
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve::serve(
+        gw,
+        listener,
+        None,
+        async {
+            let _ = rx.await;
+        },
+        Duration::from_secs(10),
+    ));
+
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut body = chat("p/m", "long answer");
+    body["stream"] = json!(true);
+    let req = http::Request::post(format!("http://{addr}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(serde_json::to_vec(&body).unwrap())))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // Shut down while the stream is still running.
+    let _ = tx.send(());
+    let text = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(
+        text.trim_end().ends_with("data: [DONE]"),
+        "the stream finished: {text}"
+    );
+    task.await.unwrap().unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no new connections after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn request_ids_are_kept_or_generated() {
+    let m = MockUpstream::new().start().await.unwrap();
+    let gw = TestGateway::start(&config(&m, "sk-id")).await;
+    let r = gw
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            &[
+                ("content-type", "application/json"),
+                ("x-request-id", "my-trace-42"),
+            ],
+            serde_json::to_vec(&chat("p/m", "hi")).unwrap(),
+        )
+        .await;
+    assert_eq!(r.header("x-request-id"), Some("my-trace-42"));
+    let a = gw.post("/v1/chat/completions", &chat("p/m", "hi")).await;
+    let b = gw.post("/v1/chat/completions", &chat("p/m", "hi")).await;
+    assert_ne!(
+        a.header("x-request-id"),
+        b.header("x-request-id"),
+        "generated ids are unique"
+    );
+    let e = gw.post("/v1/chat/completions", &chat("nope", "hi")).await;
+    assert!(
+        e.header("x-request-id").is_some(),
+        "errors carry the id too"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_cancels_the_upstream_stream() {
+    let m = MockUpstream::new()
+        .stream_chunks(200)
+        .chunk_delay(Duration::from_millis(20))
+        .start()
+        .await
+        .unwrap();
+    let gw = TestGateway::start(&config(&m, "sk-cancel")).await;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let body = serde_json::to_vec(
+        &json!({"model": "p/m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body).await.unwrap();
+    let mut buf = [0u8; 1024];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let in_flight = |gw: &TestGateway| gw.gateway.engine().health()[0].keys[0].signals.in_flight;
+    assert_eq!(in_flight(&gw), 1, "stream in flight");
+    drop(stream);
+    let mut released = false;
+    for _ in 0..100 {
+        if in_flight(&gw) == 0 {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        released,
+        "the upstream stream was dropped with the client (200 chunks x 20 ms would take 4 s)"
+    );
+    gw.stop().await;
+}
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn provider_secrets_never_reach_logs_or_clients() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    // The mock knows only "sk-right-key-0123456789abcdef"; the gateway's key is wrong, so the upstream
+    // answers 401 quoting what it received.
+    let m = MockUpstream::new()
+        .key("sk-right-key-0123456789abcdef")
+        .start()
+        .await
+        .unwrap();
+    let secret = "sk-wrong-key-0123456789abcdefghij";
+    let gw = TestGateway::start(&config(&m, secret)).await;
+    let r = gw.post("/v1/chat/completions", &chat("p/m", "hi")).await;
+    assert_eq!(
+        r.status,
+        502,
+        "a refused provider key is the gateway's problem, not the caller's: {}",
+        r.text()
+    );
+    assert!(!r.text().contains(secret), "{}", r.text());
+    let h = gw
+        .get("/admin/health", &[("authorization", "Bearer adm")])
+        .await;
+    assert!(!h.text().contains(secret));
+    assert_eq!(
+        h.json()["providers"][0]["keys"][0]["state"],
+        "ejected",
+        "the refused key left rotation"
+    );
+    let reload = gw
+        .request(
+            "POST",
+            "/admin/reload",
+            &[("authorization", "Bearer adm")],
+            "",
+        )
+        .await;
+    assert!(!reload.text().contains(secret));
+    gw.stop().await;
+    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    assert!(!logs.contains(secret), "secret in logs:\n{logs}");
+}
