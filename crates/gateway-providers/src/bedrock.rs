@@ -11,7 +11,9 @@
 //! become `system` blocks, roles alternate (same-role turns are merged, tool results go into a user
 //! turn), `tool_calls` become `toolUse` blocks, tool names are sanitized to `[a-zA-Z][a-zA-Z0-9_]*`
 //! (at most 64 characters) with a reverse map for the answer ([`ToolNames`]), and `top_k` goes into
-//! `additionalModelRequestFields`. ConverseStream answers with `application/vnd.amazon.eventstream`
+//! `additionalModelRequestFields`. `temperature` is clamped to Bedrock's 0–1; `n`, `seed`, the
+//! penalties, `response_format` and `reasoning_effort` have no Converse field and are not sent.
+//! Images must be `data:` URLs (sent as bytes) or `s3://` locations. ConverseStream answers with `application/vnd.amazon.eventstream`
 //! frames ([`crate::eventstream`]) that [`BedrockStream`] turns into canonical chunks; usage only
 //! arrives in the final `metadata` event and is sent on a `choices: []` chunk.
 //!

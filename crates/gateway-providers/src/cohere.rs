@@ -443,32 +443,21 @@ impl CohereStream {
                 let index = self.tools;
                 self.tools += 1;
                 let function = call.get("function").unwrap_or(&Value::Null);
-                out.push(
-                    self.chunk(
-                        Delta {
-                            tool_calls: Some(vec![ToolCallDelta {
-                                index,
-                                id: call.get("id").and_then(Value::as_str).map(str::to_owned),
-                                kind: Some("function".into()),
-                                function: Some(FunctionCallDelta {
-                                    name: function
-                                        .get("name")
-                                        .and_then(Value::as_str)
-                                        .map(str::to_owned),
-                                    arguments: Some(
-                                        function
-                                            .get("arguments")
-                                            .and_then(Value::as_str)
-                                            .unwrap_or_default()
-                                            .to_owned(),
-                                    ),
-                                }),
-                            }]),
-                            ..Delta::default()
-                        },
-                        None,
-                    ),
-                );
+                let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+                let header = ToolCallDelta {
+                    index,
+                    id: text(call, "id"),
+                    kind: Some("function".into()),
+                    function: Some(FunctionCallDelta {
+                        name: text(function, "name"),
+                        arguments: Some(text(function, "arguments").unwrap_or_default()),
+                    }),
+                };
+                let delta = Delta {
+                    tool_calls: Some(vec![header]),
+                    ..Delta::default()
+                };
+                out.push(self.chunk(delta, None));
             }
             "tool-call-delta" => {
                 let args = message
