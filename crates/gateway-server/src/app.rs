@@ -63,6 +63,9 @@ pub struct Extensions {
     pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
     /// Extra admin routes (`/admin/...`), tried before the built-in ones.
     pub admin: Option<Arc<dyn AdminRoutes>>,
+    /// Your own providers, by kind name: a `[[providers]]` entry whose `kind` is one of these
+    /// uses the given adapter (see `examples/custom_provider.rs`).
+    pub providers: std::collections::HashMap<String, Arc<dyn gateway_core::Provider>>,
 }
 
 impl Default for Extensions {
@@ -73,6 +76,7 @@ impl Default for Extensions {
             pricing: Arc::new(Free),
             metrics: None,
             admin: None,
+            providers: std::collections::HashMap::new(),
         }
     }
 }
@@ -122,7 +126,7 @@ impl Gateway {
         })
         .map_err(|e| StartError::Http(e.to_string()))?;
         let mocks = MockPool::default();
-        let ec = engine_config(&config, &client, &mocks).await?;
+        let ec = engine_config(&config, &client, &mocks, &ext.providers).await?;
         let engine = Engine::with_parts(
             ec,
             Arc::new(gateway_core::signals::TokioClock::new()),
@@ -176,7 +180,8 @@ impl Gateway {
     /// Validates `config` and swaps it in atomically; on error the running one stays.
     pub async fn apply(&self, config: Config) -> Result<(), StartError> {
         let _guard = self.reload_lock.lock().await;
-        let ec = engine_config(&config, &self.client, &self.mocks).await?;
+        let custom = self.ext.load().providers.clone();
+        let ec = engine_config(&config, &self.client, &self.mocks, &custom).await?;
         self.engine
             .reload(ec)
             .map_err(|e| ConfigError::Invalid(e.problems))?;

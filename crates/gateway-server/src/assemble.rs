@@ -139,6 +139,7 @@ pub async fn engine_config(
     cfg: &Config,
     client: &HttpClient,
     mocks: &MockPool,
+    custom: &HashMap<String, Arc<dyn Provider>>,
 ) -> Result<EngineConfig, ConfigError> {
     let mut problems = Vec::new();
     let mut names = HashSet::new();
@@ -159,8 +160,13 @@ pub async fn engine_config(
         }
         let strategy = strategy(&p.strategy, &format!("{field}.strategy"), &mut problems);
         let is_mock = p.kind == "mock";
-        let info = if is_mock { None } else { kind_info(&p.kind) };
-        if !is_mock && info.is_none() {
+        let custom_adapter = custom.get(&p.kind).cloned();
+        let info = if is_mock || custom_adapter.is_some() {
+            None
+        } else {
+            kind_info(&p.kind)
+        };
+        if !is_mock && custom_adapter.is_none() && info.is_none() {
             problems.push(format!(
                 "{field}.kind: unknown provider kind `{}` (see docs/providers.md)",
                 p.kind
@@ -291,7 +297,9 @@ pub async fn engine_config(
             location: p.location.clone(),
             headers: p.headers.clone().into_iter().collect(),
         };
-        let adapter: Arc<dyn Provider> = if is_mock {
+        let adapter: Arc<dyn Provider> = if let Some(a) = custom_adapter {
+            a
+        } else if is_mock {
             let dialect = p.dialect.clone().unwrap_or_else(|| "openai".to_owned());
             let server = match mocks.get(p).await {
                 Ok(s) => s,
