@@ -38,6 +38,7 @@ where
         out: VecDeque::new(),
         error: None,
         done: false,
+        drain: false,
     })
 }
 
@@ -47,6 +48,9 @@ struct Decoded<E, D> {
     out: VecDeque<ChatChunk>,
     error: Option<ProviderError>,
     done: bool,
+    /// The upstream said it is complete: read what is already buffered of the body's end so the
+    /// connection can go back to the pool, but never wait for it.
+    drain: bool,
 }
 
 // No field is structurally pinned (the event stream is boxed), so moving the decoder is fine.
@@ -65,13 +69,22 @@ impl<E, D: StreamDecoder<E>> Stream for Decoded<E, D> {
                 return Poll::Ready(Some(Err(err)));
             }
             if this.done {
+                while this.drain {
+                    match this.events.as_mut().poll_next(cx) {
+                        Poll::Ready(Some(_)) => {}
+                        Poll::Ready(None) | Poll::Pending => this.drain = false,
+                    }
+                }
                 return Poll::Ready(None);
             }
             match this.events.as_mut().poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(ev))) => match this.decoder.event(ev, &mut this.out) {
                     Ok(false) => {}
-                    Ok(true) => this.done = true,
+                    Ok(true) => {
+                        this.done = true;
+                        this.drain = true;
+                    }
                     Err(e) => {
                         this.done = true;
                         this.error = Some(e);
