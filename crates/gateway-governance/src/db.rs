@@ -1,0 +1,282 @@
+//! The embedded SQLite database: API-made virtual keys (hashed secrets only) and settled spend.
+//!
+//! One dedicated thread owns the connection; the async side sends it operations over a channel and,
+//! when it needs an answer, awaits a oneshot reply, so no SQLite call ever runs on the async
+//! runtime. The thread drains whatever is queued and commits it in one transaction (group commit),
+//! in WAL mode with `synchronous=FULL`: spend handed to it is on disk once that transaction commits,
+//! which is microseconds to milliseconds after `Permit::settle`.
+
+use std::path::Path;
+use std::sync::mpsc;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::oneshot;
+
+use crate::config::{Kind, LimitsSpec};
+use crate::error::GovernanceError;
+
+/// A virtual key made through the admin API, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StoredKey {
+    pub spec: LimitsSpec,
+    pub digest: [u8; 32],
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// Spend to add to one (level, period) row.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct SpendRow {
+    pub kind: Kind,
+    pub name: String,
+    pub period: &'static str,
+    pub period_start: i64,
+    pub period_end: Option<i64>,
+    pub usd: f64,
+}
+
+/// What the database held at start.
+#[derive(Debug, Default)]
+pub(crate) struct Loaded {
+    pub keys: Vec<StoredKey>,
+    /// Spend of periods that have not ended.
+    pub spend: Vec<SpendRow>,
+}
+
+type Reply = oneshot::Sender<Result<(), String>>;
+
+pub(crate) enum DbOp {
+    AddSpend(Vec<SpendRow>),
+    InsertKey(StoredKey, Reply),
+    UpdateKey(StoredKey, Reply),
+    DeleteKey(String, Reply),
+    Flush(Reply),
+}
+
+/// Sends operations to the database thread.
+#[derive(Clone)]
+pub(crate) struct DbHandle {
+    tx: mpsc::Sender<DbOp>,
+}
+
+impl DbHandle {
+    /// Queues spend; never blocks.
+    pub fn add_spend(&self, rows: Vec<SpendRow>) {
+        if rows.is_empty() {
+            return;
+        }
+        if self.tx.send(DbOp::AddSpend(rows)).is_err() {
+            tracing::error!("governance database thread has stopped: settled spend was not persisted");
+        }
+    }
+
+    async fn call(&self, make: impl FnOnce(Reply) -> DbOp) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .map_err(|_| GovernanceError::WriterGone.to_string())?;
+        rx.await.map_err(|_| GovernanceError::WriterGone.to_string())?
+    }
+
+    pub async fn insert_key(&self, key: StoredKey) -> Result<(), String> {
+        self.call(|r| DbOp::InsertKey(key, r)).await
+    }
+
+    pub async fn update_key(&self, key: StoredKey) -> Result<(), String> {
+        self.call(|r| DbOp::UpdateKey(key, r)).await
+    }
+
+    pub async fn delete_key(&self, name: String) -> Result<(), String> {
+        self.call(|r| DbOp::DeleteKey(name, r)).await
+    }
+
+    /// Waits until everything queued before this call is committed.
+    pub async fn flush(&self) -> Result<(), String> {
+        self.call(DbOp::Flush).await
+    }
+}
+
+/// Opens (creating if needed) the database and loads it. Blocking: call it off the runtime.
+pub(crate) fn open(path: &Path, now_ms: i64) -> Result<(Connection, Loaded), GovernanceError> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS virtual_keys (
+             name TEXT PRIMARY KEY,
+             secret_sha256 TEXT NOT NULL UNIQUE,
+             spec TEXT NOT NULL,
+             created_ms INTEGER NOT NULL,
+             updated_ms INTEGER NOT NULL
+         );
+         CREATE TABLE IF NOT EXISTS spend (
+             kind TEXT NOT NULL,
+             name TEXT NOT NULL,
+             period TEXT NOT NULL,
+             period_start INTEGER NOT NULL,
+             period_end INTEGER,
+             spend_usd REAL NOT NULL,
+             PRIMARY KEY (kind, name, period, period_start)
+         );
+         PRAGMA user_version = 1;",
+    )?;
+    let mut loaded = Loaded::default();
+    {
+        let mut stmt = conn.prepare("SELECT spec, secret_sha256, created_ms, updated_ms FROM virtual_keys ORDER BY name")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
+        })?;
+        for row in rows {
+            let (spec, digest, created_ms, updated_ms) = row?;
+            let spec: LimitsSpec = serde_json::from_str(&spec)?;
+            let Some(digest) = hex::decode(&digest).ok().and_then(|d| <[u8; 32]>::try_from(d.as_slice()).ok()) else {
+                tracing::error!(key = %spec.name, "stored virtual key has a malformed digest; skipped");
+                continue;
+            };
+            loaded.keys.push(StoredKey { spec, digest, created_ms, updated_ms });
+        }
+    }
+    {
+        let mut stmt = conn.prepare(
+            "SELECT kind, name, period, period_start, period_end, spend_usd FROM spend
+             WHERE period_end IS NULL OR period_end > ?1",
+        )?;
+        let rows = stmt.query_map([now_ms], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+                r.get::<_, f64>(5)?,
+            ))
+        })?;
+        for row in rows {
+            let (kind, name, period, period_start, period_end, usd) = row?;
+            let kind = match kind.as_str() {
+                "key" => Kind::Key,
+                "team" => Kind::Team,
+                "customer" => Kind::Customer,
+                _ => continue,
+            };
+            let period = match crate::period::Period::parse(Some(&period)) {
+                Ok(p) => p.label(),
+                Err(_) if period == "lifetime" => "lifetime",
+                Err(_) => continue,
+            };
+            loaded.spend.push(SpendRow { kind, name, period, period_start, period_end, usd });
+        }
+    }
+    Ok((conn, loaded))
+}
+
+/// Starts the database thread.
+pub(crate) fn spawn(conn: Connection) -> Result<DbHandle, GovernanceError> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("governance-db".into())
+        .spawn(move || run(conn, rx))
+        .map_err(|source| GovernanceError::DataDir { path: "governance-db thread".into(), source })?;
+    Ok(DbHandle { tx })
+}
+
+fn run(mut conn: Connection, rx: mpsc::Receiver<DbOp>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        let mut spend: Vec<SpendRow> = Vec::new();
+        for op in batch {
+            match op {
+                DbOp::AddSpend(rows) => spend.extend(rows),
+                other => {
+                    commit_spend(&mut conn, &mut spend);
+                    match other {
+                        DbOp::InsertKey(k, reply) => {
+                            let _ = reply.send(insert_key(&conn, &k));
+                        }
+                        DbOp::UpdateKey(k, reply) => {
+                            let _ = reply.send(update_key(&conn, &k));
+                        }
+                        DbOp::DeleteKey(name, reply) => {
+                            let r = conn
+                                .execute("DELETE FROM virtual_keys WHERE name = ?1", [&name])
+                                .map(|_| ())
+                                .map_err(|e| e.to_string());
+                            let _ = reply.send(r);
+                        }
+                        DbOp::Flush(reply) => {
+                            let _ = reply.send(Ok(()));
+                        }
+                        DbOp::AddSpend(_) => {}
+                    }
+                }
+            }
+        }
+        commit_spend(&mut conn, &mut spend);
+    }
+}
+
+fn commit_spend(conn: &mut Connection, rows: &mut Vec<SpendRow>) {
+    if rows.is_empty() {
+        return;
+    }
+    let result = (|| -> rusqlite::Result<()> {
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO spend (kind, name, period, period_start, period_end, spend_usd)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (kind, name, period, period_start) DO UPDATE SET spend_usd = spend_usd + excluded.spend_usd",
+            )?;
+            for r in rows.iter() {
+                stmt.execute(params![r.kind.as_str(), r.name, r.period, r.period_start, r.period_end, r.usd])?;
+            }
+        }
+        tx.commit()
+    })();
+    match result {
+        Ok(()) => rows.clear(),
+        Err(e) => {
+            // Keep the rows: they are retried with the next batch.
+            tracing::error!(error = %e, pending = rows.len(), "could not persist settled spend; will retry");
+        }
+    }
+}
+
+fn spec_json(k: &StoredKey) -> Result<String, String> {
+    let mut spec = k.spec.clone();
+    spec.secret = None;
+    serde_json::to_string(&spec).map_err(|e| e.to_string())
+}
+
+fn insert_key(conn: &Connection, k: &StoredKey) -> Result<(), String> {
+    let exists: Option<String> = conn
+        .query_row("SELECT name FROM virtual_keys WHERE name = ?1", [&k.spec.name], |r| r.get(0))
+        .optional()
+        .map_err(|e| e.to_string())?;
+    if exists.is_some() {
+        return Err(format!("virtual key {:?} already exists", k.spec.name));
+    }
+    conn.execute(
+        "INSERT INTO virtual_keys (name, secret_sha256, spec, created_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![k.spec.name, hex::encode(k.digest), spec_json(k)?, k.created_ms, k.updated_ms],
+    )
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
+fn update_key(conn: &Connection, k: &StoredKey) -> Result<(), String> {
+    let n = conn
+        .execute(
+            "UPDATE virtual_keys SET secret_sha256 = ?2, spec = ?3, updated_ms = ?4 WHERE name = ?1",
+            params![k.spec.name, hex::encode(k.digest), spec_json(k)?, k.updated_ms],
+        )
+        .map_err(|e| e.to_string())?;
+    if n == 0 {
+        return Err(format!("virtual key {:?} does not exist", k.spec.name));
+    }
+    Ok(())
+}

@@ -1,0 +1,258 @@
+//! [`Governance`]: the `Admission`, `Pricing` and `AdminRoutes` implementation.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use gateway_core::admission::{Admission, AdmissionRequest, Permit, Refusal};
+use gateway_core::extend::Pricing;
+use gateway_core::types::Usage;
+
+use crate::clock::{SystemClock, WallClock};
+use crate::config::{GovernanceConfig, Priority, DB_FILE};
+use crate::db::{self, DbHandle};
+use crate::error::GovernanceError;
+use crate::keys::{digests_equal, hash_secret};
+use crate::pricing::PriceTable;
+use crate::redis_store::RedisStore;
+use crate::registry::Registry;
+use crate::store::{Counters, Embedded, Reservation};
+
+/// Output tokens assumed when a request sets no output limit (`max_output_tokens == 0`), for the
+/// tpm and budget reservations. Settlement corrects the reservation to the actual usage.
+pub const DEFAULT_OUTPUT_ESTIMATE: u64 = 1024;
+
+/// How long a batch key is told to wait when capacity is short.
+pub const BATCH_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Virtual keys, hierarchical limits and budgets, pricing, and their admin API.
+///
+/// Build it with [`Governance::open`], hand it to the server as its `Admission`, `Pricing` and
+/// `AdminRoutes`, and call [`Governance::reload`] when the configuration file changes.
+pub struct Governance {
+    pub(crate) registry: ArcSwap<Registry>,
+    pub(crate) pricing: ArcSwap<PriceTable>,
+    pub(crate) counters: Counters,
+    pub(crate) db: DbHandle,
+    pub(crate) clock: Arc<dyn WallClock>,
+    batch_headroom: AtomicU64,
+    store: Option<String>,
+}
+
+impl std::fmt::Debug for Governance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Governance")
+            .field("virtual_keys", &self.registry.load().keys.len())
+            .field("store", &self.store.as_deref().unwrap_or("embedded"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Governance {
+    /// Validates `config`, opens (or creates) `data_dir/governance.sqlite3`, connects to Redis when
+    /// `store` is set, and loads the keys made through the admin API.
+    pub async fn open(config: GovernanceConfig) -> Result<Arc<Governance>, GovernanceError> {
+        Self::open_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// [`Governance::open`] with an injected wall clock (tests move a
+    /// [`crate::clock::ManualClock`] instead of sleeping).
+    pub async fn open_with_clock(
+        config: GovernanceConfig,
+        clock: Arc<dyn WallClock>,
+    ) -> Result<Arc<Governance>, GovernanceError> {
+        let valid = Arc::new(config.validated()?);
+        let dir = config.data_dir.clone();
+        let now = clock.now_ms();
+        let (conn, loaded) = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir).map_err(|source| GovernanceError::DataDir { path: dir.clone(), source })?;
+            db::open(&dir.join(DB_FILE), now)
+        })
+        .await
+        .map_err(|e| GovernanceError::DataDir {
+            path: config.data_dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
+        let db = db::spawn(conn)?;
+        let counters = match &config.store {
+            Some(url) => Counters::Redis(RedisStore::connect(url, clock.clone()).await?),
+            None => Counters::Embedded(Arc::new(Embedded::new(clock.clone(), db.clone(), loaded.spend))),
+        };
+        let api: BTreeMap<_, _> = loaded.keys.into_iter().map(|k| (k.spec.name.clone(), k)).collect();
+        let registry = Registry::build(valid.clone(), Arc::new(api));
+        tracing::info!(
+            virtual_keys = registry.keys.len(),
+            teams = registry.teams.len(),
+            customers = registry.customers.len(),
+            store = config.store.as_deref().unwrap_or("embedded"),
+            "governance ready"
+        );
+        Ok(Arc::new(Governance {
+            registry: ArcSwap::from_pointee(registry),
+            pricing: ArcSwap::from_pointee(PriceTable::with_overrides(&valid.pricing)),
+            counters,
+            db,
+            clock,
+            batch_headroom: AtomicU64::new(valid.batch_headroom.to_bits()),
+            store: config.store.clone(),
+        }))
+    }
+
+    /// Applies a new configuration: the file's keys, teams, customers, prices and batch headroom
+    /// replace the old ones; keys made through the admin API and all usage are kept. `store` and
+    /// `data_dir` only change with a restart.
+    pub fn reload(&self, config: &GovernanceConfig) -> Result<(), GovernanceError> {
+        let valid = Arc::new(config.validated()?);
+        if config.store != self.store {
+            tracing::warn!("governance.store changed: restart the gateway to switch stores");
+        }
+        self.registry.rcu(|current| Registry::build(valid.clone(), current.api.clone()));
+        self.pricing.store(Arc::new(PriceTable::with_overrides(&valid.pricing)));
+        self.batch_headroom.store(valid.batch_headroom.to_bits(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Waits until settled spend and key changes queued so far are stored (SQLite committed,
+    /// Redis settlements applied). For graceful shutdown and tests.
+    pub async fn flush(&self) -> Result<(), GovernanceError> {
+        self.counters.flush().await;
+        self.db.flush().await.map_err(|_| GovernanceError::WriterGone)
+    }
+
+    /// The current price table.
+    pub fn prices(&self) -> Arc<PriceTable> {
+        self.pricing.load_full()
+    }
+
+    /// Whether any virtual key exists (when none does, every request is admitted).
+    pub fn has_virtual_keys(&self) -> bool {
+        !self.registry.load().keys.is_empty()
+    }
+
+    fn batch_headroom(&self) -> f64 {
+        f64::from_bits(self.batch_headroom.load(Ordering::Relaxed))
+    }
+}
+
+/// The permit of an admitted request.
+struct GovernedPermit {
+    key: Option<Arc<str>>,
+    batch: bool,
+    reservation: Option<Reservation>,
+    counters: Counters,
+}
+
+impl Permit for GovernedPermit {
+    fn virtual_key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    fn is_batch(&self) -> bool {
+        self.batch
+    }
+
+    fn settle(mut self: Box<Self>, usage: &Usage, cost_usd: f64) {
+        if let Some(r) = self.reservation.take() {
+            let tokens = usage
+                .total_tokens
+                .max(usage.prompt_tokens.saturating_add(usage.completion_tokens));
+            let cost = if cost_usd.is_finite() { cost_usd.max(0.0) } else { 0.0 };
+            self.counters.settle(r, tokens, cost);
+        }
+    }
+}
+
+impl Drop for GovernedPermit {
+    fn drop(&mut self) {
+        if let Some(r) = self.reservation.take() {
+            self.counters.release(r);
+        }
+    }
+}
+
+#[async_trait]
+impl Admission for Governance {
+    async fn admit(&self, request: &AdmissionRequest<'_>) -> Result<Box<dyn Permit>, Refusal> {
+        let registry = self.registry.load_full();
+        if registry.keys.is_empty() {
+            return Ok(Box::new(GovernedPermit {
+                key: None,
+                batch: false,
+                reservation: None,
+                counters: self.counters.clone(),
+            }));
+        }
+        let presented = request.presented_key.map(str::trim).filter(|k| !k.is_empty()).ok_or_else(|| {
+            Refusal::Unauthorized(
+                "a virtual key is required: send Authorization: Bearer <key> or x-api-key: <key>".into(),
+            )
+        })?;
+        let digest = hash_secret(presented);
+        let entry = registry
+            .by_digest
+            .get(&digest)
+            .filter(|e| digests_equal(&e.digest, &digest))
+            .ok_or_else(|| Refusal::Unauthorized("unknown virtual key".into()))?;
+        let levels = entry.levels.as_ref().map_err(|e| Refusal::Forbidden(e.clone()))?;
+        for l in levels {
+            if !l.limits.allows_model(request.model) {
+                return Err(Refusal::Forbidden(format!(
+                    "model '{}' is not allowed for {} '{}'",
+                    request.model,
+                    l.kind.noun(),
+                    l.name
+                )));
+            }
+        }
+        for l in levels {
+            if !l.limits.allows_any_provider(request.providers) {
+                return Err(Refusal::Forbidden(format!(
+                    "no provider allowed for {} '{}' serves model '{}' (allowed: {}; serving: {})",
+                    l.kind.noun(),
+                    l.name,
+                    request.model,
+                    l.limits.providers.as_deref().unwrap_or_default().join(", "),
+                    request.providers.join(", ")
+                )));
+            }
+        }
+        let batch = entry.priority == Priority::Batch;
+        let floor = self.batch_headroom();
+        if batch && request.headroom < floor {
+            return Err(Refusal::RateLimited {
+                message: format!(
+                    "capacity for '{}' is short (headroom {:.2} < {floor:.2}): batch key '{}' yields to interactive traffic",
+                    request.model, request.headroom, entry.name
+                ),
+                retry_after: BATCH_RETRY_AFTER,
+            });
+        }
+        let output = if request.max_output_tokens == 0 {
+            DEFAULT_OUTPUT_ESTIMATE
+        } else {
+            request.max_output_tokens
+        };
+        let tokens = request.estimated_input_tokens.saturating_add(output);
+        let cost = self
+            .pricing
+            .load()
+            .lookup(request.model)
+            .map_or(0.0, |p| p.cost_of(request.estimated_input_tokens, 0, output));
+        let reservation = self.counters.reserve(levels, tokens, cost).await?;
+        Ok(Box::new(GovernedPermit {
+            key: Some(entry.name.clone()),
+            batch,
+            reservation: Some(reservation),
+            counters: self.counters.clone(),
+        }))
+    }
+}
+
+impl Pricing for Governance {
+    fn cost(&self, provider: &str, model: &str, usage: &Usage) -> f64 {
+        self.pricing.load().cost(provider, model, usage)
+    }
+}

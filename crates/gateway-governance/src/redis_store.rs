@@ -1,0 +1,342 @@
+//! The shared store: counters in Redis, so limits hold across every gateway instance together.
+//!
+//! One Lua script admits a request atomically for all levels of the hierarchy (check everything,
+//! then reserve everything), with the same semantics as the embedded store:
+//!
+//! - **rpm**: GCRA, as governor computes it (burst = the limit, then one request every `60/L` s),
+//!   with the theoretical arrival time kept in Redis; exact across instances because the script runs
+//!   atomically.
+//! - **tpm**: a token bucket (level and last refill time in Redis), refunded at settlement.
+//! - **concurrency and reserved cost**: one lease per request in flight (a sorted set scored by
+//!   lease expiry and a hash of reserved cost). Settling or dropping the permit removes the lease; a
+//!   lease whose instance died expires after [`LEASE`], so a crash cannot hold a slot forever.
+//! - **spend**: `INCRBYFLOAT` on one key per level and period, expiring a week after the period.
+//!
+//! Time comes from each instance's clock (passed to the scripts), so instances should run NTP;
+//! skew between them shifts window edges by the skew. Redis's own durability settings decide
+//! whether spend survives a Redis restart (use AOF for budgets that must).
+//!
+//! Keys: `gw:{kind}:{name}` (GCRA and bucket state), `…:inflight`, `…:resv`,
+//! `…:spend:{period}:{start}`, `…:minute:{n}`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway_core::admission::Refusal;
+use redis::aio::ConnectionManager;
+use redis::Script;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::WallClock;
+use crate::error::GovernanceError;
+use crate::store::{budget_refusal, rate_limited, tokens_to_take, Level, Reservation, UsageView};
+
+/// How long a request's reservation lives in Redis if its instance never settles it.
+pub const LEASE: Duration = Duration::from_secs(15 * 60);
+
+const WEEK_MS: i64 = 7 * 24 * 3_600_000;
+
+const ADMIT: &str = r#"
+local now = tonumber(ARGV[1])
+local id = ARGV[2]
+local lease = tonumber(ARGV[3])
+local cost = tonumber(ARGV[4])
+local n = tonumber(ARGV[5])
+local function arg(i, j) return tonumber(ARGV[5 + (i - 1) * 5 + j]) end
+local function key(i, j) return KEYS[(i - 1) * 5 + j] end
+for i = 1, n do
+  local expired = redis.call('ZRANGEBYSCORE', key(i, 2), '-inf', now)
+  for _, m in ipairs(expired) do
+    redis.call('HDEL', key(i, 3), m)
+    redis.call('ZREM', key(i, 2), m)
+  end
+end
+for i = 1, n do
+  local budget = arg(i, 5)
+  if budget >= 0 then
+    local spent = tonumber(redis.call('GET', key(i, 4)) or '0')
+    local reserved = 0
+    for _, v in ipairs(redis.call('HVALS', key(i, 3))) do reserved = reserved + tonumber(v) end
+    if spent + 1e-9 >= budget or spent + reserved + cost > budget + 1e-9 then
+      return {'budget', tostring(i), tostring(spent), tostring(reserved)}
+    end
+  end
+end
+for i = 1, n do
+  local max = arg(i, 4)
+  if max > 0 and redis.call('ZCARD', key(i, 2)) >= max then
+    return {'concurrency', tostring(i), '1000'}
+  end
+end
+local buckets = {}
+for i = 1, n do
+  local tpm = arg(i, 2)
+  if tpm > 0 then
+    local st = redis.call('HMGET', key(i, 1), 'tpm_level', 'tpm_ts')
+    local lvl = tonumber(st[1] or tpm)
+    local ts = tonumber(st[2] or now)
+    if now > ts then lvl = lvl + (now - ts) * tpm / 60000; ts = now end
+    if lvl > tpm then lvl = tpm end
+    local need = arg(i, 3)
+    if lvl < need then
+      return {'tpm', tostring(i), tostring(math.ceil((need - lvl) * 60000 / tpm))}
+    end
+    buckets[i] = {lvl - need, ts}
+  end
+end
+local tats = {}
+for i = 1, n do
+  local rpm = arg(i, 1)
+  if rpm > 0 then
+    local t = 60000 / rpm
+    local tau = t * (rpm - 1)
+    local tat = tonumber(redis.call('HGET', key(i, 1), 'tat') or now)
+    if now < tat - tau then
+      return {'rpm', tostring(i), tostring(math.ceil(tat - tau - now))}
+    end
+    tats[i] = math.max(tat, now) + t
+  end
+end
+for i = 1, n do
+  if tats[i] then redis.call('HSET', key(i, 1), 'tat', string.format('%.3f', tats[i])) end
+  if buckets[i] then
+    redis.call('HSET', key(i, 1), 'tpm_level', string.format('%.3f', buckets[i][1]), 'tpm_ts', string.format('%.0f', buckets[i][2]))
+  end
+  redis.call('PEXPIRE', key(i, 1), 86400000)
+  redis.call('ZADD', key(i, 2), now + lease, id)
+  redis.call('HSET', key(i, 3), id, tostring(cost))
+  redis.call('HINCRBY', key(i, 5), 'requests', 1)
+  redis.call('PEXPIRE', key(i, 5), 120000)
+end
+return {'ok'}
+"#;
+
+const FINISH: &str = r#"
+local now = tonumber(ARGV[1])
+local id = ARGV[2]
+local n = tonumber(ARGV[3])
+local used = tonumber(ARGV[4])
+local cost = tonumber(ARGV[5])
+local function arg(i, j) return tonumber(ARGV[5 + (i - 1) * 3 + j]) end
+local function key(i, j) return KEYS[(i - 1) * 5 + j] end
+for i = 1, n do
+  redis.call('ZREM', key(i, 2), id)
+  redis.call('HDEL', key(i, 3), id)
+  local tpm = arg(i, 1)
+  if tpm > 0 then
+    local st = redis.call('HMGET', key(i, 1), 'tpm_level', 'tpm_ts')
+    if st[1] then
+      local lvl = tonumber(st[1])
+      local ts = tonumber(st[2] or now)
+      if now > ts then lvl = lvl + (now - ts) * tpm / 60000; ts = now end
+      lvl = lvl + arg(i, 2) - used
+      if lvl > tpm then lvl = tpm end
+      redis.call('HSET', key(i, 1), 'tpm_level', string.format('%.3f', lvl), 'tpm_ts', string.format('%.0f', ts))
+    end
+  end
+  if cost > 0 then
+    redis.call('INCRBYFLOAT', key(i, 4), cost)
+    local exp = arg(i, 3)
+    if exp > 0 then redis.call('PEXPIREAT', key(i, 4), exp) end
+  end
+  if used > 0 then
+    redis.call('HINCRBY', key(i, 5), 'tokens', used)
+    redis.call('PEXPIRE', key(i, 5), 120000)
+  end
+end
+return 'ok'
+"#;
+
+enum Job {
+    Finish(Reservation, Option<(u64, f64)>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Counters kept in Redis.
+pub(crate) struct RedisStore {
+    conn: ConnectionManager,
+    clock: Arc<dyn WallClock>,
+    admit: Script,
+    jobs: mpsc::UnboundedSender<Job>,
+    prefix: String,
+    next_id: AtomicU64,
+}
+
+fn keys_of(l: &Level, now_ms: i64) -> [String; 5] {
+    let base = format!("gw:{}:{}", l.kind.as_str(), l.name);
+    let start = l.limits.period.bounds(now_ms).0;
+    [
+        base.clone(),
+        format!("{base}:inflight"),
+        format!("{base}:resv"),
+        format!("{base}:spend:{}:{start}", l.limits.period.label()),
+        format!("{base}:minute:{}", now_ms.div_euclid(60_000)),
+    ]
+}
+
+impl RedisStore {
+    /// Connects (failing fast if Redis is unreachable) and starts the settlement task.
+    pub async fn connect(url: &str, clock: Arc<dyn WallClock>) -> Result<Arc<RedisStore>, GovernanceError> {
+        let client = redis::Client::open(url)?;
+        let mut conn = client.get_connection_manager().await?;
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        let mut nonce = [0u8; 8];
+        getrandom::getrandom(&mut nonce).map_err(|e| GovernanceError::Random(e.to_string()))?;
+        let (jobs, rx) = mpsc::unbounded_channel();
+        let store = Arc::new(RedisStore {
+            conn: conn.clone(),
+            clock: clock.clone(),
+            admit: Script::new(ADMIT),
+            jobs,
+            prefix: hex::encode(nonce),
+            next_id: AtomicU64::new(0),
+        });
+        tokio::spawn(settler(conn, clock, rx));
+        Ok(store)
+    }
+
+    pub async fn reserve(&self, levels: &[Level], tokens: u64, cost: f64) -> Result<Reservation, Refusal> {
+        let now = self.clock.now_ms();
+        let id = format!("{}-{}", self.prefix, self.next_id.fetch_add(1, Ordering::Relaxed));
+        let mut inv = self.admit.prepare_invoke();
+        for l in levels {
+            for k in keys_of(l, now) {
+                inv.key(k);
+            }
+        }
+        inv.arg(now).arg(&id).arg(LEASE.as_millis() as i64).arg(cost).arg(levels.len());
+        let mut taken = Vec::with_capacity(levels.len());
+        for l in levels {
+            let t = tokens_to_take(&l.limits, tokens);
+            taken.push(t);
+            inv.arg(l.limits.rpm.unwrap_or(0))
+                .arg(l.limits.tpm.unwrap_or(0))
+                .arg(t)
+                .arg(l.limits.max_concurrent.unwrap_or(0))
+                .arg(l.limits.budget_usd.unwrap_or(-1.0));
+        }
+        let mut conn = self.conn.clone();
+        let answer: Vec<String> = inv
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| Refusal::Unavailable(format!("governance store unavailable: {e}")))?;
+        let level_at = |i: Option<&String>| -> Option<&Level> {
+            let i: usize = i?.parse().ok()?;
+            levels.get(i.checked_sub(1)?)
+        };
+        let num = |s: Option<&String>| s.and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+        match (answer.first().map(String::as_str), level_at(answer.get(1))) {
+            (Some("ok"), _) => Ok(Reservation { id, levels: levels.to_vec(), taken, cost }),
+            (Some("budget"), Some(l)) => Err(budget_refusal(
+                l,
+                l.limits.budget_usd.unwrap_or(0.0),
+                num(answer.get(2)),
+                num(answer.get(3)),
+                cost,
+                now,
+            )),
+            (Some(what), Some(l)) => {
+                let wait = Duration::from_millis(num(answer.get(2)).max(1.0) as u64);
+                let label = match what {
+                    "concurrency" => format!("concurrency ({} in flight)", l.limits.max_concurrent.unwrap_or(0)),
+                    "tpm" => format!("tokens-per-minute ({})", l.limits.tpm.unwrap_or(0)),
+                    _ => format!("requests-per-minute ({})", l.limits.rpm.unwrap_or(0)),
+                };
+                Err(rate_limited(l, &label, wait))
+            }
+            _ => Err(Refusal::Unavailable(format!("governance store answered {answer:?}"))),
+        }
+    }
+
+    pub fn finish(&self, r: Reservation, actual: Option<(u64, f64)>) {
+        if self.jobs.send(Job::Finish(r, actual)).is_err() {
+            tracing::error!("governance settlement task has stopped: a reservation stays until its lease expires");
+        }
+    }
+
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.jobs.send(Job::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    pub async fn usage(&self, l: &Level) -> Result<UsageView, String> {
+        let now = self.clock.now_ms();
+        let [state, inflight, resv, spend, minute] = keys_of(l, now);
+        let mut conn = self.conn.clone();
+        #[allow(clippy::type_complexity)]
+        let (spent, costs, in_flight, minute_counts, bucket): (
+            Option<f64>,
+            Vec<f64>,
+            u64,
+            (Option<u64>, Option<u64>),
+            (Option<f64>, Option<f64>),
+        ) = redis::pipe()
+            .get(&spend)
+            .hvals(&resv)
+            .zcount(&inflight, now, "+inf")
+            .hget(&minute, &["requests", "tokens"])
+            .hget(&state, &["tpm_level", "tpm_ts"])
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| format!("governance store unavailable: {e}"))?;
+        let tpm_available = l.limits.tpm.map(|cap| match bucket {
+            (Some(level), Some(ts)) => {
+                let refilled = level + ((now as f64 - ts).max(0.0)) * cap as f64 / 60_000.0;
+                refilled.min(cap as f64).floor() as i64
+            }
+            _ => cap as i64,
+        });
+        Ok(UsageView {
+            spend_usd: spent.unwrap_or(0.0),
+            reserved_usd: costs.iter().sum(),
+            in_flight,
+            requests_this_minute: minute_counts.0.unwrap_or(0),
+            tokens_this_minute: minute_counts.1.unwrap_or(0),
+            tpm_available,
+        })
+    }
+}
+
+/// Applies settlements and releases in order, retrying while Redis is unreachable.
+async fn settler(mut conn: ConnectionManager, clock: Arc<dyn WallClock>, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let script = Script::new(FINISH);
+    while let Some(job) = rx.recv().await {
+        let (r, actual) = match job {
+            Job::Flush(done) => {
+                let _ = done.send(());
+                continue;
+            }
+            Job::Finish(r, actual) => (r, actual),
+        };
+        let mut delay = Duration::from_millis(50);
+        for attempt in 1..=6 {
+            let now = clock.now_ms();
+            let (used, cost) = actual.unwrap_or((0, 0.0));
+            let mut inv = script.prepare_invoke();
+            for l in &r.levels {
+                for k in keys_of(l, now) {
+                    inv.key(k);
+                }
+            }
+            inv.arg(now).arg(&r.id).arg(r.levels.len()).arg(used).arg(cost);
+            for (l, taken) in r.levels.iter().zip(&r.taken) {
+                let expire_at = l.limits.period.bounds(now).1.map_or(0, |end| end + WEEK_MS);
+                inv.arg(l.limits.tpm.unwrap_or(0)).arg(*taken).arg(expire_at);
+            }
+            match inv.invoke_async::<String>(&mut conn).await {
+                Ok(_) => break,
+                Err(e) if attempt < 6 => {
+                    tracing::warn!(error = %e, attempt, "governance settlement failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 3;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, cost, "governance settlement lost: Redis unreachable");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,427 @@
+//! Counters behind admission: the embedded store (in memory, spend persisted to SQLite) and the
+//! shared one (Redis, see [`crate::redis_store`]).
+//!
+//! Both check every level of the hierarchy first and only then reserve on all of them, so a request
+//! refused at the customer level takes nothing from its key or team. Checks run in this order:
+//! budget, concurrency, tokens per minute, requests per minute.
+//!
+//! - **rpm** is GCRA (governor): a limit `L` lets `L` requests through back to back, then one every
+//!   `60/L` seconds. It counts admitted requests, whether they then succeed or fail.
+//! - **tpm** is a token bucket of `tpm` tokens refilled continuously at `tpm` per minute. Admission
+//!   takes the request's estimate (capped at the bucket size, so an oversized request waits for a
+//!   full bucket instead of never passing); settlement gives back the estimate minus the actual
+//!   tokens (the bucket may go into debt when a request used more than estimated).
+//! - **concurrency** is a slot taken at admission and given back on settle or drop.
+//! - **budget**: spend of the current period plus the cost reserved by requests in flight plus this
+//!   request's estimated cost must stay within the budget; a spent budget refuses even requests whose
+//!   cost cannot be estimated. Settlement adds the actual cost to the period current at that moment.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use gateway_core::admission::Refusal;
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::{NotKeyed, StateStore};
+use governor::{Quota, RateLimiter};
+
+use crate::clock::{GovernorClock, WallClock};
+use crate::config::{Kind, Limits};
+use crate::db::{DbHandle, SpendRow};
+use crate::period::{rfc3339, Period};
+use crate::redis_store::RedisStore;
+
+/// Small tolerance for floating-point dollars.
+const EPS: f64 = 1e-9;
+
+/// One level of the hierarchy a request passes: its key, team and customer.
+#[derive(Debug, Clone)]
+pub(crate) struct Level {
+    pub kind: Kind,
+    pub name: Arc<str>,
+    pub limits: Arc<Limits>,
+}
+
+/// What one admitted request holds.
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    pub id: String,
+    pub levels: Vec<Level>,
+    /// Tokens taken from each level's bucket (0 where the level has no tpm).
+    pub taken: Vec<u64>,
+    /// Estimated cost reserved on every level.
+    pub cost: f64,
+}
+
+/// Current usage of one level, for the admin API.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct UsageView {
+    /// Settled spend of the current budget period.
+    pub spend_usd: f64,
+    /// Cost reserved by requests in flight.
+    pub reserved_usd: f64,
+    /// Requests in flight.
+    pub in_flight: u64,
+    /// Requests admitted in the current UTC minute.
+    pub requests_this_minute: u64,
+    /// Tokens settled in the current UTC minute.
+    pub tokens_this_minute: u64,
+    /// Tokens the tpm bucket holds now (when a tpm is set).
+    pub tpm_available: Option<i64>,
+}
+
+/// The store in use.
+#[derive(Clone)]
+pub(crate) enum Counters {
+    Embedded(Arc<Embedded>),
+    Redis(Arc<RedisStore>),
+}
+
+impl Counters {
+    pub async fn reserve(&self, levels: &[Level], tokens: u64, cost: f64) -> Result<Reservation, Refusal> {
+        match self {
+            Counters::Embedded(e) => e.reserve(levels, tokens, cost),
+            Counters::Redis(r) => r.reserve(levels, tokens, cost).await,
+        }
+    }
+
+    pub fn settle(&self, r: Reservation, tokens: u64, cost: f64) {
+        match self {
+            Counters::Embedded(e) => e.finish(&r, Some((tokens, cost))),
+            Counters::Redis(s) => s.finish(r, Some((tokens, cost))),
+        }
+    }
+
+    pub fn release(&self, r: Reservation) {
+        match self {
+            Counters::Embedded(e) => e.finish(&r, None),
+            Counters::Redis(s) => s.finish(r, None),
+        }
+    }
+
+    pub async fn usage(&self, level: &Level) -> Result<UsageView, String> {
+        match self {
+            Counters::Embedded(e) => Ok(e.usage(level)),
+            Counters::Redis(r) => r.usage(level).await,
+        }
+    }
+
+    pub async fn flush(&self) {
+        if let Counters::Redis(r) = self {
+            r.flush().await;
+        }
+    }
+}
+
+/// The refusal for a budget that cannot cover a request.
+pub(crate) fn budget_refusal(l: &Level, budget: f64, spent: f64, reserved: f64, cost: f64, now_ms: i64) -> Refusal {
+    let (_, end) = l.limits.period.bounds(now_ms);
+    let what = format!("budget of {} '{}' (${budget:.2} {})", l.kind.noun(), l.name, l.limits.period);
+    let reset = match end {
+        Some(end) => format!("; it resets at {}", rfc3339(end)),
+        None => "; it does not reset".to_string(),
+    };
+    let message = if spent + EPS >= budget {
+        format!("{what} is spent: ${spent:.4} used{reset}")
+    } else {
+        format!(
+            "{what} cannot cover this request: ${spent:.4} spent, ${reserved:.4} reserved by requests in flight, this request may cost up to ${cost:.4}{reset}"
+        )
+    };
+    Refusal::BudgetExceeded {
+        message,
+        resets_in: end.map(|e| Duration::from_millis(u64::try_from(e - now_ms).unwrap_or(0))),
+    }
+}
+
+/// Whether a budget refuses: spent already, or spend + reservations + this estimate exceed it.
+pub(crate) fn budget_refuses(budget: f64, spent: f64, reserved: f64, cost: f64) -> bool {
+    spent + EPS >= budget || spent + reserved + cost > budget + EPS
+}
+
+pub(crate) fn rate_limited(l: &Level, what: &str, retry_after: Duration) -> Refusal {
+    Refusal::RateLimited {
+        message: format!("{what} limit of {} '{}' reached", l.kind.noun(), l.name),
+        retry_after,
+    }
+}
+
+/// The tokens a level's bucket gives for an estimate: capped at the bucket size.
+pub(crate) fn tokens_to_take(limits: &Limits, estimate: u64) -> u64 {
+    limits.tpm.map_or(0, |cap| estimate.min(cap))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embedded store
+
+/// A governor state store whose value can be saved and put back, so a request refused at a later
+/// level of the hierarchy does not consume an rpm cell at an earlier one. Only touched under the
+/// embedded store's mutex.
+#[derive(Debug, Clone, Default)]
+struct RevertibleState(Arc<AtomicU64>);
+
+impl StateStore for RevertibleState {
+    type Key = NotKeyed;
+
+    fn measure_and_replace<T, F, E>(&self, _key: &NotKeyed, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let prev = self.0.load(Ordering::Acquire);
+        let (t, next) = f((prev != 0).then(|| Nanos::from(prev)))?;
+        self.0.store(next.as_u64().max(1), Ordering::Release);
+        Ok(t)
+    }
+}
+
+type Gcra = RateLimiter<NotKeyed, RevertibleState, GovernorClock, NoOpMiddleware<Nanos>>;
+
+struct Rpm {
+    limit: u32,
+    state: RevertibleState,
+    limiter: Gcra,
+}
+
+impl Rpm {
+    fn new(limit: u32, clock: &Arc<dyn WallClock>) -> Option<Rpm> {
+        let burst = std::num::NonZeroU32::new(limit)?;
+        let state = RevertibleState::default();
+        let limiter = RateLimiter::new(Quota::per_minute(burst), state.clone(), GovernorClock(clock.clone()));
+        Some(Rpm { limit, state, limiter })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    cap: u64,
+    level: f64,
+    last_ms: i64,
+}
+
+impl Bucket {
+    fn refill(&mut self, now_ms: i64) {
+        let elapsed = (now_ms - self.last_ms).max(0) as f64;
+        self.level = (self.level + elapsed * self.cap as f64 / 60_000.0).min(self.cap as f64);
+        self.last_ms = self.last_ms.max(now_ms);
+    }
+
+    fn wait_for(&self, need: u64) -> Duration {
+        let missing = need as f64 - self.level;
+        Duration::from_millis((missing * 60_000.0 / self.cap as f64).ceil().max(1.0) as u64)
+    }
+}
+
+#[derive(Default)]
+struct Entity {
+    rpm: Option<Rpm>,
+    tpm: Option<Bucket>,
+    in_flight: u64,
+    reserved_usd: f64,
+    minute: i64,
+    minute_requests: u64,
+    minute_tokens: u64,
+}
+
+impl Entity {
+    /// Brings the limiters in line with the level's current limits.
+    fn sync(&mut self, limits: &Limits, clock: &Arc<dyn WallClock>, now_ms: i64) {
+        match limits.rpm {
+            Some(l) if self.rpm.as_ref().map(|r| r.limit) != Some(l) => self.rpm = Rpm::new(l, clock),
+            None => self.rpm = None,
+            _ => {}
+        }
+        match (limits.tpm, &mut self.tpm) {
+            (None, t) => *t = None,
+            (Some(cap), Some(b)) => {
+                b.refill(now_ms);
+                b.cap = cap;
+                b.level = b.level.min(cap as f64);
+            }
+            (Some(cap), t) => *t = Some(Bucket { cap, level: cap as f64, last_ms: now_ms }),
+        }
+        let minute = now_ms.div_euclid(60_000);
+        if self.minute != minute {
+            self.minute = minute;
+            self.minute_requests = 0;
+            self.minute_tokens = 0;
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SpendKey {
+    kind: Kind,
+    name: Arc<str>,
+    period: Period,
+    start: i64,
+}
+
+impl SpendKey {
+    fn of(l: &Level, now_ms: i64) -> SpendKey {
+        SpendKey {
+            kind: l.kind,
+            name: l.name.clone(),
+            period: l.limits.period,
+            start: l.limits.period.bounds(now_ms).0,
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    entities: HashMap<(Kind, Arc<str>), Entity>,
+    spend: HashMap<SpendKey, f64>,
+    next_id: u64,
+}
+
+/// One process's counters: rpm/tpm/concurrency in memory, spend in memory and in SQLite.
+pub(crate) struct Embedded {
+    state: Mutex<State>,
+    clock: Arc<dyn WallClock>,
+    db: DbHandle,
+}
+
+impl Embedded {
+    pub fn new(clock: Arc<dyn WallClock>, db: DbHandle, spend: Vec<SpendRow>) -> Embedded {
+        let mut state = State::default();
+        for row in spend {
+            let Ok(period) = Period::parse((row.period != "lifetime").then_some(row.period)) else { continue };
+            let key = SpendKey { kind: row.kind, name: Arc::from(row.name.as_str()), period, start: row.period_start };
+            *state.spend.entry(key).or_default() += row.usd;
+        }
+        Embedded { state: Mutex::new(state), clock, db }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent-enough counters: keep going.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn reserve(&self, levels: &[Level], tokens: u64, cost: f64) -> Result<Reservation, Refusal> {
+        let now = self.clock.now_ms();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        for l in levels {
+            st.entities
+                .entry((l.kind, l.name.clone()))
+                .or_default()
+                .sync(&l.limits, &self.clock, now);
+        }
+        // 1. budgets
+        for l in levels {
+            if let Some(budget) = l.limits.budget_usd {
+                let spent = st.spend.get(&SpendKey::of(l, now)).copied().unwrap_or(0.0);
+                let reserved = st.entities.get(&(l.kind, l.name.clone())).map_or(0.0, |e| e.reserved_usd);
+                if budget_refuses(budget, spent, reserved, cost) {
+                    return Err(budget_refusal(l, budget, spent, reserved, cost, now));
+                }
+            }
+        }
+        // 2. concurrency, 3. tokens
+        for l in levels {
+            let Some(e) = st.entities.get(&(l.kind, l.name.clone())) else { continue };
+            if let Some(max) = l.limits.max_concurrent {
+                if e.in_flight >= max {
+                    return Err(rate_limited(l, &format!("concurrency ({max} in flight)"), Duration::from_secs(1)));
+                }
+            }
+            if let Some(b) = &e.tpm {
+                let need = tokens_to_take(&l.limits, tokens);
+                if b.level < need as f64 {
+                    return Err(rate_limited(l, &format!("tokens-per-minute ({})", b.cap), b.wait_for(need)));
+                }
+            }
+        }
+        // 4. requests: GCRA, undone on the levels already charged if a later one refuses
+        let mut charged: Vec<(RevertibleState, u64)> = Vec::new();
+        for l in levels {
+            let Some(rpm) = st.entities.get(&(l.kind, l.name.clone())).and_then(|e| e.rpm.as_ref()) else { continue };
+            let saved = rpm.state.0.load(Ordering::Acquire);
+            if let Err(not_until) = rpm.limiter.check() {
+                for (state, value) in charged {
+                    state.0.store(value, Ordering::Release);
+                }
+                let wait = not_until.wait_time_from(governor::clock::Clock::now(rpm.limiter.clock()));
+                return Err(rate_limited(
+                    l,
+                    &format!("requests-per-minute ({})", rpm.limit),
+                    wait.max(Duration::from_millis(1)),
+                ));
+            }
+            charged.push((rpm.state.clone(), saved));
+        }
+        // 5. commit
+        let mut taken = Vec::with_capacity(levels.len());
+        for l in levels {
+            let t = tokens_to_take(&l.limits, tokens);
+            if let Some(e) = st.entities.get_mut(&(l.kind, l.name.clone())) {
+                e.in_flight += 1;
+                e.reserved_usd += cost;
+                e.minute_requests += 1;
+                if let Some(b) = &mut e.tpm {
+                    b.level -= t as f64;
+                }
+            }
+            taken.push(t);
+        }
+        st.next_id += 1;
+        Ok(Reservation { id: st.next_id.to_string(), levels: levels.to_vec(), taken, cost })
+    }
+
+    /// Settles (`Some((tokens, cost))`) or releases (`None`) a reservation.
+    fn finish(&self, r: &Reservation, actual: Option<(u64, f64)>) {
+        let now = self.clock.now_ms();
+        let mut rows = Vec::new();
+        {
+            let mut guard = self.lock();
+            let st = &mut *guard;
+            for (l, &taken) in r.levels.iter().zip(&r.taken) {
+                if let Some(e) = st.entities.get_mut(&(l.kind, l.name.clone())) {
+                    e.sync(&l.limits, &self.clock, now);
+                    e.in_flight = e.in_flight.saturating_sub(1);
+                    e.reserved_usd = (e.reserved_usd - r.cost).max(0.0);
+                    let used = actual.map_or(0, |(t, _)| t);
+                    if let Some(b) = &mut e.tpm {
+                        b.level = (b.level + taken as f64 - used as f64).min(b.cap as f64);
+                    }
+                    e.minute_tokens += used;
+                }
+                if let Some((_, cost)) = actual.filter(|(_, c)| *c > 0.0) {
+                    let key = SpendKey::of(l, now);
+                    let (start, end) = l.limits.period.bounds(now);
+                    *st.spend.entry(key).or_default() += cost;
+                    rows.push(SpendRow {
+                        kind: l.kind,
+                        name: l.name.to_string(),
+                        period: l.limits.period.label(),
+                        period_start: start,
+                        period_end: end,
+                        usd: cost,
+                    });
+                }
+            }
+        }
+        self.db.add_spend(rows);
+    }
+
+    fn usage(&self, l: &Level) -> UsageView {
+        let now = self.clock.now_ms();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let spend_usd = st.spend.get(&SpendKey::of(l, now)).copied().unwrap_or(0.0);
+        let Some(e) = st.entities.get_mut(&(l.kind, l.name.clone())) else {
+            return UsageView { spend_usd, tpm_available: l.limits.tpm.map(|t| t as i64), ..UsageView::default() };
+        };
+        e.sync(&l.limits, &self.clock, now);
+        UsageView {
+            spend_usd,
+            reserved_usd: e.reserved_usd,
+            in_flight: e.in_flight,
+            requests_this_minute: e.minute_requests,
+            tokens_this_minute: e.minute_tokens,
+            tpm_available: e.tpm.map(|b| b.level.floor() as i64),
+        }
+    }
+}
