@@ -53,6 +53,12 @@ async fn main() -> anyhow::Result<()> {
         config.server.listen = l;
     }
     gateway_server::init_logging(&config);
+    for field in &config.unknown_fields {
+        tracing::warn!(field = %field, "unknown configuration field ignored (a typo?)");
+        if check {
+            eprintln!("warning: unknown configuration field `{field}` ignored");
+        }
+    }
     let ext: Extensions = gateway_server::extensions(&config).await?;
     let gateway = Gateway::new(config.clone(), config_path.clone(), ext).await?;
     if check {

@@ -180,6 +180,9 @@ impl Gateway {
     /// Validates `config` and swaps it in atomically; on error the running one stays.
     pub async fn apply(&self, config: Config) -> Result<(), StartError> {
         let _guard = self.reload_lock.lock().await;
+        for field in &config.unknown_fields {
+            tracing::warn!(field = %field, "unknown configuration field ignored (a typo?)");
+        }
         let custom = self.ext.load().providers.clone();
         let ec = engine_config(&config, &self.client, &self.mocks, &custom).await?;
         self.engine

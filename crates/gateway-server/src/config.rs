@@ -11,8 +11,10 @@ use serde::{Deserialize, Serialize};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Fields the file has that the gateway does not know (ignored, reported as warnings).
+    #[serde(skip)]
+    pub unknown_fields: Vec<String>,
     /// `[server]`.
     #[serde(default)]
     pub server: ServerSection,
@@ -50,7 +52,6 @@ pub struct Config {
 
 /// `[server]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct ServerSection {
     /// Address to listen on.
     #[serde(default = "default_listen")]
@@ -157,7 +158,6 @@ impl Default for ServerSection {
 
 /// `[[providers]]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct ProviderSection {
     /// Unique name; clients address `name/model`.
     pub name: String,
@@ -231,7 +231,6 @@ fn default_retries() -> u32 {
 
 /// `[[providers.keys]]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct KeySection {
     /// Name shown in metrics, logs and health.
     pub name: String,
@@ -267,7 +266,6 @@ fn default_weight() -> u32 {
 
 /// A target of a route.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct TargetSection {
     /// Provider name.
     pub provider: String,
@@ -280,7 +278,6 @@ pub struct TargetSection {
 
 /// `[[routes]]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct RouteSection {
     /// The model name clients ask for.
     pub name: String,
@@ -297,7 +294,6 @@ pub struct RouteSection {
 
 /// `[health]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct HealthSection {
     /// Consecutive failures that eject a key or provider.
     #[serde(default = "default_eject_after")]
@@ -353,7 +349,6 @@ impl Default for HealthSection {
 
 /// `[logging]`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct LoggingSection {
     /// `json` for one JSON line per request on stdout.
     #[serde(default)]
@@ -377,7 +372,6 @@ pub struct LoggingSection {
 
 /// `[telemetry]`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct TelemetrySection {
     /// OTLP/HTTP endpoint for traces.
     #[serde(default)]
@@ -389,7 +383,6 @@ pub struct TelemetrySection {
 
 /// `[governance]`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct GovernanceSection {
     /// `redis://host:port` to share limits across instances; embedded store when unset.
     #[serde(default)]
@@ -401,7 +394,6 @@ pub struct GovernanceSection {
 
 /// `[[virtual_keys]]`, `[[teams]]` and `[[customers]]`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct LimitsSection {
     /// Name.
     pub name: String,
@@ -442,7 +434,6 @@ pub struct LimitsSection {
 
 /// `[[pricing]]`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct PricingSection {
     /// Model id (upstream or `provider/model`).
     pub model: String,
@@ -559,9 +550,12 @@ impl Config {
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
-        value
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))
+        let mut unknown = Vec::new();
+        let mut cfg: Config =
+            serde_ignored::deserialize(value, |path| unknown.push(path.to_string()))
+                .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        cfg.unknown_fields = unknown;
+        Ok(cfg)
     }
 
     /// A copy with every secret replaced by `"***"`, for `GET /admin/config`.
@@ -647,9 +641,14 @@ mod tests {
     }
 
     #[test]
-    fn unknown_fields_are_named() {
-        let err = Config::from_toml("[server]\nlisten='127.0.0.1:1'\nlistn='x'\n").unwrap_err();
-        assert!(err.to_string().contains("listn"), "{err}");
+    fn unknown_fields_are_named_not_fatal() {
+        let cfg = Config::from_toml("[server]\nlisten='127.0.0.1:1'\nlistn='x'\n[[providers]]\nname='p'\nkind='openai'\nfoo=1\n").unwrap();
+        let mut u = cfg.unknown_fields.clone();
+        u.sort();
+        assert_eq!(
+            u,
+            vec!["providers.0.foo".to_owned(), "server.listn".to_owned()]
+        );
     }
 
     #[test]
