@@ -78,6 +78,12 @@ pub trait Permit: Send + Sync {
 /// Decides whether a request may proceed.
 #[async_trait]
 pub trait Admission: Send + Sync + 'static {
+    /// Whether this admission checks anything; when `false` the server skips building the
+    /// request (no allocation on the hot path) and uses a no-op permit.
+    fn enabled(&self) -> bool {
+        true
+    }
+
     /// Admits or refuses; on admission, reserves capacity.
     async fn admit(&self, request: &AdmissionRequest<'_>) -> Result<Box<dyn Permit>, Refusal>;
 }
@@ -92,8 +98,17 @@ impl Permit for NoPermit {
     fn settle(self: Box<Self>, _usage: &Usage, _cost_usd: f64) {}
 }
 
+/// A permit that reserves nothing.
+pub fn no_permit() -> Box<dyn Permit> {
+    Box::new(NoPermit)
+}
+
 #[async_trait]
 impl Admission for AllowAll {
+    fn enabled(&self) -> bool {
+        false
+    }
+
     async fn admit(&self, _request: &AdmissionRequest<'_>) -> Result<Box<dyn Permit>, Refusal> {
         Ok(Box::new(NoPermit))
     }

@@ -3,7 +3,10 @@
 //! [`SimProvider`] is an in-process [`Provider`] whose keys have per-minute request limits (answered
 //! with 429 and rate-limit headroom like a real provider) and whose latency and error rate follow a
 //! schedule over time. [`run`] drives an [`Engine`] with an open-loop arrival sequence (fixed rate,
-//! one task per request) and reports what clients saw. Run it on paused tokio time
+//! one task per request) and reports what clients saw; [`run_mix`] does the same with several
+//! [`TrafficClass`]es (say, an interactive and a batch consumer, each with its own rate), holding
+//! batch arrivals back while [`Engine::headroom_for`] is low, as the gateway's governance does for
+//! `priority = "batch"` virtual keys. Run it on paused tokio time
 //! (`#[tokio::test(start_paused = true)]` or `tokio::time::pause()`): minutes of traffic take
 //! milliseconds and the outcome is the same on every run.
 
@@ -313,6 +316,92 @@ pub struct SimReport {
     pub p99_ms: f64,
     /// Successful requests per key (`provider/key`) in each time bucket.
     pub share_over_time: Vec<HashMap<String, u64>>,
+    /// 90th percentile latency seen by clients, ms.
+    pub p90_ms: f64,
+    /// Largest latency seen by clients, ms.
+    pub max_ms: f64,
+    /// Upstream attempts answered 429.
+    pub upstream_429: u64,
+    /// Upstream attempts that failed with a 5xx, a timeout or a refused connection.
+    pub upstream_errors: u64,
+    /// Batch arrivals held back (answered 429 before any provider was called) because the
+    /// balancer's headroom was below the mix's `batch_headroom`.
+    pub held_back: u64,
+    /// Client-visible failures (not held-back arrivals) in each time bucket.
+    pub failures_over_time: Vec<u64>,
+    /// Width of the time buckets, seconds.
+    pub bucket_secs: f64,
+    /// The same figures per traffic class (one class, `all`, for [`run`]).
+    pub classes: Vec<ClassReport>,
+}
+
+/// What one traffic class saw in a [`run_mix`].
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ClassReport {
+    /// Class name.
+    pub name: String,
+    /// Whether it is batch traffic.
+    pub batch: bool,
+    /// Arrivals.
+    pub requests: u64,
+    /// Requests answered successfully.
+    pub successes: u64,
+    /// Arrivals held back before routing (batch only).
+    pub held_back: u64,
+    /// Requests the engine answered with 429.
+    pub client_429: u64,
+    /// Requests the engine failed with 5xx.
+    pub client_5xx: u64,
+    /// Upstream attempts made.
+    pub attempts: u64,
+    /// Median latency of the routed requests, ms.
+    pub p50_ms: f64,
+    /// 99th percentile latency of the routed requests, ms.
+    pub p99_ms: f64,
+}
+
+impl ClassReport {
+    /// Share of arrivals that succeeded, 0..1 (held-back arrivals count as not served).
+    pub fn success_rate(&self) -> f64 {
+        if self.requests == 0 {
+            return 1.0;
+        }
+        self.successes as f64 / self.requests as f64
+    }
+
+    /// Share of routed (not held back) requests that succeeded, 0..1.
+    pub fn routed_success_rate(&self) -> f64 {
+        let routed = self.requests - self.held_back;
+        if routed == 0 {
+            return 1.0;
+        }
+        self.successes as f64 / routed as f64
+    }
+}
+
+/// One stream of arrivals at a fixed rate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrafficClass {
+    /// Its name in reports.
+    pub name: String,
+    /// Requests per second.
+    pub rps: f64,
+    /// First arrival, since the start of the run.
+    pub from: Duration,
+    /// No arrival at or after this time.
+    pub until: Duration,
+    /// Batch traffic yields when capacity is short.
+    pub batch: bool,
+}
+
+/// Several traffic classes sharing one route, with batch priority.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mix {
+    /// The classes; arrivals of all classes are merged by time.
+    pub classes: Vec<TrafficClass>,
+    /// A batch arrival is held back while [`Engine::headroom_for`] the route is below this
+    /// (the gateway's `governance.batch_headroom`, default 0.2); `None` disables priority.
+    pub batch_headroom: Option<f64>,
 }
 
 impl SimReport {
@@ -409,8 +498,26 @@ pub async fn run(
     strategy: StrategyKind,
     seed: u64,
 ) -> Result<SimReport, EngineError> {
+    let mix = Mix {
+        classes: vec![TrafficClass {
+            name: "all".to_owned(),
+            rps: scenario.rps,
+            from: Duration::ZERO,
+            until: scenario.duration,
+            batch: false,
+        }],
+        batch_headroom: None,
+    };
+    run_mix(scenario, &mix, strategy, seed).await
+}
+
+/// Builds the engine of a scenario: one route `chat` over its providers, model `m` everywhere.
+fn build_engine(
+    scenario: &Scenario,
+    strategy: StrategyKind,
+    seed: u64,
+) -> Result<Arc<Engine>, EngineError> {
     let mut providers = Vec::new();
-    let mut sims = Vec::new();
     for (i, spec) in scenario.providers.iter().enumerate() {
         let sim = SimProvider::new(
             &spec.name,
@@ -418,7 +525,6 @@ pub async fn run(
             spec.phases.clone(),
             seed ^ (i as u64 + 1),
         );
-        sims.push((spec.name.clone(), Arc::clone(&sim)));
         providers.push(ProviderConfig {
             name: spec.name.clone(),
             provider: sim,
@@ -459,89 +565,205 @@ pub async fn run(
         health: HealthConfig::default(),
         retry: scenario.retry,
     };
-    let engine =
-        Arc::new(Engine::new(config).map_err(|e| EngineError::InvalidRequest(e.to_string()))?);
+    Engine::new(config)
+        .map(Arc::new)
+        .map_err(|e| EngineError::InvalidRequest(e.to_string()))
+}
+
+/// The arrivals of a mix, merged by time: (offset from the start, class index).
+fn arrivals(mix: &Mix) -> Vec<(Duration, usize)> {
+    let mut all = Vec::new();
+    for (c, class) in mix.classes.iter().enumerate() {
+        if class.rps <= 0.0 || class.until <= class.from {
+            continue;
+        }
+        let n = (class.rps * (class.until - class.from).as_secs_f64()) as u64;
+        let interval = Duration::from_secs_f64(1.0 / class.rps);
+        all.extend((0..n).map(|k| (class.from + interval * k as u32, c)));
+    }
+    // Stable: simultaneous arrivals keep class order.
+    all.sort_by_key(|(t, _)| *t);
+    all
+}
+
+/// What one routed request saw.
+struct Seen {
+    at: Duration,
+    elapsed: Duration,
+    result: Result<String, u16>,
+    attempts: usize,
+    first_failed: bool,
+    upstream_429: u64,
+    upstream_errors: u64,
+}
+
+fn count_attempts(records: &[crate::observe::AttemptRecord]) -> (u64, u64) {
+    let mut rl = 0;
+    let mut err = 0;
+    for r in records {
+        match r.outcome {
+            "rate_limited" => rl += 1,
+            "server_error" | "connect_error" | "timeout" | "overloaded" => err += 1,
+            _ => {}
+        }
+    }
+    (rl, err)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// Runs the arrivals of `mix` against `scenario`'s providers with `strategy` for keys and route
+/// targets; `scenario.rps` is not used. Call on paused tokio time.
+///
+/// A batch arrival is held back (counted, never routed) while the route's headroom is below
+/// `mix.batch_headroom`: the gateway's governance answers such a request 429 with a retry hint,
+/// before any provider is called.
+pub async fn run_mix(
+    scenario: &Scenario,
+    mix: &Mix,
+    strategy: StrategyKind,
+    seed: u64,
+) -> Result<SimReport, EngineError> {
+    let engine = build_engine(scenario, strategy, seed)?;
     let request = Arc::new(ChatRequest {
         model: "chat".to_owned(),
         messages: vec![Message::text(Role::User, "hello")],
         ..ChatRequest::default()
     });
-    let n = (scenario.rps * scenario.duration.as_secs_f64()) as u64;
-    let interval = Duration::from_secs_f64(1.0 / scenario.rps);
+    let arrivals = arrivals(mix);
     let start = tokio::time::Instant::now();
-    let mut tasks = Vec::with_capacity(n as usize);
-    for i in 0..n {
-        tokio::time::sleep_until(start + interval * i as u32).await;
+    let mut classes: Vec<ClassReport> = mix
+        .classes
+        .iter()
+        .map(|c| ClassReport {
+            name: c.name.clone(),
+            batch: c.batch,
+            ..ClassReport::default()
+        })
+        .collect();
+    let mut tasks = Vec::with_capacity(arrivals.len());
+    for (i, (offset, class)) in arrivals.iter().enumerate() {
+        tokio::time::sleep_until(start + *offset).await;
+        classes[*class].requests += 1;
+        if mix.classes[*class].batch {
+            if let Some(floor) = mix.batch_headroom {
+                if engine.headroom_for(&request.model) < floor {
+                    classes[*class].held_back += 1;
+                    continue;
+                }
+            }
+        }
         let engine = Arc::clone(&engine);
         let request = Arc::clone(&request);
+        let class = *class;
         tasks.push(tokio::spawn(async move {
             let t0 = tokio::time::Instant::now();
             let opts = RequestOptions {
                 request_id: Arc::from("sim"),
-                seed: Some(seed.wrapping_add(i)),
+                seed: Some(seed.wrapping_add(i as u64)),
                 ..RequestOptions::default()
             };
             let r = engine.chat(&request, &opts).await;
             let elapsed = t0.elapsed();
             let at = t0.duration_since(start);
-            match r {
+            let seen = match r {
                 Ok(o) => {
-                    let first_failed = o.attempts.len() > 1;
-                    (
+                    let (upstream_429, upstream_errors) = count_attempts(&o.attempts);
+                    Seen {
                         at,
                         elapsed,
-                        Ok(format!("{}/{}", o.served_by.provider, o.served_by.key)),
-                        o.attempts.len(),
-                        first_failed,
-                    )
+                        result: Ok(format!("{}/{}", o.served_by.provider, o.served_by.key)),
+                        attempts: o.attempts.len(),
+                        first_failed: o.attempts.len() > 1,
+                        upstream_429,
+                        upstream_errors,
+                    }
                 }
                 Err(f) => {
-                    let n = f.attempts.len();
-                    (at, elapsed, Err(f.error.http_status()), n, true)
+                    let (upstream_429, upstream_errors) = count_attempts(&f.attempts);
+                    Seen {
+                        at,
+                        elapsed,
+                        result: Err(f.error.http_status()),
+                        attempts: f.attempts.len(),
+                        first_failed: true,
+                        upstream_429,
+                        upstream_errors,
+                    }
                 }
-            }
+            };
+            (class, seen)
         }));
     }
     let mut report = SimReport {
         scenario: scenario.name.clone(),
         strategy: strategy.as_str(),
-        requests: n,
+        requests: arrivals.len() as u64,
+        bucket_secs: scenario.bucket.as_secs_f64(),
         ..SimReport::default()
     };
     let buckets = (scenario.duration.as_secs_f64() / scenario.bucket.as_secs_f64()).ceil() as usize;
-    report.share_over_time = vec![HashMap::new(); buckets.max(1)];
-    let mut latencies = Vec::with_capacity(n as usize);
+    let buckets = buckets.max(1);
+    report.share_over_time = vec![HashMap::new(); buckets];
+    report.failures_over_time = vec![0; buckets];
+    let bucket_of = |at: Duration| {
+        ((at.as_secs_f64() / scenario.bucket.as_secs_f64()) as usize).min(buckets - 1)
+    };
+    let mut latencies = Vec::with_capacity(tasks.len());
+    let mut class_latencies: Vec<Vec<f64>> = vec![Vec::new(); classes.len()];
     for t in tasks {
-        let Ok((at, elapsed, result, attempts, first_failed)) = t.await else {
+        let Ok((class, seen)) = t.await else {
             continue;
         };
-        report.attempts += attempts as u64;
-        if first_failed {
+        let c = &mut classes[class];
+        report.attempts += seen.attempts as u64;
+        c.attempts += seen.attempts as u64;
+        report.upstream_429 += seen.upstream_429;
+        report.upstream_errors += seen.upstream_errors;
+        if seen.first_failed {
             report.first_attempt_failures += 1;
         }
-        latencies.push(elapsed.as_secs_f64() * 1000.0);
-        match result {
+        let ms = seen.elapsed.as_secs_f64() * 1000.0;
+        latencies.push(ms);
+        class_latencies[class].push(ms);
+        match seen.result {
             Ok(who) => {
                 report.successes += 1;
-                let b = ((at.as_secs_f64() / scenario.bucket.as_secs_f64()) as usize)
-                    .min(buckets.saturating_sub(1));
-                *report.share_over_time[b].entry(who).or_default() += 1;
+                c.successes += 1;
+                *report.share_over_time[bucket_of(seen.at)]
+                    .entry(who)
+                    .or_default() += 1;
             }
-            Err(429) => report.client_429 += 1,
-            Err(_) => report.client_5xx += 1,
+            Err(status) => {
+                report.failures_over_time[bucket_of(seen.at)] += 1;
+                if status == 429 {
+                    report.client_429 += 1;
+                    c.client_429 += 1;
+                } else {
+                    report.client_5xx += 1;
+                    c.client_5xx += 1;
+                }
+            }
         }
     }
     latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| -> f64 {
-        if latencies.is_empty() {
-            return 0.0;
-        }
-        let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
-        latencies[i]
-    };
-    report.p50_ms = pct(0.5);
-    report.p99_ms = pct(0.99);
-    drop(sims);
+    report.p50_ms = percentile(&latencies, 0.5);
+    report.p90_ms = percentile(&latencies, 0.9);
+    report.p99_ms = percentile(&latencies, 0.99);
+    report.max_ms = latencies.last().copied().unwrap_or(0.0);
+    for (c, mut l) in classes.iter_mut().zip(class_latencies) {
+        l.sort_by(f64::total_cmp);
+        c.p50_ms = percentile(&l, 0.5);
+        c.p99_ms = percentile(&l, 0.99);
+        report.held_back += c.held_back;
+    }
+    report.classes = classes;
     Ok(report)
 }
 

@@ -348,10 +348,13 @@ impl Gateway {
         est_input: u64,
         max_output: u64,
     ) -> Result<(Box<dyn Permit>, Vec<String>), ApiError> {
+        let ext = self.ext.load_full();
+        if !ext.admission.enabled() {
+            return Ok((gateway_core::admission::no_permit(), Vec::new()));
+        }
         let presented = presented_key(headers);
         let providers = self.engine.providers_for(model);
         let refs: Vec<&str> = providers.iter().map(String::as_str).collect();
-        let ext = self.ext.load_full();
         let permit = ext
             .admission
             .admit(&AdmissionRequest {

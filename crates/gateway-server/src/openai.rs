@@ -31,6 +31,15 @@ fn json_error(e: &serde_json::Error) -> ApiError {
 
 /// Decodes and validates a chat-completions body.
 pub fn decode_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
+    // The common case parses once; only a failure pays for a second look to name the problem.
+    if let Ok(req) = serde_json::from_slice::<ChatRequest>(body) {
+        if !req.model.is_empty()
+            && !req.messages.is_empty()
+            && req.temperature.is_none_or(|t| (0.0..=2.0).contains(&t))
+        {
+            return Ok(req);
+        }
+    }
     let value: Value = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
     if !value.is_object() {
         return Err(ApiError::invalid("request body must be a JSON object"));
