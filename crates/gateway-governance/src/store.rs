@@ -381,7 +381,7 @@ impl Embedded {
                 if let Some(e) = st.entities.get_mut(&(l.kind, l.name.clone())) {
                     e.sync(&l.limits, &self.clock, now);
                     e.in_flight = e.in_flight.saturating_sub(1);
-                    e.reserved_usd = (e.reserved_usd - r.cost).max(0.0);
+                    e.reserved_usd = if e.in_flight == 0 { 0.0 } else { (e.reserved_usd - r.cost).max(0.0) };
                     let used = actual.map_or(0, |(t, _)| t);
                     if let Some(b) = &mut e.tpm {
                         b.level = (b.level + taken as f64 - used as f64).min(b.cap as f64);
