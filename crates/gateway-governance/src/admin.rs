@@ -44,7 +44,13 @@ fn error(status: u16, message: impl Into<String>) -> Answer {
 
 #[async_trait]
 impl AdminRoutes for Governance {
-    async fn handle(&self, method: &str, path: &str, query: &str, body: &[u8]) -> Option<(u16, Value)> {
+    async fn handle(
+        &self,
+        method: &str,
+        path: &str,
+        query: &str,
+        body: &[u8],
+    ) -> Option<(u16, Value)> {
         let rest = path.strip_prefix("/admin").unwrap_or(path);
         let parts: Vec<&str> = rest.trim_matches('/').split('/').collect();
         let answer = match (method, parts.as_slice()) {
@@ -99,7 +105,11 @@ fn key_json(k: &KeyEntry) -> Value {
 }
 
 fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
-    query.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v))
+    query.split('&').find_map(|kv| {
+        kv.split_once('=')
+            .filter(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    })
 }
 
 impl Governance {
@@ -124,11 +134,16 @@ impl Governance {
         });
         match self.counters.usage(level).await {
             Ok(u) => {
-                if let (Value::Object(o), Ok(Value::Object(usage))) = (&mut v, serde_json::to_value(&u)) {
+                if let (Value::Object(o), Ok(Value::Object(usage))) =
+                    (&mut v, serde_json::to_value(&u))
+                {
                     o.extend(usage);
                 }
                 if let (Value::Object(o), Some(budget)) = (&mut v, level.limits.budget_usd) {
-                    o.insert("remaining_usd".into(), json!((budget - u.spend_usd).max(0.0)));
+                    o.insert(
+                        "remaining_usd".into(),
+                        json!((budget - u.spend_usd).max(0.0)),
+                    );
                 }
             }
             Err(e) => {
@@ -212,12 +227,24 @@ impl Governance {
             Err(e) => return error(400, format!("virtual_key.secret: {e}")),
         };
         if reg.by_digest.contains_key(&digest) {
-            return error(409, "virtual_key.secret: another virtual key uses this secret");
+            return error(
+                409,
+                "virtual_key.secret: another virtual key uses this secret",
+            );
         }
         let now = self.clock.now_ms();
-        let stored = StoredKey { spec: spec.clone(), digest, created_ms: now, updated_ms: now };
+        let stored = StoredKey {
+            spec: spec.clone(),
+            digest,
+            created_ms: now,
+            updated_ms: now,
+        };
         if let Err(e) = self.db.insert_key(stored.clone()).await {
-            let status = if e.contains("already exists") { 409 } else { 500 };
+            let status = if e.contains("already exists") {
+                409
+            } else {
+                500
+            };
             return error(status, e);
         }
         self.put_api_key(stored);
@@ -261,7 +288,10 @@ impl Governance {
             Err(e) => return error(400, format!("invalid JSON: {e}")),
         };
         if patch.get("secret").is_some_and(|s| !s.is_null()) {
-            return error(400, format!("virtual_key.secret: use POST /admin/virtual-keys/{name}/rotate"));
+            return error(
+                400,
+                format!("virtual_key.secret: use POST /admin/virtual-keys/{name}/rotate"),
+            );
         }
         if patch.get("name").is_some_and(|n| n.as_str() != Some(name)) {
             return error(400, "virtual_key.name: a key cannot be renamed");
@@ -283,7 +313,11 @@ impl Governance {
         if let Err(answer) = self.check_spec(&reg, &spec) {
             return answer;
         }
-        let updated = StoredKey { spec, updated_ms: self.clock.now_ms(), ..current };
+        let updated = StoredKey {
+            spec,
+            updated_ms: self.clock.now_ms(),
+            ..current
+        };
         if let Err(e) = self.db.update_key(updated.clone()).await {
             return error(500, e);
         }
@@ -332,8 +366,18 @@ impl Governance {
     fn list_groups(&self, kind: Kind) -> Answer {
         let reg = self.registry.load();
         let groups: Vec<Value> = match kind {
-            Kind::Team => reg.config.teams.values().map(|(spec, _)| group_json(spec, &reg, kind)).collect(),
-            _ => reg.config.customers.values().map(|(spec, _)| group_json(spec, &reg, kind)).collect(),
+            Kind::Team => reg
+                .config
+                .teams
+                .values()
+                .map(|(spec, _)| group_json(spec, &reg, kind))
+                .collect(),
+            _ => reg
+                .config
+                .customers
+                .values()
+                .map(|(spec, _)| group_json(spec, &reg, kind))
+                .collect(),
         };
         let mut groups = groups;
         groups.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
@@ -343,8 +387,18 @@ impl Governance {
     async fn show_group(&self, kind: Kind, name: &str) -> Answer {
         let reg = self.registry.load_full();
         let found = match kind {
-            Kind::Team => reg.config.teams.get(name).map(|(s, _)| s).zip(reg.teams.get(name).map(|(l, _)| l)),
-            _ => reg.config.customers.get(name).map(|(s, _)| s).zip(reg.customers.get(name)),
+            Kind::Team => reg
+                .config
+                .teams
+                .get(name)
+                .map(|(s, _)| s)
+                .zip(reg.teams.get(name).map(|(l, _)| l)),
+            _ => reg
+                .config
+                .customers
+                .get(name)
+                .map(|(s, _)| s)
+                .zip(reg.customers.get(name)),
         };
         let Some((spec, level)) = found else {
             return error(404, format!("no {} named {name:?}", kind.noun()));
@@ -365,7 +419,11 @@ impl Governance {
                 None => error(404, format!("no price for model {model:?}")),
             },
             None => {
-                let entries: Vec<Value> = table.entries().into_iter().map(|(m, p)| json!({"model": m, "price": p})).collect();
+                let entries: Vec<Value> = table
+                    .entries()
+                    .into_iter()
+                    .map(|(m, p)| json!({"model": m, "price": p}))
+                    .collect();
                 (200, json!({ "pricing": entries }))
             }
         }
@@ -391,7 +449,15 @@ fn group_json(spec: &LimitsSpec, reg: &Registry, kind: Kind) -> Value {
     let mut v = json!({ "name": spec.name, "customer": spec.customer });
     if let (Value::Object(o), Value::Object(limits)) = (&mut v, limits_json(spec)) {
         o.extend(limits);
-        o.insert(if kind == Kind::Team { "virtual_keys" } else { "teams" }.into(), json!(members));
+        o.insert(
+            if kind == Kind::Team {
+                "virtual_keys"
+            } else {
+                "teams"
+            }
+            .into(),
+            json!(members),
+        );
     }
     v
 }

@@ -183,7 +183,12 @@ pub struct Limits {
 
 impl Limits {
     /// Validates `spec`, pushing one message per problem prefixed with `at` (`virtual_keys[2]`).
-    pub(crate) fn from_spec(spec: &LimitsSpec, kind: Kind, at: &str, problems: &mut Vec<String>) -> Limits {
+    pub(crate) fn from_spec(
+        spec: &LimitsSpec,
+        kind: Kind,
+        at: &str,
+        problems: &mut Vec<String>,
+    ) -> Limits {
         let mut limits = Limits::default();
         if let Err(e) = check_name(&spec.name) {
             problems.push(format!("{at}.name: {e}"));
@@ -209,16 +214,24 @@ impl Limits {
                     problems.push(format!("{at}.team: only virtual keys belong to a team"));
                 }
                 if spec.customer.is_some() {
-                    problems.push(format!("{at}.customer: only teams and keys belong to a customer"));
+                    problems.push(format!(
+                        "{at}.customer: only teams and keys belong to a customer"
+                    ));
                 }
                 if spec.secret.is_some() {
                     problems.push(format!("{at}.secret: only virtual keys have a secret"));
                 }
             }
         }
-        for (field, value) in [("rpm", spec.rpm), ("tpm", spec.tpm), ("max_concurrent", spec.max_concurrent)] {
+        for (field, value) in [
+            ("rpm", spec.rpm),
+            ("tpm", spec.tpm),
+            ("max_concurrent", spec.max_concurrent),
+        ] {
             if value == Some(0) {
-                problems.push(format!("{at}.{field}: must be at least 1 (leave it out for no limit)"));
+                problems.push(format!(
+                    "{at}.{field}: must be at least 1 (leave it out for no limit)"
+                ));
             }
         }
         limits.rpm = match spec.rpm {
@@ -233,7 +246,9 @@ impl Limits {
         limits.max_concurrent = spec.max_concurrent.filter(|v| *v > 0);
         if let Some(b) = spec.budget_usd {
             if !b.is_finite() || b < 0.0 {
-                problems.push(format!("{at}.budget_usd: must be a non-negative number of dollars, got {b}"));
+                problems.push(format!(
+                    "{at}.budget_usd: must be a non-negative number of dollars, got {b}"
+                ));
             } else {
                 limits.budget_usd = Some(b);
             }
@@ -254,7 +269,9 @@ impl Limits {
             Some("interactive") => Some(Priority::Interactive),
             Some("batch") => Some(Priority::Batch),
             Some(other) => {
-                problems.push(format!("{at}.priority: unknown priority {other:?}: use interactive or batch"));
+                problems.push(format!(
+                    "{at}.priority: unknown priority {other:?}: use interactive or batch"
+                ));
                 None
             }
         };
@@ -266,30 +283,39 @@ impl Limits {
     /// An entry matches the same name (case-insensitive), `*` matches everything, `provider/*`
     /// matches every `provider/...` model, and a bare model name also matches `provider/<name>`.
     pub fn allows_model(&self, model: &str) -> bool {
-        let Some(list) = &self.models else { return true };
+        let Some(list) = &self.models else {
+            return true;
+        };
         let model = model.to_ascii_lowercase();
         let bare = model.split_once('/').map(|(_, m)| m);
         list.iter().any(|entry| {
             entry == "*"
                 || *entry == model
-                || entry.strip_suffix("/*").is_some_and(|p| model.split_once('/').is_some_and(|(mp, _)| mp == p))
+                || entry
+                    .strip_suffix("/*")
+                    .is_some_and(|p| model.split_once('/').is_some_and(|(mp, _)| mp == p))
                 || (!entry.contains('/') && bare == Some(entry.as_str()))
         })
     }
 
     /// Whether the allow-list admits at least one of `providers` (always when there is no list).
     pub fn allows_any_provider(&self, providers: &[&str]) -> bool {
-        let Some(list) = &self.providers else { return true };
-        providers
-            .iter()
-            .any(|p| list.iter().any(|entry| entry == "*" || entry.eq_ignore_ascii_case(p)))
+        let Some(list) = &self.providers else {
+            return true;
+        };
+        providers.iter().any(|p| {
+            list.iter()
+                .any(|entry| entry == "*" || entry.eq_ignore_ascii_case(p))
+        })
     }
 }
 
 fn list(value: &Option<Vec<String>>, at: &str, problems: &mut Vec<String>) -> Option<Vec<String>> {
     let v = value.as_ref()?;
     if v.is_empty() {
-        problems.push(format!("{at}: an empty list allows nothing; leave it out to allow everything"));
+        problems.push(format!(
+            "{at}: an empty list allows nothing; leave it out to allow everything"
+        ));
     }
     for (i, entry) in v.iter().enumerate() {
         if entry.trim().is_empty() {
@@ -307,8 +333,13 @@ pub(crate) fn check_name(name: &str) -> Result<(), String> {
     if name.len() > 128 {
         return Err(format!("{name:?} is longer than 128 characters"));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))) {
-        return Err(format!("{name:?} contains {c:?}: use letters, digits, '-', '_', '.' or '@'"));
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@')))
+    {
+        return Err(format!(
+            "{name:?} contains {c:?}: use letters, digits, '-', '_', '.' or '@'"
+        ));
     }
     Ok(())
 }
@@ -316,8 +347,10 @@ pub(crate) fn check_name(name: &str) -> Result<(), String> {
 /// Parses a configured secret: plaintext, or `sha256:<64 hex>` of it. Returns the digest.
 pub(crate) fn secret_digest(secret: &str) -> Result<[u8; 32], String> {
     if let Some(hexed) = secret.strip_prefix("sha256:") {
-        let bytes = hex::decode(hexed.trim()).map_err(|_| "sha256: must be followed by 64 hex digits".to_string())?;
-        return <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| "sha256: must be followed by 64 hex digits".to_string());
+        let bytes = hex::decode(hexed.trim())
+            .map_err(|_| "sha256: must be followed by 64 hex digits".to_string())?;
+        return <[u8; 32]>::try_from(bytes.as_slice())
+            .map_err(|_| "sha256: must be followed by 64 hex digits".to_string());
     }
     if secret.len() < 8 {
         return Err("must be at least 8 characters".into());
@@ -379,7 +412,11 @@ impl GovernanceConfig {
         for (i, spec) in self.customers.iter().enumerate() {
             let at = format!("customers[{i}]");
             let limits = Limits::from_spec(spec, Kind::Customer, &at, &mut problems);
-            if out.customers.insert(spec.name.clone(), (spec.clone(), limits)).is_some() {
+            if out
+                .customers
+                .insert(spec.name.clone(), (spec.clone(), limits))
+                .is_some()
+            {
                 problems.push(format!("{at}.name: duplicate customer {:?}", spec.name));
             }
         }
@@ -388,10 +425,16 @@ impl GovernanceConfig {
             let limits = Limits::from_spec(spec, Kind::Team, &at, &mut problems);
             if let Some(c) = &spec.customer {
                 if !out.customers.contains_key(c) {
-                    problems.push(format!("{at}.customer: unknown customer {c:?} (define it under [[customers]])"));
+                    problems.push(format!(
+                        "{at}.customer: unknown customer {c:?} (define it under [[customers]])"
+                    ));
                 }
             }
-            if out.teams.insert(spec.name.clone(), (spec.clone(), limits)).is_some() {
+            if out
+                .teams
+                .insert(spec.name.clone(), (spec.clone(), limits))
+                .is_some()
+            {
                 problems.push(format!("{at}.name: duplicate team {:?}", spec.name));
             }
         }
@@ -406,7 +449,9 @@ impl GovernanceConfig {
             }
             let digest = match spec.secret.as_deref() {
                 None => {
-                    problems.push(format!("{at}.secret: missing (the secret clients present, or sha256:<hex> of it)"));
+                    problems.push(format!(
+                        "{at}.secret: missing (the secret clients present, or sha256:<hex> of it)"
+                    ));
                     continue;
                 }
                 Some(s) => match secret_digest(s) {
@@ -418,7 +463,9 @@ impl GovernanceConfig {
                 },
             };
             if !digests.insert(digest) {
-                problems.push(format!("{at}.secret: the same secret as another virtual key"));
+                problems.push(format!(
+                    "{at}.secret: the same secret as another virtual key"
+                ));
             }
             out.keys.push(ConfigKey {
                 spec: spec.clone(),
@@ -442,7 +489,9 @@ impl GovernanceConfig {
             ] {
                 if let Some(v) = v {
                     if !v.is_finite() || v < 0.0 {
-                        problems.push(format!("{at}.{field}: must be a non-negative number, got {v}"));
+                        problems.push(format!(
+                            "{at}.{field}: must be a non-negative number, got {v}"
+                        ));
                     }
                 }
             }
@@ -450,13 +499,18 @@ impl GovernanceConfig {
         out.pricing = self.pricing.clone();
         if let Some(h) = self.batch_headroom {
             if !(0.0..=1.0).contains(&h) {
-                problems.push(format!("governance.batch_headroom: must be between 0 and 1, got {h}"));
+                problems.push(format!(
+                    "governance.batch_headroom: must be between 0 and 1, got {h}"
+                ));
             } else {
                 out.batch_headroom = h;
             }
         }
         if let Some(store) = &self.store {
-            if !(store.starts_with("redis://") || store.starts_with("rediss://") || store.starts_with("redis+unix://")) {
+            if !(store.starts_with("redis://")
+                || store.starts_with("rediss://")
+                || store.starts_with("redis+unix://"))
+            {
                 problems.push(format!("governance.store: {store:?} is not a redis:// URL (leave it out for the embedded store)"));
             }
         }
@@ -469,15 +523,24 @@ impl GovernanceConfig {
 }
 
 /// Checks that a key's team or customer exists.
-pub(crate) fn check_parents(spec: &LimitsSpec, config: &ValidConfig, at: &str, problems: &mut Vec<String>) {
+pub(crate) fn check_parents(
+    spec: &LimitsSpec,
+    config: &ValidConfig,
+    at: &str,
+    problems: &mut Vec<String>,
+) {
     if let Some(t) = &spec.team {
         if !config.teams.contains_key(t) {
-            problems.push(format!("{at}.team: unknown team {t:?} (define it under [[teams]])"));
+            problems.push(format!(
+                "{at}.team: unknown team {t:?} (define it under [[teams]])"
+            ));
         }
     }
     if let Some(c) = &spec.customer {
         if !config.customers.contains_key(c) {
-            problems.push(format!("{at}.customer: unknown customer {c:?} (define it under [[customers]])"));
+            problems.push(format!(
+                "{at}.customer: unknown customer {c:?} (define it under [[customers]])"
+            ));
         }
     }
 }
@@ -524,7 +587,10 @@ mod tests {
             "virtual_keys[4].secret: the same secret as another virtual key",
         ];
         for e in expect {
-            assert!(p.iter().any(|m| m.starts_with(e)), "expected a problem starting with {e:?} in {p:#?}");
+            assert!(
+                p.iter().any(|m| m.starts_with(e)),
+                "expected a problem starting with {e:?} in {p:#?}"
+            );
         }
         assert_eq!(p.len(), expect.len(), "unexpected problems: {p:#?}");
     }
@@ -533,18 +599,44 @@ mod tests {
     fn teams_and_customers_are_checked() {
         let c = GovernanceConfig {
             teams: vec![
-                LimitsSpec { name: "t".into(), customer: Some("ghost".into()), ..LimitsSpec::default() },
-                LimitsSpec { name: "t".into(), ..LimitsSpec::default() },
+                LimitsSpec {
+                    name: "t".into(),
+                    customer: Some("ghost".into()),
+                    ..LimitsSpec::default()
+                },
+                LimitsSpec {
+                    name: "t".into(),
+                    ..LimitsSpec::default()
+                },
             ],
-            customers: vec![LimitsSpec { name: "c".into(), secret: Some("x".repeat(10)), ..LimitsSpec::default() }],
+            customers: vec![LimitsSpec {
+                name: "c".into(),
+                secret: Some("x".repeat(10)),
+                ..LimitsSpec::default()
+            }],
             batch_headroom: Some(2.0),
             ..GovernanceConfig::default()
         };
         let p = problems(&c);
-        assert!(p.iter().any(|m| m.starts_with("teams[0].customer: unknown customer \"ghost\"")), "{p:#?}");
-        assert!(p.iter().any(|m| m.starts_with("teams[1].name: duplicate team")), "{p:#?}");
-        assert!(p.iter().any(|m| m.starts_with("customers[0].secret:")), "{p:#?}");
-        assert!(p.iter().any(|m| m.starts_with("governance.batch_headroom:")), "{p:#?}");
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("teams[0].customer: unknown customer \"ghost\"")),
+            "{p:#?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("teams[1].name: duplicate team")),
+            "{p:#?}"
+        );
+        assert!(
+            p.iter().any(|m| m.starts_with("customers[0].secret:")),
+            "{p:#?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("governance.batch_headroom:")),
+            "{p:#?}"
+        );
     }
 
     #[test]
@@ -552,14 +644,24 @@ mod tests {
         let mut problems = Vec::new();
         let spec = LimitsSpec {
             name: "k".into(),
-            models: Some(vec!["gpt-4o-mini".into(), "anthropic/*".into(), "fast".into()]),
+            models: Some(vec![
+                "gpt-4o-mini".into(),
+                "anthropic/*".into(),
+                "fast".into(),
+            ]),
             ..LimitsSpec::default()
         };
         let l = Limits::from_spec(&spec, Kind::Key, "k", &mut problems);
         assert!(problems.is_empty(), "{problems:?}");
         assert!(l.allows_model("gpt-4o-mini"));
-        assert!(l.allows_model("openai/gpt-4o-mini"), "a bare entry matches provider/model");
-        assert!(l.allows_model("anthropic/claude-sonnet-4"), "provider wildcard");
+        assert!(
+            l.allows_model("openai/gpt-4o-mini"),
+            "a bare entry matches provider/model"
+        );
+        assert!(
+            l.allows_model("anthropic/claude-sonnet-4"),
+            "provider wildcard"
+        );
         assert!(l.allows_model("FAST"), "route names, case-insensitive");
         assert!(!l.allows_model("gpt-4o"));
         assert!(!l.allows_model("openai/claude-sonnet-4"));
@@ -567,7 +669,9 @@ mod tests {
 
     #[test]
     fn configured_secrets_may_be_hashed() {
-        let d = secret_digest("sha256:5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8");
+        let d = secret_digest(
+            "sha256:5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8",
+        );
         assert_eq!(d, Ok(crate::keys::hash_secret("password")));
         assert!(secret_digest("sha256:zz").is_err());
         assert!(secret_digest("short").is_err());

@@ -66,7 +66,9 @@ impl DbHandle {
             return;
         }
         if self.tx.send(DbOp::AddSpend(rows)).is_err() {
-            tracing::error!("governance database thread has stopped: settled spend was not persisted");
+            tracing::error!(
+                "governance database thread has stopped: settled spend was not persisted"
+            );
         }
     }
 
@@ -75,7 +77,8 @@ impl DbHandle {
         self.tx
             .send(make(reply))
             .map_err(|_| GovernanceError::WriterGone.to_string())?;
-        rx.await.map_err(|_| GovernanceError::WriterGone.to_string())?
+        rx.await
+            .map_err(|_| GovernanceError::WriterGone.to_string())?
     }
 
     pub async fn insert_key(&self, key: StoredKey) -> Result<(), String> {
@@ -123,18 +126,33 @@ pub(crate) fn open(path: &Path, now_ms: i64) -> Result<(Connection, Loaded), Gov
     )?;
     let mut loaded = Loaded::default();
     {
-        let mut stmt = conn.prepare("SELECT spec, secret_sha256, created_ms, updated_ms FROM virtual_keys ORDER BY name")?;
+        let mut stmt = conn.prepare(
+            "SELECT spec, secret_sha256, created_ms, updated_ms FROM virtual_keys ORDER BY name",
+        )?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
         })?;
         for row in rows {
             let (spec, digest, created_ms, updated_ms) = row?;
             let spec: LimitsSpec = serde_json::from_str(&spec)?;
-            let Some(digest) = hex::decode(&digest).ok().and_then(|d| <[u8; 32]>::try_from(d.as_slice()).ok()) else {
+            let Some(digest) = hex::decode(&digest)
+                .ok()
+                .and_then(|d| <[u8; 32]>::try_from(d.as_slice()).ok())
+            else {
                 tracing::error!(key = %spec.name, "stored virtual key has a malformed digest; skipped");
                 continue;
             };
-            loaded.keys.push(StoredKey { spec, digest, created_ms, updated_ms });
+            loaded.keys.push(StoredKey {
+                spec,
+                digest,
+                created_ms,
+                updated_ms,
+            });
         }
     }
     {
@@ -165,7 +183,14 @@ pub(crate) fn open(path: &Path, now_ms: i64) -> Result<(Connection, Loaded), Gov
                 Err(_) if period == "lifetime" => "lifetime",
                 Err(_) => continue,
             };
-            loaded.spend.push(SpendRow { kind, name, period, period_start, period_end, usd });
+            loaded.spend.push(SpendRow {
+                kind,
+                name,
+                period,
+                period_start,
+                period_end,
+                usd,
+            });
         }
     }
     Ok((conn, loaded))
@@ -177,7 +202,10 @@ pub(crate) fn spawn(conn: Connection) -> Result<DbHandle, GovernanceError> {
     std::thread::Builder::new()
         .name("governance-db".into())
         .spawn(move || run(conn, rx))
-        .map_err(|source| GovernanceError::DataDir { path: "governance-db thread".into(), source })?;
+        .map_err(|source| GovernanceError::DataDir {
+            path: "governance-db thread".into(),
+            source,
+        })?;
     Ok(DbHandle { tx })
 }
 
@@ -232,7 +260,14 @@ fn commit_spend(conn: &mut Connection, rows: &mut Vec<SpendRow>) {
                  ON CONFLICT (kind, name, period, period_start) DO UPDATE SET spend_usd = spend_usd + excluded.spend_usd",
             )?;
             for r in rows.iter() {
-                stmt.execute(params![r.kind.as_str(), r.name, r.period, r.period_start, r.period_end, r.usd])?;
+                stmt.execute(params![
+                    r.kind.as_str(),
+                    r.name,
+                    r.period,
+                    r.period_start,
+                    r.period_end,
+                    r.usd
+                ])?;
             }
         }
         tx.commit()
@@ -254,7 +289,11 @@ fn spec_json(k: &StoredKey) -> Result<String, String> {
 
 fn insert_key(conn: &Connection, k: &StoredKey) -> Result<(), String> {
     let exists: Option<String> = conn
-        .query_row("SELECT name FROM virtual_keys WHERE name = ?1", [&k.spec.name], |r| r.get(0))
+        .query_row(
+            "SELECT name FROM virtual_keys WHERE name = ?1",
+            [&k.spec.name],
+            |r| r.get(0),
+        )
         .optional()
         .map_err(|e| e.to_string())?;
     if exists.is_some() {

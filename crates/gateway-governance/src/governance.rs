@@ -68,7 +68,10 @@ impl Governance {
         let dir = config.data_dir.clone();
         let now = clock.now_ms();
         let (conn, loaded) = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&dir).map_err(|source| GovernanceError::DataDir { path: dir.clone(), source })?;
+            std::fs::create_dir_all(&dir).map_err(|source| GovernanceError::DataDir {
+                path: dir.clone(),
+                source,
+            })?;
             db::open(&dir.join(DB_FILE), now)
         })
         .await
@@ -79,9 +82,17 @@ impl Governance {
         let db = db::spawn(conn)?;
         let counters = match &config.store {
             Some(url) => Counters::Redis(RedisStore::connect(url, clock.clone()).await?),
-            None => Counters::Embedded(Arc::new(Embedded::new(clock.clone(), db.clone(), loaded.spend))),
+            None => Counters::Embedded(Arc::new(Embedded::new(
+                clock.clone(),
+                db.clone(),
+                loaded.spend,
+            ))),
         };
-        let api: BTreeMap<_, _> = loaded.keys.into_iter().map(|k| (k.spec.name.clone(), k)).collect();
+        let api: BTreeMap<_, _> = loaded
+            .keys
+            .into_iter()
+            .map(|k| (k.spec.name.clone(), k))
+            .collect();
         let registry = Registry::build(valid.clone(), Arc::new(api));
         tracing::info!(
             virtual_keys = registry.keys.len(),
@@ -109,9 +120,12 @@ impl Governance {
         if config.store != self.store {
             tracing::warn!("governance.store changed: restart the gateway to switch stores");
         }
-        self.registry.rcu(|current| Registry::build(valid.clone(), current.api.clone()));
-        self.pricing.store(Arc::new(PriceTable::with_overrides(&valid.pricing)));
-        self.batch_headroom.store(valid.batch_headroom.to_bits(), Ordering::Relaxed);
+        self.registry
+            .rcu(|current| Registry::build(valid.clone(), current.api.clone()));
+        self.pricing
+            .store(Arc::new(PriceTable::with_overrides(&valid.pricing)));
+        self.batch_headroom
+            .store(valid.batch_headroom.to_bits(), Ordering::Relaxed);
         Ok(())
     }
 
@@ -119,7 +133,10 @@ impl Governance {
     /// Redis settlements applied). For graceful shutdown and tests.
     pub async fn flush(&self) -> Result<(), GovernanceError> {
         self.counters.flush().await;
-        self.db.flush().await.map_err(|_| GovernanceError::WriterGone)
+        self.db
+            .flush()
+            .await
+            .map_err(|_| GovernanceError::WriterGone)
     }
 
     /// The current price table.
@@ -159,7 +176,11 @@ impl Permit for GovernedPermit {
             let tokens = usage
                 .total_tokens
                 .max(usage.prompt_tokens.saturating_add(usage.completion_tokens));
-            let cost = if cost_usd.is_finite() { cost_usd.max(0.0) } else { 0.0 };
+            let cost = if cost_usd.is_finite() {
+                cost_usd.max(0.0)
+            } else {
+                0.0
+            };
             self.counters.settle(r, tokens, cost);
         }
     }
@@ -196,7 +217,10 @@ impl Admission for Governance {
             .get(&digest)
             .filter(|e| digests_equal(&e.digest, &digest))
             .ok_or_else(|| Refusal::Unauthorized("unknown virtual key".into()))?;
-        let levels = entry.levels.as_ref().map_err(|e| Refusal::Forbidden(e.clone()))?;
+        let levels = entry
+            .levels
+            .as_ref()
+            .map_err(|e| Refusal::Forbidden(e.clone()))?;
         for l in levels {
             if !l.limits.allows_model(request.model) {
                 return Err(Refusal::Forbidden(format!(
@@ -236,11 +260,9 @@ impl Admission for Governance {
             request.max_output_tokens
         };
         let tokens = request.estimated_input_tokens.saturating_add(output);
-        let cost = self
-            .pricing
-            .load()
-            .lookup(request.model)
-            .map_or(0.0, |p| p.cost_of(request.estimated_input_tokens, 0, output));
+        let cost = self.pricing.load().lookup(request.model).map_or(0.0, |p| {
+            p.cost_of(request.estimated_input_tokens, 0, output)
+        });
         let reservation = self.counters.reserve(levels, tokens, cost).await?;
         Ok(Box::new(GovernedPermit {
             key: Some(entry.name.clone()),

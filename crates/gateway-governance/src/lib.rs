@@ -68,7 +68,8 @@ mod store;
 
 pub use clock::{ManualClock, SystemClock, WallClock};
 pub use config::{
-    GovernanceConfig, GovernanceSection, Kind, Limits, LimitsSpec, PricingSpec, Priority, DEFAULT_BATCH_HEADROOM,
+    GovernanceConfig, GovernanceSection, Kind, Limits, LimitsSpec, PricingSpec, Priority,
+    DEFAULT_BATCH_HEADROOM,
 };
 pub use error::GovernanceError;
 pub use governance::{Governance, BATCH_RETRY_AFTER, DEFAULT_OUTPUT_ESTIMATE};

@@ -151,7 +151,10 @@ mod tests {
         assert_eq!(Period::parse(Some("1h")), Ok(Period::Hour));
         assert_eq!(Period::parse(Some("1M")), Ok(Period::Month));
         assert_eq!(Period::parse(None), Ok(Period::Lifetime));
-        assert!(Period::parse(Some("1m")).is_err(), "1m is ambiguous and must be refused");
+        assert!(
+            Period::parse(Some("1m")).is_err(),
+            "1m is ambiguous and must be refused"
+        );
     }
 
     #[test]
@@ -161,17 +164,36 @@ mod tests {
             assert_eq!(days_from_civil(y, m, d), days, "day {days} -> {y}-{m}-{d}");
         }
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(at(2026, 11, 24, 13) + 61_000), "2026-11-24T13:01:01Z");
+        assert_eq!(
+            rfc3339(at(2026, 11, 24, 13) + 61_000),
+            "2026-11-24T13:01:01Z"
+        );
     }
 
     #[test]
     fn bounds_align_to_utc_boundaries() {
         let now = at(2026, 11, 26, 13) + 5_000; // Thursday 13:00:05
-        assert_eq!(Period::Hour.bounds(now), (at(2026, 11, 26, 13), Some(at(2026, 11, 26, 14))));
-        assert_eq!(Period::Day.bounds(now), (at(2026, 11, 26, 0), Some(at(2026, 11, 27, 0))));
-        assert_eq!(Period::Week.bounds(now), (at(2026, 11, 23, 0), Some(at(2026, 11, 30, 0))), "ISO weeks start on Monday");
-        assert_eq!(Period::Month.bounds(now), (at(2026, 11, 1, 0), Some(at(2026, 12, 1, 0))));
-        assert_eq!(Period::Month.bounds(at(2026, 12, 31, 23)), (at(2026, 12, 1, 0), Some(at(2027, 1, 1, 0))));
+        assert_eq!(
+            Period::Hour.bounds(now),
+            (at(2026, 11, 26, 13), Some(at(2026, 11, 26, 14)))
+        );
+        assert_eq!(
+            Period::Day.bounds(now),
+            (at(2026, 11, 26, 0), Some(at(2026, 11, 27, 0)))
+        );
+        assert_eq!(
+            Period::Week.bounds(now),
+            (at(2026, 11, 23, 0), Some(at(2026, 11, 30, 0))),
+            "ISO weeks start on Monday"
+        );
+        assert_eq!(
+            Period::Month.bounds(now),
+            (at(2026, 11, 1, 0), Some(at(2026, 12, 1, 0)))
+        );
+        assert_eq!(
+            Period::Month.bounds(at(2026, 12, 31, 23)),
+            (at(2026, 12, 1, 0), Some(at(2027, 1, 1, 0)))
+        );
         assert_eq!(Period::Lifetime.bounds(now), (0, None));
     }
 }

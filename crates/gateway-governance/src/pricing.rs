@@ -47,7 +47,9 @@ pub struct Price {
 impl Price {
     /// USD for `input` uncached input, `cached` cached input and `output` output tokens.
     pub fn cost_of(&self, input: u64, cached: u64, output: u64) -> f64 {
-        (input as f64 * self.input_per_mtok + cached as f64 * self.cached_input_per_mtok + output as f64 * self.output_per_mtok)
+        (input as f64 * self.input_per_mtok
+            + cached as f64 * self.cached_input_per_mtok
+            + output as f64 * self.output_per_mtok)
             / 1_000_000.0
     }
 }
@@ -249,20 +251,32 @@ impl PriceTable {
             .map(|d| d.cached_tokens)
             .unwrap_or(0)
             .min(usage.prompt_tokens);
-        Some(price.cost_of(usage.prompt_tokens - cached, cached, usage.completion_tokens))
+        Some(price.cost_of(
+            usage.prompt_tokens - cached,
+            cached,
+            usage.completion_tokens,
+        ))
     }
 }
 
 impl Pricing for PriceTable {
     fn cost(&self, provider: &str, model: &str, usage: &Usage) -> f64 {
-        let scoped = format!("{}/{}", provider.to_ascii_lowercase(), model.to_ascii_lowercase());
+        let scoped = format!(
+            "{}/{}",
+            provider.to_ascii_lowercase(),
+            model.to_ascii_lowercase()
+        );
         if let Some(p) = self.prices.get(&scoped) {
             let cached = usage
                 .prompt_tokens_details
                 .map(|d| d.cached_tokens)
                 .unwrap_or(0)
                 .min(usage.prompt_tokens);
-            return p.cost_of(usage.prompt_tokens - cached, cached, usage.completion_tokens);
+            return p.cost_of(
+                usage.prompt_tokens - cached,
+                cached,
+                usage.completion_tokens,
+            );
         }
         self.cost_of(model, usage).unwrap_or(0.0)
     }
@@ -277,7 +291,16 @@ fn strip_bedrock(name: &str) -> String {
             break;
         }
     }
-    for vendor in ["anthropic.", "meta.", "amazon.", "mistral.", "cohere.", "ai21.", "deepseek.", "openai."] {
+    for vendor in [
+        "anthropic.",
+        "meta.",
+        "amazon.",
+        "mistral.",
+        "cohere.",
+        "ai21.",
+        "deepseek.",
+        "openai.",
+    ] {
         if let Some(rest) = s.strip_prefix(vendor) {
             s = rest;
             break;
@@ -289,7 +312,9 @@ fn strip_bedrock(name: &str) -> String {
         None => s,
     };
     let s = match s.rfind("-v") {
-        Some(i) if !s[i + 2..].is_empty() && s[i + 2..].chars().all(|c| c.is_ascii_digit()) => &s[..i],
+        Some(i) if !s[i + 2..].is_empty() && s[i + 2..].chars().all(|c| c.is_ascii_digit()) => {
+            &s[..i]
+        }
         _ => s,
     };
     s.to_string()
@@ -311,10 +336,17 @@ fn strip_versions(name: &str) -> String {
         let parts: Vec<&str> = s.split('-').collect();
         let n = parts.len();
         let digits = |p: &str, len: usize| p.len() == len && p.chars().all(|c| c.is_ascii_digit());
-        let date = n >= 4 && digits(parts[n - 3], 4) && digits(parts[n - 2], 2) && digits(parts[n - 1], 2);
-        let preview_date = n >= 3 && parts[n - 3] == "preview" && digits(parts[n - 2], 2) && digits(parts[n - 1], 2);
+        let date =
+            n >= 4 && digits(parts[n - 3], 4) && digits(parts[n - 2], 2) && digits(parts[n - 1], 2);
+        let preview_date = n >= 3
+            && parts[n - 3] == "preview"
+            && digits(parts[n - 2], 2)
+            && digits(parts[n - 1], 2);
         let version = n >= 2
-            && (digits(parts[n - 1], 8) || digits(parts[n - 1], 4) || digits(parts[n - 1], 3) || parts[n - 1] == "preview");
+            && (digits(parts[n - 1], 8)
+                || digits(parts[n - 1], 4)
+                || digits(parts[n - 1], 3)
+                || parts[n - 1] == "preview");
         let cut = if date || preview_date {
             3 // -2024-07-18, -preview-05-20
         } else if n >= 3 && digits(parts[n - 2], 2) && digits(parts[n - 1], 4) {
@@ -339,7 +371,9 @@ mod tests {
     use gateway_core::types::PromptTokensDetails;
 
     fn price(name: &str) -> Option<(f64, f64)> {
-        PriceTable::builtin().lookup(name).map(|p| (p.input_per_mtok, p.output_per_mtok))
+        PriceTable::builtin()
+            .lookup(name)
+            .map(|p| (p.input_per_mtok, p.output_per_mtok))
     }
 
     #[test]
@@ -355,7 +389,10 @@ mod tests {
             ("claude-3-5-haiku-latest", (0.80, 4.00)),
             ("anthropic/claude-sonnet-4-20250514", (3.00, 15.00)),
             ("claude-opus-4-1-20250805", (15.00, 75.00)),
-            ("us.anthropic.claude-3-7-sonnet-20250219-v1:0", (3.00, 15.00)),
+            (
+                "us.anthropic.claude-3-7-sonnet-20250219-v1:0",
+                (3.00, 15.00),
+            ),
             ("anthropic.claude-3-haiku-20240307-v1:0", (0.25, 1.25)),
             ("claude-3-5-sonnet-v2@20241022", (3.00, 15.00)),
             ("meta.llama3-1-70b-instruct-v1:0", (0.72, 0.72)),
@@ -366,7 +403,10 @@ mod tests {
             ("gemini-2.5-pro", (1.25, 10.00)),
             ("mistral-large-2411", (2.00, 6.00)),
             ("mistral-small-latest", (0.10, 0.30)),
-            ("groq/meta-llama/llama-4-scout-17b-16e-instruct", (0.11, 0.34)),
+            (
+                "groq/meta-llama/llama-4-scout-17b-16e-instruct",
+                (0.11, 0.34),
+            ),
             ("llama-3.3-70b-versatile", (0.59, 0.79)),
             ("command-r-08-2024", (0.15, 0.60)),
             ("command-a-03-2025", (2.50, 10.00)),
@@ -388,7 +428,9 @@ mod tests {
             prompt_tokens: 1_000_000,
             completion_tokens: 1_000_000,
             total_tokens: 2_000_000,
-            prompt_tokens_details: Some(PromptTokensDetails { cached_tokens: 400_000 }),
+            prompt_tokens_details: Some(PromptTokensDetails {
+                cached_tokens: 400_000,
+            }),
             completion_tokens_details: None,
         };
         // 600k * 2.50 + 400k * 1.25 + 1M * 10.00 per million
@@ -400,12 +442,34 @@ mod tests {
     #[test]
     fn overrides_replace_and_extend() {
         let t = PriceTable::with_overrides(&[
-            PricingSpec { model: "gpt-4o".into(), input_per_mtok: 1.0, output_per_mtok: 2.0, cached_input_per_mtok: None },
-            PricingSpec { model: "azure/prod-gpt".into(), input_per_mtok: 3.0, output_per_mtok: 4.0, cached_input_per_mtok: Some(0.5) },
+            PricingSpec {
+                model: "gpt-4o".into(),
+                input_per_mtok: 1.0,
+                output_per_mtok: 2.0,
+                cached_input_per_mtok: None,
+            },
+            PricingSpec {
+                model: "azure/prod-gpt".into(),
+                input_per_mtok: 3.0,
+                output_per_mtok: 4.0,
+                cached_input_per_mtok: Some(0.5),
+            },
         ]);
-        assert_eq!(t.lookup("gpt-4o-2024-08-06").map(|p| p.input_per_mtok), Some(1.0));
-        let usage = Usage { prompt_tokens: 1_000_000, completion_tokens: 0, total_tokens: 1_000_000, ..Usage::default() };
-        assert_eq!(t.cost("azure", "prod-gpt", &usage), 3.0, "provider-scoped override");
+        assert_eq!(
+            t.lookup("gpt-4o-2024-08-06").map(|p| p.input_per_mtok),
+            Some(1.0)
+        );
+        let usage = Usage {
+            prompt_tokens: 1_000_000,
+            completion_tokens: 0,
+            total_tokens: 1_000_000,
+            ..Usage::default()
+        };
+        assert_eq!(
+            t.cost("azure", "prod-gpt", &usage),
+            3.0,
+            "provider-scoped override"
+        );
         assert_eq!(t.cost("other", "prod-gpt", &usage), 0.0);
     }
 }

@@ -177,7 +177,10 @@ fn keys_of(l: &Level, now_ms: i64) -> [String; 5] {
 
 impl RedisStore {
     /// Connects (failing fast if Redis is unreachable) and starts the settlement task.
-    pub async fn connect(url: &str, clock: Arc<dyn WallClock>) -> Result<Arc<RedisStore>, GovernanceError> {
+    pub async fn connect(
+        url: &str,
+        clock: Arc<dyn WallClock>,
+    ) -> Result<Arc<RedisStore>, GovernanceError> {
         let client = redis::Client::open(url)?;
         let mut conn = client.get_connection_manager().await?;
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
@@ -196,16 +199,29 @@ impl RedisStore {
         Ok(store)
     }
 
-    pub async fn reserve(&self, levels: &[Level], tokens: u64, cost: f64) -> Result<Reservation, Refusal> {
+    pub async fn reserve(
+        &self,
+        levels: &[Level],
+        tokens: u64,
+        cost: f64,
+    ) -> Result<Reservation, Refusal> {
         let now = self.clock.now_ms();
-        let id = format!("{}-{}", self.prefix, self.next_id.fetch_add(1, Ordering::Relaxed));
+        let id = format!(
+            "{}-{}",
+            self.prefix,
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        );
         let mut inv = self.admit.prepare_invoke();
         for l in levels {
             for k in keys_of(l, now) {
                 inv.key(k);
             }
         }
-        inv.arg(now).arg(&id).arg(LEASE.as_millis() as i64).arg(cost).arg(levels.len());
+        inv.arg(now)
+            .arg(&id)
+            .arg(LEASE.as_millis() as i64)
+            .arg(cost)
+            .arg(levels.len());
         let mut taken = Vec::with_capacity(levels.len());
         for l in levels {
             let t = tokens_to_take(&l.limits, tokens);
@@ -227,7 +243,12 @@ impl RedisStore {
         };
         let num = |s: Option<&String>| s.and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
         match (answer.first().map(String::as_str), level_at(answer.get(1))) {
-            (Some("ok"), _) => Ok(Reservation { id, levels: levels.to_vec(), taken, cost }),
+            (Some("ok"), _) => Ok(Reservation {
+                id,
+                levels: levels.to_vec(),
+                taken,
+                cost,
+            }),
             (Some("budget"), Some(l)) => Err(budget_refusal(
                 l,
                 l.limits.budget_usd.unwrap_or(0.0),
@@ -239,13 +260,18 @@ impl RedisStore {
             (Some(what), Some(l)) => {
                 let wait = Duration::from_millis(num(answer.get(2)).max(1.0) as u64);
                 let label = match what {
-                    "concurrency" => format!("concurrency ({} in flight)", l.limits.max_concurrent.unwrap_or(0)),
+                    "concurrency" => format!(
+                        "concurrency ({} in flight)",
+                        l.limits.max_concurrent.unwrap_or(0)
+                    ),
                     "tpm" => format!("tokens-per-minute ({})", l.limits.tpm.unwrap_or(0)),
                     _ => format!("requests-per-minute ({})", l.limits.rpm.unwrap_or(0)),
                 };
                 Err(rate_limited(l, &label, wait))
             }
-            _ => Err(Refusal::Unavailable(format!("governance store answered {answer:?}"))),
+            _ => Err(Refusal::Unavailable(format!(
+                "governance store answered {answer:?}"
+            ))),
         }
     }
 
@@ -301,7 +327,11 @@ impl RedisStore {
 }
 
 /// Applies settlements and releases in order, retrying while Redis is unreachable.
-async fn settler(mut conn: ConnectionManager, clock: Arc<dyn WallClock>, mut rx: mpsc::UnboundedReceiver<Job>) {
+async fn settler(
+    mut conn: ConnectionManager,
+    clock: Arc<dyn WallClock>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+) {
     let script = Script::new(FINISH);
     while let Some(job) = rx.recv().await {
         let (r, actual) = match job {
@@ -321,10 +351,16 @@ async fn settler(mut conn: ConnectionManager, clock: Arc<dyn WallClock>, mut rx:
                     inv.key(k);
                 }
             }
-            inv.arg(now).arg(&r.id).arg(r.levels.len()).arg(used).arg(cost);
+            inv.arg(now)
+                .arg(&r.id)
+                .arg(r.levels.len())
+                .arg(used)
+                .arg(cost);
             for (l, taken) in r.levels.iter().zip(&r.taken) {
                 let expire_at = l.limits.period.bounds(now).1.map_or(0, |end| end + WEEK_MS);
-                inv.arg(l.limits.tpm.unwrap_or(0)).arg(*taken).arg(expire_at);
+                inv.arg(l.limits.tpm.unwrap_or(0))
+                    .arg(*taken)
+                    .arg(expire_at);
             }
             match inv.invoke_async::<String>(&mut conn).await {
                 Ok(_) => break,

@@ -53,9 +53,20 @@ impl Registry {
         let teams: BTreeMap<String, (Level, Option<String>)> = config
             .teams
             .iter()
-            .map(|(name, (spec, limits))| (name.clone(), (level(Kind::Team, name, limits), spec.customer.clone())))
+            .map(|(name, (spec, limits))| {
+                (
+                    name.clone(),
+                    (level(Kind::Team, name, limits), spec.customer.clone()),
+                )
+            })
             .collect();
-        let mut reg = Registry { config: config.clone(), api: api.clone(), teams, customers, ..Registry::default() };
+        let mut reg = Registry {
+            config: config.clone(),
+            api: api.clone(),
+            teams,
+            customers,
+            ..Registry::default()
+        };
         for k in &config.keys {
             let mut spec = k.spec.clone();
             spec.secret = None;
@@ -72,7 +83,14 @@ impl Registry {
                 tracing::error!(key = %k.spec.name, ?problems, "stored virtual key is invalid; skipped");
                 continue;
             }
-            reg.insert(k.spec.clone(), k.digest, limits, Source::Api, Some(k.created_ms), Some(k.updated_ms));
+            reg.insert(
+                k.spec.clone(),
+                k.digest,
+                limits,
+                Source::Api,
+                Some(k.created_ms),
+                Some(k.updated_ms),
+            );
         }
         reg
     }
@@ -102,7 +120,12 @@ impl Registry {
                     levels.push(team.clone());
                     customer = team_customer.clone();
                 }
-                None => problem = Some(format!("virtual key '{}' belongs to team '{t}', which no longer exists", spec.name)),
+                None => {
+                    problem = Some(format!(
+                        "virtual key '{}' belongs to team '{t}', which no longer exists",
+                        spec.name
+                    ))
+                }
             }
         }
         if let Some(c) = &customer {
@@ -111,7 +134,12 @@ impl Registry {
                     priority = priority.or(cust.limits.priority);
                     levels.push(cust.clone());
                 }
-                None => problem = Some(format!("virtual key '{}' belongs to customer '{c}', which no longer exists", spec.name)),
+                None => {
+                    problem = Some(format!(
+                        "virtual key '{}' belongs to customer '{c}', which no longer exists",
+                        spec.name
+                    ))
+                }
             }
         }
         let entry = Arc::new(KeyEntry {
@@ -133,5 +161,9 @@ impl Registry {
 }
 
 fn level(kind: Kind, name: &str, limits: &Limits) -> Level {
-    Level { kind, name: Arc::from(name), limits: Arc::new(limits.clone()) }
+    Level {
+        kind,
+        name: Arc::from(name),
+        limits: Arc::new(limits.clone()),
+    }
 }

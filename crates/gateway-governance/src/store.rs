@@ -6,7 +6,8 @@
 //! budget, concurrency, tokens per minute, requests per minute.
 //!
 //! - **rpm** is GCRA (governor): a limit `L` lets `L` requests through back to back, then one every
-//!   `60/L` seconds. It counts admitted requests, whether they then succeed or fail.
+//!   `60/L` seconds. It counts admitted requests, whether they then succeed or fail. Changing a
+//!   limit keeps the share of the minute already used.
 //! - **tpm** is a token bucket of `tpm` tokens refilled continuously at `tpm` per minute. Admission
 //!   takes the request's estimate (capped at the bucket size, so an oversized request waits for a
 //!   full bucket instead of never passing); settlement gives back the estimate minus the actual
@@ -80,7 +81,12 @@ pub(crate) enum Counters {
 }
 
 impl Counters {
-    pub async fn reserve(&self, levels: &[Level], tokens: u64, cost: f64) -> Result<Reservation, Refusal> {
+    pub async fn reserve(
+        &self,
+        levels: &[Level],
+        tokens: u64,
+        cost: f64,
+    ) -> Result<Reservation, Refusal> {
         match self {
             Counters::Embedded(e) => e.reserve(levels, tokens, cost),
             Counters::Redis(r) => r.reserve(levels, tokens, cost).await,
@@ -116,9 +122,21 @@ impl Counters {
 }
 
 /// The refusal for a budget that cannot cover a request.
-pub(crate) fn budget_refusal(l: &Level, budget: f64, spent: f64, reserved: f64, cost: f64, now_ms: i64) -> Refusal {
+pub(crate) fn budget_refusal(
+    l: &Level,
+    budget: f64,
+    spent: f64,
+    reserved: f64,
+    cost: f64,
+    now_ms: i64,
+) -> Refusal {
     let (_, end) = l.limits.period.bounds(now_ms);
-    let what = format!("budget of {} '{}' (${budget:.2} {})", l.kind.noun(), l.name, l.limits.period);
+    let what = format!(
+        "budget of {} '{}' (${budget:.2} {})",
+        l.kind.noun(),
+        l.name,
+        l.limits.period
+    );
     let reset = match end {
         Some(end) => format!("; it resets at {}", rfc3339(end)),
         None => "; it does not reset".to_string(),
@@ -182,14 +200,32 @@ struct Rpm {
     limit: u32,
     state: RevertibleState,
     limiter: Gcra,
+    /// The limiter's origin (governor keeps times relative to it), in clock nanoseconds.
+    origin: u64,
 }
 
 impl Rpm {
-    fn new(limit: u32, clock: &Arc<dyn WallClock>) -> Option<Rpm> {
+    /// A limiter for `limit` per minute. `previous` carries the old limiter's backlog over, so
+    /// changing a limit keeps the share of the minute already used instead of granting a new burst.
+    fn new(limit: u32, clock: &Arc<dyn WallClock>, previous: Option<&Rpm>) -> Option<Rpm> {
         let burst = std::num::NonZeroU32::new(limit)?;
         let state = RevertibleState::default();
-        let limiter = RateLimiter::new(Quota::per_minute(burst), state.clone(), GovernorClock(clock.clone()));
-        Some(Rpm { limit, state, limiter })
+        let gclock = GovernorClock(clock.clone());
+        let origin = governor::clock::Clock::now(&gclock).as_u64();
+        if let Some(prev) = previous {
+            let tat = prev.state.0.load(Ordering::Acquire);
+            if tat != 0 {
+                let backlog = (prev.origin + tat).saturating_sub(origin);
+                state.0.store(backlog.max(1), Ordering::Release);
+            }
+        }
+        let limiter = RateLimiter::new(Quota::per_minute(burst), state.clone(), gclock);
+        Some(Rpm {
+            limit,
+            state,
+            limiter,
+            origin,
+        })
     }
 }
 
@@ -228,7 +264,9 @@ impl Entity {
     /// Brings the limiters in line with the level's current limits.
     fn sync(&mut self, limits: &Limits, clock: &Arc<dyn WallClock>, now_ms: i64) {
         match limits.rpm {
-            Some(l) if self.rpm.as_ref().map(|r| r.limit) != Some(l) => self.rpm = Rpm::new(l, clock),
+            Some(l) if self.rpm.as_ref().map(|r| r.limit) != Some(l) => {
+                self.rpm = Rpm::new(l, clock, self.rpm.as_ref())
+            }
             None => self.rpm = None,
             _ => {}
         }
@@ -239,7 +277,13 @@ impl Entity {
                 b.cap = cap;
                 b.level = b.level.min(cap as f64);
             }
-            (Some(cap), t) => *t = Some(Bucket { cap, level: cap as f64, last_ms: now_ms }),
+            (Some(cap), t) => {
+                *t = Some(Bucket {
+                    cap,
+                    level: cap as f64,
+                    last_ms: now_ms,
+                })
+            }
         }
         let minute = now_ms.div_euclid(60_000);
         if self.minute != minute {
@@ -287,16 +331,29 @@ impl Embedded {
     pub fn new(clock: Arc<dyn WallClock>, db: DbHandle, spend: Vec<SpendRow>) -> Embedded {
         let mut state = State::default();
         for row in spend {
-            let Ok(period) = Period::parse((row.period != "lifetime").then_some(row.period)) else { continue };
-            let key = SpendKey { kind: row.kind, name: Arc::from(row.name.as_str()), period, start: row.period_start };
+            let Ok(period) = Period::parse((row.period != "lifetime").then_some(row.period)) else {
+                continue;
+            };
+            let key = SpendKey {
+                kind: row.kind,
+                name: Arc::from(row.name.as_str()),
+                period,
+                start: row.period_start,
+            };
             *state.spend.entry(key).or_default() += row.usd;
         }
-        Embedded { state: Mutex::new(state), clock, db }
+        Embedded {
+            state: Mutex::new(state),
+            clock,
+            db,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves consistent-enough counters: keep going.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn reserve(&self, levels: &[Level], tokens: u64, cost: f64) -> Result<Reservation, Refusal> {
@@ -313,7 +370,10 @@ impl Embedded {
         for l in levels {
             if let Some(budget) = l.limits.budget_usd {
                 let spent = st.spend.get(&SpendKey::of(l, now)).copied().unwrap_or(0.0);
-                let reserved = st.entities.get(&(l.kind, l.name.clone())).map_or(0.0, |e| e.reserved_usd);
+                let reserved = st
+                    .entities
+                    .get(&(l.kind, l.name.clone()))
+                    .map_or(0.0, |e| e.reserved_usd);
                 if budget_refuses(budget, spent, reserved, cost) {
                     return Err(budget_refusal(l, budget, spent, reserved, cost, now));
                 }
@@ -321,29 +381,46 @@ impl Embedded {
         }
         // 2. concurrency, 3. tokens
         for l in levels {
-            let Some(e) = st.entities.get(&(l.kind, l.name.clone())) else { continue };
+            let Some(e) = st.entities.get(&(l.kind, l.name.clone())) else {
+                continue;
+            };
             if let Some(max) = l.limits.max_concurrent {
                 if e.in_flight >= max {
-                    return Err(rate_limited(l, &format!("concurrency ({max} in flight)"), Duration::from_secs(1)));
+                    return Err(rate_limited(
+                        l,
+                        &format!("concurrency ({max} in flight)"),
+                        Duration::from_secs(1),
+                    ));
                 }
             }
             if let Some(b) = &e.tpm {
                 let need = tokens_to_take(&l.limits, tokens);
                 if b.level < need as f64 {
-                    return Err(rate_limited(l, &format!("tokens-per-minute ({})", b.cap), b.wait_for(need)));
+                    return Err(rate_limited(
+                        l,
+                        &format!("tokens-per-minute ({})", b.cap),
+                        b.wait_for(need),
+                    ));
                 }
             }
         }
         // 4. requests: GCRA, undone on the levels already charged if a later one refuses
         let mut charged: Vec<(RevertibleState, u64)> = Vec::new();
         for l in levels {
-            let Some(rpm) = st.entities.get(&(l.kind, l.name.clone())).and_then(|e| e.rpm.as_ref()) else { continue };
+            let Some(rpm) = st
+                .entities
+                .get(&(l.kind, l.name.clone()))
+                .and_then(|e| e.rpm.as_ref())
+            else {
+                continue;
+            };
             let saved = rpm.state.0.load(Ordering::Acquire);
             if let Err(not_until) = rpm.limiter.check() {
                 for (state, value) in charged {
                     state.0.store(value, Ordering::Release);
                 }
-                let wait = not_until.wait_time_from(governor::clock::Clock::now(rpm.limiter.clock()));
+                let wait =
+                    not_until.wait_time_from(governor::clock::Clock::now(rpm.limiter.clock()));
                 return Err(rate_limited(
                     l,
                     &format!("requests-per-minute ({})", rpm.limit),
@@ -367,7 +444,12 @@ impl Embedded {
             taken.push(t);
         }
         st.next_id += 1;
-        Ok(Reservation { id: st.next_id.to_string(), levels: levels.to_vec(), taken, cost })
+        Ok(Reservation {
+            id: st.next_id.to_string(),
+            levels: levels.to_vec(),
+            taken,
+            cost,
+        })
     }
 
     /// Settles (`Some((tokens, cost))`) or releases (`None`) a reservation.
@@ -381,7 +463,11 @@ impl Embedded {
                 if let Some(e) = st.entities.get_mut(&(l.kind, l.name.clone())) {
                     e.sync(&l.limits, &self.clock, now);
                     e.in_flight = e.in_flight.saturating_sub(1);
-                    e.reserved_usd = if e.in_flight == 0 { 0.0 } else { (e.reserved_usd - r.cost).max(0.0) };
+                    e.reserved_usd = if e.in_flight == 0 {
+                        0.0
+                    } else {
+                        (e.reserved_usd - r.cost).max(0.0)
+                    };
                     let used = actual.map_or(0, |(t, _)| t);
                     if let Some(b) = &mut e.tpm {
                         b.level = (b.level + taken as f64 - used as f64).min(b.cap as f64);
@@ -412,7 +498,11 @@ impl Embedded {
         let st = &mut *guard;
         let spend_usd = st.spend.get(&SpendKey::of(l, now)).copied().unwrap_or(0.0);
         let Some(e) = st.entities.get_mut(&(l.kind, l.name.clone())) else {
-            return UsageView { spend_usd, tpm_available: l.limits.tpm.map(|t| t as i64), ..UsageView::default() };
+            return UsageView {
+                spend_usd,
+                tpm_available: l.limits.tpm.map(|t| t as i64),
+                ..UsageView::default()
+            };
         };
         e.sync(&l.limits, &self.clock, now);
         UsageView {

@@ -22,12 +22,21 @@ async fn a_missing_or_wrong_key_is_unauthorized() {
     let dir = tempfile::tempdir().unwrap();
     let gov = open(config(&dir, vec![key("alice")]), &clock()).await;
     let r = expect_refused(Req::new(None).admit(&gov).await, "no key presented");
-    assert!(matches!(&r, Refusal::Unauthorized(m) if m.contains("virtual key is required")), "{r:?}");
-    let r = expect_refused(Req::new(Some("sk-wrong-0123456789")).admit(&gov).await, "wrong key");
+    assert!(
+        matches!(&r, Refusal::Unauthorized(m) if m.contains("virtual key is required")),
+        "{r:?}"
+    );
+    let r = expect_refused(
+        Req::new(Some("sk-wrong-0123456789")).admit(&gov).await,
+        "wrong key",
+    );
     assert!(matches!(r, Refusal::Unauthorized(_)), "{r:?}");
     let r = expect_refused(Req::new(Some("   ")).admit(&gov).await, "blank key");
     assert!(matches!(r, Refusal::Unauthorized(_)), "{r:?}");
-    let p = expect_ok(Req::new(Some(&secret("alice"))).admit(&gov).await, "right key");
+    let p = expect_ok(
+        Req::new(Some(&secret("alice"))).admit(&gov).await,
+        "right key",
+    );
     assert_eq!(p.virtual_key(), Some("alice"));
     assert!(!p.is_batch());
 }
@@ -36,21 +45,46 @@ async fn a_missing_or_wrong_key_is_unauthorized() {
 async fn rpm_is_exact_under_30_concurrent_admissions() {
     let dir = tempfile::tempdir().unwrap();
     let c = clock();
-    let gov = open(config(&dir, vec![LimitsSpec { rpm: Some(10), ..key("k") }]), &c).await;
-    let (admitted, refusals) = admit_concurrently(&[gov.clone()], &secret("k"), 30).await;
-    assert_eq!(admitted, 10, "exactly rpm requests pass; refusals: {refusals:?}");
+    let gov = open(
+        config(
+            &dir,
+            vec![LimitsSpec {
+                rpm: Some(10),
+                ..key("k")
+            }],
+        ),
+        &c,
+    )
+    .await;
+    let (admitted, refusals) =
+        admit_concurrently(std::slice::from_ref(&gov), &secret("k"), 30).await;
+    assert_eq!(
+        admitted, 10,
+        "exactly rpm requests pass; refusals: {refusals:?}"
+    );
     assert_eq!(refusals.len(), 20);
     for r in &refusals {
         let wait = retry_after(r);
-        assert!(wait > Duration::from_secs(5) && wait <= Duration::from_secs(6), "GCRA emission interval is 6 s, got {wait:?}");
-        assert!(matches!(r, Refusal::RateLimited { message, .. } if message.contains("requests-per-minute (10)") && message.contains("'k'")));
+        assert!(
+            wait > Duration::from_secs(5) && wait <= Duration::from_secs(6),
+            "GCRA emission interval is 6 s, got {wait:?}"
+        );
+        assert!(
+            matches!(r, Refusal::RateLimited { message, .. } if message.contains("requests-per-minute (10)") && message.contains("'k'"))
+        );
     }
     // One cell comes back every 60/10 seconds.
     c.advance(Duration::from_secs(6));
-    expect_ok(Req::new(Some(&secret("k"))).admit(&gov).await, "one request after 6 s");
-    expect_refused(Req::new(Some(&secret("k"))).admit(&gov).await, "only one after 6 s");
+    expect_ok(
+        Req::new(Some(&secret("k"))).admit(&gov).await,
+        "one request after 6 s",
+    );
+    expect_refused(
+        Req::new(Some(&secret("k"))).admit(&gov).await,
+        "only one after 6 s",
+    );
     c.advance(Duration::from_secs(60));
-    let (admitted, _) = admit_concurrently(&[gov.clone()], &secret("k"), 30).await;
+    let (admitted, _) = admit_concurrently(std::slice::from_ref(&gov), &secret("k"), 30).await;
     assert_eq!(admitted, 10, "a full burst after a quiet minute");
 }
 
@@ -58,22 +92,55 @@ async fn rpm_is_exact_under_30_concurrent_admissions() {
 async fn tpm_reservation_blocks_a_concurrent_request_and_settlement_frees_the_difference() {
     let dir = tempfile::tempdir().unwrap();
     let c = clock();
-    let gov = open(config(&dir, vec![LimitsSpec { tpm: Some(1000), ..key("k") }]), &c).await;
+    let gov = open(
+        config(
+            &dir,
+            vec![LimitsSpec {
+                tpm: Some(1000),
+                ..key("k")
+            }],
+        ),
+        &c,
+    )
+    .await;
     let s = secret("k");
-    let a = expect_ok(Req::new(Some(&s)).tokens(300, 500).admit(&gov).await, "800 of 1000 tokens");
-    let r = expect_refused(Req::new(Some(&s)).tokens(200, 100).admit(&gov).await, "300 more would overshoot");
-    assert!(matches!(&r, Refusal::RateLimited { message, .. } if message.contains("tokens-per-minute (1000)")), "{r:?}");
+    let a = expect_ok(
+        Req::new(Some(&s)).tokens(300, 500).admit(&gov).await,
+        "800 of 1000 tokens",
+    );
+    let r = expect_refused(
+        Req::new(Some(&s)).tokens(200, 100).admit(&gov).await,
+        "300 more would overshoot",
+    );
+    assert!(
+        matches!(&r, Refusal::RateLimited { message, .. } if message.contains("tokens-per-minute (1000)")),
+        "{r:?}"
+    );
     // 100 tokens are missing: the bucket refills 1000 per minute, so 6 s.
     assert_eq!(retry_after(&r), Duration::from_secs(6));
     // The first request used 200 of its 800: 600 come back.
     a.settle(&usage(150, 50), 0.0);
-    let b = expect_ok(Req::new(Some(&s)).tokens(200, 100).admit(&gov).await, "after settlement");
-    let _c = expect_ok(Req::new(Some(&s)).tokens(400, 100).admit(&gov).await, "800 - 300 = 500 left");
-    expect_refused(Req::new(Some(&s)).tokens(1, 0).admit(&gov).await, "bucket is empty (max_output 0 counts as 1024)");
+    let b = expect_ok(
+        Req::new(Some(&s)).tokens(200, 100).admit(&gov).await,
+        "after settlement",
+    );
+    let _c = expect_ok(
+        Req::new(Some(&s)).tokens(400, 100).admit(&gov).await,
+        "800 - 300 = 500 left",
+    );
+    expect_refused(
+        Req::new(Some(&s)).tokens(1, 0).admit(&gov).await,
+        "bucket is empty (max_output 0 counts as 1024)",
+    );
     // A dropped permit (failed request) gives back everything it reserved.
     drop(b);
-    let _d = expect_ok(Req::new(Some(&s)).tokens(250, 50).admit(&gov).await, "after the drop");
-    let detail = gateway_core::extend::AdminRoutes::handle(&*gov, "GET", "/admin/virtual-keys/k", "", b"").await;
+    let _d = expect_ok(
+        Req::new(Some(&s)).tokens(250, 50).admit(&gov).await,
+        "after the drop",
+    );
+    let detail =
+        gateway_core::extend::AdminRoutes::handle(&*gov, "GET", "/admin/virtual-keys/k", "", b"")
+            .await;
     let (status, v) = detail.unwrap();
     assert_eq!(status, 200);
     assert_eq!(v["usage"]["tokens_this_minute"], 200, "{v}");
@@ -84,12 +151,28 @@ async fn tpm_reservation_blocks_a_concurrent_request_and_settlement_frees_the_di
 #[tokio::test]
 async fn concurrency_slot_is_held_by_the_permit() {
     let dir = tempfile::tempdir().unwrap();
-    let gov = open(config(&dir, vec![LimitsSpec { max_concurrent: Some(2), ..key("k") }]), &clock()).await;
+    let gov = open(
+        config(
+            &dir,
+            vec![LimitsSpec {
+                max_concurrent: Some(2),
+                ..key("k")
+            }],
+        ),
+        &clock(),
+    )
+    .await;
     let s = secret("k");
     let a = expect_ok(Req::new(Some(&s)).admit(&gov).await, "first");
     let b = expect_ok(Req::new(Some(&s)).admit(&gov).await, "second");
-    let r = expect_refused(Req::new(Some(&s)).admit(&gov).await, "third while two are in flight");
-    assert!(matches!(&r, Refusal::RateLimited { message, .. } if message.contains("concurrency")), "{r:?}");
+    let r = expect_refused(
+        Req::new(Some(&s)).admit(&gov).await,
+        "third while two are in flight",
+    );
+    assert!(
+        matches!(&r, Refusal::RateLimited { message, .. } if message.contains("concurrency")),
+        "{r:?}"
+    );
     drop(a);
     let c = expect_ok(Req::new(Some(&s)).admit(&gov).await, "after a drop");
     b.settle(&usage(1, 1), 0.0);
@@ -101,23 +184,54 @@ async fn concurrency_slot_is_held_by_the_permit() {
 async fn budget_is_reserved_refused_when_spent_kept_across_restart_and_reset_next_period() {
     let dir = tempfile::tempdir().unwrap();
     let c = clock();
-    let spec = LimitsSpec { budget_usd: Some(1.0), budget_period: Some("1d".into()), ..key("k") };
+    let spec = LimitsSpec {
+        budget_usd: Some(1.0),
+        budget_period: Some("1d".into()),
+        ..key("k")
+    };
     let cfg = config(&dir, vec![spec]);
     let gov = open(cfg.clone(), &c).await;
     let s = secret("k");
     // $1 per 1000 tokens: 300 + 300 tokens may cost $0.60.
-    let a = expect_ok(Req::new(Some(&s)).tokens(300, 300).admit(&gov).await, "first $0.60");
-    let r = expect_refused(Req::new(Some(&s)).tokens(300, 300).admit(&gov).await, "a second $0.60 would overshoot");
-    assert!(matches!(&r, Refusal::BudgetExceeded { message, .. } if message.contains("cannot cover")), "{r:?}");
+    let a = expect_ok(
+        Req::new(Some(&s)).tokens(300, 300).admit(&gov).await,
+        "first $0.60",
+    );
+    let r = expect_refused(
+        Req::new(Some(&s)).tokens(300, 300).admit(&gov).await,
+        "a second $0.60 would overshoot",
+    );
+    assert!(
+        matches!(&r, Refusal::BudgetExceeded { message, .. } if message.contains("cannot cover")),
+        "{r:?}"
+    );
     a.settle(&usage(300, 100), 0.40);
-    let b = expect_ok(Req::new(Some(&s)).tokens(300, 300).admit(&gov).await, "0.40 + 0.60 fits");
+    let b = expect_ok(
+        Req::new(Some(&s)).tokens(300, 300).admit(&gov).await,
+        "0.40 + 0.60 fits",
+    );
     b.settle(&usage(300, 300), 0.60);
-    let r = expect_refused(Req::new(Some(&s)).model("unpriced").admit(&gov).await, "spent: even unpriced requests");
+    let r = expect_refused(
+        Req::new(Some(&s)).model("unpriced").admit(&gov).await,
+        "spent: even unpriced requests",
+    );
     match &r {
         Refusal::BudgetExceeded { message, resets_in } => {
-            assert!(message.contains("virtual key 'k'") && message.contains("$1.00 per day") && message.contains("is spent"), "{message}");
-            assert!(message.contains("2026-11-25T00:00:00Z"), "names the reset time: {message}");
-            assert_eq!(*resets_in, Some(Duration::from_secs(14 * 3600)), "10:00 to midnight");
+            assert!(
+                message.contains("virtual key 'k'")
+                    && message.contains("$1.00 per day")
+                    && message.contains("is spent"),
+                "{message}"
+            );
+            assert!(
+                message.contains("2026-11-25T00:00:00Z"),
+                "names the reset time: {message}"
+            );
+            assert_eq!(
+                *resets_in,
+                Some(Duration::from_secs(14 * 3600)),
+                "10:00 to midnight"
+            );
         }
         other => panic!("expected BudgetExceeded, got {other:?}"),
     }
@@ -125,11 +239,17 @@ async fn budget_is_reserved_refused_when_spent_kept_across_restart_and_reset_nex
     gov.flush().await.unwrap();
     drop(gov);
     let gov = open(cfg.clone(), &c).await;
-    expect_refused(Req::new(Some(&s)).admit(&gov).await, "still spent after a restart");
+    expect_refused(
+        Req::new(Some(&s)).admit(&gov).await,
+        "still spent after a restart",
+    );
     // The next UTC day the budget is fresh.
     c.advance(Duration::from_secs(14 * 3600));
     expect_ok(Req::new(Some(&s)).admit(&gov).await, "a new day");
-    let (_, v) = gateway_core::extend::AdminRoutes::handle(&*gov, "GET", "/admin/virtual-keys/k", "", b"").await.unwrap();
+    let (_, v) =
+        gateway_core::extend::AdminRoutes::handle(&*gov, "GET", "/admin/virtual-keys/k", "", b"")
+            .await
+            .unwrap();
     assert_eq!(v["usage"]["spend_usd"], 0.0, "{v}");
     assert_eq!(v["usage"]["period_start"], "2026-11-25T00:00:00Z", "{v}");
     assert_eq!(v["usage"]["resets_at"], "2026-11-26T00:00:00Z", "{v}");
@@ -139,18 +259,35 @@ async fn budget_is_reserved_refused_when_spent_kept_across_restart_and_reset_nex
 async fn lifetime_budget_never_resets() {
     let dir = tempfile::tempdir().unwrap();
     let c = clock();
-    let gov = open(config(&dir, vec![LimitsSpec { budget_usd: Some(0.5), ..key("k") }]), &c).await;
+    let gov = open(
+        config(
+            &dir,
+            vec![LimitsSpec {
+                budget_usd: Some(0.5),
+                ..key("k")
+            }],
+        ),
+        &c,
+    )
+    .await;
     let s = secret("k");
     expect_ok(Req::new(Some(&s)).admit(&gov).await, "first").settle(&usage(1, 1), 0.5);
     c.advance(Duration::from_secs(400 * 86_400));
     let r = expect_refused(Req::new(Some(&s)).admit(&gov).await, "a year later");
-    assert!(matches!(&r, Refusal::BudgetExceeded { message, resets_in: None } if message.contains("lifetime") && message.contains("does not reset")), "{r:?}");
+    assert!(
+        matches!(&r, Refusal::BudgetExceeded { message, resets_in: None } if message.contains("lifetime") && message.contains("does not reset")),
+        "{r:?}"
+    );
 }
 
 fn hierarchy() -> GovernanceConfig {
     let dir_unused = std::path::PathBuf::new();
     GovernanceConfig {
-        customers: vec![LimitsSpec { name: "acme".into(), rpm: Some(3), ..LimitsSpec::default() }],
+        customers: vec![LimitsSpec {
+            name: "acme".into(),
+            rpm: Some(3),
+            ..LimitsSpec::default()
+        }],
         teams: vec![
             LimitsSpec {
                 name: "search".into(),
@@ -159,12 +296,26 @@ fn hierarchy() -> GovernanceConfig {
                 budget_period: Some("1M".into()),
                 ..LimitsSpec::default()
             },
-            LimitsSpec { name: "ads".into(), customer: Some("acme".into()), ..LimitsSpec::default() },
+            LimitsSpec {
+                name: "ads".into(),
+                customer: Some("acme".into()),
+                ..LimitsSpec::default()
+            },
         ],
         virtual_keys: vec![
-            LimitsSpec { team: Some("search".into()), ..key("s1") },
-            LimitsSpec { team: Some("search".into()), ..key("s2") },
-            LimitsSpec { team: Some("ads".into()), rpm: Some(2), ..key("a1") },
+            LimitsSpec {
+                team: Some("search".into()),
+                ..key("s1")
+            },
+            LimitsSpec {
+                team: Some("search".into()),
+                ..key("s2")
+            },
+            LimitsSpec {
+                team: Some("ads".into()),
+                rpm: Some(2),
+                ..key("a1")
+            },
         ],
         pricing: vec![dollar_per_thousand()],
         data_dir: dir_unused,
@@ -175,79 +326,196 @@ fn hierarchy() -> GovernanceConfig {
 #[tokio::test]
 async fn a_team_budget_stops_all_its_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let gov = open(GovernanceConfig { data_dir: dir.path().into(), ..hierarchy() }, &clock()).await;
+    let gov = open(
+        GovernanceConfig {
+            data_dir: dir.path().into(),
+            ..hierarchy()
+        },
+        &clock(),
+    )
+    .await;
     expect_ok(Req::new(Some(&secret("s1"))).admit(&gov).await, "s1").settle(&usage(500, 500), 1.0);
-    let r = expect_refused(Req::new(Some(&secret("s2"))).admit(&gov).await, "s2 shares the team budget");
+    let r = expect_refused(
+        Req::new(Some(&secret("s2"))).admit(&gov).await,
+        "s2 shares the team budget",
+    );
     match &r {
         Refusal::BudgetExceeded { message, .. } => {
-            assert!(message.contains("team 'search'") && message.contains("per month") && message.contains("2026-12-01T00:00:00Z"), "{message}");
+            assert!(
+                message.contains("team 'search'")
+                    && message.contains("per month")
+                    && message.contains("2026-12-01T00:00:00Z"),
+                "{message}"
+            );
         }
         other => panic!("expected BudgetExceeded, got {other:?}"),
     }
-    expect_ok(Req::new(Some(&secret("a1"))).admit(&gov).await, "another team is unaffected");
+    expect_ok(
+        Req::new(Some(&secret("a1"))).admit(&gov).await,
+        "another team is unaffected",
+    );
 }
 
 #[tokio::test]
 async fn a_customer_rpm_applies_across_teams_and_a_refusal_takes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let c = clock();
-    let gov = open(GovernanceConfig { data_dir: dir.path().into(), ..hierarchy() }, &c).await;
-    expect_ok(Req::new(Some(&secret("s1"))).admit(&gov).await, "1st for acme");
-    expect_ok(Req::new(Some(&secret("a1"))).admit(&gov).await, "2nd for acme");
-    expect_ok(Req::new(Some(&secret("s2"))).admit(&gov).await, "3rd for acme");
-    let r = expect_refused(Req::new(Some(&secret("a1"))).admit(&gov).await, "4th for acme, other team");
-    assert!(matches!(&r, Refusal::RateLimited { message, .. } if message.contains("customer 'acme'")), "{r:?}");
+    let gov = open(
+        GovernanceConfig {
+            data_dir: dir.path().into(),
+            ..hierarchy()
+        },
+        &c,
+    )
+    .await;
+    expect_ok(
+        Req::new(Some(&secret("s1"))).admit(&gov).await,
+        "1st for acme",
+    );
+    expect_ok(
+        Req::new(Some(&secret("a1"))).admit(&gov).await,
+        "2nd for acme",
+    );
+    expect_ok(
+        Req::new(Some(&secret("s2"))).admit(&gov).await,
+        "3rd for acme",
+    );
+    let r = expect_refused(
+        Req::new(Some(&secret("a1"))).admit(&gov).await,
+        "4th for acme, other team",
+    );
+    assert!(
+        matches!(&r, Refusal::RateLimited { message, .. } if message.contains("customer 'acme'")),
+        "{r:?}"
+    );
     // a1's own rpm (2) was charged once; the refused request must not have taken its second cell.
     c.advance(Duration::from_secs(20)); // acme regains one cell (60/3 s)
-    expect_ok(Req::new(Some(&secret("a1"))).admit(&gov).await, "a1's second cell is still there");
+    expect_ok(
+        Req::new(Some(&secret("a1"))).admit(&gov).await,
+        "a1's second cell is still there",
+    );
 }
 
 #[tokio::test]
 async fn model_allow_list_is_enforced_at_every_level() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = GovernanceConfig { data_dir: dir.path().into(), ..hierarchy() };
+    let mut cfg = GovernanceConfig {
+        data_dir: dir.path().into(),
+        ..hierarchy()
+    };
     cfg.virtual_keys[0].models = Some(vec!["test-model".into(), "openai/*".into()]);
     cfg.teams[1].models = Some(vec!["cheap".into()]);
     let gov = open(cfg, &clock()).await;
     let s1 = secret("s1");
     expect_ok(Req::new(Some(&s1)).admit(&gov).await, "listed model");
-    expect_ok(Req::new(Some(&s1)).model("openai/gpt-4o").admit(&gov).await, "provider wildcard");
-    let r = expect_refused(Req::new(Some(&s1)).model("anthropic/claude-sonnet-4").admit(&gov).await, "unlisted");
-    assert!(matches!(&r, Refusal::Forbidden(m) if m.contains("'anthropic/claude-sonnet-4'") && m.contains("virtual key 's1'")), "{r:?}");
+    expect_ok(
+        Req::new(Some(&s1)).model("openai/gpt-4o").admit(&gov).await,
+        "provider wildcard",
+    );
+    let r = expect_refused(
+        Req::new(Some(&s1))
+            .model("anthropic/claude-sonnet-4")
+            .admit(&gov)
+            .await,
+        "unlisted",
+    );
+    assert!(
+        matches!(&r, Refusal::Forbidden(m) if m.contains("'anthropic/claude-sonnet-4'") && m.contains("virtual key 's1'")),
+        "{r:?}"
+    );
     let r = expect_refused(Req::new(Some(&secret("a1"))).admit(&gov).await, "team list");
-    assert!(matches!(&r, Refusal::Forbidden(m) if m.contains("team 'ads'")), "{r:?}");
+    assert!(
+        matches!(&r, Refusal::Forbidden(m) if m.contains("team 'ads'")),
+        "{r:?}"
+    );
 }
 
 #[tokio::test]
 async fn provider_allow_list_needs_one_allowed_provider() {
     let dir = tempfile::tempdir().unwrap();
-    let gov = open(config(&dir, vec![LimitsSpec { providers: Some(vec!["azure".into()]), ..key("k") }]), &clock()).await;
+    let gov = open(
+        config(
+            &dir,
+            vec![LimitsSpec {
+                providers: Some(vec!["azure".into()]),
+                ..key("k")
+            }],
+        ),
+        &clock(),
+    )
+    .await;
     let s = secret("k");
-    expect_ok(Req::new(Some(&s)).providers(&["openai", "azure"]).admit(&gov).await, "azure can serve it");
-    let r = expect_refused(Req::new(Some(&s)).providers(&["openai"]).admit(&gov).await, "only openai serves it");
-    assert!(matches!(&r, Refusal::Forbidden(m) if m.contains("no provider allowed") && m.contains("azure")), "{r:?}");
+    expect_ok(
+        Req::new(Some(&s))
+            .providers(&["openai", "azure"])
+            .admit(&gov)
+            .await,
+        "azure can serve it",
+    );
+    let r = expect_refused(
+        Req::new(Some(&s)).providers(&["openai"]).admit(&gov).await,
+        "only openai serves it",
+    );
+    assert!(
+        matches!(&r, Refusal::Forbidden(m) if m.contains("no provider allowed") && m.contains("azure")),
+        "{r:?}"
+    );
 }
 
 #[tokio::test]
 async fn under_low_headroom_batch_yields_and_interactive_passes() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = GovernanceConfig {
-        teams: vec![LimitsSpec { name: "etl".into(), priority: Some("batch".into()), ..LimitsSpec::default() }],
+        teams: vec![LimitsSpec {
+            name: "etl".into(),
+            priority: Some("batch".into()),
+            ..LimitsSpec::default()
+        }],
         virtual_keys: vec![
-            LimitsSpec { priority: Some("batch".into()), ..key("nightly") },
-            LimitsSpec { team: Some("etl".into()), ..key("etl-key") },
+            LimitsSpec {
+                priority: Some("batch".into()),
+                ..key("nightly")
+            },
+            LimitsSpec {
+                team: Some("etl".into()),
+                ..key("etl-key")
+            },
             key("app"),
         ],
         batch_headroom: Some(0.3),
         ..config(&dir, vec![])
     };
     let gov = open(cfg, &clock()).await;
-    let r = expect_refused(Req::new(Some(&secret("nightly"))).headroom(0.1).admit(&gov).await, "batch under low headroom");
+    let r = expect_refused(
+        Req::new(Some(&secret("nightly")))
+            .headroom(0.1)
+            .admit(&gov)
+            .await,
+        "batch under low headroom",
+    );
     assert_eq!(retry_after(&r), gateway_governance::BATCH_RETRY_AFTER);
-    expect_refused(Req::new(Some(&secret("etl-key"))).headroom(0.29).admit(&gov).await, "batch inherited from the team");
-    let p = expect_ok(Req::new(Some(&secret("app"))).headroom(0.1).admit(&gov).await, "interactive under low headroom");
+    expect_refused(
+        Req::new(Some(&secret("etl-key")))
+            .headroom(0.29)
+            .admit(&gov)
+            .await,
+        "batch inherited from the team",
+    );
+    let p = expect_ok(
+        Req::new(Some(&secret("app")))
+            .headroom(0.1)
+            .admit(&gov)
+            .await,
+        "interactive under low headroom",
+    );
     assert!(!p.is_batch());
-    let p = expect_ok(Req::new(Some(&secret("nightly"))).headroom(0.5).admit(&gov).await, "batch with headroom");
+    let p = expect_ok(
+        Req::new(Some(&secret("nightly")))
+            .headroom(0.5)
+            .admit(&gov)
+            .await,
+        "batch with headroom",
+    );
     assert!(p.is_batch());
 }
 
@@ -255,11 +523,21 @@ async fn under_low_headroom_batch_yields_and_interactive_passes() {
 async fn reload_keeps_api_keys_and_usage_and_applies_new_limits() {
     let dir = tempfile::tempdir().unwrap();
     let c = clock();
-    let cfg = config(&dir, vec![LimitsSpec { budget_usd: Some(1.0), ..key("k") }]);
+    let cfg = config(
+        &dir,
+        vec![LimitsSpec {
+            budget_usd: Some(1.0),
+            ..key("k")
+        }],
+    );
     let gov = open(cfg.clone(), &c).await;
     let admin = |m: &'static str, p: &'static str, b: &'static [u8]| {
         let gov = gov.clone();
-        async move { gateway_core::extend::AdminRoutes::handle(&*gov, m, p, "", b).await.unwrap() }
+        async move {
+            gateway_core::extend::AdminRoutes::handle(&*gov, m, p, "", b)
+                .await
+                .unwrap()
+        }
     };
     let (status, created) = admin("POST", "/admin/virtual-keys", br#"{"name": "made"}"#).await;
     assert_eq!(status, 201, "{created}");
@@ -269,14 +547,32 @@ async fn reload_keeps_api_keys_and_usage_and_applies_new_limits() {
     next.virtual_keys[0].rpm = Some(1);
     next.virtual_keys.push(key("new"));
     gov.reload(&next).unwrap();
-    expect_ok(Req::new(Some(&made)).admit(&gov).await, "API key survives a reload");
-    expect_ok(Req::new(Some(&secret("new"))).admit(&gov).await, "new config key");
-    let r = expect_refused(Req::new(Some(&secret("k"))).tokens(200, 200).admit(&gov).await, "spend kept: 0.75 + 0.40 > 1");
+    expect_ok(
+        Req::new(Some(&made)).admit(&gov).await,
+        "API key survives a reload",
+    );
+    expect_ok(
+        Req::new(Some(&secret("new"))).admit(&gov).await,
+        "new config key",
+    );
+    let r = expect_refused(
+        Req::new(Some(&secret("k")))
+            .tokens(200, 200)
+            .admit(&gov)
+            .await,
+        "spend kept: 0.75 + 0.40 > 1",
+    );
     assert!(matches!(r, Refusal::BudgetExceeded { .. }), "{r:?}");
     // An invalid configuration is refused and the old one stays.
     let mut bad = next.clone();
     bad.virtual_keys[1].team = Some("nope".into());
     let e = gov.reload(&bad).unwrap_err().to_string();
-    assert!(e.contains("virtual_keys[1].team: unknown team \"nope\""), "{e}");
-    expect_ok(Req::new(Some(&secret("new"))).admit(&gov).await, "old config still in force");
+    assert!(
+        e.contains("virtual_keys[1].team: unknown team \"nope\""),
+        "{e}"
+    );
+    expect_ok(
+        Req::new(Some(&secret("new"))).admit(&gov).await,
+        "old config still in force",
+    );
 }

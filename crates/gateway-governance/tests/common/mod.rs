@@ -64,7 +64,14 @@ pub struct Req<'a> {
 
 impl<'a> Req<'a> {
     pub fn new(key: Option<&'a str>) -> Req<'a> {
-        Req { key, model: "test-model", providers: &["openai"], input: 10, output: 10, headroom: 1.0 }
+        Req {
+            key,
+            model: "test-model",
+            providers: &["openai"],
+            input: 10,
+            output: 10,
+            headroom: 1.0,
+        }
     }
 
     pub fn tokens(mut self, input: u64, output: u64) -> Self {
@@ -133,7 +140,11 @@ pub fn retry_after(r: &Refusal) -> Duration {
 
 /// Runs `n` admissions at once on the runtime's worker threads; returns how many were admitted
 /// (their permits are kept until the end so concurrency and reservations stay held).
-pub async fn admit_concurrently(govs: &[Arc<Governance>], secret: &str, n: usize) -> (usize, Vec<Refusal>) {
+pub async fn admit_concurrently(
+    govs: &[Arc<Governance>],
+    secret: &str,
+    n: usize,
+) -> (usize, Vec<Refusal>) {
     let barrier = Arc::new(tokio::sync::Barrier::new(n));
     let mut tasks = Vec::new();
     for i in 0..n {

@@ -1,0 +1,229 @@
+//! The shared Redis store: several instances enforce one set of limits together.
+//!
+//! Each test starts its own `redis-server` on a free loopback port and kills it at the end. When
+//! `redis-server` is not installed the tests say so and return (CI installs it).
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use gateway_core::admission::Refusal;
+use gateway_governance::{Governance, GovernanceConfig, LimitsSpec, ManualClock};
+
+struct RedisServer {
+    child: Child,
+    url: String,
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `redis-server` on a free port, or `None` (with a message) when it is not installed.
+async fn redis() -> Option<RedisServer> {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let child = match Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("SKIPPED: redis-server is not installed ({e}); install it (apt-get install -y redis-server) to run the Redis store tests");
+            return None;
+        }
+    };
+    let server = RedisServer {
+        child,
+        url: format!("redis://127.0.0.1:{port}"),
+    };
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(server);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("redis-server did not start listening on port {port}");
+}
+
+async fn instances(
+    server: &RedisServer,
+    keys: Vec<LimitsSpec>,
+    clock: &Arc<ManualClock>,
+) -> (Vec<Arc<Governance>>, Vec<tempfile::TempDir>) {
+    let mut govs = Vec::new();
+    let mut dirs = Vec::new();
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = GovernanceConfig {
+            store: Some(server.url.clone()),
+            ..config(&dir, keys.clone())
+        };
+        govs.push(open(cfg, clock).await);
+        dirs.push(dir);
+    }
+    (govs, dirs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_one_keys_rpm_exactly() {
+    let Some(server) = redis().await else { return };
+    let c = clock();
+    let (govs, _dirs) = instances(
+        &server,
+        vec![LimitsSpec {
+            rpm: Some(10),
+            ..key("k")
+        }],
+        &c,
+    )
+    .await;
+    let (admitted, refusals) = admit_concurrently(&govs, &secret("k"), 30).await;
+    assert_eq!(
+        admitted, 10,
+        "exactly rpm requests pass across both instances; refusals: {refusals:?}"
+    );
+    for r in &refusals {
+        let wait = retry_after(r);
+        assert!(
+            wait > Duration::from_secs(5) && wait <= Duration::from_secs(6),
+            "{wait:?}"
+        );
+    }
+    c.advance(Duration::from_secs(6));
+    expect_ok(
+        Req::new(Some(&secret("k"))).admit(&govs[1]).await,
+        "one cell back after 6 s",
+    );
+    expect_refused(
+        Req::new(Some(&secret("k"))).admit(&govs[0]).await,
+        "only one",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_concurrency_and_budget_are_shared_and_settled() {
+    let Some(server) = redis().await else { return };
+    let c = clock();
+    let spec = LimitsSpec {
+        tpm: Some(1000),
+        max_concurrent: Some(2),
+        budget_usd: Some(1.0),
+        budget_period: Some("1h".into()),
+        ..key("k")
+    };
+    let (govs, _dirs) = instances(&server, vec![spec], &c).await;
+    let s = secret("k");
+    // 300 + 300 tokens = $0.60 reserved on instance 0.
+    let a = expect_ok(
+        Req::new(Some(&s)).tokens(300, 300).admit(&govs[0]).await,
+        "first",
+    );
+    let r = expect_refused(
+        Req::new(Some(&s)).tokens(300, 300).admit(&govs[1]).await,
+        "budget reservation seen by instance 1",
+    );
+    assert!(
+        matches!(&r, Refusal::BudgetExceeded { message, .. } if message.contains("cannot cover")),
+        "{r:?}"
+    );
+    let r = expect_refused(
+        Req::new(Some(&s))
+            .model("unpriced")
+            .tokens(200, 250)
+            .admit(&govs[1])
+            .await,
+        "tokens: 600 + 450 > 1000",
+    );
+    assert!(
+        matches!(&r, Refusal::RateLimited { message, .. } if message.contains("tokens-per-minute")),
+        "{r:?}"
+    );
+    let b = expect_ok(
+        Req::new(Some(&s)).tokens(100, 100).admit(&govs[1]).await,
+        "small one fits",
+    );
+    let r = expect_refused(
+        Req::new(Some(&s))
+            .model("unpriced")
+            .tokens(1, 1)
+            .admit(&govs[1])
+            .await,
+        "two in flight across instances",
+    );
+    assert!(
+        matches!(&r, Refusal::RateLimited { message, .. } if message.contains("concurrency")),
+        "{r:?}"
+    );
+    // Settle on 0 (actual $0.50, 500 tokens), drop on 1 (released).
+    a.settle(&usage(300, 200), 0.5);
+    drop(b);
+    govs[0].flush().await.unwrap();
+    govs[1].flush().await.unwrap();
+    let (_, v) = gateway_core::extend::AdminRoutes::handle(
+        &*govs[1],
+        "GET",
+        "/admin/virtual-keys/k",
+        "",
+        b"",
+    )
+    .await
+    .unwrap();
+    let u = &v["usage"];
+    assert_eq!(u["spend_usd"], 0.5, "{v}");
+    assert_eq!(u["in_flight"], 0, "{v}");
+    assert_eq!(u["reserved_usd"], 0.0, "{v}");
+    assert_eq!(u["tpm_available"], 500, "1000 - 500 used: {v}");
+    assert_eq!(u["requests_this_minute"], 2, "{v}");
+    assert_eq!(u["resets_at"], "2026-11-24T11:00:00Z", "{v}");
+    let p = expect_ok(
+        Req::new(Some(&s)).tokens(200, 200).admit(&govs[1]).await,
+        "$0.50 + $0.40 fits",
+    );
+    p.settle(&usage(200, 200), 0.5);
+    govs[1].flush().await.unwrap();
+    let r = expect_refused(
+        Req::new(Some(&s)).model("unpriced").admit(&govs[0]).await,
+        "budget spent on both",
+    );
+    assert!(
+        matches!(&r, Refusal::BudgetExceeded { message, resets_in: Some(_) } if message.contains("is spent")),
+        "{r:?}"
+    );
+    c.advance(Duration::from_secs(3600));
+    expect_ok(Req::new(Some(&s)).admit(&govs[0]).await, "next hour");
+}
+
+#[tokio::test]
+async fn an_unreachable_store_refuses_with_unavailable() {
+    let Some(server) = redis().await else { return };
+    let c = clock();
+    let (govs, _dirs) = instances(&server, vec![key("k")], &c).await;
+    drop(server);
+    let r = expect_refused(
+        Req::new(Some(&secret("k"))).admit(&govs[0]).await,
+        "redis gone",
+    );
+    assert!(matches!(r, Refusal::Unavailable(_)), "{r:?}");
+}
