@@ -239,7 +239,7 @@ impl Governance {
             created_ms: now,
             updated_ms: now,
         };
-        if let Err(e) = self.db.insert_key(stored.clone()).await {
+        if let Err(e) = self.store_insert_key(stored.clone()).await {
             let status = if e.contains("already exists") {
                 409
             } else {
@@ -318,7 +318,7 @@ impl Governance {
             updated_ms: self.clock.now_ms(),
             ..current
         };
-        if let Err(e) = self.db.update_key(updated.clone()).await {
+        if let Err(e) = self.store_update_key(updated.clone()).await {
             return error(500, e);
         }
         self.put_api_key(updated);
@@ -339,7 +339,7 @@ impl Governance {
             updated_ms: self.clock.now_ms(),
             ..current
         };
-        if let Err(e) = self.db.update_key(updated.clone()).await {
+        if let Err(e) = self.store_update_key(updated.clone()).await {
             return error(500, e);
         }
         self.put_api_key(updated);
@@ -351,7 +351,7 @@ impl Governance {
         if let Err(answer) = self.api_key(name) {
             return answer;
         }
-        if let Err(e) = self.db.delete_key(name.to_string()).await {
+        if let Err(e) = self.store_delete_key(name).await {
             return error(500, e);
         }
         self.registry.rcu(|current| {

@@ -21,6 +21,9 @@ pub enum GovernanceError {
     /// The Redis store failed.
     #[error("governance redis store: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The store refused or could not be reached.
+    #[error("governance store: {0}")]
+    Store(String),
     /// The background writer has stopped.
     #[error("governance storage thread has stopped")]
     WriterGone,

@@ -13,11 +13,11 @@ use gateway_core::types::Usage;
 
 use crate::clock::{SystemClock, WallClock};
 use crate::config::{GovernanceConfig, Priority, DB_FILE};
-use crate::db::{self, DbHandle};
+use crate::db::{self, DbHandle, StoredKey};
 use crate::error::GovernanceError;
 use crate::keys::{digests_equal, hash_secret};
 use crate::pricing::PriceTable;
-use crate::redis_store::RedisStore;
+use crate::redis_store::{RedisStore, KEY_REFRESH};
 use crate::registry::Registry;
 use crate::store::{Counters, Embedded, Reservation};
 
@@ -40,6 +40,7 @@ pub struct Governance {
     pub(crate) clock: Arc<dyn WallClock>,
     batch_headroom: AtomicU64,
     store: Option<String>,
+    keys_version: AtomicU64,
 }
 
 impl std::fmt::Debug for Governance {
@@ -88,8 +89,11 @@ impl Governance {
                 loaded.spend,
             ))),
         };
-        let api: BTreeMap<_, _> = loaded
-            .keys
+        let (keys_version, api_keys) = match &counters {
+            Counters::Redis(r) => r.load_keys().await.map_err(GovernanceError::Store)?,
+            Counters::Embedded(_) => (0, loaded.keys),
+        };
+        let api: BTreeMap<_, _> = api_keys
             .into_iter()
             .map(|k| (k.spec.name.clone(), k))
             .collect();
@@ -101,7 +105,7 @@ impl Governance {
             store = config.store.as_deref().unwrap_or("embedded"),
             "governance ready"
         );
-        Ok(Arc::new(Governance {
+        let gov = Arc::new(Governance {
             registry: ArcSwap::from_pointee(registry),
             pricing: ArcSwap::from_pointee(PriceTable::with_overrides(&valid.pricing)),
             counters,
@@ -109,7 +113,63 @@ impl Governance {
             clock,
             batch_headroom: AtomicU64::new(valid.batch_headroom.to_bits()),
             store: config.store.clone(),
-        }))
+            keys_version: AtomicU64::new(keys_version),
+        });
+        if matches!(gov.counters, Counters::Redis(_)) {
+            let weak = Arc::downgrade(&gov);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(KEY_REFRESH);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(gov) = weak.upgrade() else { break };
+                    if let Err(e) = gov.refresh_keys().await {
+                        tracing::warn!(error = %e, "could not refresh virtual keys from Redis");
+                    }
+                }
+            });
+        }
+        Ok(gov)
+    }
+
+    /// With the Redis store, reloads the API-made virtual keys if another instance changed them
+    /// (this runs every [`KEY_REFRESH`] on its own); with the embedded store, does nothing.
+    pub async fn refresh_keys(&self) -> Result<(), GovernanceError> {
+        let Counters::Redis(r) = &self.counters else {
+            return Ok(());
+        };
+        let version = r.keys_version().await.map_err(GovernanceError::Store)?;
+        if version == self.keys_version.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let (version, keys) = r.load_keys().await.map_err(GovernanceError::Store)?;
+        let api: Arc<BTreeMap<_, _>> =
+            Arc::new(keys.into_iter().map(|k| (k.spec.name.clone(), k)).collect());
+        self.registry
+            .rcu(|current| Registry::build(current.config.clone(), api.clone()));
+        self.keys_version.store(version, Ordering::Release);
+        Ok(())
+    }
+
+    pub(crate) async fn store_insert_key(&self, k: StoredKey) -> Result<(), String> {
+        match &self.counters {
+            Counters::Redis(r) => r.insert_key(&k).await,
+            Counters::Embedded(_) => self.db.insert_key(k).await,
+        }
+    }
+
+    pub(crate) async fn store_update_key(&self, k: StoredKey) -> Result<(), String> {
+        match &self.counters {
+            Counters::Redis(r) => r.update_key(&k).await,
+            Counters::Embedded(_) => self.db.update_key(k).await,
+        }
+    }
+
+    pub(crate) async fn store_delete_key(&self, name: &str) -> Result<(), String> {
+        match &self.counters {
+            Counters::Redis(r) => r.delete_key(name).await,
+            Counters::Embedded(_) => self.db.delete_key(name.to_string()).await,
+        }
     }
 
     /// Applies a new configuration: the file's keys, teams, customers, prices and batch headroom

@@ -75,6 +75,6 @@ pub use error::GovernanceError;
 pub use governance::{Governance, BATCH_RETRY_AFTER, DEFAULT_OUTPUT_ESTIMATE};
 pub use period::Period;
 pub use pricing::{Price, PriceTable};
-pub use redis_store::LEASE;
+pub use redis_store::{KEY_REFRESH, LEASE};
 pub use registry::Source;
 pub use store::UsageView;

@@ -16,6 +16,10 @@
 //! skew between them shifts window edges by the skew. Redis's own durability settings decide
 //! whether spend survives a Redis restart (use AOF for budgets that must).
 //!
+//! Virtual keys made through the admin API live in Redis too (hash `gw:vkeys`, hashed secrets only,
+//! with a version counter `gw:vkeys:version`), so a key made, rotated or revoked on one instance
+//! takes effect on the others within [`KEY_REFRESH`].
+//!
 //! Keys: `gw:{kind}:{name}` (GCRA and bucket state), `…:inflight`, `…:resv`,
 //! `…:spend:{period}:{start}`, `…:minute:{n}`.
 
@@ -29,11 +33,59 @@ use redis::Script;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::WallClock;
+use crate::config::LimitsSpec;
+use crate::db::StoredKey;
 use crate::error::GovernanceError;
 use crate::store::{budget_refusal, rate_limited, tokens_to_take, Level, Reservation, UsageView};
 
 /// How long a request's reservation lives in Redis if its instance never settles it.
 pub const LEASE: Duration = Duration::from_secs(15 * 60);
+
+/// How often an instance checks Redis for virtual keys changed by another instance.
+pub const KEY_REFRESH: Duration = Duration::from_secs(1);
+
+const KEYS_HASH: &str = "gw:vkeys";
+const KEYS_VERSION: &str = "gw:vkeys:version";
+
+const KEY_INSERT: &str = r#"
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('INCR', KEYS[2])
+return 1
+"#;
+
+const KEY_UPDATE: &str = r#"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('INCR', KEYS[2])
+return 1
+"#;
+
+const KEY_DELETE: &str = r#"
+local n = redis.call('HDEL', KEYS[1], ARGV[1])
+if n > 0 then redis.call('INCR', KEYS[2]) end
+return n
+"#;
+
+/// A virtual key as stored in Redis.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeyRecord {
+    spec: LimitsSpec,
+    sha256: String,
+    created_ms: i64,
+    updated_ms: i64,
+}
+
+fn record_json(k: &StoredKey) -> Result<String, String> {
+    let mut spec = k.spec.clone();
+    spec.secret = None;
+    serde_json::to_string(&KeyRecord {
+        spec,
+        sha256: hex::encode(k.digest),
+        created_ms: k.created_ms,
+        updated_ms: k.updated_ms,
+    })
+    .map_err(|e| e.to_string())
+}
 
 const WEEK_MS: i64 = 7 * 24 * 3_600_000;
 
@@ -273,6 +325,84 @@ impl RedisStore {
                 "governance store answered {answer:?}"
             ))),
         }
+    }
+
+    async fn key_script(&self, src: &str, name: &str, record: &str) -> Result<i64, String> {
+        let mut conn = self.conn.clone();
+        Script::new(src)
+            .key(KEYS_HASH)
+            .key(KEYS_VERSION)
+            .arg(name)
+            .arg(record)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| format!("governance store unavailable: {e}"))
+    }
+
+    pub async fn insert_key(&self, k: &StoredKey) -> Result<(), String> {
+        match self
+            .key_script(KEY_INSERT, &k.spec.name, &record_json(k)?)
+            .await?
+        {
+            0 => Err(format!("virtual key {:?} already exists", k.spec.name)),
+            _ => Ok(()),
+        }
+    }
+
+    pub async fn update_key(&self, k: &StoredKey) -> Result<(), String> {
+        match self
+            .key_script(KEY_UPDATE, &k.spec.name, &record_json(k)?)
+            .await?
+        {
+            0 => Err(format!("virtual key {:?} does not exist", k.spec.name)),
+            _ => Ok(()),
+        }
+    }
+
+    pub async fn delete_key(&self, name: &str) -> Result<(), String> {
+        self.key_script(KEY_DELETE, name, "").await.map(|_| ())
+    }
+
+    /// The version of the key set (bumped by every change).
+    pub async fn keys_version(&self) -> Result<u64, String> {
+        let mut conn = self.conn.clone();
+        let v: Option<u64> = redis::cmd("GET")
+            .arg(KEYS_VERSION)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| format!("governance store unavailable: {e}"))?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// All API-made keys and the version they were read at.
+    pub async fn load_keys(&self) -> Result<(u64, Vec<StoredKey>), String> {
+        let mut conn = self.conn.clone();
+        let (version, all): (Option<u64>, Vec<(String, String)>) = redis::pipe()
+            .atomic()
+            .get(KEYS_VERSION)
+            .hgetall(KEYS_HASH)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| format!("governance store unavailable: {e}"))?;
+        let mut keys = Vec::with_capacity(all.len());
+        for (name, json) in all {
+            let parsed = serde_json::from_str::<KeyRecord>(&json).ok().and_then(|r| {
+                let digest = <[u8; 32]>::try_from(hex::decode(&r.sha256).ok()?.as_slice()).ok()?;
+                Some(StoredKey {
+                    spec: r.spec,
+                    digest,
+                    created_ms: r.created_ms,
+                    updated_ms: r.updated_ms,
+                })
+            });
+            match parsed {
+                Some(k) => keys.push(k),
+                None => {
+                    tracing::error!(key = %name, "malformed virtual key record in Redis; skipped")
+                }
+            }
+        }
+        Ok((version.unwrap_or(0), keys))
     }
 
     pub fn finish(&self, r: Reservation, actual: Option<(u64, f64)>) {

@@ -227,3 +227,79 @@ async fn an_unreachable_store_refuses_with_unavailable() {
     );
     assert!(matches!(r, Refusal::Unavailable(_)), "{r:?}");
 }
+
+#[tokio::test]
+async fn keys_made_on_one_instance_work_on_the_others() {
+    use gateway_core::extend::AdminRoutes;
+    let Some(server) = redis().await else { return };
+    let c = clock();
+    let (govs, _dirs) = instances(&server, vec![key("from-file")], &c).await;
+    let (status, v) = govs[0]
+        .handle(
+            "POST",
+            "/admin/virtual-keys",
+            "",
+            br#"{"name": "shared", "rpm": 1}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{v}");
+    let first = v["secret"].as_str().unwrap().to_string();
+    let r = expect_refused(
+        Req::new(Some(&first)).admit(&govs[1]).await,
+        "before instance 1 refreshes",
+    );
+    assert!(matches!(r, Refusal::Unauthorized(_)), "{r:?}");
+    govs[1].refresh_keys().await.unwrap();
+    expect_ok(
+        Req::new(Some(&first)).admit(&govs[1]).await,
+        "after the refresh",
+    );
+    let r = expect_refused(
+        Req::new(Some(&first)).admit(&govs[0]).await,
+        "the rpm of 1 is shared",
+    );
+    assert!(matches!(r, Refusal::RateLimited { .. }), "{r:?}");
+
+    let (status, v) = govs[1]
+        .handle("POST", "/admin/virtual-keys/shared/rotate", "", b"")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{v}");
+    let second = v["secret"].as_str().unwrap().to_string();
+    govs[0].refresh_keys().await.unwrap();
+    let r = expect_refused(
+        Req::new(Some(&first)).admit(&govs[0]).await,
+        "rotated away on the other instance",
+    );
+    assert!(matches!(r, Refusal::Unauthorized(_)), "{r:?}");
+
+    // A new instance (a restart) reads the keys from Redis.
+    let dir = tempfile::tempdir().unwrap();
+    let third = open(
+        GovernanceConfig {
+            store: Some(server.url.clone()),
+            ..config(&dir, vec![key("from-file")])
+        },
+        &c,
+    )
+    .await;
+    c.advance(Duration::from_secs(60));
+    expect_ok(
+        Req::new(Some(&second)).admit(&third).await,
+        "a fresh instance knows the key",
+    );
+
+    let (status, _) = third
+        .handle("DELETE", "/admin/virtual-keys/shared", "", b"")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    govs[0].refresh_keys().await.unwrap();
+    c.advance(Duration::from_secs(60));
+    let r = expect_refused(
+        Req::new(Some(&second)).admit(&govs[0]).await,
+        "revoked on another instance",
+    );
+    assert!(matches!(r, Refusal::Unauthorized(_)), "{r:?}");
+}
