@@ -1,0 +1,485 @@
+//! Prometheus metrics: counters and histograms fed by the observer, gauges refreshed from
+//! [`Engine::health`](gateway_core::Engine::health) on every scrape.
+//!
+//! Every [`crate::Telemetry`] owns a *local* `PrometheusRecorder` (metrics-exporter-prometheus
+//! built with `build_recorder`, never installed globally) and registers its metrics on it directly.
+//! Each gateway therefore counts only its own traffic, several gateways can live in one process (as
+//! the tests do), and nothing depends on a process-wide recorder that can be installed only once.
+//! Histograms use explicit buckets from 1 ms to 120 s, so p50/p99 per provider come from
+//! `histogram_quantile` over `_bucket` series.
+//!
+//! `gateway_cost_usd_total` is a floating-point counter, which the `metrics` facade does not have
+//! (its counters are integers): it is kept here and appended to the rendered text as a proper
+//! `counter`.
+//!
+//! Label values are names from the configuration (providers, keys, routes, upstream models,
+//! virtual keys) and never secrets. The client-chosen model name is only used as a label once the
+//! request reached a route or provider (otherwise `other`), so random model names cannot grow the
+//! series without bound.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use gateway_core::engine::ProviderHealth;
+use gateway_core::observe::{AttemptRecord, RequestRecord};
+use gateway_core::ProviderError;
+use metrics::{Counter, Key, KeyName, Label, Level, Metadata, Recorder, SharedString};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+use crate::record::Tokens;
+
+/// Histogram buckets in seconds, 1 ms to 120 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+    120.0,
+];
+
+/// Metric names and their help text (the documented contract).
+pub mod names {
+    /// Client requests by route, model, status and virtual key.
+    pub const REQUESTS: &str = "gateway_requests_total";
+    /// Client request duration.
+    pub const REQUEST_DURATION: &str = "gateway_request_duration_seconds";
+    /// Upstream attempts by provider, key, model and outcome.
+    pub const UPSTREAM_REQUESTS: &str = "gateway_upstream_requests_total";
+    /// Upstream attempt latency.
+    pub const UPSTREAM_DURATION: &str = "gateway_upstream_duration_seconds";
+    /// Time to first token of streamed attempts.
+    pub const TTFT: &str = "gateway_time_to_first_token_seconds";
+    /// Moves from one provider to another within a request.
+    pub const FALLBACKS: &str = "gateway_fallbacks_total";
+    /// Retries at the same provider.
+    pub const RETRIES: &str = "gateway_retries_total";
+    /// Tokens by provider, model and kind.
+    pub const TOKENS: &str = "gateway_tokens_total";
+    /// Spend in USD.
+    pub const COST: &str = "gateway_cost_usd_total";
+    /// 1 when a key is available, 0 when resting, ejected or probing.
+    pub const KEY_STATE: &str = "gateway_key_state";
+    /// Seconds until a resting or ejected key returns.
+    pub const KEY_COOLDOWN: &str = "gateway_key_cooldown_seconds";
+    /// 1 when a provider is available, 0 otherwise.
+    pub const PROVIDER_STATE: &str = "gateway_provider_state";
+    /// Last rate-limit headroom the provider reported for a key.
+    pub const KEY_REMAINING: &str = "gateway_key_ratelimit_remaining";
+    /// Requests refused by admission (virtual keys).
+    pub const REJECTIONS: &str = "gateway_virtual_key_rejections_total";
+    /// Request log records dropped because the queue was full.
+    pub const LOG_DROPPED: &str = "gateway_log_dropped_total";
+    /// Request log batches that could not be written.
+    pub const LOG_WRITE_ERRORS: &str = "gateway_log_write_errors_total";
+    /// Trace spans dropped because the export queue was full.
+    pub const SPANS_DROPPED: &str = "gateway_trace_spans_dropped_total";
+    /// Span batches the OTLP endpoint did not accept.
+    pub const TRACE_EXPORT_ERRORS: &str = "gateway_trace_export_errors_total";
+}
+
+const HELP: &[(&str, &str)] = &[
+    (
+        names::REQUESTS,
+        "Client requests by route, model, HTTP status and virtual key.",
+    ),
+    (
+        names::REQUEST_DURATION,
+        "Client request duration in seconds (streams: until the last byte).",
+    ),
+    (
+        names::UPSTREAM_REQUESTS,
+        "Upstream attempts by provider, key, model and outcome.",
+    ),
+    (
+        names::UPSTREAM_DURATION,
+        "Upstream attempt latency in seconds (streams: until the first chunk).",
+    ),
+    (
+        names::TTFT,
+        "Time to first token of streamed upstream attempts, in seconds.",
+    ),
+    (
+        names::FALLBACKS,
+        "Requests that moved from one provider to another.",
+    ),
+    (names::RETRIES, "Attempts that retried the same provider."),
+    (
+        names::TOKENS,
+        "Tokens by provider, upstream model and kind (prompt, completion, cached).",
+    ),
+    (
+        names::KEY_STATE,
+        "1 when the key is available, 0 when resting, ejected or probing.",
+    ),
+    (
+        names::KEY_COOLDOWN,
+        "Seconds until a resting or ejected key returns (0 when available).",
+    ),
+    (
+        names::PROVIDER_STATE,
+        "1 when the provider is available, 0 when ejected or probing.",
+    ),
+    (
+        names::KEY_REMAINING,
+        "Last remaining requests or tokens the provider reported for the key.",
+    ),
+    (
+        names::REJECTIONS,
+        "Requests refused before routing, by virtual key and reason.",
+    ),
+    (
+        names::LOG_DROPPED,
+        "Request log records dropped because the log queue was full.",
+    ),
+    (
+        names::LOG_WRITE_ERRORS,
+        "Request log batches the store failed to write.",
+    ),
+    (
+        names::SPANS_DROPPED,
+        "Trace spans dropped because the export queue was full.",
+    ),
+    (
+        names::TRACE_EXPORT_ERRORS,
+        "Span batches the OTLP endpoint did not accept.",
+    ),
+];
+
+static META: Metadata<'static> = Metadata::new("gateway_telemetry", Level::INFO, None);
+
+/// The `outcome` label of an upstream attempt: one of `ok`, `rate_limited`, `overloaded`,
+/// `server_error`, `timeout`, `connect_error`, `client_error`, `auth_error`. An attempt cancelled
+/// because the client went away counts as `client_error` (the upstream did nothing wrong).
+pub fn outcome_label(outcome: &str) -> &'static str {
+    match outcome {
+        "ok" => "ok",
+        "rate_limited" => "rate_limited",
+        "overloaded" => "overloaded",
+        "timeout" => "timeout",
+        "connect_error" => "connect_error",
+        "auth_error" => "auth_error",
+        "client_error" | "cancelled" => "client_error",
+        _ => "server_error",
+    }
+}
+
+/// The `reason` of a refusal by admission, from the status, or `None` when the request was not
+/// refused before routing.
+pub fn rejection_reason(r: &RequestRecord) -> Option<&'static str> {
+    if !r.attempts.is_empty() || r.route.is_some() || r.provider.is_some() {
+        return None;
+    }
+    match r.status {
+        401 => Some("unauthorized"),
+        402 => Some("budget_exceeded"),
+        403 => Some("forbidden"),
+        429 => Some("rate_limited"),
+        _ => None,
+    }
+}
+
+fn label(k: &'static str, v: impl Into<SharedString>) -> Label {
+    Label::new(k, v)
+}
+
+fn opt_label(k: &'static str, v: Option<&str>) -> Label {
+    Label::new(k, v.map_or_else(|| "none".to_owned(), bounded))
+}
+
+fn bounded(v: &str) -> String {
+    let mut end = v.len().min(128);
+    while !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    v[..end].to_owned()
+}
+
+type CostKey = (String, String, String);
+
+/// The recorder and what it cannot hold.
+pub(crate) struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    cost: Mutex<HashMap<CostKey, f64>>,
+    pub(crate) log_dropped: Counter,
+    pub(crate) log_write_errors: Counter,
+    pub(crate) spans_dropped: Counter,
+    pub(crate) trace_export_errors: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let builder = PrometheusBuilder::new();
+        // `set_buckets` only fails on an empty list.
+        let builder = match builder.set_buckets(LATENCY_BUCKETS) {
+            Ok(b) => b,
+            Err(_) => PrometheusBuilder::new(),
+        };
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        for (name, help) in HELP {
+            let key = KeyName::from_const_str(name);
+            match *name {
+                names::REQUEST_DURATION | names::UPSTREAM_DURATION | names::TTFT => {
+                    recorder.describe_histogram(key, None, SharedString::const_str(help));
+                }
+                names::KEY_STATE
+                | names::KEY_COOLDOWN
+                | names::PROVIDER_STATE
+                | names::KEY_REMAINING => {
+                    recorder.describe_gauge(key, None, SharedString::const_str(help));
+                }
+                _ => recorder.describe_counter(key, None, SharedString::const_str(help)),
+            }
+        }
+        let c = |name: &'static str| {
+            let c = recorder.register_counter(&Key::from_static_name(name), &META);
+            c.increment(0);
+            c
+        };
+        Metrics {
+            log_dropped: c(names::LOG_DROPPED),
+            log_write_errors: c(names::LOG_WRITE_ERRORS),
+            spans_dropped: c(names::SPANS_DROPPED),
+            trace_export_errors: c(names::TRACE_EXPORT_ERRORS),
+            cost: Mutex::new(HashMap::new()),
+            recorder,
+            handle,
+        }
+    }
+
+    fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels), &META)
+    }
+
+    fn histogram(&self, name: &'static str, labels: Vec<Label>, secs: f64) {
+        self.recorder
+            .register_histogram(&Key::from_parts(name, labels), &META)
+            .record(secs);
+    }
+
+    fn gauge(&self, name: &'static str, labels: Vec<Label>, v: f64) {
+        self.recorder
+            .register_gauge(&Key::from_parts(name, labels), &META)
+            .set(v);
+    }
+
+    fn remaining(&self, provider: &Arc<str>, key: &Arc<str>, kind: &'static str, v: u64) {
+        self.gauge(
+            names::KEY_REMAINING,
+            vec![
+                label("provider", Arc::clone(provider)),
+                label("key", Arc::clone(key)),
+                label("kind", kind),
+            ],
+            v as f64,
+        );
+    }
+
+    /// Counts one upstream attempt.
+    pub(crate) fn on_attempt(&self, a: &AttemptRecord) {
+        let outcome = outcome_label(a.outcome);
+        self.counter(
+            names::UPSTREAM_REQUESTS,
+            vec![
+                label("provider", Arc::clone(&a.provider)),
+                label("key", Arc::clone(&a.key)),
+                label("model", Arc::clone(&a.model)),
+                label("outcome", outcome),
+            ],
+        )
+        .increment(1);
+        if !matches!(a.error, Some(ProviderError::Cancelled)) {
+            self.histogram(
+                names::UPSTREAM_DURATION,
+                vec![
+                    label("provider", Arc::clone(&a.provider)),
+                    label("model", Arc::clone(&a.model)),
+                ],
+                a.latency.as_secs_f64(),
+            );
+        }
+        if let Some(t) = a.ttft {
+            self.histogram(
+                names::TTFT,
+                vec![
+                    label("provider", Arc::clone(&a.provider)),
+                    label("model", Arc::clone(&a.model)),
+                ],
+                t.as_secs_f64(),
+            );
+        }
+        if let Some(from) = &a.fallback_from {
+            self.counter(
+                names::FALLBACKS,
+                vec![
+                    label("from_provider", Arc::clone(from)),
+                    label("to_provider", Arc::clone(&a.provider)),
+                ],
+            )
+            .increment(1);
+        }
+        if a.is_retry {
+            self.counter(
+                names::RETRIES,
+                vec![label("provider", Arc::clone(&a.provider))],
+            )
+            .increment(1);
+        }
+        let mut rl = a.rate_limit;
+        if let Some(ProviderError::RateLimited {
+            remaining: Some(r), ..
+        }) = &a.error
+        {
+            rl.remaining_requests = rl.remaining_requests.or(r.remaining_requests);
+            rl.remaining_tokens = rl.remaining_tokens.or(r.remaining_tokens);
+        }
+        if let Some(v) = rl.remaining_requests {
+            self.remaining(&a.provider, &a.key, "requests", v);
+        }
+        if let Some(v) = rl.remaining_tokens {
+            self.remaining(&a.provider, &a.key, "tokens", v);
+        }
+    }
+
+    /// Counts one finished client request.
+    pub(crate) fn on_finish(&self, r: &RequestRecord) {
+        let reached = !r.attempts.is_empty() || r.route.is_some() || r.provider.is_some();
+        let model = if reached {
+            bounded(&r.requested_model)
+        } else {
+            "other".to_owned()
+        };
+        let route = opt_label("route", r.route.as_deref());
+        self.counter(
+            names::REQUESTS,
+            vec![
+                route.clone(),
+                label("model", model),
+                label("status", r.status.to_string()),
+                opt_label("virtual_key", r.virtual_key.as_deref()),
+            ],
+        )
+        .increment(1);
+        self.histogram(
+            names::REQUEST_DURATION,
+            vec![route],
+            r.duration.as_secs_f64(),
+        );
+        if let Some(reason) = rejection_reason(r) {
+            self.counter(
+                names::REJECTIONS,
+                vec![
+                    opt_label("virtual_key", r.virtual_key.as_deref()),
+                    label("reason", reason),
+                ],
+            )
+            .increment(1);
+        }
+        let (Some(provider), Some(model)) = (r.provider.as_deref(), r.model.as_deref()) else {
+            return;
+        };
+        let t = Tokens::of(r);
+        for (kind, n) in [
+            ("prompt", t.prompt),
+            ("completion", t.completion),
+            ("cached", t.cached),
+        ] {
+            self.counter(
+                names::TOKENS,
+                vec![
+                    label("provider", provider.to_owned()),
+                    label("model", model.to_owned()),
+                    label("kind", kind),
+                ],
+            )
+            .increment(n);
+        }
+        if r.cost_usd > 0.0 && r.cost_usd.is_finite() {
+            let key = (
+                r.virtual_key.clone().unwrap_or_else(|| "none".to_owned()),
+                provider.to_owned(),
+                model.to_owned(),
+            );
+            if let Ok(mut m) = self.cost.lock() {
+                *m.entry(key).or_insert(0.0) += r.cost_usd;
+            }
+        }
+    }
+
+    /// Sets the key and provider gauges from the engine's health.
+    pub(crate) fn refresh_health(&self, health: &[ProviderHealth]) {
+        for p in health {
+            let up = if p.state == "available" { 1.0 } else { 0.0 };
+            self.gauge(
+                names::PROVIDER_STATE,
+                vec![label("provider", p.name.clone())],
+                up,
+            );
+            for k in &p.keys {
+                let labels = || {
+                    vec![
+                        label("provider", p.name.clone()),
+                        label("key", k.name.clone()),
+                    ]
+                };
+                let up = if k.state == "available" { 1.0 } else { 0.0 };
+                self.gauge(names::KEY_STATE, labels(), up);
+                let cooldown = k.cooldown_ms.map_or(0.0, |ms| ms as f64 / 1000.0);
+                self.gauge(names::KEY_COOLDOWN, labels(), cooldown);
+                for (kind, v) in [
+                    ("requests", k.signals.remaining_requests),
+                    ("tokens", k.signals.remaining_tokens),
+                ] {
+                    if let Some(v) = v {
+                        let mut l = labels();
+                        l.push(label("kind", kind));
+                        self.gauge(names::KEY_REMAINING, l, v as f64);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub(crate) fn render(&self) -> String {
+        let mut out = self.handle.render();
+        let mut cost: Vec<(CostKey, f64)> = match self.cost.lock() {
+            Ok(m) => m.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            Err(_) => Vec::new(),
+        };
+        cost.sort_by(|a, b| a.0.cmp(&b.0));
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+        let _ = writeln!(
+            out,
+            "# HELP {} Spend in USD by virtual key, provider and upstream model.\n# TYPE {} counter",
+            names::COST,
+            names::COST
+        );
+        for ((vk, p, m), v) in cost {
+            let _ = writeln!(
+                out,
+                "{}{{virtual_key=\"{}\",provider=\"{}\",model=\"{}\"}} {}",
+                names::COST,
+                escape(&vk),
+                escape(p.as_str()),
+                escape(m.as_str()),
+                v
+            );
+        }
+        out
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

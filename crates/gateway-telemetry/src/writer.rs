@@ -1,0 +1,155 @@
+//! The request-log writer: a bounded queue drained by a dedicated thread.
+//!
+//! The observer hands each finished request to [`LogWriter::submit`], which never blocks: when the
+//! queue is full the record is dropped and `gateway_log_dropped_total` counts it. The thread
+//! (SQLite is blocking, so it is not a runtime task) takes what is queued, up to [`MAX_BATCH`]
+//! records, turns them into [`LogEntry`]s, writes them in one transaction, prints one JSON line per
+//! request on stdout when asked, and applies retention every [`RETENTION_EVERY`]. It stops when the
+//! last sender is dropped, after writing what is left.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gateway_core::observe::RequestRecord;
+use metrics::Counter;
+use rusqlite::Connection;
+use tokio::sync::watch;
+
+use crate::record::LogEntry;
+use crate::store;
+use crate::time::now_ms;
+
+/// Most records written in one transaction.
+pub const MAX_BATCH: usize = 512;
+/// How often retention runs.
+pub const RETENTION_EVERY: Duration = Duration::from_secs(60);
+
+/// What the writer thread needs.
+pub(crate) struct WriterSettings {
+    pub(crate) conn: Connection,
+    pub(crate) path: PathBuf,
+    pub(crate) capacity: usize,
+    pub(crate) stdout_json: bool,
+    pub(crate) log_content: bool,
+    pub(crate) max_age_ms: Option<u64>,
+    pub(crate) max_rows: Option<u64>,
+    pub(crate) dropped: Counter,
+    pub(crate) write_errors: Counter,
+    /// Held by a test to stop the thread before it takes anything from the queue.
+    pub(crate) gate: Option<Arc<Mutex<()>>>,
+}
+
+/// The sending side.
+pub(crate) struct LogWriter {
+    tx: SyncSender<Arc<RequestRecord>>,
+    accepted: AtomicU64,
+    dropped_n: AtomicU64,
+    dropped: Counter,
+    written: watch::Receiver<u64>,
+}
+
+impl std::fmt::Debug for LogWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogWriter")
+            .field("accepted", &self.accepted)
+            .field("dropped", &self.dropped_n)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogWriter {
+    /// Spawns the writer thread.
+    pub(crate) fn start(s: WriterSettings) -> std::io::Result<Self> {
+        let (tx, rx) = sync_channel(s.capacity.max(1));
+        let (written_tx, written) = watch::channel(0u64);
+        let dropped = s.dropped.clone();
+        std::thread::Builder::new()
+            .name("gateway-log-writer".to_owned())
+            .spawn(move || run(s, rx, written_tx))?;
+        Ok(LogWriter {
+            tx,
+            accepted: AtomicU64::new(0),
+            dropped_n: AtomicU64::new(0),
+            dropped,
+            written,
+        })
+    }
+
+    /// Queues a record, or drops and counts it when the queue is full. Never blocks.
+    pub(crate) fn submit(&self, record: Arc<RequestRecord>) {
+        match self.tx.try_send(record) {
+            Ok(()) => {
+                self.accepted.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped_n.fetch_add(1, Ordering::Relaxed);
+                self.dropped.increment(1);
+            }
+        }
+    }
+
+    /// Records dropped so far.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped_n.load(Ordering::Relaxed)
+    }
+
+    /// Waits until everything queued before the call is written (or the writer is gone).
+    pub(crate) async fn flush(&self) {
+        let target = self.accepted.load(Ordering::Relaxed);
+        let mut rx = self.written.clone();
+        let _ = rx.wait_for(|w| *w >= target).await;
+    }
+}
+
+fn run(mut s: WriterSettings, rx: Receiver<Arc<RequestRecord>>, written: watch::Sender<u64>) {
+    let mut done = 0u64;
+    let mut last_retention: Option<Instant> = None;
+    let retention = s.max_age_ms.is_some() || s.max_rows.is_some();
+    loop {
+        if let Some(g) = &s.gate {
+            drop(g.lock());
+        }
+        if retention && last_retention.is_none_or(|t| t.elapsed() >= RETENTION_EVERY) {
+            last_retention = Some(Instant::now());
+            match store::apply_retention(&mut s.conn, now_ms(), s.max_age_ms, s.max_rows) {
+                Ok(n) if n > 0 => tracing::debug!(deleted = n, "request log retention"),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, path = %s.path.display(), "request log retention failed")
+                }
+            }
+        }
+        let first = match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut batch = Vec::with_capacity(16);
+        batch.push(LogEntry::from_record(&first, s.log_content));
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(LogEntry::from_record(&r, s.log_content)),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = store::insert_batch(&mut s.conn, &batch) {
+            s.write_errors.increment(1);
+            tracing::warn!(error = %e, records = batch.len(), path = %s.path.display(), "request log write failed");
+        }
+        if s.stdout_json {
+            let mut out = std::io::stdout().lock();
+            for e in &batch {
+                if serde_json::to_writer(&mut out, e).is_ok() {
+                    let _ = out.write_all(b"\n");
+                }
+            }
+            let _ = out.flush();
+        }
+        done += batch.len() as u64;
+        written.send_replace(done);
+    }
+}
