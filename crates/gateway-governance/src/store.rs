@@ -294,30 +294,41 @@ impl Entity {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct SpendKey {
-    kind: Kind,
-    name: Arc<str>,
-    period: Period,
-    start: i64,
-}
-
-impl SpendKey {
-    fn of(l: &Level, now_ms: i64) -> SpendKey {
-        SpendKey {
-            kind: l.kind,
-            name: l.name.clone(),
-            period: l.limits.period,
-            start: l.limits.period.bounds(now_ms).0,
-        }
-    }
-}
+/// A level's identity in the maps below.
+type LevelId = (Kind, Arc<str>);
 
 #[derive(Default)]
 struct State {
-    entities: HashMap<(Kind, Arc<str>), Entity>,
-    spend: HashMap<SpendKey, f64>,
+    entities: HashMap<LevelId, Entity>,
+    /// Per level: (period, period start, USD) of the periods that have not ended.
+    spend: HashMap<LevelId, Vec<(Period, i64, f64)>>,
     next_id: u64,
+}
+
+impl State {
+    fn spent(&self, l: &Level, now_ms: i64) -> f64 {
+        let start = l.limits.period.bounds(now_ms).0;
+        self.spend
+            .get(&(l.kind, l.name.clone()))
+            .and_then(|v| {
+                v.iter()
+                    .find(|(p, s, _)| *p == l.limits.period && *s == start)
+            })
+            .map_or(0.0, |(_, _, usd)| *usd)
+    }
+
+    /// Adds spend to one period, forgetting the level's finished periods of the same kind.
+    fn add_spend(&mut self, kind: Kind, name: Arc<str>, period: Period, start: i64, usd: f64) {
+        let periods = self.spend.entry((kind, name)).or_default();
+        periods.retain(|(p, s, _)| *p != period || *s >= start);
+        match periods
+            .iter_mut()
+            .find(|(p, s, _)| *p == period && *s == start)
+        {
+            Some((_, _, total)) => *total += usd,
+            None => periods.push((period, start, usd)),
+        }
+    }
 }
 
 /// One process's counters: rpm/tpm/concurrency in memory, spend in memory and in SQLite.
@@ -334,13 +345,13 @@ impl Embedded {
             let Ok(period) = Period::parse((row.period != "lifetime").then_some(row.period)) else {
                 continue;
             };
-            let key = SpendKey {
-                kind: row.kind,
-                name: Arc::from(row.name.as_str()),
+            state.add_spend(
+                row.kind,
+                Arc::from(row.name.as_str()),
                 period,
-                start: row.period_start,
-            };
-            *state.spend.entry(key).or_default() += row.usd;
+                row.period_start,
+                row.usd,
+            );
         }
         Embedded {
             state: Mutex::new(state),
@@ -369,7 +380,7 @@ impl Embedded {
         // 1. budgets
         for l in levels {
             if let Some(budget) = l.limits.budget_usd {
-                let spent = st.spend.get(&SpendKey::of(l, now)).copied().unwrap_or(0.0);
+                let spent = st.spent(l, now);
                 let reserved = st
                     .entities
                     .get(&(l.kind, l.name.clone()))
@@ -475,9 +486,8 @@ impl Embedded {
                     e.minute_tokens += used;
                 }
                 if let Some((_, cost)) = actual.filter(|(_, c)| *c > 0.0) {
-                    let key = SpendKey::of(l, now);
                     let (start, end) = l.limits.period.bounds(now);
-                    *st.spend.entry(key).or_default() += cost;
+                    st.add_spend(l.kind, l.name.clone(), l.limits.period, start, cost);
                     rows.push(SpendRow {
                         kind: l.kind,
                         name: l.name.to_string(),
@@ -496,7 +506,7 @@ impl Embedded {
         let now = self.clock.now_ms();
         let mut guard = self.lock();
         let st = &mut *guard;
-        let spend_usd = st.spend.get(&SpendKey::of(l, now)).copied().unwrap_or(0.0);
+        let spend_usd = st.spent(l, now);
         let Some(e) = st.entities.get_mut(&(l.kind, l.name.clone())) else {
             return UsageView {
                 spend_usd,
