@@ -157,13 +157,10 @@ impl std::fmt::Debug for Telemetry {
 impl Telemetry {
     /// Opens the store, spawns the log writer and (with an endpoint) the OTLP exporter.
     pub fn start(config: TelemetryConfig) -> Result<Arc<Self>, TelemetryError> {
-        Self::start_inner(config, None)
+        Self::start_inner(config, Hooks::default())
     }
 
-    fn start_inner(
-        config: TelemetryConfig,
-        gate: Option<Arc<Mutex<()>>>,
-    ) -> Result<Arc<Self>, TelemetryError> {
+    fn start_inner(config: TelemetryConfig, hooks: Hooks) -> Result<Arc<Self>, TelemetryError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| TelemetryError::DataDir {
             path: config.data_dir.clone(),
             source,
@@ -180,13 +177,18 @@ impl Telemetry {
             conn,
             path: path.clone(),
             capacity: config.queue_capacity,
-            stdout_json: config.stdout_json,
+            json_lines: match hooks.json_lines {
+                Some(w) => Some(w),
+                None if config.stdout_json => Some(Box::new(std::io::stdout())),
+                None => None,
+            },
             log_content: config.log_content,
             max_age_ms: config.retention_days.map(|d| d.saturating_mul(86_400_000)),
             max_rows: config.retention_rows,
             dropped: metrics.log_dropped.clone(),
             write_errors: metrics.log_write_errors.clone(),
-            gate,
+            metrics: metrics.handle(),
+            gate: hooks.gate,
         })
         .map_err(TelemetryError::Spawn)?;
         let traces = match config
@@ -291,9 +293,18 @@ impl Telemetry {
     }
 
     #[cfg(test)]
-    fn start_paused(config: TelemetryConfig, gate: Arc<Mutex<()>>) -> Arc<Self> {
-        Self::start_inner(config, Some(gate)).unwrap()
+    fn start_with_hooks(config: TelemetryConfig, hooks: Hooks) -> Arc<Self> {
+        Self::start_inner(config, hooks).unwrap()
     }
+}
+
+/// Test seams of the log writer.
+#[derive(Default)]
+struct Hooks {
+    /// Held by a test to keep the writer from taking anything off the queue.
+    gate: Option<Arc<Mutex<()>>>,
+    /// Replaces stdout for JSON lines.
+    json_lines: Option<Box<dyn std::io::Write + Send>>,
 }
 
 fn poisoned() -> rusqlite::Error {

@@ -252,6 +252,11 @@ impl Metrics {
         }
     }
 
+    /// The recorder's handle (for upkeep).
+    pub(crate) fn handle(&self) -> PrometheusHandle {
+        self.handle.clone()
+    }
+
     fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
         self.recorder
             .register_counter(&Key::from_parts(name, labels), &META)

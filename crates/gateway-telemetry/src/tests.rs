@@ -10,7 +10,7 @@ use gateway_core::{ProviderError, RateLimitInfo, RateLimitScope};
 use serde_json::Value;
 
 use crate::testing::{sample, OtlpReceiver};
-use crate::{store, Telemetry, TelemetryConfig};
+use crate::{store, Hooks, Telemetry, TelemetryConfig};
 
 fn config(dir: &tempfile::TempDir) -> TelemetryConfig {
     TelemetryConfig {
@@ -466,12 +466,15 @@ async fn a_full_log_queue_drops_and_counts_instead_of_blocking() {
     let dir = tempfile::tempdir().unwrap();
     let gate = Arc::new(Mutex::new(()));
     let held = gate.lock().unwrap();
-    let t = Telemetry::start_paused(
+    let t = Telemetry::start_with_hooks(
         TelemetryConfig {
             queue_capacity: 1,
             ..config(&dir)
         },
-        Arc::clone(&gate),
+        Hooks {
+            gate: Some(Arc::clone(&gate)),
+            ..Hooks::default()
+        },
     );
     let started = Instant::now();
     for i in 0..50 {
@@ -643,4 +646,95 @@ fn the_traces_url_gets_its_path() {
         traces_url("http://c:4318/v1/traces"),
         "http://c:4318/v1/traces"
     );
+}
+
+/// Every metric is documented, and the dashboard queries only metrics that exist.
+#[test]
+fn docs_and_dashboard_match_the_metrics() {
+    use crate::metrics::names::*;
+    let all = [
+        REQUESTS,
+        REQUEST_DURATION,
+        UPSTREAM_REQUESTS,
+        UPSTREAM_DURATION,
+        TTFT,
+        FALLBACKS,
+        RETRIES,
+        TOKENS,
+        COST,
+        KEY_STATE,
+        KEY_COOLDOWN,
+        PROVIDER_STATE,
+        KEY_REMAINING,
+        REJECTIONS,
+        LOG_DROPPED,
+        LOG_WRITE_ERRORS,
+        SPANS_DROPPED,
+        TRACE_EXPORT_ERRORS,
+    ];
+    let doc = include_str!("../../../docs/observability.md");
+    for name in all {
+        assert!(
+            doc.contains(&format!("`{name}`")),
+            "{name} is not documented"
+        );
+    }
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../../../docs/grafana-dashboard.json")).unwrap();
+    let text = dashboard.to_string();
+    let mut used = 0;
+    for (i, _) in text.match_indices("gateway_") {
+        let name: String = text[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let base = name
+            .trim_end_matches("_bucket")
+            .trim_end_matches("_count")
+            .trim_end_matches("_sum");
+        assert!(all.contains(&base), "the dashboard queries unknown {name}");
+        used += 1;
+    }
+    assert!(used > 20, "the dashboard queries the metrics");
+}
+
+/// A `Write` into shared memory, standing in for stdout.
+#[derive(Clone, Default)]
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn json_lines_are_one_record_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::default();
+    let t = Telemetry::start_with_hooks(
+        TelemetryConfig {
+            stdout_json: true,
+            ..config(&dir)
+        },
+        Hooks {
+            json_lines: Some(Box::new(sink.clone())),
+            ..Hooks::default()
+        },
+    );
+    scripted(&t);
+    t.flush().await;
+    let out = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: Vec<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["r1", "r2", "r3", "r4"], "{out}");
+    assert_eq!(lines[1]["attempts"][1]["fallback_from"], "oai");
+    assert!(!out.contains("SECRET"), "{out}");
 }

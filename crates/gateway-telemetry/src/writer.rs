@@ -4,8 +4,10 @@
 //! queue is full the record is dropped and `gateway_log_dropped_total` counts it. The thread
 //! (SQLite is blocking, so it is not a runtime task) takes what is queued, up to [`MAX_BATCH`]
 //! records, turns them into [`LogEntry`]s, writes them in one transaction, prints one JSON line per
-//! request on stdout when asked, and applies retention every [`RETENTION_EVERY`]. It stops when the
-//! last sender is dropped, after writing what is left.
+//! request on stdout when asked, and applies retention every [`RETENTION_EVERY`]. It also runs the
+//! Prometheus recorder's upkeep every [`UPKEEP_EVERY`] (histogram samples are buffered until drained,
+//! and nothing else drains them when nobody scrapes `/metrics`). It stops when the last sender is
+//! dropped, after writing what is left.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use gateway_core::observe::RequestRecord;
 use metrics::Counter;
+use metrics_exporter_prometheus::PrometheusHandle;
 use rusqlite::Connection;
 use tokio::sync::watch;
 
@@ -27,18 +30,23 @@ use crate::time::now_ms;
 pub const MAX_BATCH: usize = 512;
 /// How often retention runs.
 pub const RETENTION_EVERY: Duration = Duration::from_secs(60);
+/// How often the metrics recorder's histogram buffers are drained.
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// What the writer thread needs.
 pub(crate) struct WriterSettings {
     pub(crate) conn: Connection,
     pub(crate) path: PathBuf,
     pub(crate) capacity: usize,
-    pub(crate) stdout_json: bool,
+    /// Where JSON lines go (stdout with `[logging] stdout = "json"`), if anywhere.
+    pub(crate) json_lines: Option<Box<dyn std::io::Write + Send>>,
     pub(crate) log_content: bool,
     pub(crate) max_age_ms: Option<u64>,
     pub(crate) max_rows: Option<u64>,
     pub(crate) dropped: Counter,
     pub(crate) write_errors: Counter,
+    /// The recorder whose upkeep this thread runs.
+    pub(crate) metrics: PrometheusHandle,
     /// Held by a test to stop the thread before it takes anything from the queue.
     pub(crate) gate: Option<Arc<Mutex<()>>>,
 }
@@ -109,9 +117,14 @@ fn run(mut s: WriterSettings, rx: Receiver<Arc<RequestRecord>>, written: watch::
     let mut done = 0u64;
     let mut last_retention: Option<Instant> = None;
     let retention = s.max_age_ms.is_some() || s.max_rows.is_some();
+    let mut last_upkeep = Instant::now();
     loop {
         if let Some(g) = &s.gate {
             drop(g.lock());
+        }
+        if last_upkeep.elapsed() >= UPKEEP_EVERY {
+            last_upkeep = Instant::now();
+            s.metrics.run_upkeep();
         }
         if retention && last_retention.is_none_or(|t| t.elapsed() >= RETENTION_EVERY) {
             last_retention = Some(Instant::now());
@@ -140,13 +153,14 @@ fn run(mut s: WriterSettings, rx: Receiver<Arc<RequestRecord>>, written: watch::
             s.write_errors.increment(1);
             tracing::warn!(error = %e, records = batch.len(), path = %s.path.display(), "request log write failed");
         }
-        if s.stdout_json {
-            let mut out = std::io::stdout().lock();
+        if let Some(out) = &mut s.json_lines {
+            let mut buf = Vec::with_capacity(batch.len() * 512);
             for e in &batch {
-                if serde_json::to_writer(&mut out, e).is_ok() {
-                    let _ = out.write_all(b"\n");
+                if serde_json::to_writer(&mut buf, e).is_ok() {
+                    buf.push(b'\n');
                 }
             }
+            let _ = out.write_all(&buf);
             let _ = out.flush();
         }
         done += batch.len() as u64;
