@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use gateway_server::{serve, Config, Extensions, Gateway, DEFAULT_CONFIG};
+use gateway_server::{serve, Config, Gateway, Services, DEFAULT_CONFIG};
 
 const HELP: &str = "gateway-server: an OpenAI- and Anthropic-compatible AI gateway
 
@@ -59,8 +59,9 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("warning: unknown configuration field `{field}` ignored");
         }
     }
-    let ext: Extensions = gateway_server::extensions(&config).await?;
-    let gateway = Gateway::new(config.clone(), config_path.clone(), ext).await?;
+    let services = Services::start(&config).await?;
+    let gateway = Gateway::new(config.clone(), config_path.clone(), services.extensions()).await?;
+    services.attach(&gateway);
     if check {
         println!("configuration is valid");
         return Ok(());

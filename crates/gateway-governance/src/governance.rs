@@ -256,6 +256,10 @@ impl Drop for GovernedPermit {
 
 #[async_trait]
 impl Admission for Governance {
+    fn enabled(&self) -> bool {
+        self.has_virtual_keys()
+    }
+
     async fn admit(&self, request: &AdmissionRequest<'_>) -> Result<Box<dyn Permit>, Refusal> {
         let registry = self.registry.load_full();
         if registry.keys.is_empty() {

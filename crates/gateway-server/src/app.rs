@@ -63,6 +63,8 @@ pub struct Extensions {
     pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
     /// Extra admin routes (`/admin/...`), tried before the built-in ones.
     pub admin: Option<Arc<dyn AdminRoutes>>,
+    /// Called with a new configuration before it is swapped in (reload); an error refuses it.
+    pub on_reload: Option<ReloadHook>,
     /// Your own providers, by kind name: a `[[providers]]` entry whose `kind` is one of these
     /// uses the given adapter (see `examples/custom_provider.rs`).
     pub providers: std::collections::HashMap<String, Arc<dyn gateway_core::Provider>>,
@@ -76,8 +78,33 @@ impl Default for Extensions {
             pricing: Arc::new(Free),
             metrics: None,
             admin: None,
+            on_reload: None,
             providers: std::collections::HashMap::new(),
         }
+    }
+}
+
+/// A reload hook (see [`Extensions::on_reload`]).
+pub type ReloadHook = Arc<dyn Fn(&Config) -> Result<(), String> + Send + Sync>;
+
+/// Several admin route sets, tried in order.
+pub struct AdminChain(pub Vec<Arc<dyn AdminRoutes>>);
+
+#[async_trait::async_trait]
+impl AdminRoutes for AdminChain {
+    async fn handle(
+        &self,
+        method: &str,
+        path: &str,
+        query: &str,
+        body: &[u8],
+    ) -> Option<(u16, serde_json::Value)> {
+        for r in &self.0 {
+            if let Some(out) = r.handle(method, path, query, body).await {
+                return Some(out);
+            }
+        }
+        None
     }
 }
 
@@ -183,8 +210,11 @@ impl Gateway {
         for field in &config.unknown_fields {
             tracing::warn!(field = %field, "unknown configuration field ignored (a typo?)");
         }
-        let custom = self.ext.load().providers.clone();
-        let ec = engine_config(&config, &self.client, &self.mocks, &custom).await?;
+        let ext = self.ext.load_full();
+        let ec = engine_config(&config, &self.client, &self.mocks, &ext.providers).await?;
+        if let Some(hook) = &ext.on_reload {
+            hook(&config).map_err(|e| ConfigError::Invalid(vec![e]))?;
+        }
         self.engine
             .reload(ec)
             .map_err(|e| ConfigError::Invalid(e.problems))?;

@@ -34,8 +34,117 @@ pub fn init_logging(config: &Config) {
         .try_init();
 }
 
-/// Builds the extensions a configuration asks for (admission, observers, pricing, metrics).
-pub async fn extensions(config: &Config) -> Result<Extensions, app::StartError> {
-    let _ = config;
-    Ok(Extensions::default())
+/// Governance and telemetry of a running gateway: build them from the configuration, hand their
+/// extensions to [`Gateway::new`], attach the engine, flush them on shutdown.
+pub struct Services {
+    /// Virtual keys, limits, budgets, pricing.
+    pub governance: std::sync::Arc<gateway_governance::Governance>,
+    /// Metrics, request logs, traces.
+    pub telemetry: std::sync::Arc<gateway_telemetry::Telemetry>,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Services")
+    }
+}
+
+/// The governance configuration of a gateway configuration.
+pub fn governance_config(
+    config: &Config,
+) -> Result<gateway_governance::GovernanceConfig, app::StartError> {
+    fn convert<A: serde::Serialize, B: serde::de::DeserializeOwned>(
+        items: &[A],
+        what: &str,
+    ) -> Result<Vec<B>, app::StartError> {
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                serde_json::to_value(item)
+                    .and_then(serde_json::from_value)
+                    .map_err(|e| {
+                        config::ConfigError::Invalid(vec![format!("{what}[{i}]: {e}")]).into()
+                    })
+            })
+            .collect()
+    }
+    Ok(gateway_governance::GovernanceConfig {
+        virtual_keys: convert(&config.virtual_keys, "virtual_keys")?,
+        teams: convert(&config.teams, "teams")?,
+        customers: convert(&config.customers, "customers")?,
+        pricing: convert(&config.pricing, "pricing")?,
+        store: config.governance.store.clone(),
+        data_dir: config.server.data_dir.clone(),
+        batch_headroom: config.governance.batch_headroom,
+    })
+}
+
+impl Services {
+    /// Opens the stores and starts the background writers.
+    pub async fn start(config: &Config) -> Result<Services, app::StartError> {
+        let governance = gateway_governance::Governance::open(governance_config(config)?)
+            .await
+            .map_err(|e| config::ConfigError::Invalid(vec![format!("governance: {e}")]))?;
+        let l = &config.logging;
+        let telemetry = gateway_telemetry::Telemetry::start(gateway_telemetry::TelemetryConfig {
+            data_dir: config.server.data_dir.clone(),
+            stdout_json: l.stdout.as_deref() == Some("json"),
+            log_content: l.content,
+            retention_days: l.retention_days,
+            retention_rows: l.retention_rows,
+            queue_capacity: l.queue_capacity.unwrap_or(10_000),
+            otlp_endpoint: config
+                .telemetry
+                .otlp_endpoint
+                .clone()
+                .filter(|e| !e.is_empty()),
+            service_name: config
+                .telemetry
+                .service_name
+                .clone()
+                .unwrap_or_else(|| "ai-gateway".to_owned()),
+        })
+        .map_err(|e| config::ConfigError::Invalid(vec![format!("telemetry: {e}")]))?;
+        Ok(Services {
+            governance,
+            telemetry,
+        })
+    }
+
+    /// The extensions to build the gateway with.
+    pub fn extensions(&self) -> Extensions {
+        let gov = std::sync::Arc::clone(&self.governance);
+        let reload_gov = std::sync::Arc::clone(&self.governance);
+        Extensions {
+            admission: gov.clone(),
+            pricing: gov.clone(),
+            observer: self.telemetry.observer(),
+            metrics: Some(self.telemetry.metrics_renderer()),
+            admin: Some(std::sync::Arc::new(app::AdminChain(vec![
+                gov as std::sync::Arc<dyn gateway_core::extend::AdminRoutes>,
+                self.telemetry.admin_routes(),
+            ]))),
+            on_reload: Some(std::sync::Arc::new(move |c: &Config| {
+                let gc = governance_config(c).map_err(|e| e.to_string())?;
+                reload_gov
+                    .reload(&gc)
+                    .map_err(|e| format!("governance: {e}"))
+            })),
+            ..Extensions::default()
+        }
+    }
+
+    /// Lets metrics read the engine's key and provider health.
+    pub fn attach(&self, gateway: &std::sync::Arc<Gateway>) {
+        self.telemetry.attach_engine(gateway.engine());
+    }
+
+    /// Writes what is queued (settled spend, request logs) before the process exits.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.governance.flush().await {
+            tracing::error!(error = %e, "could not flush governance state");
+        }
+        self.telemetry.flush().await;
+    }
 }

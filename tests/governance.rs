@@ -1,0 +1,245 @@
+//! Governance through the real server: virtual keys in both header styles, refusals in each
+//! dialect's shape, spend settled from real usage, admin-made keys, all with the gateway's own
+//! Services (embedded SQLite in a temporary data_dir).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use gateway_mock::MockUpstream;
+use gateway_server::{Config, Services};
+use gateway_tests::{chat, messages, TestGateway};
+use serde_json::json;
+
+async fn start(extra: &str) -> (TestGateway, Services, std::path::PathBuf) {
+    let m = MockUpstream::new().start().await.unwrap();
+    let dir =
+        std::env::temp_dir().join(format!("gw-gov-{}-{}", std::process::id(), fastrand_name()));
+    let toml = format!(
+        r#"
+[server]
+admin_token = "adm"
+data_dir = "{}"
+[[providers]]
+name = "oai"
+kind = "openai"
+base_url = "{}"
+models = ["gpt-4o-mini"]
+[[providers.keys]]
+name = "k"
+secret = "sk-upstream-secret"
+{extra}
+"#,
+        dir.display(),
+        m.openai_base()
+    );
+    let config = Config::from_toml(&toml).unwrap();
+    let services = Services::start(&config).await.unwrap();
+    let gw = TestGateway::start_with(&toml, services.extensions(), None).await;
+    services.attach(&gw.gateway);
+    // Keep the mock alive as long as the test: leak its handle into the gateway's lifetime.
+    std::mem::forget(m);
+    (gw, services, dir)
+}
+
+fn fastrand_name() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+const KEYS: &str = r#"
+[[virtual_keys]]
+name = "team-a-app"
+secret = "vk-team-a-0123456789"
+team = "a"
+models = ["oai/gpt-4o-mini", "gpt-4o-mini"]
+[[virtual_keys]]
+name = "tiny-budget"
+secret = "vk-tiny-0123456789"
+budget_usd = 0.000001
+budget_period = "1d"
+[[virtual_keys]]
+name = "slow"
+secret = "vk-slow-0123456789"
+rpm = 2
+[[teams]]
+name = "a"
+"#;
+
+#[tokio::test]
+async fn virtual_keys_are_required_and_refusals_have_each_dialects_shape() {
+    let (gw, services, dir) = start(KEYS).await;
+    // No key, wrong key: 401 in both shapes.
+    let r = gw
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            &[("content-type", "application/json")],
+            serde_json::to_vec(&chat("oai/gpt-4o-mini", "hi")).unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(r.json()["error"]["type"], "authentication_error");
+    let r = gw
+        .request(
+            "POST",
+            "/v1/messages",
+            &[
+                ("content-type", "application/json"),
+                ("x-api-key", "vk-wrong"),
+                ("anthropic-version", "2023-06-01"),
+            ],
+            serde_json::to_vec(&messages("oai/gpt-4o-mini", "hi")).unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["type"], "error");
+    assert_eq!(r.json()["error"]["type"], "authentication_error");
+
+    // A valid key, both header styles; the provider sees its own key, never the virtual one.
+    let ok = gw
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            &[
+                ("content-type", "application/json"),
+                ("authorization", "Bearer vk-team-a-0123456789"),
+            ],
+            serde_json::to_vec(&chat("oai/gpt-4o-mini", "hi")).unwrap(),
+        )
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let ok = gw
+        .request(
+            "POST",
+            "/v1/messages",
+            &[
+                ("content-type", "application/json"),
+                ("x-api-key", "vk-team-a-0123456789"),
+                ("anthropic-version", "2023-06-01"),
+            ],
+            serde_json::to_vec(&messages("gpt-4o-mini", "hi")).unwrap(),
+        )
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+
+    // Model allow-list: 403.
+    let r = gw
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            &[
+                ("content-type", "application/json"),
+                ("authorization", "Bearer vk-team-a-0123456789"),
+            ],
+            serde_json::to_vec(&chat("oai/other-model", "hi")).unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+
+    // rpm: the third request in a minute is refused with retry-after.
+    let slow = [
+        ("content-type", "application/json"),
+        ("authorization", "Bearer vk-slow-0123456789"),
+    ];
+    let body = serde_json::to_vec(&chat("oai/gpt-4o-mini", "hi")).unwrap();
+    assert_eq!(
+        gw.request("POST", "/v1/chat/completions", &slow, body.clone())
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        gw.request("POST", "/v1/chat/completions", &slow, body.clone())
+            .await
+            .status,
+        200
+    );
+    let r = gw
+        .request("POST", "/v1/chat/completions", &slow, body.clone())
+        .await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+
+    // Budget: the first request spends more than the budget; the next is refused with 402.
+    let tiny = [
+        ("content-type", "application/json"),
+        ("authorization", "Bearer vk-tiny-0123456789"),
+    ];
+    let first = gw
+        .request("POST", "/v1/chat/completions", &tiny, body.clone())
+        .await;
+    let second = gw
+        .request("POST", "/v1/chat/completions", &tiny, body.clone())
+        .await;
+    let refused = if first.status == 402 { first } else { second };
+    assert_eq!(refused.status, 402, "{}", refused.text());
+    assert_eq!(refused.json()["error"]["type"], "budget_exceeded");
+    assert_eq!(refused.header("x-should-retry"), Some("false"));
+
+    services.shutdown().await;
+    gw.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn admin_made_keys_work_and_show_usage() {
+    let (gw, services, dir) = start(KEYS).await;
+    let auth = [
+        ("authorization", "Bearer adm"),
+        ("content-type", "application/json"),
+    ];
+    let r = gw
+        .request(
+            "POST",
+            "/admin/virtual-keys",
+            &auth,
+            serde_json::to_vec(&json!({"name": "made", "rpm": 100})).unwrap(),
+        )
+        .await;
+    assert!(matches!(r.status, 200 | 201), "{}", r.text());
+    let secret = r.json()["secret"].as_str().unwrap().to_owned();
+    let bearer = format!("Bearer {secret}");
+    let h = [
+        ("content-type", "application/json"),
+        ("authorization", bearer.as_str()),
+    ];
+    let ok = gw
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            &h,
+            serde_json::to_vec(&chat("oai/gpt-4o-mini", "hi")).unwrap(),
+        )
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let usage = gw.get("/admin/virtual-keys/made", &auth).await;
+    assert_eq!(usage.status, 200, "{}", usage.text());
+    assert!(
+        !usage.text().contains(&secret),
+        "the secret is shown only once"
+    );
+    assert!(usage.text().contains("spend_usd"), "{}", usage.text());
+    let list = gw.get("/admin/virtual-keys", &auth).await;
+    assert!(
+        !list.text().contains("vk-team-a-0123456789"),
+        "{}",
+        list.text()
+    );
+    // Metrics and logs see the virtual key's name.
+    services.telemetry.flush().await;
+    let logs = gw.get("/admin/logs?virtual_key=made", &auth).await;
+    assert_eq!(logs.status, 200, "{}", logs.text());
+    assert_eq!(
+        logs.json()["data"].as_array().unwrap().len(),
+        1,
+        "{}",
+        logs.text()
+    );
+    let metrics = gw.get("/metrics", &[]).await.text();
+    assert!(metrics.contains("gateway_requests_total"), "{metrics}");
+    assert!(!metrics.contains("sk-upstream-secret"));
+    services.shutdown().await;
+    gw.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
