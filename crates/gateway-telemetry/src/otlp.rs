@@ -97,13 +97,19 @@ impl TraceExporter {
         let scope = InstrumentationScope::builder("gateway-telemetry")
             .with_version(env!("CARGO_PKG_VERSION"))
             .build();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(TelemetryError::Spawn)?;
+        // The runtime is built and dropped on the exporter thread: dropping one inside the
+        // caller's async context would panic.
         std::thread::Builder::new()
             .name("gateway-otlp-export".to_owned())
-            .spawn(move || runtime.block_on(run(rx, exporter, scope, errors)))
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(run(rx, exporter, scope, errors)),
+                    Err(e) => tracing::error!(error = %e, "no runtime for the OTLP exporter; traces are dropped"),
+                }
+            })
             .map_err(TelemetryError::Spawn)?;
         Ok(TraceExporter { tx, dropped })
     }
