@@ -10,7 +10,7 @@
 //! (`#[tokio::test(start_paused = true)]` or `tokio::time::pause()`): minutes of traffic take
 //! milliseconds and the outcome is the same on every run.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -65,14 +65,21 @@ pub struct SimKey {
     pub weight: u32,
 }
 
+/// A key's token bucket.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
 #[derive(Debug, Default)]
 struct SimState {
-    windows: HashMap<String, VecDeque<tokio::time::Instant>>,
+    buckets: HashMap<String, Bucket>,
     served: HashMap<String, u64>,
     counter: u64,
 }
 
-/// An in-process provider with per-key limits and a behaviour schedule.
+/// An in-process provider with per-key limits (token buckets) and a behaviour schedule.
 #[derive(Debug)]
 pub struct SimProvider {
     limits: HashMap<String, Option<u64>>,
@@ -118,7 +125,12 @@ impl SimProvider {
             .unwrap_or_default()
     }
 
-    /// Admits one request of `key` or says how long until its window frees.
+    /// Admits one request of `key` or says how long until it may send again.
+    ///
+    /// Each limited key is a token bucket of `rpm` requests refilled at `rpm` per minute, as
+    /// OpenAI and Anthropic describe their limits: `remaining` is the whole tokens left and
+    /// `reset` the time until the bucket is full again (their `x-ratelimit-reset-requests` /
+    /// `anthropic-ratelimit-requests-reset`); a 429 carries the time until one token is back.
     fn admit(&self, key: &str) -> Result<RateLimitInfo, (Duration, Box<RateLimitInfo>)> {
         let Some(Some(rpm)) = self.limits.get(key).copied() else {
             return Ok(RateLimitInfo::default());
@@ -128,35 +140,31 @@ impl SimProvider {
             Ok(s) => s,
             Err(p) => p.into_inner(),
         };
-        let w = st.windows.entry(key.to_owned()).or_default();
-        while w
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
-        {
-            w.pop_front();
-        }
-        let reset = w.front().map_or(Duration::ZERO, |t| {
-            Duration::from_secs(60).saturating_sub(now.duration_since(*t))
+        let capacity = rpm as f64;
+        let per_sec = capacity / 60.0;
+        let b = st.buckets.entry(key.to_owned()).or_insert(Bucket {
+            tokens: capacity,
+            at: now,
         });
-        if w.len() as u64 >= rpm {
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * per_sec).min(capacity);
+        b.at = now;
+        let secs = |t: f64| Duration::from_secs_f64((t / per_sec).max(0.0));
+        if b.tokens < 1.0 {
+            let wait = secs(1.0 - b.tokens);
             let info = Box::new(RateLimitInfo {
                 limit_requests: Some(rpm),
                 remaining_requests: Some(0),
-                reset_requests: Some(reset),
-                retry_after: Some(reset),
+                reset_requests: Some(secs(capacity - b.tokens)),
+                retry_after: Some(wait),
                 ..RateLimitInfo::default()
             });
-            return Err((reset, info));
+            return Err((wait, info));
         }
-        w.push_back(now);
+        b.tokens -= 1.0;
         Ok(RateLimitInfo {
             limit_requests: Some(rpm),
-            remaining_requests: Some(rpm - w.len() as u64),
-            reset_requests: Some(if w.len() == 1 {
-                Duration::from_secs(60)
-            } else {
-                reset
-            }),
+            remaining_requests: Some(b.tokens.floor() as u64),
+            reset_requests: Some(secs(capacity - b.tokens)),
             ..RateLimitInfo::default()
         })
     }
@@ -818,5 +826,90 @@ mod tests {
             (a.successes, a.attempts, a.client_429),
             (b.successes, b.attempts, b.client_429)
         );
+    }
+
+    /// Interactive traffic plus a batch flood over one provider whose two keys allow 10 requests
+    /// per second in all.
+    fn flood() -> (Scenario, Mix) {
+        let s = Duration::from_secs;
+        let key = |name: &str| SimKey {
+            name: name.to_owned(),
+            rpm: Some(300),
+            rpm_known: false,
+            weight: 1,
+        };
+        let scenario = Scenario {
+            name: "flood".to_owned(),
+            providers: vec![SimProviderSpec {
+                name: "p".to_owned(),
+                keys: vec![key("k1"), key("k2")],
+                phases: vec![Phase::healthy(s(0), Duration::from_millis(300))],
+                weight: 1,
+            }],
+            rps: 0.0,
+            duration: s(240),
+            retry: RetryConfig::default(),
+            max_retries: 2,
+            timeout: s(60),
+            bucket: s(60),
+        };
+        let class = |name: &str, rps: f64, from: u64, batch: bool| TrafficClass {
+            name: name.to_owned(),
+            rps,
+            from: s(from),
+            until: s(240),
+            batch,
+        };
+        let mix = Mix {
+            classes: vec![
+                class("interactive", 4.0, 0, false),
+                class("batch", 12.0, 30, true),
+            ],
+            batch_headroom: Some(0.2),
+        };
+        (scenario, mix)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batch_priority_keeps_interactive_traffic_whole() {
+        let (scenario, mix) = flood();
+        let with = run_mix(&scenario, &mix, StrategyKind::Adaptive, 1)
+            .await
+            .unwrap();
+        let without = run_mix(
+            &scenario,
+            &Mix {
+                batch_headroom: None,
+                ..mix.clone()
+            },
+            StrategyKind::Adaptive,
+            1,
+        )
+        .await
+        .unwrap();
+        let (i, b) = (&with.classes[0], &with.classes[1]);
+        let summary = format!(
+            "with priority: {:?}; without: {:?}",
+            with.classes, without.classes
+        );
+        assert_eq!((i.requests, b.requests), (960, 2520), "{summary}");
+        assert_eq!(
+            i.successes, i.requests,
+            "interactive loses nothing: {summary}"
+        );
+        assert!(
+            b.held_back > 0 && b.successes > 0,
+            "batch yields but is served: {summary}"
+        );
+        assert_eq!(
+            b.held_back + b.successes + b.client_429 + b.client_5xx,
+            b.requests,
+            "{summary}"
+        );
+        assert!(
+            without.classes[0].successes < without.classes[0].requests,
+            "without priority the flood costs interactive requests: {summary}"
+        );
+        assert_eq!(without.held_back, 0, "{summary}");
     }
 }
