@@ -177,6 +177,20 @@ async fn virtual_keys_are_required_and_refusals_have_each_dialects_shape() {
     assert_eq!(refused.json()["error"]["type"], "budget_exceeded");
     assert_eq!(refused.header("x-should-retry"), Some("false"));
 
+    // Refusals are counted under the key that was refused, by reason.
+    let metrics = gw.get("/metrics", &[]).await.text();
+    for (key, reason) in [
+        ("slow", "rate_limited"),
+        ("tiny-budget", "budget_exceeded"),
+        ("team-a-app", "forbidden"),
+        ("none", "unauthorized"),
+    ] {
+        let line = format!(
+            "gateway_virtual_key_rejections_total{{virtual_key=\"{key}\",reason=\"{reason}\"}}"
+        );
+        assert!(metrics.contains(&line), "{line} missing in:\n{metrics}");
+    }
+
     services.shutdown().await;
     gw.stop().await;
     let _ = std::fs::remove_dir_all(dir);

@@ -84,6 +84,13 @@ pub trait Admission: Send + Sync + 'static {
         true
     }
 
+    /// The name of the virtual key `presented_key` belongs to, if any (used to label refusals;
+    /// never on the hot path of admitted requests).
+    fn key_name(&self, presented_key: Option<&str>) -> Option<String> {
+        let _ = presented_key;
+        None
+    }
+
     /// Admits or refuses; on admission, reserves capacity.
     async fn admit(&self, request: &AdmissionRequest<'_>) -> Result<Box<dyn Permit>, Refusal>;
 }
@@ -96,6 +103,19 @@ struct NoPermit;
 
 impl Permit for NoPermit {
     fn settle(self: Box<Self>, _usage: &Usage, _cost_usd: f64) {}
+}
+
+impl Refusal {
+    /// A short stable name of the reason, for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Unauthorized(_) => "unauthorized",
+            Refusal::Forbidden(_) => "forbidden",
+            Refusal::RateLimited { .. } => "rate_limited",
+            Refusal::BudgetExceeded { .. } => "budget_exceeded",
+            Refusal::Unavailable(_) => "unavailable",
+        }
+    }
 }
 
 /// A permit that reserves nothing.

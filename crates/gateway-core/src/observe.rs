@@ -139,6 +139,9 @@ pub struct RequestRecord {
     pub content: Option<(String, String)>,
     /// The request's trace context.
     pub trace: Option<TraceContext>,
+    /// Why admission refused the request (`unauthorized`, `forbidden`, `rate_limited`,
+    /// `budget_exceeded`, `unavailable`), when it did.
+    pub refusal: Option<&'static str>,
 }
 
 /// Sees attempts and requests. Must not block.

@@ -260,6 +260,17 @@ impl Admission for Governance {
         self.has_virtual_keys()
     }
 
+    fn key_name(&self, presented_key: Option<&str>) -> Option<String> {
+        let presented = presented_key.map(str::trim).filter(|k| !k.is_empty())?;
+        let digest = hash_secret(presented);
+        let registry = self.registry.load();
+        registry
+            .by_digest
+            .get(&digest)
+            .filter(|e| digests_equal(&e.digest, &digest))
+            .map(|e| e.name.to_string())
+    }
+
     async fn admit(&self, request: &AdmissionRequest<'_>) -> Result<Box<dyn Permit>, Refusal> {
         let registry = self.registry.load_full();
         if registry.keys.is_empty() {

@@ -377,7 +377,7 @@ impl Gateway {
         model: &str,
         est_input: u64,
         max_output: u64,
-    ) -> Result<(Box<dyn Permit>, Vec<String>), ApiError> {
+    ) -> Result<(Box<dyn Permit>, Vec<String>), Refused> {
         let ext = self.ext.load_full();
         if !ext.admission.enabled() {
             return Ok((gateway_core::admission::no_permit(), Vec::new()));
@@ -396,7 +396,11 @@ impl Gateway {
                 headroom: self.engine.headroom_for(model),
             })
             .await
-            .map_err(|r| ApiError::from(&r))?;
+            .map_err(|r| Refused {
+                error: ApiError::from(&r),
+                reason: r.reason(),
+                virtual_key: ext.admission.key_name(presented.as_deref()),
+            })?;
         Ok((permit, providers))
     }
 
@@ -445,12 +449,14 @@ impl Gateway {
             .await
         {
             Ok(p) => p,
-            Err(e) => {
-                record.status = e.status_for(dialect);
-                record.error = Some(e.message.clone());
+            Err(r) => {
+                record.status = r.error.status_for(dialect);
+                record.error = Some(r.error.message.clone());
                 record.duration = started.elapsed();
+                record.refusal = Some(r.reason);
+                record.virtual_key = r.virtual_key;
                 ext.observer.on_finish(&record);
-                return error_response(&e, dialect, request_id);
+                return error_response(&r.error, dialect, request_id);
             }
         };
         record.virtual_key = permit.virtual_key().map(str::to_owned);
@@ -616,11 +622,14 @@ impl Gateway {
             .await
         {
             Ok(p) => p,
-            Err(e) => {
-                record.status = e.status;
-                record.error = Some(e.message.clone());
+            Err(r) => {
+                record.status = r.error.status;
+                record.error = Some(r.error.message.clone());
+                record.duration = started.elapsed();
+                record.refusal = Some(r.reason);
+                record.virtual_key = r.virtual_key;
                 ext.observer.on_finish(&record);
-                return error_response(&e, dialect, request_id);
+                return error_response(&r.error, dialect, request_id);
             }
         };
         record.virtual_key = permit.virtual_key().map(str::to_owned);
@@ -815,6 +824,13 @@ pub fn error_response(e: &ApiError, dialect: Dialect, request_id: &str) -> Respo
         h.insert("x-should-retry", HeaderValue::from_static("false"));
     }
     r
+}
+
+/// An admission refusal, with what telemetry labels it by.
+struct Refused {
+    error: ApiError,
+    reason: &'static str,
+    virtual_key: Option<String>,
 }
 
 struct StreamFinish {

@@ -164,16 +164,7 @@ pub fn outcome_label(outcome: &str) -> &'static str {
 /// The `reason` of a refusal by admission, from the status, or `None` when the request was not
 /// refused before routing.
 pub fn rejection_reason(r: &RequestRecord) -> Option<&'static str> {
-    if !r.attempts.is_empty() || r.route.is_some() || r.provider.is_some() {
-        return None;
-    }
-    match r.status {
-        401 => Some("unauthorized"),
-        402 => Some("budget_exceeded"),
-        403 => Some("forbidden"),
-        429 => Some("rate_limited"),
-        _ => None,
-    }
+    r.refusal
 }
 
 fn label(k: &'static str, v: impl Into<SharedString>) -> Label {

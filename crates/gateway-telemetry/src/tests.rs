@@ -144,6 +144,8 @@ fn scripted(t: &Telemetry) {
         requested_model: "random-model-name-from-a-stranger".to_owned(),
         status: 402,
         error: Some("budget exceeded".to_owned()),
+        refusal: Some("budget_exceeded"),
+        virtual_key: Some("batch-job".to_owned()),
         ..RequestRecord::default()
     };
     run(t, &refused);
@@ -192,14 +194,14 @@ async fn metrics_count_a_scripted_run_exactly() {
     assert_eq!(req("200", "team-a", "chat", "chat"), Some(2.0), "{text}");
     assert_eq!(req("502", "team-a", "chat", "chat"), Some(1.0), "{text}");
     assert_eq!(
-        req("402", "none", "none", "other"),
+        req("402", "batch-job", "none", "other"),
         Some(1.0),
         "a refused request's client-chosen model is not a label: {text}"
     );
     assert_eq!(
         s(
             "gateway_virtual_key_rejections_total",
-            &[("virtual_key", "none"), ("reason", "budget_exceeded")]
+            &[("virtual_key", "batch-job"), ("reason", "budget_exceeded")]
         ),
         Some(1.0)
     );
