@@ -25,7 +25,7 @@ pub enum Role {
 }
 
 /// A message's content: plain text or a list of parts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Content {
     /// Plain text.
@@ -312,7 +312,10 @@ pub struct StreamOptions {
 }
 
 /// A chat request in canonical form.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+///
+/// Deserialisation is hand-written (see [`de`]): one pass over the JSON object, known fields into
+/// their slots and unknown ones into `extra`, without serde's `flatten` buffering.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct ChatRequest {
     /// The public model name: a route, `provider/model`, or a bare model.
     pub model: String,
@@ -504,8 +507,8 @@ pub struct Choice {
     pub finish_reason: Option<FinishReason>,
 }
 
-/// A chat response in canonical form.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A chat response in canonical form (hand-written deserialisation, like [`ChatRequest`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ChatResponse {
     /// Response id.
     pub id: String,
@@ -843,9 +846,228 @@ pub struct ModelInfo {
     pub created: u64,
 }
 
+/// Hand-written deserialisers of the hot-path types.
+mod de {
+    use std::borrow::Cow;
+    use std::fmt;
+
+    use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+    use serde::Deserialize;
+
+    use super::{ChatRequest, ChatResponse, Content, ContentPart};
+
+    /// An object key, borrowed from the input when it has no escapes.
+    struct Key<'de>(Cow<'de, str>);
+
+    impl<'de> Deserialize<'de> for Key<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct KeyVisitor;
+            impl<'de> Visitor<'de> for KeyVisitor {
+                type Value = Key<'de>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a field name")
+                }
+                fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Borrowed(v)))
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Owned(v.to_owned())))
+                }
+                fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Owned(v)))
+                }
+            }
+            d.deserialize_str(KeyVisitor)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Content {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct ContentVisitor;
+            impl<'de> Visitor<'de> for ContentVisitor {
+                type Value = Content;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a string or an array of content parts")
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<Content, E> {
+                    Ok(Content::Text(v.to_owned()))
+                }
+                fn visit_string<E: de::Error>(self, v: String) -> Result<Content, E> {
+                    Ok(Content::Text(v))
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Content, A::Error> {
+                    let mut parts = Vec::with_capacity(seq.size_hint().unwrap_or(2));
+                    while let Some(p) = seq.next_element::<ContentPart>()? {
+                        parts.push(p);
+                    }
+                    Ok(Content::Parts(parts))
+                }
+            }
+            d.deserialize_any(ContentVisitor)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for ChatRequest {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct RequestVisitor;
+            impl<'de> Visitor<'de> for RequestVisitor {
+                type Value = ChatRequest;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a chat completion request object")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ChatRequest, A::Error> {
+                    let mut r = ChatRequest::default();
+                    let (mut has_model, mut has_messages) = (false, false);
+                    while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                        match key.as_ref() {
+                            "model" => {
+                                r.model = map.next_value()?;
+                                has_model = true;
+                            }
+                            "messages" => {
+                                r.messages = map.next_value()?;
+                                has_messages = true;
+                            }
+                            "max_tokens" => r.max_tokens = map.next_value()?,
+                            "max_completion_tokens" => {
+                                r.max_completion_tokens = map.next_value()?
+                            }
+                            "temperature" => r.temperature = map.next_value()?,
+                            "top_p" => r.top_p = map.next_value()?,
+                            "top_k" => r.top_k = map.next_value()?,
+                            "n" => r.n = map.next_value()?,
+                            "stop" => r.stop = map.next_value()?,
+                            "presence_penalty" => r.presence_penalty = map.next_value()?,
+                            "frequency_penalty" => r.frequency_penalty = map.next_value()?,
+                            "seed" => r.seed = map.next_value()?,
+                            "user" => r.user = map.next_value()?,
+                            "tools" => r.tools = map.next_value()?,
+                            "tool_choice" => r.tool_choice = map.next_value()?,
+                            "parallel_tool_calls" => r.parallel_tool_calls = map.next_value()?,
+                            "response_format" => r.response_format = map.next_value()?,
+                            "reasoning_effort" => r.reasoning_effort = map.next_value()?,
+                            "stream" => {
+                                r.stream = map.next_value::<Option<bool>>()?.unwrap_or(false)
+                            }
+                            "stream_options" => r.stream_options = map.next_value()?,
+                            "fallbacks" => {
+                                r.fallbacks =
+                                    map.next_value::<Option<Vec<String>>>()?.unwrap_or_default()
+                            }
+                            _ => {
+                                let v = map.next_value()?;
+                                r.extra.insert(key.into_owned(), v);
+                            }
+                        }
+                    }
+                    if !has_model {
+                        return Err(de::Error::missing_field("model"));
+                    }
+                    if !has_messages {
+                        return Err(de::Error::missing_field("messages"));
+                    }
+                    Ok(r)
+                }
+            }
+            d.deserialize_map(RequestVisitor)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for ChatResponse {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct ResponseVisitor;
+            impl<'de> Visitor<'de> for ResponseVisitor {
+                type Value = ChatResponse;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a chat completion object")
+                }
+                fn visit_map<A: MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<ChatResponse, A::Error> {
+                    let mut r = ChatResponse {
+                        id: String::new(),
+                        object: super::chat_completion(),
+                        created: 0,
+                        model: String::new(),
+                        choices: Vec::new(),
+                        usage: None,
+                        extra: serde_json::Map::new(),
+                    };
+                    let (mut has_id, mut has_model, mut has_choices) = (false, false, false);
+                    while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                        match key.as_ref() {
+                            "id" => {
+                                r.id = map.next_value()?;
+                                has_id = true;
+                            }
+                            "object" => r.object = map.next_value()?,
+                            "created" => r.created = map.next_value::<Option<u64>>()?.unwrap_or(0),
+                            "model" => {
+                                r.model = map.next_value()?;
+                                has_model = true;
+                            }
+                            "choices" => {
+                                r.choices = map.next_value()?;
+                                has_choices = true;
+                            }
+                            "usage" => r.usage = map.next_value()?,
+                            _ => {
+                                let v = map.next_value()?;
+                                r.extra.insert(key.into_owned(), v);
+                            }
+                        }
+                    }
+                    for (present, name) in [
+                        (has_id, "id"),
+                        (has_model, "model"),
+                        (has_choices, "choices"),
+                    ] {
+                        if !present {
+                            return Err(de::Error::missing_field(name));
+                        }
+                    }
+                    Ok(r)
+                }
+            }
+            d.deserialize_map(ResponseVisitor)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_and_bad_fields_are_named() {
+        let e = serde_json::from_str::<ChatRequest>(r#"{"messages":[]}"#).unwrap_err();
+        assert!(e.to_string().contains("missing field `model`"), "{e}");
+        let e = serde_json::from_str::<ChatRequest>(r#"{"model":"m"}"#).unwrap_err();
+        assert!(e.to_string().contains("missing field `messages`"), "{e}");
+        let e = serde_json::from_str::<ChatRequest>(r#"{"model":"m","messages":[{"role":"x"}]}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown variant"), "{e}");
+        let r: ChatRequest = serde_json::from_str(
+            r#"{"model":"m","messages":[],"stream":null,"fallbacks":null,"x\u0079":1}"#,
+        )
+        .unwrap();
+        assert!(!r.stream && r.fallbacks.is_empty());
+        assert_eq!(
+            r.extra.get("xy"),
+            Some(&serde_json::json!(1)),
+            "escaped keys work"
+        );
+        let resp: ChatResponse = serde_json::from_str(
+            r#"{"id":"a","model":"m","choices":[],"created":null,"system_fingerprint":"fp"}"#,
+        )
+        .unwrap();
+        assert_eq!(resp.object, "chat.completion");
+        assert_eq!(
+            resp.extra.get("system_fingerprint"),
+            Some(&serde_json::json!("fp"))
+        );
+    }
 
     #[test]
     fn openai_request_round_trips_with_unknown_fields() {

@@ -272,10 +272,124 @@ pub fn chat_body(
     stream: bool,
     quirks: Quirks,
 ) -> Result<Bytes, ProviderError> {
-    let body = chat_body_value(request, model, stream, quirks)?;
-    serde_json::to_vec(&body)
+    let encoded = if quirks.mistral
+        || request
+            .messages
+            .iter()
+            .any(|m| m.reasoning_content.is_some())
+    {
+        // Rare shapes are edited as a JSON value.
+        serde_json::to_vec(&chat_body_value(request, model, stream, quirks)?)
+    } else {
+        // The common case serialises straight from the canonical request.
+        let mut out = Vec::with_capacity(512);
+        serde_json::to_writer(
+            &mut out,
+            &DirectBody {
+                request,
+                model,
+                stream,
+                drop_top_k: quirks.drop_top_k,
+            },
+        )
+        .map(|()| out)
+    };
+    encoded
         .map(Bytes::from)
         .map_err(|e| ProviderError::Protocol(format!("encoding the request: {e}")))
+}
+
+/// The OpenAI body written directly from a request whose messages need no editing: the same JSON
+/// as [`chat_body_value`] without building a `Value` tree.
+struct DirectBody<'a> {
+    request: &'a ChatRequest,
+    model: &'a str,
+    stream: bool,
+    drop_top_k: bool,
+}
+
+/// Request fields [`DirectBody`] writes itself; `extra` entries with these names are skipped.
+const DIRECT_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "n",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "user",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "reasoning_effort",
+    "stream",
+    "stream_options",
+    "fallbacks",
+];
+
+impl serde::Serialize for DirectBody<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let r = self.request;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("model", self.model)?;
+        m.serialize_entry("messages", &r.messages)?;
+        macro_rules! opt {
+            ($($name:literal => $field:ident),* $(,)?) => {$(
+                if let Some(v) = &r.$field {
+                    m.serialize_entry($name, v)?;
+                }
+            )*};
+        }
+        opt!(
+            "max_tokens" => max_tokens,
+            "max_completion_tokens" => max_completion_tokens,
+            "temperature" => temperature,
+            "top_p" => top_p,
+            "n" => n,
+            "stop" => stop,
+            "presence_penalty" => presence_penalty,
+            "frequency_penalty" => frequency_penalty,
+            "seed" => seed,
+            "user" => user,
+            "tools" => tools,
+            "tool_choice" => tool_choice,
+            "parallel_tool_calls" => parallel_tool_calls,
+            "response_format" => response_format,
+            "reasoning_effort" => reasoning_effort,
+        );
+        if !self.drop_top_k {
+            opt!("top_k" => top_k);
+        }
+        for (k, v) in &r.extra {
+            if !DIRECT_FIELDS.contains(&k.as_str()) {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        if self.stream {
+            m.serialize_entry("stream", &true)?;
+            m.serialize_entry("stream_options", &IncludeUsage)?;
+        }
+        m.end()
+    }
+}
+
+/// `{"include_usage": true}`.
+struct IncludeUsage;
+
+impl serde::Serialize for IncludeUsage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(1))?;
+        m.serialize_entry("include_usage", &true)?;
+        m.end()
+    }
 }
 
 /// [`chat_body`] as a JSON value (for tests and adapters that edit it further).
@@ -425,15 +539,29 @@ fn arguments_text(v: Option<Value>) -> Option<String> {
 
 #[derive(Deserialize)]
 struct WireUsage {
-    #[serde(flatten)]
-    usage: Usage,
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    #[serde(default)]
+    total_tokens: u64,
+    #[serde(default)]
+    prompt_tokens_details: Option<gateway_core::types::PromptTokensDetails>,
+    #[serde(default)]
+    completion_tokens_details: Option<gateway_core::types::CompletionTokensDetails>,
     #[serde(default)]
     prompt_cache_hit_tokens: Option<u64>,
 }
 
 impl WireUsage {
     fn into_usage(self) -> Usage {
-        let mut u = self.usage;
+        let mut u = Usage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            total_tokens: self.total_tokens,
+            prompt_tokens_details: self.prompt_tokens_details,
+            completion_tokens_details: self.completion_tokens_details,
+        };
         if u.total_tokens == 0 {
             u.total_tokens = u.prompt_tokens + u.completion_tokens;
         }
@@ -493,22 +621,57 @@ struct WireChoice {
     finish_reason: Option<FinishReason>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default)]
 struct WireResponse {
-    #[serde(default)]
     id: String,
-    #[serde(default)]
     created: u64,
-    #[serde(default)]
     model: String,
-    #[serde(default)]
     choices: Vec<WireChoice>,
-    #[serde(default)]
     usage: Option<WireUsage>,
-    #[serde(default)]
     error: Option<Value>,
-    #[serde(flatten)]
     extra: Map<String, Value>,
+}
+
+// Hand-written: one pass, unknown fields into `extra` (serde's `flatten` would buffer the whole
+// body first, on every response).
+impl<'de> Deserialize<'de> for WireResponse {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = WireResponse;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a chat completion object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<WireResponse, A::Error> {
+                let mut w = WireResponse::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "id" => w.id = map.next_value::<Option<String>>()?.unwrap_or_default(),
+                        "created" => w.created = map.next_value::<Option<u64>>()?.unwrap_or(0),
+                        "model" => {
+                            w.model = map.next_value::<Option<String>>()?.unwrap_or_default()
+                        }
+                        "choices" => {
+                            w.choices = map
+                                .next_value::<Option<Vec<WireChoice>>>()?
+                                .unwrap_or_default()
+                        }
+                        "usage" => w.usage = map.next_value()?,
+                        "error" => w.error = map.next_value()?,
+                        _ => {
+                            let v = map.next_value()?;
+                            w.extra.insert(key.into_owned(), v);
+                        }
+                    }
+                }
+                Ok(w)
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// Parses an OpenAI chat completion (leniently). A 200 whose body is an error payload is
@@ -878,6 +1041,35 @@ impl StreamDecoder<SseEvent> for ChunkDecoder {
             Err(ProviderError::Connect(
                 "upstream closed the stream before it finished".into(),
             ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod direct_body_tests {
+    use super::*;
+
+    #[test]
+    fn direct_body_equals_the_value_path() {
+        let req: ChatRequest = serde_json::from_value(serde_json::json!({
+            "model": "route", "messages": [{"role": "user", "content": "hi"},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}],
+            "temperature": 0.5, "top_k": 3, "stop": ["x"], "seed": 1, "logit_bias": {"1": 2},
+            "fallbacks": ["a/b"], "stream": true, "stream_options": {"include_usage": false},
+            "tools": [{"type": "function", "function": {"name": "f"}}]
+        }))
+        .unwrap();
+        for stream in [false, true] {
+            for drop_top_k in [false, true] {
+                let q = Quirks {
+                    mistral: false,
+                    drop_top_k,
+                };
+                let fast: Value =
+                    serde_json::from_slice(&chat_body(&req, "up", stream, q).unwrap()).unwrap();
+                let slow = chat_body_value(&req, "up", stream, q).unwrap();
+                assert_eq!(fast, slow, "stream={stream} drop_top_k={drop_top_k}");
+            }
         }
     }
 }
