@@ -87,6 +87,8 @@ pub struct Outcome {
     pub send_lag: Vec<u64>,
     /// From the first scheduled instant to the last completion.
     pub wall: Duration,
+    /// Most requests in flight at once.
+    pub peak_in_flight: usize,
 }
 
 #[derive(Default)]
@@ -95,6 +97,7 @@ struct Recorder {
     errors: Mutex<BTreeMap<String, u64>>,
     lags: Mutex<Vec<u64>>,
     in_flight: AtomicUsize,
+    peak_in_flight: AtomicUsize,
     last_done: AtomicU64,
     stop: AtomicBool,
 }
@@ -221,7 +224,9 @@ pub fn run(
                         dropped += 1;
                         continue;
                     }
-                    rec.in_flight.fetch_add(1, Ordering::AcqRel);
+                    let now_in_flight = rec.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+                    rec.peak_in_flight
+                        .fetch_max(now_in_flight, Ordering::Relaxed);
                     handle.spawn(one(
                         client.clone(),
                         Arc::clone(&target),
@@ -261,6 +266,7 @@ pub fn run(
         dropped,
         send_lag: take(&rec.lags),
         wall: Duration::from_nanos(rec.last_done.load(Ordering::Relaxed)),
+        peak_in_flight: rec.peak_in_flight.load(Ordering::Relaxed),
     })
 }
 

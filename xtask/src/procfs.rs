@@ -24,8 +24,24 @@ impl Pid {
     }
 }
 
-/// User plus system CPU time of a process (all its threads), in clock ticks.
-pub fn cpu_ticks(pid: Pid) -> Result<u64> {
+/// User and system CPU time of a process (all its threads), in clock ticks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTicks {
+    /// In user space.
+    pub user: u64,
+    /// In the kernel on the process's behalf (syscalls, the loopback network stack).
+    pub system: u64,
+}
+
+impl CpuTicks {
+    /// Both.
+    pub fn total(self) -> u64 {
+        self.user + self.system
+    }
+}
+
+/// CPU time of a process (all its threads), in clock ticks.
+pub fn cpu_ticks(pid: Pid) -> Result<CpuTicks> {
     let path = pid.dir().join("stat");
     let stat =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -43,7 +59,10 @@ pub fn cpu_ticks(pid: Pid) -> Result<u64> {
             .parse::<u64>()
             .with_context(|| format!("{}: field {} is not a number", path.display(), i + 3))
     };
-    Ok(num(11)? + num(12)?)
+    Ok(CpuTicks {
+        user: num(11)?,
+        system: num(12)?,
+    })
 }
 
 /// A `kB` field of `/proc/<pid>/status` (`VmHWM` is the peak resident set, `VmRSS` the current).
@@ -79,13 +98,13 @@ pub fn clock_ticks_per_second() -> Result<u64> {
         }
     }
     // No getconf: assume the usual 100 and verify it against 300 ms of busy work.
-    let before = cpu_ticks(Pid::Own)?;
+    let before = cpu_ticks(Pid::Own)?.total();
     let start = Instant::now();
     let mut x = 0u64;
     while start.elapsed() < Duration::from_millis(300) {
         x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
     }
-    let ticks = cpu_ticks(Pid::Own)? - before;
+    let ticks = cpu_ticks(Pid::Own)?.total() - before;
     if !(20..=40).contains(&ticks) {
         bail!("cannot tell the clock tick rate: no getconf, and 300 ms of CPU counted {ticks} ticks (expected ~30 at 100 Hz)");
     }
