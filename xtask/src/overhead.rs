@@ -420,13 +420,14 @@ pub struct RunStats {
     /// The proxy under test (this gateway or the target).
     proxy_cpu_us_per_req: Option<f64>,
     proxy_cores: Option<f64>,
-    /// Share of the proxy's CPU time spent in the kernel.
-    proxy_system_share: Option<f64>,
     proxy_rss_kb: Option<u64>,
     proxy_peak_rss_kb: Option<u64>,
     mock_cpu_us_per_req: Option<f64>,
-    /// Share of the mock's CPU time spent in the kernel.
-    mock_system_share: Option<f64>,
+    /// CPU used during the run by processes other than the generator, the proxy and the mock
+    /// (cores): other work on the machine, which skews the figures.
+    other_cores: Option<f64>,
+    /// CPU the hypervisor took for other guests during the run (cores).
+    steal_cores: Option<f64>,
     warning: Option<String>,
 }
 
@@ -452,6 +453,8 @@ pub struct Report {
     mock: String,
     cases: Vec<Case>,
     gateway_peak_rss_kb: Option<u64>,
+    /// Share of each process's CPU time spent in the kernel, over the whole run.
+    kernel_share: BTreeMap<String, f64>,
     load_after: f64,
     warnings: Vec<String>,
 }
@@ -498,6 +501,7 @@ fn measure(
             },
         )?;
     }
+    let machine0 = procfs::machine_ticks().ok();
     let own0 = ticks(Some(procs.own));
     let proxy0 = ticks(procs.proxy);
     let mock0 = ticks(procs.mock);
@@ -505,6 +509,7 @@ fn measure(
     let out: Outcome = load::run(rt, client, target, plan)?;
     let elapsed = started.elapsed().as_secs_f64();
     let own1 = ticks(Some(procs.own));
+    let machine1 = procfs::machine_ticks().ok();
     let proxy1 = ticks(procs.proxy);
     let mock1 = ticks(procs.mock);
     let ok = out.ok.len() as u64;
@@ -517,10 +522,21 @@ fn measure(
         let (a, b) = (a?.total(), b?.total());
         Some(b.saturating_sub(a) as f64 / clk as f64 / elapsed)
     };
-    let system_share = |a: Option<procfs::CpuTicks>, b: Option<procfs::CpuTicks>| -> Option<f64> {
-        let (a, b) = (a?, b?);
-        let total = b.total().saturating_sub(a.total());
-        (total > 0).then(|| b.system.saturating_sub(a.system) as f64 / total as f64)
+    let ours = [
+        cores(own0, own1),
+        cores(proxy0, proxy1),
+        cores(mock0, mock1),
+    ]
+    .iter()
+    .flatten()
+    .sum::<f64>();
+    let (other_cores, steal_cores) = match (machine0, machine1) {
+        (Some(a), Some(b)) => {
+            let busy = b.busy.saturating_sub(a.busy) as f64 / clk as f64 / elapsed;
+            let steal = b.steal.saturating_sub(a.steal) as f64 / clk as f64 / elapsed;
+            (Some((busy - ours).max(0.0)), Some(steal))
+        }
+        _ => (None, None),
     };
     let wall = out
         .wall
@@ -569,11 +585,11 @@ fn measure(
         loadgen_cores: cores(own0, own1).unwrap_or(0.0),
         proxy_cpu_us_per_req: per_req(proxy0, proxy1),
         proxy_cores: cores(proxy0, proxy1),
-        proxy_system_share: system_share(proxy0, proxy1),
         proxy_rss_kb: proxy_mem("VmRSS"),
         proxy_peak_rss_kb: proxy_mem("VmHWM"),
         mock_cpu_us_per_req: per_req(mock0, mock1),
-        mock_system_share: system_share(mock0, mock1),
+        other_cores,
+        steal_cores,
         warning,
     })
 }
@@ -896,6 +912,20 @@ pub fn main(root: &Path, opts: Options) -> Result<()> {
         }
     }
     let gateway_peak_rss_kb = gateway_pid.and_then(|p| procfs::status_kb(Pid::Of(p), "VmHWM").ok());
+    // Over a whole process life the user/kernel split is reliable (per-run deltas are not: the
+    // kernel keeps the two monotonic by clamping).
+    let mut kernel_share = BTreeMap::new();
+    for (name, pid) in [
+        ("gateway", gateway_pid.map(Pid::Of)),
+        ("mock", mock_pid.map(Pid::Of)),
+        ("generator", Some(Pid::Own)),
+    ] {
+        if let Some(t) = pid.and_then(|p| procfs::cpu_ticks(p).ok()) {
+            if t.total() > 0 {
+                kernel_share.insert(name.to_owned(), t.system as f64 / t.total() as f64);
+            }
+        }
+    }
     let report = Report {
         command: opts.command.clone(),
         machine,
@@ -905,6 +935,7 @@ pub fn main(root: &Path, opts: Options) -> Result<()> {
         mock: mock_root.clone(),
         cases,
         gateway_peak_rss_kb,
+        kernel_share,
         load_after: procfs::load_average(),
         warnings,
     };
@@ -938,14 +969,6 @@ pub fn main(root: &Path, opts: Options) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // Markdown
 
-fn cpu_cell(us: Option<f64>, system: Option<f64>) -> String {
-    match (us, system) {
-        (Some(us), Some(sys)) => format!("{us:.1} ({:.0}%)", 100.0 * sys),
-        (Some(us), None) => format!("{us:.1}"),
-        _ => "–".to_owned(),
-    }
-}
-
 fn ms(us: f64) -> String {
     format!("{:.3}", us / 1e3)
 }
@@ -961,11 +984,11 @@ fn markdown(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "| upstream | stream | rate | via | achieved RPS | errors | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | TTFB p50 ms | TTFB p99 ms | proxy CPU µs/req (kernel) | mock CPU µs/req (kernel) | generator CPU µs/req | in flight (max) | proxy RSS MB |"
+        "| upstream | stream | rate | via | achieved RPS | errors | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | TTFB p50 ms | TTFB p99 ms | proxy CPU µs/req | mock CPU µs/req | generator CPU µs/req | other load (cores) | in flight (max) | proxy RSS MB |"
     );
     let _ = writeln!(
         s,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for c in &r.cases {
         for run in &c.runs {
@@ -977,7 +1000,7 @@ fn markdown(r: &Report) -> String {
             };
             let _ = writeln!(
                 s,
-                "| {} ms | {} | {:.0} | {} | {:.0}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {} | {} |",
+                "| {} ms | {} | {:.0} | {} | {:.0}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {} | {} | {} |",
                 c.latency_ms,
                 if c.stream { "yes" } else { "no" },
                 c.rate,
@@ -992,9 +1015,10 @@ fn markdown(r: &Report) -> String {
                 ms(run.latency_us.max),
                 t50,
                 t99,
-                cpu_cell(run.proxy_cpu_us_per_req, run.proxy_system_share),
-                cpu_cell(run.mock_cpu_us_per_req, run.mock_system_share),
+                opt(run.proxy_cpu_us_per_req, 1),
+                opt(run.mock_cpu_us_per_req, 1),
                 run.loadgen_cpu_us_per_req,
+                opt(run.other_cores.zip(run.steal_cores).map(|(o, s)| o + s), 2),
                 run.peak_in_flight,
                 run.proxy_rss_kb
                     .map_or("–".to_owned(), |kb| format!("{:.1}", kb as f64 / 1024.0)),
@@ -1002,7 +1026,7 @@ fn markdown(r: &Report) -> String {
             if let Some((lat, ttfb)) = c.added.get(&run.via) {
                 let _ = writeln!(
                     s,
-                    "| | | | *{} adds (µs)* | | | {:+.0} | {:+.0} | {:+.0} | {:+.0} | {:+.0} | {} | {} | | | | | |",
+                    "| | | | *{} adds (µs)* | | | {:+.0} | {:+.0} | {:+.0} | {:+.0} | {:+.0} | {} | {} | | | | | | |",
                     run.via,
                     lat.p50,
                     lat.p90,
@@ -1022,6 +1046,22 @@ fn markdown(r: &Report) -> String {
             kb as f64 / 1024.0
         );
     }
+    if !r.kernel_share.is_empty() {
+        let shares: Vec<String> = r
+            .kernel_share
+            .iter()
+            .map(|(k, v)| format!("{k} {:.0}%", 100.0 * v))
+            .collect();
+        let _ = writeln!(
+            s,
+            "\nShare of CPU time spent in the kernel over the whole run (syscalls, the loopback TCP stack): {}.",
+            shares.join(", ")
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n*Other load* is CPU used by every other process on the machine during the run, plus time the hypervisor stole; above a few tenths of a core the run shared the machine."
+    );
     s.push_str(&targets(r));
     if !r.warnings.is_empty() {
         let _ = writeln!(

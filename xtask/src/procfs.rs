@@ -111,6 +111,35 @@ pub fn clock_ticks_per_second() -> Result<u64> {
     Ok(100)
 }
 
+/// Machine-wide CPU time from `/proc/stat`, in clock ticks (all CPUs).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MachineTicks {
+    /// Not idle: every process on the machine, ours included.
+    pub busy: u64,
+    /// Taken by the hypervisor for other guests.
+    pub steal: u64,
+}
+
+/// Reads the `cpu` line of `/proc/stat`.
+pub fn machine_ticks() -> Result<MachineTicks> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("/proc/stat: no cpu line")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let at = |i: usize| v.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    Ok(MachineTicks {
+        busy: at(0) + at(1) + at(2) + at(5) + at(6),
+        steal: at(7),
+    })
+}
+
 /// The machine a benchmark ran on.
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
