@@ -257,3 +257,82 @@ async fn admin_made_keys_work_and_show_usage() {
     gw.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn two_gateways_on_one_redis_share_a_keys_rpm_exactly() {
+    let Some(redis) = gateway_tests::start_redis().await else {
+        return;
+    };
+    let m = MockUpstream::new().start().await.unwrap();
+    let mut gateways = Vec::new();
+    let mut services = Vec::new();
+    for i in 0..2 {
+        let dir = std::env::temp_dir().join(format!(
+            "gw-redis-{}-{i}-{}",
+            std::process::id(),
+            fastrand_name()
+        ));
+        let toml = format!(
+            r#"
+[server]
+data_dir = "{}"
+[governance]
+store = "{}"
+[[providers]]
+name = "oai"
+kind = "openai"
+base_url = "{}"
+[[providers.keys]]
+name = "k"
+secret = "sk-upstream"
+[[virtual_keys]]
+name = "shared"
+secret = "vk-shared-0123456789"
+rpm = 10
+"#,
+            dir.display(),
+            redis.url,
+            m.openai_base()
+        );
+        let config = Config::from_toml(&toml).unwrap();
+        let s = Services::start(&config).await.unwrap();
+        gateways.push(std::sync::Arc::new(
+            TestGateway::start_with(&toml, s.extensions(), None).await,
+        ));
+        services.push(s);
+    }
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let gw = std::sync::Arc::clone(&gateways[i % 2]);
+        tasks.push(tokio::spawn(async move {
+            gw.request(
+                "POST",
+                "/v1/chat/completions",
+                &[
+                    ("content-type", "application/json"),
+                    ("authorization", "Bearer vk-shared-0123456789"),
+                ],
+                serde_json::to_vec(&chat("oai/gpt-4o-mini", "hi")).unwrap(),
+            )
+            .await
+            .status
+        }));
+    }
+    let mut ok = 0;
+    let mut limited = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => ok += 1,
+            429 => limited += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(
+        (ok, limited),
+        (10, 20),
+        "rpm 10 holds across both instances together"
+    );
+    for s in &services {
+        s.shutdown().await;
+    }
+}

@@ -187,3 +187,59 @@ pub fn chat(model: &str, text: &str) -> Value {
 pub fn messages(model: &str, text: &str) -> Value {
     serde_json::json!({"model": model, "max_tokens": 64, "messages": [{"role": "user", "content": text}]})
 }
+
+/// A `redis-server` child process on a free loopback port, killed on drop.
+pub struct Redis {
+    child: std::process::Child,
+    /// `redis://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `redis-server`, or says why not and returns `None` when it is not installed
+/// (`.ci/run` installs it, so CI always runs these tests).
+pub async fn start_redis() -> Option<Redis> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let child = match std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("SKIPPED: redis-server is not installed ({e}); apt-get install -y redis-server to run this test");
+            return None;
+        }
+    };
+    let redis = Redis {
+        child,
+        url: format!("redis://127.0.0.1:{port}"),
+    };
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(redis);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("redis-server did not start listening on port {port}");
+}

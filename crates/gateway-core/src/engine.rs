@@ -599,7 +599,8 @@ impl Engine {
             .collect()
     }
 
-    /// The lowest headroom (0..1) among a model's reachable keys; used to hold back batch traffic.
+    /// The best headroom (0..1) among the usable keys that can serve a model (0 when all rest):
+    /// when even the best key is nearly full, capacity is short and batch traffic is held back.
     pub fn headroom_for(&self, model: &str) -> f64 {
         let snap = self.snapshot.load();
         let now = self.now();

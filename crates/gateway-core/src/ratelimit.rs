@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+/// Tokens one request is assumed to need when deciding how long an exhausted token bucket rests.
+pub const TYPICAL_REQUEST_TOKENS: u64 = 1_000;
+
 /// What a provider said about a key's remaining capacity, from its response headers.
 ///
 /// Resets are relative to the moment the response was received. Unknown values are `None`.
@@ -42,14 +45,33 @@ impl RateLimitInfo {
             .min(frac(self.remaining_tokens, self.limit_tokens))
     }
 
-    /// How long until the exhausted window (if any) resets.
+    /// How long until an exhausted key can take a request again, if it is exhausted.
+    ///
+    /// OpenAI, Azure, Groq and Anthropic describe their limits as token buckets whose `reset`
+    /// header is the time until the bucket is *full* again; one request's worth frees up after
+    /// `reset / limit` of that (for tokens, [`TYPICAL_REQUEST_TOKENS`]' worth). Resting until
+    /// the full reset would leave a key idle for most of a minute while it could serve.
     pub fn exhausted_for(&self) -> Option<Duration> {
+        fn one_unit(reset: Option<Duration>, limit: Option<u64>, unit: u64) -> Duration {
+            let reset = reset.unwrap_or(Duration::from_secs(1));
+            match limit {
+                Some(l) if l > unit => {
+                    let part = reset.mul_f64(unit as f64 / l as f64);
+                    part.max(Duration::from_millis(1))
+                }
+                _ => reset,
+            }
+        }
         let mut out: Option<Duration> = None;
         if self.remaining_requests == Some(0) {
-            out = out.max(Some(self.reset_requests.unwrap_or(Duration::from_secs(1))));
+            out = out.max(Some(one_unit(self.reset_requests, self.limit_requests, 1)));
         }
         if self.remaining_tokens == Some(0) {
-            out = out.max(Some(self.reset_tokens.unwrap_or(Duration::from_secs(1))));
+            out = out.max(Some(one_unit(
+                self.reset_tokens,
+                self.limit_tokens,
+                TYPICAL_REQUEST_TOKENS,
+            )));
         }
         out
     }
@@ -131,7 +153,19 @@ mod tests {
             ..RateLimitInfo::default()
         };
         assert_eq!(info.headroom(), 0.0);
+        // Token bucket of 1000 tokens refilled in 7 s: a typical request's worth frees in 7 s.
         assert_eq!(info.exhausted_for(), Some(Duration::from_secs(7)));
+        let requests = RateLimitInfo {
+            limit_requests: Some(60),
+            remaining_requests: Some(0),
+            reset_requests: Some(Duration::from_secs(60)),
+            ..RateLimitInfo::default()
+        };
+        assert_eq!(
+            requests.exhausted_for(),
+            Some(Duration::from_secs(1)),
+            "one request frees after reset/limit, not after the full refill"
+        );
         assert!(RateLimitInfo::default().is_empty());
         assert_eq!(RateLimitInfo::default().headroom(), 1.0);
     }

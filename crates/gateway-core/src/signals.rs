@@ -629,7 +629,7 @@ mod tests {
     }
 
     #[test]
-    fn rate_limit_headers_rest_the_key_until_reset() {
+    fn rate_limit_headers_rest_the_key_until_one_request_frees() {
         let s = Signals::new();
         let info = RateLimitInfo {
             limit_requests: Some(10),
@@ -638,14 +638,20 @@ mod tests {
             ..RateLimitInfo::default()
         };
         s.record_rate_limit(1, &info);
+        // Ten requests refill in 3 s: one frees after 300 ms.
         assert_eq!(
             s.availability(2),
             Availability::Resting {
-                until: 1 + 3_000 * MS
+                until: 1 + 300 * MS
             }
         );
-        assert!(s.availability(1 + 3_000 * MS).is_available());
+        assert!(s.availability(1 + 300 * MS).is_available());
         assert_eq!(s.headroom(2, None, None), 0.0);
+        assert_eq!(
+            s.headroom(1 + 300 * MS, None, None),
+            0.0,
+            "still nearly empty"
+        );
         assert_eq!(s.headroom(1 + 3_000 * MS, None, None), 1.0, "reset passed");
     }
 

@@ -390,6 +390,9 @@ pub struct GovernanceSection {
     /// Below this headroom (0..1) batch traffic is held back.
     #[serde(default)]
     pub batch_headroom: Option<f64>,
+    /// Where the governance database lives (default: `server.data_dir`).
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// `[[virtual_keys]]`, `[[teams]]` and `[[customers]]`.

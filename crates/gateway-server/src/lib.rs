@@ -75,7 +75,11 @@ pub fn governance_config(
         customers: convert(&config.customers, "customers")?,
         pricing: convert(&config.pricing, "pricing")?,
         store: config.governance.store.clone(),
-        data_dir: config.server.data_dir.clone(),
+        data_dir: config
+            .governance
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| config.server.data_dir.clone()),
         batch_headroom: config.governance.batch_headroom,
     })
 }
