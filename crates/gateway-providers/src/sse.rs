@@ -144,9 +144,7 @@ impl SseParser {
     }
 
     fn next_line(&mut self) -> Option<Bytes> {
-        let rel = self.buf[self.scanned..]
-            .iter()
-            .position(|b| *b == b'\n' || *b == b'\r');
+        let rel = memchr::memchr2(b'\n', b'\r', &self.buf[self.scanned..]);
         let Some(rel) = rel else {
             self.scanned = self.buf.len();
             return None;
@@ -181,7 +179,7 @@ impl SseParser {
         if line[0] == b':' {
             return None;
         }
-        let (field, value) = match line.iter().position(|b| *b == b':') {
+        let (field, value) = match memchr::memchr(b':', &line) {
             Some(i) => {
                 let start = if line.get(i + 1) == Some(&b' ') {
                     i + 2
