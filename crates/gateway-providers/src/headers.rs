@@ -264,7 +264,10 @@ mod tests {
             }
         );
         // 30000 tokens refill in 644 ms: a typical request's 1000 tokens free after 1/30 of it.
-        assert_eq!(info.wait_hint(), Some(Duration::from_millis(644).mul_f64(1.0 / 30.0)));
+        assert_eq!(
+            info.wait_hint(),
+            Some(Duration::from_millis(644).mul_f64(1.0 / 30.0))
+        );
     }
 
     #[test]
