@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+// Governance sections are the governance crate's own types, and strict about unknown fields: a
+// mistyped limit (`rmp = 10`) must not silently leave a key unlimited.
+pub use gateway_governance::{GovernanceSection, LimitsSpec, PricingSpec};
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Config {
@@ -38,16 +42,16 @@ pub struct Config {
     pub governance: GovernanceSection,
     /// `[[virtual_keys]]`.
     #[serde(default)]
-    pub virtual_keys: Vec<LimitsSection>,
+    pub virtual_keys: Vec<LimitsSpec>,
     /// `[[teams]]`.
     #[serde(default)]
-    pub teams: Vec<LimitsSection>,
+    pub teams: Vec<LimitsSpec>,
     /// `[[customers]]`.
     #[serde(default)]
-    pub customers: Vec<LimitsSection>,
+    pub customers: Vec<LimitsSpec>,
     /// `[[pricing]]`.
     #[serde(default)]
-    pub pricing: Vec<PricingSection>,
+    pub pricing: Vec<PricingSpec>,
 }
 
 /// `[server]`.
@@ -379,74 +383,6 @@ pub struct TelemetrySection {
     /// Service name on spans.
     #[serde(default)]
     pub service_name: Option<String>,
-}
-
-/// `[governance]`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct GovernanceSection {
-    /// `redis://host:port` to share limits across instances; embedded store when unset.
-    #[serde(default)]
-    pub store: Option<String>,
-    /// Below this headroom (0..1) batch traffic is held back.
-    #[serde(default)]
-    pub batch_headroom: Option<f64>,
-    /// Where the governance database lives (default: `server.data_dir`).
-    #[serde(default)]
-    pub data_dir: Option<PathBuf>,
-}
-
-/// `[[virtual_keys]]`, `[[teams]]` and `[[customers]]`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct LimitsSection {
-    /// Name.
-    pub name: String,
-    /// Virtual keys only: the secret clients present.
-    #[serde(default)]
-    pub secret: Option<String>,
-    /// Virtual keys: the team; teams: the customer.
-    #[serde(default)]
-    pub team: Option<String>,
-    /// Teams: the customer.
-    #[serde(default)]
-    pub customer: Option<String>,
-    /// Requests per minute.
-    #[serde(default)]
-    pub rpm: Option<u64>,
-    /// Tokens per minute.
-    #[serde(default)]
-    pub tpm: Option<u64>,
-    /// Requests in flight at once.
-    #[serde(default)]
-    pub max_concurrent: Option<u64>,
-    /// Budget in USD.
-    #[serde(default)]
-    pub budget_usd: Option<f64>,
-    /// `1h`, `1d`, `1w`, `1M`; none for a lifetime cap.
-    #[serde(default)]
-    pub budget_period: Option<String>,
-    /// Allowed models.
-    #[serde(default)]
-    pub models: Option<Vec<String>>,
-    /// Allowed providers.
-    #[serde(default)]
-    pub providers: Option<Vec<String>>,
-    /// `interactive` or `batch`.
-    #[serde(default)]
-    pub priority: Option<String>,
-}
-
-/// `[[pricing]]`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct PricingSection {
-    /// Model id (upstream or `provider/model`).
-    pub model: String,
-    /// USD per million input tokens.
-    pub input_per_mtok: f64,
-    /// USD per million output tokens.
-    pub output_per_mtok: f64,
-    /// USD per million cached input tokens.
-    #[serde(default)]
-    pub cached_input_per_mtok: Option<f64>,
 }
 
 /// A configuration that cannot be used.

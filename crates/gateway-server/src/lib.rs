@@ -50,44 +50,21 @@ impl std::fmt::Debug for Services {
 }
 
 /// The governance configuration of a gateway configuration.
-pub fn governance_config(
-    config: &Config,
-) -> Result<gateway_governance::GovernanceConfig, app::StartError> {
-    fn convert<A: serde::Serialize, B: serde::de::DeserializeOwned>(
-        items: &[A],
-        what: &str,
-    ) -> Result<Vec<B>, app::StartError> {
-        items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| {
-                serde_json::to_value(item)
-                    .and_then(serde_json::from_value)
-                    .map_err(|e| {
-                        config::ConfigError::Invalid(vec![format!("{what}[{i}]: {e}")]).into()
-                    })
-            })
-            .collect()
-    }
-    Ok(gateway_governance::GovernanceConfig {
-        virtual_keys: convert(&config.virtual_keys, "virtual_keys")?,
-        teams: convert(&config.teams, "teams")?,
-        customers: convert(&config.customers, "customers")?,
-        pricing: convert(&config.pricing, "pricing")?,
-        store: config.governance.store.clone(),
-        data_dir: config
-            .governance
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| config.server.data_dir.clone()),
-        batch_headroom: config.governance.batch_headroom,
-    })
+pub fn governance_config(config: &Config) -> gateway_governance::GovernanceConfig {
+    gateway_governance::GovernanceConfig::from_sections(
+        config.governance.clone(),
+        config.virtual_keys.clone(),
+        config.teams.clone(),
+        config.customers.clone(),
+        config.pricing.clone(),
+        config.server.data_dir.clone(),
+    )
 }
 
 impl Services {
     /// Opens the stores and starts the background writers.
     pub async fn start(config: &Config) -> Result<Services, app::StartError> {
-        let governance = gateway_governance::Governance::open(governance_config(config)?)
+        let governance = gateway_governance::Governance::open(governance_config(config))
             .await
             .map_err(|e| config::ConfigError::Invalid(vec![format!("governance: {e}")]))?;
         let l = &config.logging;
@@ -130,9 +107,8 @@ impl Services {
                 self.telemetry.admin_routes(),
             ]))),
             on_reload: Some(std::sync::Arc::new(move |c: &Config| {
-                let gc = governance_config(c).map_err(|e| e.to_string())?;
                 reload_gov
-                    .reload(&gc)
+                    .reload(&governance_config(c))
                     .map_err(|e| format!("governance: {e}"))
             })),
             ..Extensions::default()
