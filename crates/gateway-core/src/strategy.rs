@@ -266,7 +266,8 @@ impl Strategy for Health {
 /// of peak-EWMA latency, in-flight requests, error rate and rate-limit headroom.
 #[derive(Debug, Clone, Copy)]
 pub struct Adaptive {
-    /// Latency assumed for a candidate without samples (ns); low, so new candidates get tried.
+    /// Latency assumed for a candidate without samples (ns): tiny, so every new candidate is tried
+    /// once and then judged on its own numbers (a fast upstream must not starve an untried key).
     pub default_latency_nanos: f64,
     /// How strongly the error rate raises the cost.
     pub error_penalty: f64,
@@ -275,7 +276,7 @@ pub struct Adaptive {
 impl Default for Adaptive {
     fn default() -> Self {
         Adaptive {
-            default_latency_nanos: 1_000_000.0,
+            default_latency_nanos: 1.0,
             error_penalty: 20.0,
         }
     }
