@@ -123,6 +123,18 @@ async fn virtual_keys_are_required_and_refusals_have_each_dialects_shape() {
         .await;
     assert_eq!(ok.status, 200, "{}", ok.text());
 
+    // Listing models needs a key too.
+    assert_eq!(gw.get("/v1/models", &[]).await.status, 401);
+    assert_eq!(
+        gw.get(
+            "/v1/models",
+            &[("authorization", "Bearer vk-team-a-0123456789")]
+        )
+        .await
+        .status,
+        200
+    );
+
     // Model allow-list: 403.
     let r = gw
         .request(

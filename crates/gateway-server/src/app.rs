@@ -247,6 +247,20 @@ impl Gateway {
         } else {
             Dialect::OpenAi
         };
+        // With virtual keys, every API request needs one (listing models and counting tokens
+        // included; inference endpoints are checked with their limits by admission).
+        let gated = path.starts_with("/v1/models")
+            || path == "/models"
+            || path.ends_with("/messages/count_tokens");
+        if gated {
+            if let Some(e) = self.unauthorized(req.headers()) {
+                let mut r = error_response(&e, dialect, &request_id);
+                if let Ok(v) = HeaderValue::from_str(&request_id) {
+                    r.headers_mut().insert("x-request-id", v);
+                }
+                return r;
+            }
+        }
         let mut resp = match (method.clone(), path.as_str()) {
             (Method::GET, "/health" | "/healthz" | "/v1/health") => {
                 json_response(200, &json!({"status": "ok"}))
@@ -335,6 +349,26 @@ impl Gateway {
             resp.headers_mut().insert("x-request-id", v);
         }
         resp
+    }
+
+    /// A 401 when virtual keys are in force and the request carries no valid one.
+    fn unauthorized(&self, headers: &HeaderMap) -> Option<ApiError> {
+        let ext = self.ext.load();
+        if !ext.admission.enabled() {
+            return None;
+        }
+        let presented = presented_key(headers);
+        if ext.admission.key_name(presented.as_deref()).is_some() {
+            return None;
+        }
+        Some(
+            ApiError::new(
+                401,
+                ErrorKind::Authentication,
+                "a valid virtual key is required: Authorization: Bearer <key> or x-api-key: <key>",
+            )
+            .code("invalid_api_key"),
+        )
     }
 
     async fn read_body(&self, req: Request<Incoming>) -> Result<Bytes, ApiError> {
