@@ -595,7 +595,7 @@ impl Gateway {
                         .then(|| anthropic::StreamEncoder::new(&request.model, est)),
                     include_usage,
                     state: SseState::Streaming,
-                    buf: Vec::with_capacity(512),
+                    buf: Vec::new(),
                     usage: None,
                     request_id: opts.request_id.to_string(),
                     finish: Some(StreamFinish {
@@ -917,30 +917,44 @@ impl Drop for SseBody {
     }
 }
 
+/// Events that are ready together go out in one frame (one write) up to this size; a lone event
+/// goes out at once, so coalescing never delays a token.
+const SSE_COALESCE_BYTES: usize = 16 * 1024;
+
 impl Stream for SseBody {
     type Item = Result<Frame<Bytes>, Infallible>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        let flush = |buf: &mut Vec<u8>| {
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from(std::mem::take(buf))))))
+        };
         loop {
             if matches!(this.state, SseState::Done) {
-                return Poll::Ready(None);
+                if this.buf.is_empty() {
+                    return Poll::Ready(None);
+                }
+                return flush(&mut this.buf);
             }
             match Pin::new(&mut this.inner).poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    if this.buf.is_empty() {
+                        return Poll::Pending;
+                    }
+                    return flush(&mut this.buf);
+                }
                 Poll::Ready(Some(Ok(chunk))) => {
                     if let Some(u) = chunk.usage {
                         this.usage = Some(u);
                     }
-                    let out = match (&mut this.anthropic, this.dialect) {
-                        (Some(enc), _) => {
-                            let b = enc.chunk(&chunk);
-                            (!b.is_empty()).then_some(b)
+                    match &mut this.anthropic {
+                        Some(enc) => this.buf.extend_from_slice(&enc.chunk(&chunk)),
+                        None => {
+                            openai::encode_chunk(&chunk, this.include_usage, &mut this.buf);
                         }
-                        _ => openai::encode_chunk(&chunk, this.include_usage, &mut this.buf),
-                    };
-                    if let Some(b) = out {
-                        return Poll::Ready(Some(Ok(Frame::data(b))));
+                    }
+                    if this.buf.len() >= SSE_COALESCE_BYTES {
+                        return flush(&mut this.buf);
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
@@ -957,20 +971,20 @@ impl Stream for SseBody {
                     if let Some(f) = this.finish.take() {
                         f.done(this.usage, 502, Some(msg));
                     }
-                    return Poll::Ready(Some(Ok(Frame::data(
-                        err.sse_event(this.dialect, &this.request_id),
-                    ))));
+                    this.buf
+                        .extend_from_slice(&err.sse_event(this.dialect, &this.request_id));
+                    return flush(&mut this.buf);
                 }
                 Poll::Ready(None) => {
                     this.state = SseState::Done;
                     if let Some(f) = this.finish.take() {
                         f.done(this.usage, 200, None);
                     }
-                    let tail = match &mut this.anthropic {
-                        Some(enc) => enc.finish(),
-                        None => Bytes::from_static(openai::DONE),
-                    };
-                    return Poll::Ready(Some(Ok(Frame::data(tail))));
+                    match &mut this.anthropic {
+                        Some(enc) => this.buf.extend_from_slice(&enc.finish()),
+                        None => this.buf.extend_from_slice(openai::DONE),
+                    }
+                    return flush(&mut this.buf);
                 }
             }
         }

@@ -90,27 +90,27 @@ pub fn decode_embeddings(body: &[u8]) -> Result<EmbeddingRequest, ApiError> {
     Ok(req)
 }
 
-/// One SSE event for a chunk. When the caller did not ask for usage, the usage-only chunk is
-/// skipped (returns `None`) and usage is left off the others.
-pub fn encode_chunk(chunk: &ChatChunk, include_usage: bool, buf: &mut Vec<u8>) -> Option<Bytes> {
-    buf.clear();
+/// Appends one SSE event for a chunk to `out`. When the caller did not ask for usage, the
+/// usage-only chunk is skipped (returns `false`) and usage is left off the others.
+pub fn encode_chunk(chunk: &ChatChunk, include_usage: bool, out: &mut Vec<u8>) -> bool {
     if !include_usage && chunk.choices.is_empty() {
-        return None;
+        return false;
     }
-    buf.extend_from_slice(b"data: ");
-    if include_usage || chunk.usage.is_none() {
-        if serde_json::to_writer(&mut *buf, chunk).is_err() {
-            return None;
-        }
+    let start = out.len();
+    out.extend_from_slice(b"data: ");
+    let written = if include_usage || chunk.usage.is_none() {
+        serde_json::to_writer(&mut *out, chunk)
     } else {
         let mut c = chunk.clone();
         c.usage = None;
-        if serde_json::to_writer(&mut *buf, &c).is_err() {
-            return None;
-        }
+        serde_json::to_writer(&mut *out, &c)
+    };
+    if written.is_err() {
+        out.truncate(start);
+        return false;
     }
-    buf.extend_from_slice(b"\n\n");
-    Some(Bytes::copy_from_slice(buf))
+    out.extend_from_slice(b"\n\n");
+    true
 }
 
 /// The end of an OpenAI stream.
