@@ -411,10 +411,10 @@ impl Gateway {
         model: &str,
         est_input: u64,
         max_output: u64,
-    ) -> Result<(Box<dyn Permit>, Vec<String>), Refused> {
+    ) -> Result<Box<dyn Permit>, Refused> {
         let ext = self.ext.load_full();
         if !ext.admission.enabled() {
-            return Ok((gateway_core::admission::no_permit(), Vec::new()));
+            return Ok(gateway_core::admission::no_permit());
         }
         let presented = presented_key(headers);
         let providers = self.engine.providers_for(model);
@@ -435,7 +435,7 @@ impl Gateway {
                 reason: r.reason(),
                 virtual_key: ext.admission.key_name(presented.as_deref()),
             })?;
-        Ok((permit, providers))
+        Ok(permit)
     }
 
     async fn chat(
@@ -478,20 +478,12 @@ impl Gateway {
         let ext = self.ext.load_full();
         let est_input = request.estimate_input_tokens();
         let max_output = u64::from(request.output_limit().unwrap_or(0));
-        let (permit, _) = match self
+        let permit = match self
             .admit(&headers, &request.model, est_input, max_output)
             .await
         {
             Ok(p) => p,
-            Err(r) => {
-                record.status = r.error.status_for(dialect);
-                record.error = Some(r.error.message.clone());
-                record.duration = started.elapsed();
-                record.refusal = Some(r.reason);
-                record.virtual_key = r.virtual_key;
-                ext.observer.on_finish(&record);
-                return error_response(&r.error, dialect, request_id);
-            }
+            Err(r) => return refused(r, dialect, request_id, record, started, &ext),
         };
         record.virtual_key = permit.virtual_key().map(str::to_owned);
         let opts = RequestOptions {
@@ -651,20 +643,12 @@ impl Gateway {
             trace: Some(trace),
             ..RequestRecord::default()
         };
-        let (permit, _) = match self
+        let permit = match self
             .admit(&headers, &request.model, request.input.estimate_tokens(), 0)
             .await
         {
             Ok(p) => p,
-            Err(r) => {
-                record.status = r.error.status;
-                record.error = Some(r.error.message.clone());
-                record.duration = started.elapsed();
-                record.refusal = Some(r.reason);
-                record.virtual_key = r.virtual_key;
-                ext.observer.on_finish(&record);
-                return error_response(&r.error, dialect, request_id);
-            }
+            Err(r) => return refused(r, dialect, request_id, record, started, &ext),
         };
         record.virtual_key = permit.virtual_key().map(str::to_owned);
         let opts = RequestOptions {
@@ -858,6 +842,24 @@ pub fn error_response(e: &ApiError, dialect: Dialect, request_id: &str) -> Respo
         h.insert("x-should-retry", HeaderValue::from_static("false"));
     }
     r
+}
+
+/// Records an admission refusal and answers it in the caller's dialect.
+fn refused(
+    r: Refused,
+    dialect: Dialect,
+    request_id: &str,
+    mut record: RequestRecord,
+    started: Instant,
+    ext: &Extensions,
+) -> Response<Body> {
+    record.status = r.error.status_for(dialect);
+    record.error = Some(r.error.message.clone());
+    record.duration = started.elapsed();
+    record.refusal = Some(r.reason);
+    record.virtual_key = r.virtual_key;
+    ext.observer.on_finish(&record);
+    error_response(&r.error, dialect, request_id)
 }
 
 /// An admission refusal, with what telemetry labels it by.

@@ -159,24 +159,10 @@ impl ApiError {
     }
 }
 
+/// Upstream messages can quote the key they were sent ("Incorrect API key provided: sk-..."): the
+/// same scrubber the request logs use keeps them out of client-facing errors.
 fn strip_secrets(msg: &str) -> String {
-    // Upstream messages can quote the key they were sent ("Incorrect API key provided: sk-...").
-    msg.split_whitespace()
-        .map(|w| {
-            let t = w.trim_matches(|c: char| !c.is_alphanumeric() && c != '-' && c != '_');
-            let looks_secret = t.len() >= 20
-                && (t.starts_with("sk-")
-                    || t.starts_with("AKIA")
-                    || t.starts_with("ya29.")
-                    || t.starts_with("AIza"));
-            if looks_secret {
-                "***"
-            } else {
-                w
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    gateway_telemetry::scrub::scrub(msg).into_owned()
 }
 
 fn from_provider(e: &ProviderError, status: u16) -> ApiError {
