@@ -113,6 +113,14 @@ async fn openai_chat_non_stream_and_stream() {
         })
         .collect();
     assert_eq!(text, "Hello from the mock upstream.");
+    // OpenAI upstream to OpenAI client: text chunks pass as the upstream sent them (the mock's
+    // `system_fingerprint` is not a canonical field, so only a pass-through keeps it).
+    assert!(
+        chunks[..chunks.len() - 1]
+            .iter()
+            .all(|c| c["system_fingerprint"] == "fp_mock"),
+        "{chunks:?}"
+    );
     let usage_chunk = chunks.last().unwrap();
     assert_eq!(
         usage_chunk["choices"],

@@ -231,6 +231,9 @@ pub struct RequestOptions {
     pub allowed_providers: Vec<String>,
     /// Fixed RNG seed (tests and simulations).
     pub seed: Option<u64>,
+    /// Streams: the caller writes OpenAI chunks and honours [`ChatChunk::raw`]
+    /// (see [`Call::raw_chunks`]).
+    pub raw_chunks: bool,
 }
 
 /// Who served a request.
@@ -758,6 +761,7 @@ impl Engine {
                         .trace
                         .zip(span_id)
                         .map(|(t, s)| Arc::from(t.traceparent_for(s))),
+                    raw_chunks: opts.raw_chunks,
                 };
                 let started_at = std::time::SystemTime::now();
                 let key_guard = key.signals.start(now, est_tokens);

@@ -619,6 +619,17 @@ pub struct ChatChunk {
     /// Usage, on the last chunk.
     #[serde(default)]
     pub usage: Option<Usage>,
+    /// The upstream's own JSON for this chunk, passed on as it came, when the call asked for raw
+    /// chunks ([`Call::raw_chunks`](crate::provider::Call::raw_chunks)) and the upstream speaks
+    /// the OpenAI chat-completions format.
+    ///
+    /// When set, it is a complete `chat.completion.chunk` without usage (usage always comes
+    /// decoded, on its own chunk), and the decoded fields are partial: each choice has its
+    /// `index` and `finish_reason` but an empty delta, and `id` and `model` may be empty. A
+    /// consumer that writes the OpenAI format sends these bytes instead of encoding the chunk;
+    /// a consumer that needs the content must not ask for raw chunks. Never serialized.
+    #[serde(skip)]
+    pub raw: Option<bytes::Bytes>,
 }
 
 impl ChatChunk {
@@ -631,6 +642,7 @@ impl ChatChunk {
             model: model.into(),
             choices: Vec::new(),
             usage: None,
+            raw: None,
         }
     }
 

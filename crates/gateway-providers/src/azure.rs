@@ -174,7 +174,7 @@ impl Provider for AzureProvider {
         let url = self.url(&call.model, "chat/completions");
         let mut req = json_request(Method::POST, &url, &self.request_headers(call)?, body)?;
         accept_event_stream(&mut req);
-        open_chunk_stream(&self.client, req, call.timeout).await
+        open_chunk_stream(&self.client, req, call.timeout, call.raw_chunks).await
     }
 
     async fn embed(

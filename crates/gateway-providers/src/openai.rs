@@ -11,6 +11,7 @@
 //! before a trailing chunk (xAI) or in `x_groq.usage` (Groq), and in-band `{"error":..}` payloads,
 //! and always ends a stream that reported usage with one usage chunk whose `choices` is empty.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,7 @@ use gateway_core::{Call, Credential, Provider, ProviderError, ProviderResponse, 
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http::{Method, Response};
 use hyper::body::Incoming;
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
@@ -154,7 +156,7 @@ impl Provider for OpenAiProvider {
             body,
         )?;
         accept_event_stream(&mut req);
-        open_chunk_stream(&self.client, req, call.timeout).await
+        open_chunk_stream(&self.client, req, call.timeout, call.raw_chunks).await
     }
 
     async fn embed(
@@ -227,10 +229,14 @@ pub fn accept_event_stream(req: &mut http::Request<crate::http::Body>) {
 
 /// Sends a streaming chat request and decodes the OpenAI SSE answer. An upstream that answers with
 /// JSON instead is accepted too (its response is replayed as chunks).
+///
+/// With `raw_chunks` (the caller honours [`ChatChunk::raw`]), chunks that need no normalisation
+/// pass on as they came, decoded only as far as their finish reasons (see [`ChunkDecoder::raw`]).
 pub async fn open_chunk_stream(
     client: &HttpClient,
     req: http::Request<crate::http::Body>,
     timeout: Duration,
+    raw_chunks: bool,
 ) -> Result<ProviderStream, ProviderError> {
     let started = tokio::time::Instant::now();
     let resp = client.open_stream(req, timeout, classify).await?;
@@ -250,7 +256,14 @@ pub async fn open_chunk_stream(
     }
     let events = SseStream::new(resp.into_body()).idle_timeout(timeout);
     Ok(ProviderStream {
-        chunks: decode_stream(events, ChunkDecoder::new()),
+        chunks: decode_stream(
+            events,
+            if raw_chunks {
+                ChunkDecoder::raw()
+            } else {
+                ChunkDecoder::new()
+            },
+        ),
         rate_limit,
     })
 }
@@ -498,6 +511,13 @@ pub fn embeddings_body(request: &EmbeddingRequest, model: &str) -> Result<Bytes,
 /// Maps any provider's stop reason to the canonical one. `None` for an empty value; unknown
 /// values count as a normal stop.
 pub fn map_finish_reason(s: &str) -> Option<FinishReason> {
+    // The usual spellings without lowercasing a copy.
+    match s {
+        "stop" => return Some(FinishReason::Stop),
+        "length" => return Some(FinishReason::Length),
+        "tool_calls" => return Some(FinishReason::ToolCalls),
+        _ => {}
+    }
     Some(match s.to_ascii_lowercase().as_str() {
         "" | "null" => return None,
         "length" | "max_tokens" | "model_context_window_exceeded" => FinishReason::Length,
@@ -508,23 +528,74 @@ pub fn map_finish_reason(s: &str) -> Option<FinishReason> {
     })
 }
 
+/// A string field that may be anything else, which then counts as absent; borrowed from the
+/// input when it has no escapes.
+struct LenientStr<'a>(Option<Cow<'a, str>>);
+
+impl<'de> Deserialize<'de> for LenientStr<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = LenientStr<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(LenientStr(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(LenientStr(Some(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(LenientStr(Some(Cow::Owned(v))))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(LenientStr(None))
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(LenientStr(None))
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                d.deserialize_any(V)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(LenientStr(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(LenientStr(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(LenientStr(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(LenientStr(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(LenientStr(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(LenientStr(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 fn lenient_finish<'de, D: Deserializer<'de>>(d: D) -> Result<Option<FinishReason>, D::Error> {
-    Ok(match Option::<Value>::deserialize(d)? {
-        Some(Value::String(s)) => map_finish_reason(&s),
-        _ => None,
-    })
+    Ok(LenientStr::deserialize(d)?
+        .0
+        .and_then(|s| map_finish_reason(&s)))
 }
 
 fn lenient_role<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Role>, D::Error> {
-    Ok(match Option::<Value>::deserialize(d)? {
-        Some(Value::String(s)) => match s.as_str() {
-            "assistant" | "model" => Some(Role::Assistant),
-            "system" => Some(Role::System),
-            "developer" => Some(Role::Developer),
-            "user" => Some(Role::User),
-            "tool" => Some(Role::Tool),
-            _ => None,
-        },
+    Ok(match LenientStr::deserialize(d)?.0.as_deref() {
+        Some("assistant" | "model") => Some(Role::Assistant),
+        Some("system") => Some(Role::System),
+        Some("developer") => Some(Role::Developer),
+        Some("user") => Some(Role::User),
+        Some("tool") => Some(Role::Tool),
         _ => None,
     })
 }
@@ -911,6 +982,62 @@ struct WireChunk {
     error: Option<Value>,
 }
 
+/// What [`ChunkDecoder::raw`] reads of a chunk: borrowed, and only what decides whether the
+/// chunk can pass as it came.
+#[derive(Deserialize)]
+struct LightChunk<'a> {
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    object: Option<Cow<'a, str>>,
+    #[serde(default)]
+    created: Option<u64>,
+    #[serde(default, borrow)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    choices: Option<Vec<LightChoice<'a>>>,
+    #[serde(default)]
+    usage: Option<IgnoredAny>,
+    #[serde(default)]
+    x_groq: Option<LightXGroq>,
+    #[serde(default)]
+    error: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct LightXGroq {
+    #[serde(default)]
+    usage: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct LightChoice<'a> {
+    #[serde(default)]
+    index: u32,
+    #[serde(default, borrow)]
+    delta: Option<LightDelta<'a>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+/// A delta of text only: any other field (tool calls, a `reasoning` object...) makes the chunk
+/// take the full decode.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LightDelta<'a> {
+    #[serde(default, borrow)]
+    role: Option<Cow<'a, str>>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    content: Option<IgnoredAny>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    refusal: Option<IgnoredAny>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    reasoning_content: Option<IgnoredAny>,
+}
+
 /// Decodes an OpenAI chat-completions SSE stream into canonical chunks.
 ///
 /// Usage is held back and sent as the last chunk (`choices: []`), whatever chunk the upstream put
@@ -925,12 +1052,98 @@ pub struct ChunkDecoder {
     finished: bool,
     /// Tool calls seen per choice, for servers that omit `index` on tool-call deltas.
     tool_calls_seen: u32,
+    /// Pass chunks that need no normalisation on as they came ([`ChatChunk::raw`]).
+    raw: bool,
 }
 
 impl ChunkDecoder {
     /// A decoder at the start of a stream.
     pub fn new() -> Self {
         ChunkDecoder::default()
+    }
+
+    /// A decoder whose consumer honours [`ChatChunk::raw`]: a chunk with plain text deltas (role
+    /// `assistant`, `content`, `refusal`, `reasoning_content`), a standard finish reason, no
+    /// usage and no error passes on as it came, decoded only as far as each choice's index and
+    /// finish reason; any other chunk is decoded fully, as [`ChunkDecoder::new`] does.
+    pub fn raw() -> Self {
+        ChunkDecoder {
+            raw: true,
+            ..ChunkDecoder::default()
+        }
+    }
+
+    /// The raw path: `Some(passed)` when the chunk was handled here (`passed` is whether a chunk
+    /// was emitted), `None` when it needs the full decode.
+    fn pass_raw(
+        &mut self,
+        ev: &SseEvent,
+        data: &[u8],
+        out: &mut VecDeque<ChatChunk>,
+    ) -> Option<bool> {
+        if ev.event.is_some() {
+            return None;
+        }
+        let light: LightChunk<'_> = serde_json::from_slice(data).ok()?;
+        if light.error.is_some()
+            || light.usage.is_some()
+            || light.x_groq.is_some_and(|x| x.usage.is_some())
+            || light.object.as_deref() == Some("error")
+        {
+            return None;
+        }
+        let choices = light.choices.unwrap_or_default();
+        let mut decoded = Vec::with_capacity(choices.len());
+        for c in &choices {
+            if let Some(d) = &c.delta {
+                if d.role.as_deref().is_some_and(|r| r != "assistant") {
+                    return None;
+                }
+            }
+            let finish_reason = match c.finish_reason.as_deref() {
+                None => None,
+                Some("stop") => Some(FinishReason::Stop),
+                Some("length") => Some(FinishReason::Length),
+                Some("tool_calls") => Some(FinishReason::ToolCalls),
+                Some("content_filter") => Some(FinishReason::ContentFilter),
+                Some("function_call") => Some(FinishReason::FunctionCall),
+                Some(_) => return None,
+            };
+            decoded.push(ChunkChoice {
+                index: c.index,
+                delta: Delta::default(),
+                finish_reason,
+            });
+        }
+        if self.id.is_empty() {
+            if let Some(id) = light.id.filter(|i| !i.is_empty()) {
+                self.id = id.into_owned();
+            }
+        }
+        if self.model.is_empty() {
+            if let Some(m) = light.model.filter(|m| !m.is_empty()) {
+                self.model = m.into_owned();
+            }
+        }
+        if self.created == 0 {
+            self.created = light.created.unwrap_or(0);
+        }
+        if decoded.is_empty() {
+            return Some(false);
+        }
+        if decoded.iter().any(|c| c.finish_reason.is_some()) {
+            self.finished = true;
+        }
+        out.push_back(ChatChunk {
+            id: String::new(),
+            object: String::new(),
+            created: self.created,
+            model: String::new(),
+            choices: decoded,
+            usage: None,
+            raw: Some(ev.data.slice_ref(data)),
+        });
+        Some(false)
     }
 
     fn flush_usage(&mut self, out: &mut VecDeque<ChatChunk>) {
@@ -979,6 +1192,11 @@ impl StreamDecoder<SseEvent> for ChunkDecoder {
             self.finished = true;
             self.flush_usage(out);
             return Ok(true);
+        }
+        if self.raw {
+            if let Some(done) = self.pass_raw(&ev, data, out) {
+                return Ok(done);
+            }
         }
         let wire: WireChunk = serde_json::from_slice(data)
             .map_err(|e| ProviderError::Protocol(format!("invalid stream chunk: {e}")))?;

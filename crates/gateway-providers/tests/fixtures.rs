@@ -724,3 +724,102 @@ async fn anthropic_stream_errors() {
         "{items:?}"
     );
 }
+
+/// Decodes `stream` with [`ChunkDecoder::raw`] and with [`ChunkDecoder::new`] and checks that
+/// they agree: the same items, errors included; a chunk passed raw carries exactly its `data:`
+/// payload, and that payload decodes (with the full decoder) to the choices the full decode
+/// produced. Returns which chunks went raw.
+async fn raw_agrees(stream: &str) -> Vec<bool> {
+    let raw = decode(stream, ChunkDecoder::raw()).await;
+    let full = decode(stream, ChunkDecoder::new()).await;
+    assert_eq!(raw.len(), full.len(), "{stream}");
+    let payloads: Vec<&str> = stream
+        .split('\n')
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(str::trim_end)
+        .collect();
+    let mut went_raw = Vec::new();
+    for (r, f) in raw.iter().zip(&full) {
+        match (r, f) {
+            (Ok(r), Ok(f)) => match &r.raw {
+                Some(bytes) => {
+                    let text = std::str::from_utf8(bytes).expect("utf-8");
+                    assert!(payloads.contains(&text), "raw chunk is a payload: {text}");
+                    assert!(r.usage.is_none() && f.usage.is_none());
+                    let again = decode(
+                        &format!("data: {text}\n\ndata: [DONE]\n\n"),
+                        ChunkDecoder::new(),
+                    )
+                    .await;
+                    let again = again[0].as_ref().expect("the payload decodes");
+                    assert_eq!(again.choices, f.choices, "{text}");
+                    let finish: Vec<_> = r
+                        .choices
+                        .iter()
+                        .map(|c| (c.index, c.finish_reason))
+                        .collect();
+                    let want: Vec<_> = f
+                        .choices
+                        .iter()
+                        .map(|c| (c.index, c.finish_reason))
+                        .collect();
+                    assert_eq!(finish, want, "{text}");
+                    went_raw.push(true);
+                }
+                None => {
+                    assert_eq!(r, f);
+                    went_raw.push(false);
+                }
+            },
+            (Err(r), Err(f)) => {
+                assert_eq!(r.to_string(), f.to_string());
+                went_raw.push(false);
+            }
+            other => panic!("raw and full decodes differ: {other:?}"),
+        }
+    }
+    went_raw
+}
+
+#[tokio::test]
+async fn raw_chunks_pass_plain_text_chunks_and_agree_with_the_full_decode() {
+    // Text chunks and the finish chunk pass raw; tool-call deltas and the usage chunk do not.
+    assert_eq!(
+        raw_agrees(OPENAI_TOOL_STREAM).await,
+        [true, true, true, false, false, false, false, true, false]
+    );
+    // Escapes in content, several choices, Azure's extra fields: still raw, byte for byte.
+    let plain = concat!(
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":3,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"line\\n\\\"q\\\" \\u00e9\"},\"finish_reason\":null,\"content_filter_results\":{}},{\"index\":1,\"delta\":{\"content\":\"b\"}}]}\n\n",
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":3,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"refusal\":null,\"reasoning_content\":\"why\"},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":3,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"},{\"index\":1,\"finish_reason\":\"content_filter\"}]}\n\n",
+        "data: [DONE]\n\n",
+    );
+    assert_eq!(raw_agrees(plain).await, [true, true, true]);
+    // What needs normalising takes the full decode: a `reasoning` object, the role `model`, an
+    // unusual finish reason, usage on a choice chunk (held back to the end), Groq's usage.
+    let odd = concat!(
+        "data: {\"id\":\"o\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"model\",\"content\":\"a\"}}]}\n\n",
+        "data: {\"id\":\"o\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"reasoning\":{\"text\":\"r\"}}}]}\n\n",
+        "data: {\"id\":\"o\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"b\"}}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}\n\n",
+        "data: {\"id\":\"o\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"eos\"}],\"x_groq\":{\"id\":\"q\"}}\n\n",
+        "data: [DONE]\n\n",
+    );
+    assert_eq!(raw_agrees(odd).await, [false, false, false, false, false]);
+    let groq = concat!(
+        "data: {\"id\":\"g\",\"model\":\"llama\",\"created\":1,\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hey\"},\"finish_reason\":null}],\"x_groq\":{\"id\":\"req_1\"}}\n\n",
+        "data: {\"id\":\"g\",\"model\":\"llama\",\"created\":1,\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"x_groq\":{\"id\":\"req_1\",\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":1,\"total_tokens\":8}}}\n\n",
+    );
+    assert_eq!(raw_agrees(groq).await, [true, false, false]);
+    // Errors, cut streams and garbage end the same way on both paths.
+    for s in [
+        "data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"par\"}}]}\n\ndata: {\"error\":{\"message\":\"boom\",\"type\":\"server_error\",\"code\":null}}\n\n",
+        "data: {\"id\":\"o\",\"model\":\"m\",\"error\":{\"code\":502,\"message\":\"Provider returned error\"},\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\"},\"finish_reason\":\"error\"}]}\n\n",
+        "data: {\"object\":\"error\",\"message\":\"bad input\",\"type\":\"BadRequestError\",\"param\":null,\"code\":400}\n\n",
+        "event: error\ndata: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n\n",
+        "data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"par\"}}]}\n\n",
+        "data: {not json\n\n",
+    ] {
+        raw_agrees(s).await;
+    }
+}

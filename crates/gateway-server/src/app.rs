@@ -489,6 +489,8 @@ impl Gateway {
         let opts = RequestOptions {
             request_id: Arc::clone(request_id),
             trace: Some(trace),
+            // OpenAI clients get OpenAI upstreams' chunks as they came (see `encode_chunk`).
+            raw_chunks: dialect == Dialect::OpenAi,
             ..RequestOptions::default()
         };
         if request.stream {

@@ -17,14 +17,15 @@
 //! request reached a route or provider (otherwise `other`), so random model names cannot grow the
 //! series without bound.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use gateway_core::engine::ProviderHealth;
 use gateway_core::observe::{AttemptRecord, RequestRecord};
 use gateway_core::ProviderError;
-use metrics::{Counter, Key, KeyName, Label, Level, Metadata, Recorder, SharedString};
+use metrics::{Counter, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use crate::record::Tokens;
@@ -171,25 +172,125 @@ fn label(k: &'static str, v: impl Into<SharedString>) -> Label {
     Label::new(k, v)
 }
 
-fn opt_label(k: &'static str, v: Option<&str>) -> Label {
-    Label::new(k, v.map_or_else(|| "none".to_owned(), bounded))
-}
-
-fn bounded(v: &str) -> String {
+/// At most 128 bytes of a label value.
+fn bounded_str(v: &str) -> &str {
     let mut end = v.len().min(128);
     while !v.is_char_boundary(end) {
         end -= 1;
     }
-    v[..end].to_owned()
+    &v[..end]
+}
+
+/// A status code as text, without allocating.
+struct StatusText {
+    buf: [u8; 5],
+    len: usize,
+}
+
+impl StatusText {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("0")
+    }
+}
+
+fn itoa_u16(mut v: u16) -> StatusText {
+    let mut buf = [0u8; 5];
+    let mut len = 0;
+    loop {
+        buf[len] = b'0' + (v % 10) as u8;
+        len += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    buf[..len].reverse();
+    StatusText { buf, len }
 }
 
 type CostKey = (String, String, String);
+
+/// The outcomes [`outcome_label`] can give, in the order of [`AttemptSeries::requests`].
+const OUTCOMES: [&str; 8] = [
+    "ok",
+    "rate_limited",
+    "overloaded",
+    "server_error",
+    "timeout",
+    "connect_error",
+    "client_error",
+    "auth_error",
+];
+
+/// The handles of one (provider, key, upstream model): registered once, then bumped per attempt
+/// without building labels or looking the series up in the recorder again.
+struct AttemptSeries {
+    /// `gateway_upstream_requests_total` per outcome, registered on first use.
+    requests: [std::sync::OnceLock<Counter>; OUTCOMES.len()],
+    duration: Histogram,
+    ttft: Histogram,
+}
+
+/// The handles of one (route, model, status, virtual key) of finished requests.
+struct RequestSeries {
+    requests: Counter,
+    duration: Histogram,
+}
+
+/// Tokens per (provider, upstream model): prompt, completion, cached.
+struct TokenSeries {
+    kinds: [Counter; 3],
+}
+
+/// Registered handles by their label values, joined into one string with a separator no
+/// configured name contains. The label sets are bounded (configured names, a bounded model
+/// label, HTTP statuses), so the caches are too; a reload that renames things leaves the old
+/// entries, as the recorder keeps the old series.
+struct HandleCache<V> {
+    map: RwLock<HashMap<String, Arc<V>>>,
+}
+
+impl<V> HandleCache<V> {
+    fn new() -> Self {
+        HandleCache {
+            map: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The handles for `parts`, made by `make` the first time.
+    fn get(&self, parts: &[&str], make: impl FnOnce() -> V) -> Arc<V> {
+        thread_local! {
+            static KEY: RefCell<String> = const { RefCell::new(String::new()) };
+        }
+        KEY.with(|k| {
+            let mut k = k.borrow_mut();
+            k.clear();
+            for p in parts {
+                k.push_str(p);
+                k.push('\u{1f}');
+            }
+            if let Ok(m) = self.map.read() {
+                if let Some(v) = m.get(k.as_str()) {
+                    return Arc::clone(v);
+                }
+            }
+            let v = Arc::new(make());
+            if let Ok(mut m) = self.map.write() {
+                return Arc::clone(m.entry(k.clone()).or_insert(v));
+            }
+            v
+        })
+    }
+}
 
 /// The recorder and what it cannot hold.
 pub(crate) struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     cost: Mutex<HashMap<CostKey, f64>>,
+    attempt_series: HandleCache<AttemptSeries>,
+    request_series: HandleCache<RequestSeries>,
+    token_series: HandleCache<TokenSeries>,
     pub(crate) log_dropped: Counter,
     pub(crate) log_write_errors: Counter,
     pub(crate) spans_dropped: Counter,
@@ -238,6 +339,9 @@ impl Metrics {
             spans_dropped: c(names::SPANS_DROPPED),
             trace_export_errors: c(names::TRACE_EXPORT_ERRORS),
             cost: Mutex::new(HashMap::new()),
+            attempt_series: HandleCache::new(),
+            request_series: HandleCache::new(),
+            token_series: HandleCache::new(),
             recorder,
             handle,
         }
@@ -251,12 +355,6 @@ impl Metrics {
     fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
         self.recorder
             .register_counter(&Key::from_parts(name, labels), &META)
-    }
-
-    fn histogram(&self, name: &'static str, labels: Vec<Label>, secs: f64) {
-        self.recorder
-            .register_histogram(&Key::from_parts(name, labels), &META)
-            .record(secs);
     }
 
     fn gauge(&self, name: &'static str, labels: Vec<Label>, v: f64) {
@@ -277,38 +375,48 @@ impl Metrics {
         );
     }
 
+    fn histogram_handle(&self, name: &'static str, labels: Vec<Label>) -> Histogram {
+        self.recorder
+            .register_histogram(&Key::from_parts(name, labels), &META)
+    }
+
     /// Counts one upstream attempt.
     pub(crate) fn on_attempt(&self, a: &AttemptRecord) {
         let outcome = outcome_label(a.outcome);
-        self.counter(
-            names::UPSTREAM_REQUESTS,
-            vec![
-                label("provider", Arc::clone(&a.provider)),
-                label("key", Arc::clone(&a.key)),
-                label("model", Arc::clone(&a.model)),
-                label("outcome", outcome),
-            ],
-        )
-        .increment(1);
+        let series = self
+            .attempt_series
+            .get(&[&a.provider, &a.key, &a.model], || {
+                let pm = || {
+                    vec![
+                        label("provider", Arc::clone(&a.provider)),
+                        label("model", Arc::clone(&a.model)),
+                    ]
+                };
+                AttemptSeries {
+                    requests: Default::default(),
+                    duration: self.histogram_handle(names::UPSTREAM_DURATION, pm()),
+                    ttft: self.histogram_handle(names::TTFT, pm()),
+                }
+            });
+        let slot = OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(3);
+        series.requests[slot]
+            .get_or_init(|| {
+                self.counter(
+                    names::UPSTREAM_REQUESTS,
+                    vec![
+                        label("provider", Arc::clone(&a.provider)),
+                        label("key", Arc::clone(&a.key)),
+                        label("model", Arc::clone(&a.model)),
+                        label("outcome", OUTCOMES[slot]),
+                    ],
+                )
+            })
+            .increment(1);
         if !matches!(a.error, Some(ProviderError::Cancelled)) {
-            self.histogram(
-                names::UPSTREAM_DURATION,
-                vec![
-                    label("provider", Arc::clone(&a.provider)),
-                    label("model", Arc::clone(&a.model)),
-                ],
-                a.latency.as_secs_f64(),
-            );
+            series.duration.record(a.latency.as_secs_f64());
         }
         if let Some(t) = a.ttft {
-            self.histogram(
-                names::TTFT,
-                vec![
-                    label("provider", Arc::clone(&a.provider)),
-                    label("model", Arc::clone(&a.model)),
-                ],
-                t.as_secs_f64(),
-            );
+            series.ttft.record(t.as_secs_f64());
         }
         if let Some(from) = &a.fallback_from {
             self.counter(
@@ -347,33 +455,35 @@ impl Metrics {
     pub(crate) fn on_finish(&self, r: &RequestRecord) {
         let reached = !r.attempts.is_empty() || r.route.is_some() || r.provider.is_some();
         let model = if reached {
-            bounded(&r.requested_model)
+            bounded_str(&r.requested_model)
         } else {
-            "other".to_owned()
+            "other"
         };
-        let route = opt_label("route", r.route.as_deref());
-        self.counter(
-            names::REQUESTS,
-            vec![
-                route.clone(),
-                label("model", model),
-                label("status", r.status.to_string()),
-                opt_label("virtual_key", r.virtual_key.as_deref()),
-            ],
-        )
-        .increment(1);
-        self.histogram(
-            names::REQUEST_DURATION,
-            vec![route],
-            r.duration.as_secs_f64(),
-        );
+        let route = r.route.as_deref().map_or("none", bounded_str);
+        let vk = r.virtual_key.as_deref().map_or("none", bounded_str);
+        let status = itoa_u16(r.status);
+        let status = status.as_str();
+        let series = self.request_series.get(&[route, model, status, vk], || {
+            let route = label("route", route.to_owned());
+            RequestSeries {
+                requests: self.counter(
+                    names::REQUESTS,
+                    vec![
+                        route.clone(),
+                        label("model", model.to_owned()),
+                        label("status", status.to_owned()),
+                        label("virtual_key", vk.to_owned()),
+                    ],
+                ),
+                duration: self.histogram_handle(names::REQUEST_DURATION, vec![route]),
+            }
+        });
+        series.requests.increment(1);
+        series.duration.record(r.duration.as_secs_f64());
         if let Some(reason) = rejection_reason(r) {
             self.counter(
                 names::REJECTIONS,
-                vec![
-                    opt_label("virtual_key", r.virtual_key.as_deref()),
-                    label("reason", reason),
-                ],
+                vec![label("virtual_key", vk.to_owned()), label("reason", reason)],
             )
             .increment(1);
         }
@@ -381,20 +491,23 @@ impl Metrics {
             return;
         };
         let t = Tokens::of(r);
-        for (kind, n) in [
-            ("prompt", t.prompt),
-            ("completion", t.completion),
-            ("cached", t.cached),
-        ] {
-            self.counter(
-                names::TOKENS,
-                vec![
-                    label("provider", provider.to_owned()),
-                    label("model", model.to_owned()),
-                    label("kind", kind),
-                ],
-            )
-            .increment(n);
+        let tokens = self.token_series.get(&[provider, model], || {
+            let c = |kind: &'static str| {
+                self.counter(
+                    names::TOKENS,
+                    vec![
+                        label("provider", provider.to_owned()),
+                        label("model", model.to_owned()),
+                        label("kind", kind),
+                    ],
+                )
+            };
+            TokenSeries {
+                kinds: [c("prompt"), c("completion"), c("cached")],
+            }
+        });
+        for (c, n) in tokens.kinds.iter().zip([t.prompt, t.completion, t.cached]) {
+            c.increment(n);
         }
         if r.cost_usd > 0.0 && r.cost_usd.is_finite() {
             let key = (

@@ -4,10 +4,11 @@
 //! queue is full the record is dropped and `gateway_log_dropped_total` counts it. The thread
 //! (SQLite is blocking, so it is not a runtime task) takes what is queued, up to [`MAX_BATCH`]
 //! records, turns them into [`LogEntry`]s, writes them in one transaction, prints one JSON line per
-//! request on stdout when asked, and applies retention every [`RETENTION_EVERY`]. It also runs the
-//! Prometheus recorder's upkeep every [`UPKEEP_EVERY`] (histogram samples are buffered until drained,
-//! and nothing else drains them when nobody scrapes `/metrics`). It stops when the last sender is
-//! dropped, after writing what is left.
+//! request on stdout when asked, rests [`BATCH_PAUSE`] unless the batch was full, and applies
+//! retention every [`RETENTION_EVERY`]. It also runs the Prometheus recorder's upkeep every
+//! [`UPKEEP_EVERY`] (histogram samples are buffered until drained, and nothing else drains them
+//! when nobody scrapes `/metrics`). It stops when the last sender is dropped, after writing what is
+//! left.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -32,6 +33,12 @@ pub const MAX_BATCH: usize = 512;
 pub const RETENTION_EVERY: Duration = Duration::from_secs(60);
 /// How often the metrics recorder's histogram buffers are drained.
 pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+/// How long the thread rests after a batch that did not fill [`MAX_BATCH`].
+///
+/// While it rests it is not blocked on the queue, so [`LogWriter::submit`] is a plain enqueue
+/// with no thread to wake (a futex wake on the request path otherwise, and a transaction per
+/// request at low rates); what arrives meanwhile is written together in the next batch.
+pub const BATCH_PAUSE: Duration = Duration::from_millis(20);
 
 /// What the writer thread needs.
 pub(crate) struct WriterSettings {
@@ -118,6 +125,7 @@ fn run(mut s: WriterSettings, rx: Receiver<Arc<RequestRecord>>, written: watch::
     let mut last_retention: Option<Instant> = None;
     let retention = s.max_age_ms.is_some() || s.max_rows.is_some();
     let mut last_upkeep = Instant::now();
+    let mut batch: Vec<LogEntry> = Vec::with_capacity(64);
     loop {
         if let Some(g) = &s.gate {
             drop(g.lock());
@@ -141,8 +149,9 @@ fn run(mut s: WriterSettings, rx: Receiver<Arc<RequestRecord>>, written: watch::
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        let mut batch = Vec::with_capacity(16);
+        batch.clear();
         batch.push(LogEntry::from_record(&first, s.log_content));
+        drop(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(r) => batch.push(LogEntry::from_record(&r, s.log_content)),
@@ -165,5 +174,8 @@ fn run(mut s: WriterSettings, rx: Receiver<Arc<RequestRecord>>, written: watch::
         }
         done += batch.len() as u64;
         written.send_replace(done);
+        if batch.len() < MAX_BATCH {
+            std::thread::sleep(BATCH_PAUSE);
+        }
     }
 }
