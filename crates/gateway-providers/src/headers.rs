@@ -26,31 +26,77 @@ pub fn rate_limit_info(headers: &HeaderMap) -> RateLimitInfo {
 /// Parses the rate-limit headers of a response received at `now` (absolute resets and HTTP dates
 /// are turned into durations from it).
 pub fn rate_limit_info_at(headers: &HeaderMap, now: SystemTime) -> RateLimitInfo {
-    let mut info = RateLimitInfo {
-        limit_requests: int(headers, "x-ratelimit-limit-requests"),
-        remaining_requests: int(headers, "x-ratelimit-remaining-requests"),
-        reset_requests: go(headers, "x-ratelimit-reset-requests"),
-        limit_tokens: int(headers, "x-ratelimit-limit-tokens"),
-        remaining_tokens: int(headers, "x-ratelimit-remaining-tokens"),
-        reset_tokens: go(headers, "x-ratelimit-reset-tokens")
-            .or_else(|| go(headers, "x-rate-limit-reset-tokens")),
-        retry_after: retry_after_at(headers, now),
-    };
-    if info.reset_requests.is_none() {
-        info.reset_requests = go(headers, "x-rate-limit-reset-requests");
+    // One pass over the headers (names are lowercase in a `HeaderMap`), keeping the first usable
+    // value of each; most responses carry a handful of these among a dozen others.
+    let mut info = RateLimitInfo::default();
+    let mut alt_reset_requests = None;
+    let mut alt_reset_tokens = None;
+    // Anthropic: requests, tokens, input-tokens, output-tokens.
+    let mut windows: [Window; 4] = Default::default();
+    let mut any_retry_hint = false;
+    for (name, value) in headers {
+        let n = name.as_str();
+        let Some(v) = value.to_str().ok().map(str::trim).filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        if let Some(rest) = n.strip_prefix("x-ratelimit-") {
+            match rest {
+                "limit-requests" => set(&mut info.limit_requests, int_of(v)),
+                "remaining-requests" => set(&mut info.remaining_requests, int_of(v)),
+                "reset-requests" => set(&mut info.reset_requests, parse_go_duration(v)),
+                "limit-tokens" => set(&mut info.limit_tokens, int_of(v)),
+                "remaining-tokens" => set(&mut info.remaining_tokens, int_of(v)),
+                "reset-tokens" => set(&mut info.reset_tokens, parse_go_duration(v)),
+                _ => {}
+            }
+        } else if let Some(rest) = n.strip_prefix("x-rate-limit-") {
+            match rest {
+                "reset-requests" => set(&mut alt_reset_requests, parse_go_duration(v)),
+                "reset-tokens" => set(&mut alt_reset_tokens, parse_go_duration(v)),
+                _ => {}
+            }
+        } else if let Some(rest) = n.strip_prefix("anthropic-ratelimit-") {
+            let Some((kind, field)) = rest.rsplit_once('-') else {
+                continue;
+            };
+            let w = match kind {
+                "requests" => &mut windows[0],
+                "tokens" => &mut windows[1],
+                "input-tokens" => &mut windows[2],
+                "output-tokens" => &mut windows[3],
+                _ => continue,
+            };
+            match field {
+                "limit" => set(&mut w.limit, int_of(v)),
+                "remaining" => set(&mut w.remaining, int_of(v)),
+                "reset" => set(
+                    &mut w.reset,
+                    parse_rfc3339(v)
+                        .map(|at| at.duration_since(now).unwrap_or(Duration::ZERO))
+                        .or_else(|| parse_go_duration(v)),
+                ),
+                _ => {}
+            }
+        } else if n == "retry-after" || n == "retry-after-ms" {
+            any_retry_hint = true;
+        }
     }
+    if any_retry_hint {
+        info.retry_after = retry_after_at(headers, now);
+    }
+    info.reset_tokens = info.reset_tokens.or(alt_reset_tokens);
+    info.reset_requests = info.reset_requests.or(alt_reset_requests);
 
     // Anthropic.
+    let [requests, tokens, input, output] = windows;
     if info.limit_requests.is_none() && info.remaining_requests.is_none() {
-        let w = anthropic_window(headers, "requests", now);
-        info.limit_requests = w.limit;
-        info.remaining_requests = w.remaining;
-        info.reset_requests = info.reset_requests.or(w.reset);
+        info.limit_requests = requests.limit;
+        info.remaining_requests = requests.remaining;
+        info.reset_requests = info.reset_requests.or(requests.reset);
     }
     if info.limit_tokens.is_none() && info.remaining_tokens.is_none() {
-        let tightest = ["tokens", "input-tokens", "output-tokens"]
+        let tightest = [tokens, input, output]
             .into_iter()
-            .map(|k| anthropic_window(headers, k, now))
             .filter(|w| w.remaining.is_some() || w.limit.is_some())
             .min_by(|a, b| a.fraction().total_cmp(&b.fraction()));
         if let Some(w) = tightest {
@@ -60,6 +106,13 @@ pub fn rate_limit_info_at(headers: &HeaderMap, now: SystemTime) -> RateLimitInfo
         }
     }
     info
+}
+
+/// Keeps the first value found.
+fn set<T>(slot: &mut Option<T>, v: Option<T>) {
+    if slot.is_none() {
+        *slot = v;
+    }
 }
 
 /// The explicit wait hint of a response: the larger of `retry-after-ms` and `retry-after`.
@@ -171,6 +224,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+#[derive(Default)]
 struct Window {
     limit: Option<u64>,
     remaining: Option<u64>,
@@ -187,19 +241,6 @@ impl Window {
     }
 }
 
-fn anthropic_window(headers: &HeaderMap, kind: &str, now: SystemTime) -> Window {
-    let name = |field: &str| format!("anthropic-ratelimit-{kind}-{field}");
-    Window {
-        limit: int(headers, &name("limit")),
-        remaining: int(headers, &name("remaining")),
-        reset: text(headers, &name("reset")).and_then(|v| {
-            parse_rfc3339(v)
-                .map(|at| at.duration_since(now).unwrap_or(Duration::ZERO))
-                .or_else(|| parse_go_duration(v))
-        }),
-    }
-}
-
 fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get(name)
@@ -208,8 +249,7 @@ fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
-fn int(headers: &HeaderMap, name: &str) -> Option<u64> {
-    let v = text(headers, name)?;
+fn int_of(v: &str) -> Option<u64> {
     v.parse::<u64>().ok().or_else(|| {
         // Some servers send `1000.0`.
         v.parse::<f64>()
@@ -217,10 +257,6 @@ fn int(headers: &HeaderMap, name: &str) -> Option<u64> {
             .filter(|f| f.is_finite() && *f >= 0.0)
             .map(|f| f as u64)
     })
-}
-
-fn go(headers: &HeaderMap, name: &str) -> Option<Duration> {
-    text(headers, name).and_then(parse_go_duration)
 }
 
 #[cfg(test)]
