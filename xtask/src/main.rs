@@ -9,6 +9,7 @@
 //!
 //! See `docs/benchmarks.md` for what the figures mean and a recorded run.
 
+mod bare_proxy;
 mod load;
 mod micro;
 mod overhead;
@@ -27,6 +28,7 @@ COMMANDS:
     bench overhead      added latency, CPU and memory of the release gateway under open-loop load
     bench scenarios     balancing quality of every strategy on simulated provider trouble
     bench micro         criterion micro-benchmarks (pick, convert, sse)
+    bare-proxy          a minimal forwarding proxy, the floor `bench overhead --bare-proxy` measures
 
 `cargo xtask bench <COMMAND> --help` lists each command's options.
 ";
@@ -54,6 +56,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some("bench") => bench(&root, &args[1..]),
+        Some("bare-proxy") => bare_proxy::main(&args[1..]),
         Some(other) => bail!("unknown command `{other}`\n\n{HELP}"),
     }
 }

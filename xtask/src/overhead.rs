@@ -43,6 +43,8 @@ OPTIONS:
     --mock-url URL        use an already running gateway-mock (root URL, no /v1)
     --mock-pid PID        its process, for its CPU
     --no-gateway          do not start or measure this gateway
+    --bare-proxy          also measure a minimal forwarding proxy (`xtask bare-proxy`: hyper, no
+                          JSON, no logs) as the floor of what any proxy adds on this machine
     --nice N              run the generator, the mock and the gateway at this nice value
                           (-10 gives them priority over other work on a shared machine)
     --gen-threads N       worker threads of the load generator's runtime (default 2)
@@ -86,6 +88,7 @@ pub struct Options {
     mock_url: Option<String>,
     mock_pid: Option<u32>,
     gateway: bool,
+    bare_proxy: bool,
     build: bool,
     nice: Option<i32>,
     gen_threads: usize,
@@ -126,6 +129,7 @@ impl Options {
             mock_url: None,
             mock_pid: None,
             gateway: true,
+            bare_proxy: false,
             build: true,
             nice: None,
             gen_threads: 2,
@@ -178,6 +182,7 @@ impl Options {
                 "--mock-url" => o.mock_url = Some(value()?.trim_end_matches('/').to_owned()),
                 "--mock-pid" => o.mock_pid = Some(value()?.parse().context("--mock-pid")?),
                 "--no-gateway" => o.gateway = false,
+                "--bare-proxy" => o.bare_proxy = true,
                 "--no-build" => o.build = false,
                 "--gen-threads" => {
                     let v = value()?;
@@ -204,8 +209,8 @@ impl Options {
         if o.latencies_ms.is_empty() || o.latencies_ms.iter().any(|l| *l > 10_000) {
             bail!("--latency-ms: each latency must be at most 10000 ms");
         }
-        if !o.gateway && o.target.is_none() {
-            bail!("--no-gateway needs --target: there would be nothing to measure but the mock");
+        if !o.gateway && o.target.is_none() && !o.bare_proxy {
+            bail!("--no-gateway needs --target or --bare-proxy: there would be nothing to measure but the mock");
         }
         if o.target.is_some() && o.mock_port.is_none() && o.mock_url.is_none() {
             o.mock_port = Some(18089);
@@ -714,6 +719,26 @@ pub fn main(root: &Path, opts: Options) -> Result<()> {
     };
     let gateway_pid = gateway_child.as_ref().map(Child::pid);
 
+    // The floor: a proxy that only forwards.
+    let mut bare_child = None;
+    if opts.bare_proxy {
+        let port = free_port()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut child = Child::spawn(
+            "bare-proxy",
+            Command::new(std::env::current_exe().context("locating xtask")?).args([
+                "bare-proxy",
+                "--port",
+                &port.to_string(),
+                "--upstream",
+                &mock_root,
+            ]),
+            tmp.join("bare-proxy.log"),
+        )?;
+        child.wait_listening(addr)?;
+        bare_child = Some((child, addr));
+    }
+
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(opts.gen_threads)
         .enable_all()
@@ -732,6 +757,15 @@ pub fn main(root: &Path, opts: Options) -> Result<()> {
         auth: Some(HeaderValue::from_static("Bearer bench-key-1")),
         pid: None,
     }];
+    if let Some((child, addr)) = &bare_child {
+        vias.push(Via {
+            name: "bare-proxy".to_owned(),
+            uri: format!("http://{addr}/v1/chat/completions"),
+            model: "gpt-4o-mini".to_owned(),
+            auth: Some(HeaderValue::from_static("Bearer bench-key-1")),
+            pid: Some(Pid::Of(child.pid())),
+        });
+    }
     if let Some(g) = &gateway_url {
         vias.push(Via {
             name: "gateway".to_owned(),
