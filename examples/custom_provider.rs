@@ -95,6 +95,7 @@ impl Provider for InHouse {
                 }],
                 usage: Some(usage),
                 extra: Default::default(),
+                raw: None,
             },
             rate_limit: RateLimitInfo::default(),
         })

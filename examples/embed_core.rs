@@ -67,6 +67,7 @@ impl Provider for InHouse {
                 }],
                 usage: Some(Usage::new(8, 6, 0)),
                 extra: Default::default(),
+                raw: None,
             },
             rate_limit: RateLimitInfo::default(),
         })

@@ -231,9 +231,9 @@ pub struct RequestOptions {
     pub allowed_providers: Vec<String>,
     /// Fixed RNG seed (tests and simulations).
     pub seed: Option<u64>,
-    /// Streams: the caller writes OpenAI chunks and honours [`ChatChunk::raw`]
-    /// (see [`Call::raw_chunks`]).
-    pub raw_chunks: bool,
+    /// The caller writes the OpenAI format and honours `raw` on answers and chunks (see
+    /// [`Call::passthrough`]).
+    pub passthrough: bool,
 }
 
 /// Who served a request.
@@ -761,7 +761,7 @@ impl Engine {
                         .trace
                         .zip(span_id)
                         .map(|(t, s)| Arc::from(t.traceparent_for(s))),
-                    raw_chunks: opts.raw_chunks,
+                    passthrough: opts.passthrough,
                 };
                 let started_at = std::time::SystemTime::now();
                 let key_guard = key.signals.start(now, est_tokens);

@@ -126,11 +126,12 @@ pub struct Call {
     pub request_id: Arc<str>,
     /// W3C `traceparent` to forward upstream, if any.
     pub traceparent: Option<Arc<str>>,
-    /// The caller re-sends stream chunks in the OpenAI chat-completions format and honours
+    /// The caller writes the OpenAI chat-completions format and honours
+    /// [`ChatResponse::raw`](crate::types::ChatResponse::raw) and
     /// [`ChatChunk::raw`](crate::types::ChatChunk::raw): an adapter whose upstream speaks that
-    /// format may pass chunks on as they came instead of decoding them fully. Adapters are free
-    /// to ignore it.
-    pub raw_chunks: bool,
+    /// format may pass answers and chunks on as they came instead of decoding them fully.
+    /// Adapters are free to ignore it.
+    pub passthrough: bool,
 }
 
 /// A non-streaming answer plus what the headers said.

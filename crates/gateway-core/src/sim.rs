@@ -224,6 +224,7 @@ fn reply(model: &str) -> ChatResponse {
         }],
         usage: Some(Usage::new(10, 1, 0)),
         extra: serde_json::Map::new(),
+        raw: None,
     }
 }
 

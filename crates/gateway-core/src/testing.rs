@@ -91,6 +91,7 @@ fn response(model: &str, text: String) -> ChatResponse {
         }],
         usage: Some(Usage::new(5, 2, 0)),
         extra: serde_json::Map::new(),
+        raw: None,
     }
 }
 

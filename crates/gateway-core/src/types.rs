@@ -528,6 +528,17 @@ pub struct ChatResponse {
     /// Provider-specific extras, passed through.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+    /// The upstream's own body, passed on as it came, when the call asked for it
+    /// ([`Call::passthrough`](crate::provider::Call::passthrough)) and the upstream speaks the
+    /// OpenAI chat-completions format.
+    ///
+    /// When set, it is a complete `chat.completion` and the decoded fields are partial: `id`,
+    /// `created`, `model`, `usage` and each choice's `index` and `finish_reason` are filled,
+    /// messages are empty assistant turns, `extra` is empty. A consumer that writes the OpenAI
+    /// format sends these bytes; a consumer that needs the content must not ask for
+    /// passthrough. Never serialized.
+    #[serde(skip)]
+    pub raw: Option<bytes::Bytes>,
 }
 
 fn chat_completion() -> String {
@@ -620,7 +631,7 @@ pub struct ChatChunk {
     #[serde(default)]
     pub usage: Option<Usage>,
     /// The upstream's own JSON for this chunk, passed on as it came, when the call asked for raw
-    /// chunks ([`Call::raw_chunks`](crate::provider::Call::raw_chunks)) and the upstream speaks
+    /// chunks ([`Call::passthrough`](crate::provider::Call::passthrough)) and the upstream speaks
     /// the OpenAI chat-completions format.
     ///
     /// When set, it is a complete `chat.completion.chunk` without usage (usage always comes
@@ -750,6 +761,7 @@ impl StreamAccumulator {
             }],
             usage: self.usage,
             extra: Map::new(),
+            raw: None,
         }
     }
 }
@@ -1005,6 +1017,7 @@ mod de {
                         choices: Vec::new(),
                         usage: None,
                         extra: serde_json::Map::new(),
+                        raw: None,
                     };
                     let (mut has_id, mut has_model, mut has_choices) = (false, false, false);
                     while let Some(Key(key)) = map.next_key::<Key<'de>>()? {

@@ -567,6 +567,7 @@ pub fn parse_message(body: &[u8]) -> Result<ChatResponse, ProviderError> {
         }],
         usage: Some(usage),
         extra: Map::new(),
+        raw: None,
     })
 }
 

@@ -33,7 +33,8 @@ use crate::headers::rate_limit_info;
 use crate::http::{header_value, json_request, HttpClient};
 use crate::openai::{
     accept_event_stream, chat_body, embeddings_body, open_chunk_stream, parse_chat_response,
-    parse_embeddings, parse_models, push_traceparent, unsupported_credential, Quirks,
+    parse_embeddings, parse_models, pass_chat_response, push_traceparent, unsupported_credential,
+    Quirks,
 };
 
 /// The `api-version` used when none is configured.
@@ -155,7 +156,11 @@ impl Provider for AzureProvider {
         let req = json_request(Method::POST, &url, &self.request_headers(call)?, body)?;
         let resp = self.client.fetch(req, call.timeout, classify).await?;
         Ok(ProviderResponse {
-            body: parse_chat_response(resp.body())?,
+            body: if call.passthrough {
+                pass_chat_response(resp.body())?
+            } else {
+                parse_chat_response(resp.body())?
+            },
             rate_limit: rate_limit_info(resp.headers()),
         })
     }
@@ -174,7 +179,7 @@ impl Provider for AzureProvider {
         let url = self.url(&call.model, "chat/completions");
         let mut req = json_request(Method::POST, &url, &self.request_headers(call)?, body)?;
         accept_event_stream(&mut req);
-        open_chunk_stream(&self.client, req, call.timeout, call.raw_chunks).await
+        open_chunk_stream(&self.client, req, call.timeout, call.passthrough).await
     }
 
     async fn embed(

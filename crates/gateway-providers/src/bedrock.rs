@@ -542,6 +542,7 @@ pub fn decode_response(
         }],
         usage: wire.usage.map(WireUsage::to_usage),
         extra: Map::new(),
+        raw: None,
     }
 }
 

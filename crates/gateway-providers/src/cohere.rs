@@ -342,6 +342,7 @@ pub fn decode_response(
         }],
         usage: wire.usage.and_then(WireUsage::to_usage),
         extra: Map::new(),
+        raw: None,
     })
 }
 

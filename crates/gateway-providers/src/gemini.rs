@@ -818,6 +818,7 @@ pub fn decode_response(
         choices,
         usage: wire.usage_metadata.map(WireUsage::to_usage),
         extra,
+        raw: None,
     }
 }
 

@@ -138,7 +138,11 @@ impl Provider for OpenAiProvider {
         )?;
         let resp = self.client.fetch(req, call.timeout, classify).await?;
         Ok(ProviderResponse {
-            body: parse_chat_response(resp.body())?,
+            body: if call.passthrough {
+                pass_chat_response(resp.body())?
+            } else {
+                parse_chat_response(resp.body())?
+            },
             rate_limit: rate_limit_info(resp.headers()),
         })
     }
@@ -156,7 +160,7 @@ impl Provider for OpenAiProvider {
             body,
         )?;
         accept_event_stream(&mut req);
-        open_chunk_stream(&self.client, req, call.timeout, call.raw_chunks).await
+        open_chunk_stream(&self.client, req, call.timeout, call.passthrough).await
     }
 
     async fn embed(
@@ -230,13 +234,13 @@ pub fn accept_event_stream(req: &mut http::Request<crate::http::Body>) {
 /// Sends a streaming chat request and decodes the OpenAI SSE answer. An upstream that answers with
 /// JSON instead is accepted too (its response is replayed as chunks).
 ///
-/// With `raw_chunks` (the caller honours [`ChatChunk::raw`]), chunks that need no normalisation
+/// With `passthrough` (the caller honours [`ChatChunk::raw`]), chunks that need no normalisation
 /// pass on as they came, decoded only as far as their finish reasons (see [`ChunkDecoder::raw`]).
 pub async fn open_chunk_stream(
     client: &HttpClient,
     req: http::Request<crate::http::Body>,
     timeout: Duration,
-    raw_chunks: bool,
+    passthrough: bool,
 ) -> Result<ProviderStream, ProviderError> {
     let started = tokio::time::Instant::now();
     let resp = client.open_stream(req, timeout, classify).await?;
@@ -258,7 +262,7 @@ pub async fn open_chunk_stream(
     Ok(ProviderStream {
         chunks: decode_stream(
             events,
-            if raw_chunks {
+            if passthrough {
                 ChunkDecoder::raw()
             } else {
                 ChunkDecoder::new()
@@ -745,6 +749,120 @@ impl<'de> Deserialize<'de> for WireResponse {
     }
 }
 
+/// What [`pass_chat_response`] reads of an answer: borrowed, and only what decides whether it can
+/// pass as it came plus what the gateway accounts (usage, finish reasons).
+#[derive(Deserialize)]
+struct LightResponse<'a> {
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    object: Option<Cow<'a, str>>,
+    #[serde(default)]
+    created: Option<u64>,
+    #[serde(default, borrow)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    choices: Option<Vec<LightResponseChoice<'a>>>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(default)]
+    error: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct LightResponseChoice<'a> {
+    #[serde(default)]
+    index: u32,
+    #[serde(default, borrow)]
+    message: Option<LightMessage<'a>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+/// An assistant message of text only: any other field (tool calls, a `reasoning` object...)
+/// makes the answer take the full decode.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LightMessage<'a> {
+    #[serde(default, borrow)]
+    role: Option<Cow<'a, str>>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    content: Option<IgnoredAny>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    refusal: Option<IgnoredAny>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    annotations: Option<IgnoredAny>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    reasoning_content: Option<IgnoredAny>,
+}
+
+/// A finish reason the OpenAI format defines, as it is spelled there.
+fn standard_finish(s: Option<&str>) -> Result<Option<FinishReason>, ()> {
+    match s {
+        None => Ok(None),
+        Some("stop") => Ok(Some(FinishReason::Stop)),
+        Some("length") => Ok(Some(FinishReason::Length)),
+        Some("tool_calls") => Ok(Some(FinishReason::ToolCalls)),
+        Some("content_filter") => Ok(Some(FinishReason::ContentFilter)),
+        Some("function_call") => Ok(Some(FinishReason::FunctionCall)),
+        Some(_) => Err(()),
+    }
+}
+
+/// [`parse_chat_response`] for a caller that honours [`ChatResponse::raw`]: an answer of
+/// assistant text with standard finish reasons and no error passes as it came (`raw` set, the
+/// decoded fields partial as documented there); any other answer is decoded fully.
+pub fn pass_chat_response(body: &Bytes) -> Result<ChatResponse, ProviderError> {
+    match light_response(body) {
+        Some(r) => Ok(r),
+        None => parse_chat_response(body),
+    }
+}
+
+fn light_response(body: &Bytes) -> Option<ChatResponse> {
+    let light: LightResponse<'_> = serde_json::from_slice(body).ok()?;
+    if light.error.is_some() || light.object.as_deref() != Some("chat.completion") {
+        return None;
+    }
+    let id = light.id.filter(|i| !i.is_empty())?;
+    let model = light.model.filter(|m| !m.is_empty())?;
+    let wire_choices = light.choices.filter(|c| !c.is_empty())?;
+    let mut choices = Vec::with_capacity(wire_choices.len());
+    for c in wire_choices {
+        let m = c.message?;
+        if m.role.as_deref().is_some_and(|r| r != "assistant") {
+            return None;
+        }
+        choices.push(Choice {
+            index: c.index,
+            message: Message {
+                role: Role::Assistant,
+                content: None,
+                name: None,
+                tool_calls: None,
+                tool_call_id: None,
+                refusal: None,
+                reasoning_content: None,
+            },
+            finish_reason: standard_finish(c.finish_reason.as_deref()).ok()?,
+        });
+    }
+    Some(ChatResponse {
+        id: id.into_owned(),
+        object: "chat.completion".into(),
+        created: light.created.unwrap_or(0),
+        model: model.into_owned(),
+        choices,
+        usage: light.usage.map(WireUsage::into_usage),
+        extra: Map::new(),
+        raw: Some(body.clone()),
+    })
+}
+
 /// Parses an OpenAI chat completion (leniently). A 200 whose body is an error payload is
 /// classified like an in-band stream error.
 pub fn parse_chat_response(body: &[u8]) -> Result<ChatResponse, ProviderError> {
@@ -817,6 +935,7 @@ pub fn parse_chat_response(body: &[u8]) -> Result<ChatResponse, ProviderError> {
         choices,
         usage: wire.usage.map(WireUsage::into_usage),
         extra,
+        raw: None,
     })
 }
 
@@ -1100,15 +1219,7 @@ impl ChunkDecoder {
                     return None;
                 }
             }
-            let finish_reason = match c.finish_reason.as_deref() {
-                None => None,
-                Some("stop") => Some(FinishReason::Stop),
-                Some("length") => Some(FinishReason::Length),
-                Some("tool_calls") => Some(FinishReason::ToolCalls),
-                Some("content_filter") => Some(FinishReason::ContentFilter),
-                Some("function_call") => Some(FinishReason::FunctionCall),
-                Some(_) => return None,
-            };
+            let finish_reason = standard_finish(c.finish_reason.as_deref()).ok()?;
             decoded.push(ChunkChoice {
                 index: c.index,
                 delta: Delta::default(),

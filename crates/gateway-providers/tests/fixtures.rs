@@ -8,7 +8,8 @@ use gateway_core::types::{ChatChunk, ChatRequest, ChatResponse, StreamAccumulato
 use gateway_core::ProviderError;
 use gateway_providers::anthropic::{messages_body, parse_message, MessageStreamDecoder};
 use gateway_providers::openai::{
-    chat_body_value, parse_chat_response, parse_embeddings, ChunkDecoder, Quirks,
+    chat_body_value, parse_chat_response, parse_embeddings, pass_chat_response, ChunkDecoder,
+    Quirks,
 };
 use gateway_providers::sse::SseStream;
 use gateway_providers::stream::{decode_stream, StreamDecoder};
@@ -782,7 +783,7 @@ async fn raw_agrees(stream: &str) -> Vec<bool> {
 }
 
 #[tokio::test]
-async fn raw_chunks_pass_plain_text_chunks_and_agree_with_the_full_decode() {
+async fn stream_chunks_pass_as_they_came_and_agree_with_the_full_decode() {
     // Text chunks and the finish chunk pass raw; tool-call deltas and the usage chunk do not.
     assert_eq!(
         raw_agrees(OPENAI_TOOL_STREAM).await,
@@ -821,5 +822,74 @@ async fn raw_chunks_pass_plain_text_chunks_and_agree_with_the_full_decode() {
         "data: {not json\n\n",
     ] {
         raw_agrees(s).await;
+    }
+}
+
+/// [`pass_chat_response`] passes plain text answers as they came and agrees with
+/// [`parse_chat_response`] on everything it decodes; anything else is decoded fully, exactly as
+/// `parse_chat_response` does. Returns whether `body` passed raw.
+fn passes_raw(body: &str) -> bool {
+    let bytes = Bytes::copy_from_slice(body.as_bytes());
+    let full = parse_chat_response(&bytes);
+    let passed = pass_chat_response(&bytes);
+    match (&passed, &full) {
+        (Ok(p), Ok(f)) => match &p.raw {
+            Some(raw) => {
+                assert_eq!(raw.as_ref(), body.as_bytes());
+                assert_eq!(
+                    (&p.id, &p.model, p.created, p.usage),
+                    (&f.id, &f.model, f.created, f.usage)
+                );
+                let got: Vec<_> = p
+                    .choices
+                    .iter()
+                    .map(|c| (c.index, c.finish_reason))
+                    .collect();
+                let want: Vec<_> = f
+                    .choices
+                    .iter()
+                    .map(|c| (c.index, c.finish_reason))
+                    .collect();
+                assert_eq!(got, want);
+                true
+            }
+            None => {
+                assert_eq!(p, f);
+                false
+            }
+        },
+        (Err(p), Err(f)) => {
+            assert_eq!(p.to_string(), f.to_string());
+            false
+        }
+        other => panic!("passthrough and full decode differ: {other:?}"),
+    }
+}
+
+#[test]
+fn plain_answers_pass_as_they_came() {
+    // Text answers, with the fields OpenAI adds (refusal, annotations, logprobs, service_tier).
+    assert!(passes_raw(
+        r#"{"id":"chatcmpl-1","object":"chat.completion","created":1730000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hi \"there\"\n","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":3,"total_tokens":12,"prompt_tokens_details":{"cached_tokens":0}},"service_tier":"default","system_fingerprint":"fp_1"}"#
+    ));
+    assert!(passes_raw(
+        r#"{"id":"c","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"a"},"finish_reason":"length"},{"index":1,"message":{"content":"b"},"finish_reason":"content_filter"}]}"#
+    ));
+    // Tool calls, reasoning objects, other roles, unusual finish reasons, a missing object or id,
+    // no choices, errors and garbage all take the full decode (and agree with it).
+    for body in [
+        OPENAI_RESPONSE,
+        r#"{"id":"x","model":"deepseek-chat","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"eos"}]}"#,
+        r#"{"id":"x","model":"m","object":"chat.completion","choices":[{"index":0,"message":{"role":"model","content":"ok"},"finish_reason":"stop"}]}"#,
+        r#"{"id":"x","model":"m","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"ok","reasoning":{"text":"r"}},"finish_reason":"stop"}]}"#,
+        r#"{"id":"x","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}]}"#,
+        r#"{"model":"m","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}]}"#,
+        r#"{"id":"x","model":"m","object":"chat.completion","choices":[]}"#,
+        r#"{"id":"x","model":"m","object":"chat.completion","choices":[{"index":0,"finish_reason":"stop"}]}"#,
+        r#"{"error":{"message":"boom","type":"server_error"}}"#,
+        r#"{"object":"error","message":"bad input","type":"BadRequestError","code":400}"#,
+        "{not json",
+    ] {
+        assert!(!passes_raw(body), "{body}");
     }
 }

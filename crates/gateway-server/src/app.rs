@@ -490,7 +490,7 @@ impl Gateway {
             request_id: Arc::clone(request_id),
             trace: Some(trace),
             // OpenAI clients get OpenAI upstreams' chunks as they came (see `encode_chunk`).
-            raw_chunks: dialect == Dialect::OpenAi,
+            passthrough: dialect == Dialect::OpenAi,
             ..RequestOptions::default()
         };
         if request.stream {
@@ -506,9 +506,11 @@ impl Gateway {
                     .cost(&out.served_by.provider, &out.served_by.model, &usage);
                 permit.settle(&usage, cost);
                 let body = match dialect {
-                    Dialect::OpenAi => {
-                        Bytes::from(serde_json::to_vec(&out.value).unwrap_or_default())
-                    }
+                    Dialect::OpenAi => match &out.value.raw {
+                        // An OpenAI upstream's answer, as it came.
+                        Some(raw) => raw.clone(),
+                        None => Bytes::from(serde_json::to_vec(&out.value).unwrap_or_default()),
+                    },
                     Dialect::Anthropic => anthropic::encode_response(&out.value),
                 };
                 record.route = out.route.as_deref().map(str::to_owned);
