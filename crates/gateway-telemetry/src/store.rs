@@ -1,9 +1,13 @@
 //! The embedded request-log store: SQLite (WAL) in `data_dir/logs.db`.
 //!
-//! `requests` holds one row per client request: the columns the admin API filters on plus the whole
-//! [`LogEntry`] as JSON (attempts nested). `attempts` holds one row per upstream attempt, with the
-//! tokens and cost of the request on its serving attempt, for `/admin/stats`. Writes come in
-//! batches, one transaction each, from the log writer thread; reads use their own connection.
+//! `requests` holds one row per client request and `attempts` one row per upstream attempt (with
+//! the tokens and cost of the request on its serving attempt, for `/admin/stats`); together their
+//! columns hold the whole [`LogEntry`]. Writes come in batches, one transaction each, from the log
+//! writer thread; reads use their own connection.
+//!
+//! Stores written before the columns held everything kept the entry as JSON in `requests.entry`;
+//! such rows are still read from it (new rows leave it empty), and [`open`] adds the columns
+//! they lack.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,7 +16,8 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-use crate::record::{LogEntry, Tokens};
+use crate::record::{AttemptEntry, Content, LogEntry, Tokens};
+use crate::time::format_rfc3339_ms;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS requests (
@@ -33,7 +38,12 @@ CREATE TABLE IF NOT EXISTS requests (
     cached_tokens INTEGER NOT NULL,
     cost_usd REAL NOT NULL,
     trace_id TEXT,
-    entry TEXT NOT NULL
+    entry TEXT NOT NULL DEFAULT '',
+    error TEXT,
+    ttft_ms REAL,
+    span_id TEXT,
+    content_request TEXT,
+    content_response TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts_ms);
 CREATE INDEX IF NOT EXISTS requests_request_id ON requests (request_id);
@@ -54,11 +64,48 @@ CREATE TABLE IF NOT EXISTS attempts (
     completion_tokens INTEGER NOT NULL,
     cached_tokens INTEGER NOT NULL,
     cost_usd REAL NOT NULL,
+    provider_kind TEXT NOT NULL DEFAULT '',
+    error TEXT,
+    ttft_ms REAL,
+    started_at_ms INTEGER NOT NULL DEFAULT 0,
+    span_id TEXT,
     PRIMARY KEY (request, seq)
 );
 CREATE INDEX IF NOT EXISTS attempts_ts ON attempts (ts_ms);
-CREATE INDEX IF NOT EXISTS attempts_provider ON attempts (provider, request);
+DROP INDEX IF EXISTS attempts_provider;
 ";
+
+/// Columns added since the first schema: `(table, column, definition)`.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("requests", "error", "TEXT"),
+    ("requests", "ttft_ms", "REAL"),
+    ("requests", "span_id", "TEXT"),
+    ("requests", "content_request", "TEXT"),
+    ("requests", "content_response", "TEXT"),
+    ("attempts", "provider_kind", "TEXT NOT NULL DEFAULT ''"),
+    ("attempts", "error", "TEXT"),
+    ("attempts", "ttft_ms", "REAL"),
+    ("attempts", "started_at_ms", "INTEGER NOT NULL DEFAULT 0"),
+    ("attempts", "span_id", "TEXT"),
+];
+
+/// Adds the columns an older store lacks.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    for (table, column, def) in ADDED_COLUMNS {
+        let (columns, exists): (i64, bool) = conn.query_row(
+            &format!(
+                "SELECT COUNT(*), COALESCE(SUM(name = ?1), 0) > 0 FROM pragma_table_info('{table}')"
+            ),
+            [column],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        // No such table yet: the schema creates it whole.
+        if columns > 0 && !exists {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {def}"))?;
+        }
+    }
+    Ok(())
+}
 
 /// Opens (creating) the store for writing: WAL, normal sync, schema.
 pub(crate) fn open(path: &Path) -> rusqlite::Result<Connection> {
@@ -66,6 +113,16 @@ pub(crate) fn open(path: &Path) -> rusqlite::Result<Connection> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // An older store: add the new columns before the schema's statements (they are all
+    // `IF NOT EXISTS` or `IF EXISTS`, so they leave existing tables alone).
+    let has_requests: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'requests'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_requests {
+        migrate(&conn)?;
+    }
     conn.execute_batch(SCHEMA)?;
     Ok(conn)
 }
@@ -88,18 +145,19 @@ pub(crate) fn insert_batch(conn: &mut Connection, entries: &[LogEntry]) -> rusql
         let mut req = tx.prepare_cached(
             "INSERT INTO requests (request_id, ts_ms, virtual_key, endpoint, requested_model, route,
                 provider, model, stream, status, duration_ms, prompt_tokens, completion_tokens,
-                cached_tokens, cost_usd, trace_id, entry)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                cached_tokens, cost_usd, trace_id, error, ttft_ms, span_id, content_request,
+                content_response, entry)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                ?18, ?19, ?20, ?21, '')",
         )?;
         let mut att = tx.prepare_cached(
             "INSERT INTO attempts (request, seq, ts_ms, provider, key, model, outcome, status,
                 latency_ms, is_retry, fallback_from, serving, prompt_tokens, completion_tokens,
-                cached_tokens, cost_usd)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                cached_tokens, cost_usd, provider_kind, error, ttft_ms, started_at_ms, span_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                ?18, ?19, ?20, ?21)",
         )?;
         for e in entries {
-            let json = serde_json::to_string(e)
-                .map_err(|err| rusqlite::Error::ToSqlConversionFailure(Box::new(err)))?;
             req.execute(params![
                 e.id,
                 i64_of(e.timestamp_ms),
@@ -117,7 +175,11 @@ pub(crate) fn insert_batch(conn: &mut Connection, entries: &[LogEntry]) -> rusql
                 i64_of(e.tokens.cached),
                 e.cost_usd,
                 e.trace_id,
-                json,
+                e.error,
+                e.ttft_ms,
+                e.span_id,
+                e.content.as_ref().map(|c| c.request.as_str()),
+                e.content.as_ref().map(|c| c.response.as_str()),
             ])?;
             let rowid = tx.last_insert_rowid();
             let serving = e.serving_attempt();
@@ -145,6 +207,11 @@ pub(crate) fn insert_batch(conn: &mut Connection, entries: &[LogEntry]) -> rusql
                     i64_of(t.completion),
                     i64_of(t.cached),
                     cost,
+                    a.provider_kind,
+                    a.error,
+                    a.ttft_ms,
+                    i64_of(a.started_at_ms),
+                    a.span_id,
                 ])?;
             }
         }
@@ -220,7 +287,13 @@ pub struct LogQuery {
 
 /// Newest first, filtered.
 pub(crate) fn query_logs(conn: &Connection, q: &LogQuery) -> rusqlite::Result<Vec<LogEntry>> {
-    let mut sql = String::from("SELECT entry FROM requests WHERE 1 = 1");
+    let mut sql = String::from(
+        "SELECT id, entry, request_id, ts_ms, virtual_key, endpoint, requested_model, route,
+            provider, model, stream, status, error, duration_ms, ttft_ms, prompt_tokens,
+            completion_tokens, cached_tokens, cost_usd, trace_id, span_id, content_request,
+            content_response
+         FROM requests WHERE 1 = 1",
+    );
     let mut args: Vec<Value> = Vec::new();
     let mut arg = |sql: &mut String, clause: &str, v: Value| {
         args.push(v);
@@ -263,15 +336,85 @@ pub(crate) fn query_logs(conn: &Connection, q: &LogQuery) -> rusqlite::Result<Ve
     sql.push_str(" ORDER BY ts_ms DESC, id DESC LIMIT ");
     sql.push_str(&q.limit.to_string());
     let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(0))?;
-    let mut out = Vec::new();
-    for json in rows {
-        match serde_json::from_str::<LogEntry>(&json?) {
-            Ok(e) => out.push(e),
-            Err(e) => tracing::warn!(error = %e, "skipping an unreadable request log row"),
+    let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+    // (rowid, entry) in order; rows stored as columns get their attempts below.
+    let mut out: Vec<(i64, LogEntry)> = Vec::new();
+    while let Some(r) = rows.next()? {
+        let rowid: i64 = r.get(0)?;
+        let json: String = r.get(1)?;
+        if !json.is_empty() {
+            // A row from a store written before the columns held everything.
+            match serde_json::from_str::<LogEntry>(&json) {
+                Ok(e) => out.push((0, e)),
+                Err(e) => tracing::warn!(error = %e, "skipping an unreadable request log row"),
+            }
+            continue;
+        }
+        let ts: u64 = u64_col(r, 3)?;
+        let content_request: Option<String> = r.get(21)?;
+        let content_response: Option<String> = r.get(22)?;
+        out.push((
+            rowid,
+            LogEntry {
+                id: r.get(2)?,
+                timestamp_ms: ts,
+                time: format_rfc3339_ms(ts),
+                virtual_key: r.get(4)?,
+                endpoint: r.get(5)?,
+                requested_model: r.get(6)?,
+                route: r.get(7)?,
+                provider: r.get(8)?,
+                model: r.get(9)?,
+                stream: r.get(10)?,
+                status: r.get(11)?,
+                error: r.get(12)?,
+                duration_ms: r.get(13)?,
+                ttft_ms: r.get(14)?,
+                tokens: Tokens {
+                    prompt: u64_col(r, 15)?,
+                    completion: u64_col(r, 16)?,
+                    cached: u64_col(r, 17)?,
+                },
+                cost_usd: r.get(18)?,
+                trace_id: r.get(19)?,
+                span_id: r.get(20)?,
+                attempts: Vec::new(),
+                content: match (content_request, content_response) {
+                    (Some(request), Some(response)) => Some(Content { request, response }),
+                    _ => None,
+                },
+            },
+        ));
+    }
+    let mut att = conn.prepare_cached(
+        "SELECT provider, provider_kind, key, model, outcome, status, error, latency_ms, ttft_ms,
+                is_retry, fallback_from, started_at_ms, span_id
+         FROM attempts WHERE request = ?1 ORDER BY seq",
+    )?;
+    for (rowid, e) in &mut out {
+        if *rowid == 0 {
+            continue;
+        }
+        let mut rows = att.query([*rowid])?;
+        while let Some(r) = rows.next()? {
+            e.attempts.push(AttemptEntry {
+                provider: r.get(0)?,
+                provider_kind: r.get(1)?,
+                key: r.get(2)?,
+                model: r.get(3)?,
+                outcome: r.get(4)?,
+                status: r.get(5)?,
+                error: r.get(6)?,
+                latency_ms: r.get(7)?,
+                ttft_ms: r.get(8)?,
+                is_retry: r.get(9)?,
+                fallback_from: r.get(10)?,
+                started_at_ms: u64_col(r, 11)?,
+                span_id: r.get(12)?,
+            });
         }
     }
-    Ok(out)
+    Ok(out.into_iter().map(|(_, e)| e).collect())
 }
 
 /// Latency percentiles in milliseconds.
@@ -525,6 +668,161 @@ pub(crate) fn stats(conn: &Connection, since_ms: u64, until_ms: u64) -> rusqlite
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The first schema, whose rows kept the whole entry as JSON.
+    const OLD_SCHEMA: &str = "
+        CREATE TABLE requests (id INTEGER PRIMARY KEY, request_id TEXT NOT NULL, ts_ms INTEGER NOT NULL,
+            virtual_key TEXT, endpoint TEXT NOT NULL, requested_model TEXT NOT NULL, route TEXT,
+            provider TEXT, model TEXT, stream INTEGER NOT NULL, status INTEGER NOT NULL,
+            duration_ms REAL NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+            cached_tokens INTEGER NOT NULL, cost_usd REAL NOT NULL, trace_id TEXT, entry TEXT NOT NULL);
+        CREATE TABLE attempts (request INTEGER NOT NULL, seq INTEGER NOT NULL, ts_ms INTEGER NOT NULL,
+            provider TEXT NOT NULL, key TEXT NOT NULL, model TEXT NOT NULL, outcome TEXT NOT NULL,
+            status INTEGER, latency_ms REAL NOT NULL, is_retry INTEGER NOT NULL, fallback_from TEXT,
+            serving INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+            cached_tokens INTEGER NOT NULL, cost_usd REAL NOT NULL, PRIMARY KEY (request, seq));
+        CREATE INDEX attempts_provider ON attempts (provider, request);";
+
+    fn entry(id: &str, ts: u64) -> LogEntry {
+        LogEntry {
+            id: id.to_owned(),
+            timestamp_ms: ts,
+            time: format_rfc3339_ms(ts),
+            virtual_key: Some("team-a".to_owned()),
+            endpoint: "chat".to_owned(),
+            requested_model: "fast".to_owned(),
+            route: Some("fast".to_owned()),
+            provider: Some("oai".to_owned()),
+            model: Some("gpt-4o-mini".to_owned()),
+            stream: true,
+            status: 200,
+            error: None,
+            duration_ms: 12.5,
+            ttft_ms: Some(3.25),
+            tokens: Tokens {
+                prompt: 10,
+                completion: 5,
+                cached: 2,
+            },
+            cost_usd: 0.001,
+            trace_id: Some("0af7651916cd43dd8448eb211c80319c".to_owned()),
+            span_id: Some("b7ad6b7169203331".to_owned()),
+            attempts: vec![
+                AttemptEntry {
+                    provider: "ant".to_owned(),
+                    provider_kind: "anthropic".to_owned(),
+                    key: "main".to_owned(),
+                    model: "claude".to_owned(),
+                    outcome: "rate_limited".to_owned(),
+                    status: Some(429),
+                    error: Some("rate limited".to_owned()),
+                    latency_ms: 1.5,
+                    ttft_ms: None,
+                    is_retry: false,
+                    fallback_from: None,
+                    started_at_ms: ts,
+                    span_id: Some("00f067aa0ba902b7".to_owned()),
+                },
+                AttemptEntry {
+                    provider: "oai".to_owned(),
+                    provider_kind: "openai".to_owned(),
+                    key: "k1".to_owned(),
+                    model: "gpt-4o-mini".to_owned(),
+                    outcome: "ok".to_owned(),
+                    status: Some(200),
+                    error: None,
+                    latency_ms: 9.0,
+                    ttft_ms: Some(3.0),
+                    is_retry: false,
+                    fallback_from: Some("ant".to_owned()),
+                    started_at_ms: ts + 2,
+                    span_id: Some("00f067aa0ba902b8".to_owned()),
+                },
+            ],
+            content: Some(Content {
+                request: "{}".to_owned(),
+                response: "hi".to_owned(),
+            }),
+        }
+    }
+
+    #[test]
+    fn entries_round_trip_through_the_columns() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut conn = open(&dir.path().join("logs.db")).expect("open");
+        let e = entry("req-1", 1_700_000_000_123);
+        insert_batch(&mut conn, std::slice::from_ref(&e)).expect("insert");
+        let mut plain = entry("req-2", 1_700_000_000_456);
+        plain.content = None;
+        plain.virtual_key = None;
+        plain.attempts.truncate(1);
+        plain.status = 429;
+        plain.error = Some("no capacity".to_owned());
+        insert_batch(&mut conn, std::slice::from_ref(&plain)).expect("insert");
+        let got = query_logs(
+            &conn,
+            &LogQuery {
+                limit: 10,
+                ..LogQuery::default()
+            },
+        )
+        .expect("query");
+        assert_eq!(got, vec![plain, e]);
+        // The provider filter still finds a request by any provider it tried.
+        let q = LogQuery {
+            provider: Some("ant".to_owned()),
+            limit: 10,
+            ..LogQuery::default()
+        };
+        assert_eq!(query_logs(&conn, &q).expect("query").len(), 2);
+        let q = LogQuery {
+            request_id: Some("req-1".to_owned()),
+            limit: 10,
+            ..LogQuery::default()
+        };
+        assert_eq!(query_logs(&conn, &q).expect("query")[0].attempts.len(), 2);
+    }
+
+    #[test]
+    fn an_older_store_keeps_its_rows_and_takes_new_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("logs.db");
+        let old = entry("old-1", 1_700_000_000_000);
+        {
+            let c = Connection::open(&path).expect("open");
+            c.execute_batch(OLD_SCHEMA).expect("old schema");
+            c.execute(
+                "INSERT INTO requests (request_id, ts_ms, endpoint, requested_model, stream, status,
+                    duration_ms, prompt_tokens, completion_tokens, cached_tokens, cost_usd, entry)
+                 VALUES ('old-1', 1700000000000, 'chat', 'fast', 1, 200, 12.5, 10, 5, 2, 0.001, ?1)",
+                [serde_json::to_string(&old).expect("json")],
+            )
+            .expect("old row");
+        }
+        let mut conn = open(&path).expect("reopen migrates");
+        let new = entry("new-1", 1_700_000_001_000);
+        insert_batch(&mut conn, std::slice::from_ref(&new)).expect("insert into the old store");
+        let got = query_logs(
+            &conn,
+            &LogQuery {
+                limit: 10,
+                ..LogQuery::default()
+            },
+        )
+        .expect("query");
+        assert_eq!(got, vec![new, old]);
+        let gone: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'attempts_provider'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("index count");
+        assert_eq!(gone, 0, "the redundant index is dropped");
+        // Opening again is a no-op.
+        drop(conn);
+        open(&path).expect("third open");
+    }
 
     #[test]
     fn nearest_rank_percentiles() {
