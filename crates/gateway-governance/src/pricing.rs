@@ -261,12 +261,19 @@ impl PriceTable {
 
 impl Pricing for PriceTable {
     fn cost(&self, provider: &str, model: &str, usage: &Usage) -> f64 {
-        let scoped = format!(
-            "{}/{}",
-            provider.to_ascii_lowercase(),
-            model.to_ascii_lowercase()
-        );
-        if let Some(p) = self.prices.get(&scoped) {
+        // `provider/model`, lowercased, built in a reused buffer: this runs on every request.
+        thread_local! {
+            static SCOPED: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        let scoped = SCOPED.with(|k| {
+            let mut k = k.borrow_mut();
+            k.clear();
+            k.extend(provider.chars().map(|c| c.to_ascii_lowercase()));
+            k.push('/');
+            k.extend(model.chars().map(|c| c.to_ascii_lowercase()));
+            self.prices.get(k.as_str()).copied()
+        });
+        if let Some(p) = scoped {
             let cached = usage
                 .prompt_tokens_details
                 .map(|d| d.cached_tokens)

@@ -18,6 +18,7 @@ use gateway_core::{
     RequestOptions, RequestRecord,
 };
 use gateway_providers::http::{HttpClient, HttpConfig};
+use http::header::HeaderName;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
@@ -795,19 +796,23 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+static X_GATEWAY_PROVIDER: HeaderName = HeaderName::from_static("x-gateway-provider");
+static X_GATEWAY_MODEL: HeaderName = HeaderName::from_static("x-gateway-model");
+static X_GATEWAY_ATTEMPTS: HeaderName = HeaderName::from_static("x-gateway-attempts");
+static X_GATEWAY_COST: HeaderName = HeaderName::from_static("x-gateway-cost-usd");
+
 fn served_headers(h: &mut HeaderMap, provider: &str, model: &str, attempts: usize, cost: f64) {
+    h.reserve(4);
     if let Ok(v) = HeaderValue::from_str(provider) {
-        h.insert("x-gateway-provider", v);
+        h.insert(X_GATEWAY_PROVIDER.clone(), v);
     }
     if let Ok(v) = HeaderValue::from_str(model) {
-        h.insert("x-gateway-model", v);
+        h.insert(X_GATEWAY_MODEL.clone(), v);
     }
-    if let Ok(v) = HeaderValue::from_str(&attempts.to_string()) {
-        h.insert("x-gateway-attempts", v);
-    }
+    h.insert(X_GATEWAY_ATTEMPTS.clone(), HeaderValue::from(attempts));
     if cost > 0.0 {
         if let Ok(v) = HeaderValue::from_str(&format!("{cost:.8}")) {
-            h.insert("x-gateway-cost-usd", v);
+            h.insert(X_GATEWAY_COST.clone(), v);
         }
     }
 }
