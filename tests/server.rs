@@ -33,6 +33,23 @@ secret = "{secret}"
 }
 
 #[tokio::test]
+async fn worker_threads_must_be_a_sane_count() {
+    let m = MockUpstream::new().start().await.unwrap();
+    for (n, ok) in [(0, false), (1, true), (4, true), (5000, false)] {
+        let toml = config(&m, "sk").replace("[server]", &format!("[server]\nworker_threads = {n}"));
+        let cfg = Config::from_toml(&toml).unwrap();
+        assert_eq!(cfg.server.worker_threads, Some(n));
+        match Gateway::new(cfg, None, Extensions::default()).await {
+            Ok(_) => assert!(ok, "worker_threads = {n} accepted"),
+            Err(e) => {
+                assert!(!ok, "worker_threads = {n} refused: {e}");
+                assert!(e.to_string().contains("server.worker_threads"), "{e}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
 async fn tls_with_http2_negotiated_by_alpn() {
     let m = MockUpstream::new().start().await.unwrap();
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();

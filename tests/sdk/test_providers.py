@@ -61,6 +61,8 @@ def gateway(tmp_path_factory):
 [server]
 listen = "127.0.0.1:{gport}"
 data_dir = "{tmp}"
+# One runtime thread: the binary sizes its runtime from the configuration.
+worker_threads = 1
 
 [[providers]]
 name = "oai"

@@ -21,8 +21,7 @@ OPTIONS:
     -V, --version       the version
 ";
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let mut config_path: Option<PathBuf> = None;
     let mut listen: Option<String> = None;
     let mut check = false;
@@ -52,6 +51,23 @@ async fn main() -> anyhow::Result<()> {
     if let Some(l) = listen {
         config.server.listen = l;
     }
+    // The runtime is built after the configuration is read: `server.worker_threads` sizes it.
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = config
+        .server
+        .worker_threads
+        .filter(|n| (1..=1024).contains(n))
+    {
+        runtime.worker_threads(n);
+    }
+    runtime
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(run(config, config_path, check))
+}
+
+async fn run(config: Config, config_path: Option<PathBuf>, check: bool) -> anyhow::Result<()> {
     gateway_server::init_logging(&config);
     for field in &config.unknown_fields {
         tracing::warn!(field = %field, "unknown configuration field ignored (a typo?)");

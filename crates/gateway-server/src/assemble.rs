@@ -407,6 +407,9 @@ pub async fn engine_config(
         });
     }
     let s = &cfg.server;
+    if s.worker_threads.is_some_and(|n| !(1..=1024).contains(&n)) {
+        problems.push("server.worker_threads: must be between 1 and 1024".to_owned());
+    }
     if s.max_body_bytes == 0 {
         problems.push("server.max_body_bytes: must be positive".to_owned());
     }

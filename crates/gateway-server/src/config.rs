@@ -102,6 +102,11 @@ pub struct ServerSection {
     /// Outbound HTTP proxy for upstream calls.
     #[serde(default)]
     pub upstream_proxy: Option<String>,
+    /// Threads of the async runtime that serves requests; one per available core when unset.
+    /// Fewer than the cores is better when the gateway shares a small machine with other busy
+    /// processes (see docs/benchmarks.md). Read at start only.
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
 }
 
 fn default_listen() -> String {
@@ -156,6 +161,7 @@ impl Default for ServerSection {
             pool_idle_timeout_ms: default_pool_idle(),
             connect_timeout_ms: default_connect(),
             upstream_proxy: None,
+            worker_threads: None,
         }
     }
 }
