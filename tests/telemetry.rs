@@ -8,7 +8,7 @@ use gateway_mock::{Faults, MockServer, MockUpstream};
 use gateway_server::Extensions;
 use gateway_telemetry::testing::{sample, OtlpReceiver};
 use gateway_telemetry::{Telemetry, TelemetryConfig};
-use gateway_tests::{chat, TestGateway};
+use gateway_tests::{chat, messages, TestGateway};
 use serde_json::{json, Value};
 
 const ADMIN: (&str, &str) = ("authorization", "Bearer adm-token-123");
@@ -273,6 +273,10 @@ async fn metrics_logs_and_traces_of_a_scripted_run() {
     let v = logs.json();
     let data = v["data"].as_array().unwrap();
     assert_eq!(data.len(), 12, "{v}");
+    assert!(
+        data.iter().all(|e| e.get("content").is_none()),
+        "no content without [logging] content = true"
+    );
     assert_eq!(data[0]["stream"], true);
     assert_eq!(data[0]["provider"], "ant");
     let fallback = &data[1];
@@ -374,5 +378,90 @@ async fn metrics_logs_and_traces_of_a_scripted_run() {
             && s.attr_str("gateway.provider") == Some("oai")
             && s.parent_span_id == root.span_id));
     assert_no_secret(&format!("{spans:?}"));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn content_logging_keeps_prompts_and_answers_scrubbed() {
+    let openai = mock(&["sk-test-openai-1", "sk-test-openai-2"]).await;
+    let anthropic = mock(&["sk-ant-test-1"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let telemetry = Telemetry::start(TelemetryConfig {
+        data_dir: dir.path().to_path_buf(),
+        log_content: true,
+        ..TelemetryConfig::default()
+    })
+    .unwrap();
+    let ext = Extensions {
+        observer: telemetry.observer(),
+        admin: Some(telemetry.admin_routes()),
+        ..Default::default()
+    };
+    let toml =
+        config(&openai, &anthropic).replace("[server]", "[logging]\ncontent = true\n\n[server]");
+    let gw = TestGateway::start_with(&toml, ext, None).await;
+
+    let secret = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789";
+    let r = gw
+        .post(
+            "/v1/chat/completions",
+            &chat("chat", &format!("plain prompt {secret}")),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let answer = r.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut body = chat("chat", "streamed prompt");
+    body["stream"] = json!(true);
+    let s = gw.post("/v1/chat/completions", &body).await;
+    assert_eq!(s.status, 200, "{}", s.text());
+    let m = gw
+        .post(
+            "/v1/messages",
+            &messages("ant/claude-3-5-haiku-latest", "anthropic prompt"),
+        )
+        .await;
+    assert_eq!(m.status, 200, "{}", m.text());
+
+    telemetry.flush().await;
+    let logs = gw.get("/admin/logs?limit=10", &[ADMIN]).await;
+    assert_eq!(logs.status, 200, "{}", logs.text());
+    assert!(
+        !logs.text().contains(secret),
+        "a secret in a prompt is scrubbed"
+    );
+    let v = logs.json();
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), 3, "{v}");
+    let (messages_log, stream_log, plain_log) = (&data[0], &data[1], &data[2]);
+
+    let request = plain_log["content"]["request"].as_str().unwrap();
+    assert!(request.contains("plain prompt sk-"), "{request}");
+    let response = plain_log["content"]["response"].as_str().unwrap();
+    assert!(response.contains(&answer), "{response}");
+
+    assert_eq!(stream_log["stream"], true);
+    assert!(stream_log["content"]["request"]
+        .as_str()
+        .unwrap()
+        .contains("streamed prompt"));
+    let streamed = stream_log["content"]["response"].as_str().unwrap();
+    assert!(
+        streamed.starts_with("data: "),
+        "the stream as sent: {streamed}"
+    );
+    assert!(streamed.trim_end().ends_with("data: [DONE]"), "{streamed}");
+
+    assert_eq!(messages_log["endpoint"], "messages");
+    assert!(messages_log["content"]["request"]
+        .as_str()
+        .unwrap()
+        .contains("anthropic prompt"));
+    assert!(messages_log["content"]["response"]
+        .as_str()
+        .unwrap()
+        .contains("\"type\":\"message\""));
     gw.stop().await;
 }

@@ -49,6 +49,8 @@ pub struct Runtime {
     pub admin_token: String,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// `[logging] content`: requests and answers go into the request log.
+    pub log_content: bool,
 }
 
 /// Pluggable parts of a gateway.
@@ -352,6 +354,15 @@ impl Gateway {
         resp
     }
 
+    /// The request body for the request log, with `[logging] content` on (the answer is filled
+    /// in when there is one).
+    fn content_of(&self, body: &[u8]) -> Option<(String, String)> {
+        self.runtime
+            .load()
+            .log_content
+            .then(|| (String::from_utf8_lossy(body).into_owned(), String::new()))
+    }
+
     /// A 401 when virtual keys are in force and the request carries no valid one.
     fn unauthorized(&self, headers: &HeaderMap) -> Option<ApiError> {
         let ext = self.ext.load();
@@ -474,6 +485,7 @@ impl Gateway {
             requested_model: request.model.clone(),
             stream: request.stream,
             trace: Some(trace),
+            content: self.content_of(&body),
             ..RequestRecord::default()
         };
         let ext = self.ext.load_full();
@@ -522,6 +534,9 @@ impl Gateway {
                 record.status = 200;
                 record.duration = started.elapsed();
                 record.attempts = out.attempts;
+                if let Some((_, answer)) = &mut record.content {
+                    *answer = String::from_utf8_lossy(&body).into_owned();
+                }
                 let attempts = record.attempts.len();
                 ext.observer.on_finish(&record);
                 let mut resp = bytes_response(200, body);
@@ -595,6 +610,7 @@ impl Gateway {
                     buf: Vec::new(),
                     usage: None,
                     request_id: opts.request_id.to_string(),
+                    sent: record.content.is_some().then(Vec::new),
                     finish: Some(StreamFinish {
                         record,
                         permit,
@@ -646,6 +662,7 @@ impl Gateway {
             endpoint: "embeddings",
             requested_model: request.model.clone(),
             trace: Some(trace),
+            content: self.content_of(&body),
             ..RequestRecord::default()
         };
         let permit = match self
@@ -678,8 +695,12 @@ impl Gateway {
                 record.route = out.route.as_deref().map(str::to_owned);
                 let attempts = out.attempts.len();
                 record.attempts = out.attempts;
+                let body = openai::encode_embeddings(&out.value, b64);
+                if let Some((_, answer)) = &mut record.content {
+                    *answer = String::from_utf8_lossy(&body).into_owned();
+                }
                 ext.observer.on_finish(&record);
-                let mut resp = bytes_response(200, openai::encode_embeddings(&out.value, b64));
+                let mut resp = bytes_response(200, body);
                 served_headers(
                     resp.headers_mut(),
                     &out.served_by.provider,
@@ -756,6 +777,7 @@ fn runtime_of(config: Config) -> Runtime {
     Runtime {
         admin_token: config.server.admin_token.clone(),
         max_body_bytes: config.server.max_body_bytes,
+        log_content: config.logging.content,
         config,
     }
 }
@@ -917,14 +939,38 @@ struct SseBody {
     usage: Option<Usage>,
     request_id: String,
     finish: Option<StreamFinish>,
+    /// Everything sent so far, kept for the request log with `[logging] content` on.
+    sent: Option<Vec<u8>>,
+}
+
+impl SseBody {
+    /// Sends what is buffered as one frame.
+    fn emit(&mut self) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let bytes = std::mem::take(&mut self.buf);
+        if let Some(sent) = &mut self.sent {
+            sent.extend_from_slice(&bytes);
+        }
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(bytes)))))
+    }
+
+    /// Settles and logs the request (once), with what was sent and is about to be.
+    fn finish(&mut self, status: u16, error: Option<String>) {
+        let Some(mut f) = self.finish.take() else {
+            return;
+        };
+        if let (Some(sent), Some((_, answer))) = (&self.sent, &mut f.record.content) {
+            let mut all = String::from_utf8_lossy(sent).into_owned();
+            all.push_str(&String::from_utf8_lossy(&self.buf));
+            *answer = all;
+        }
+        f.done(self.usage, status, error);
+    }
 }
 
 impl Drop for SseBody {
     fn drop(&mut self) {
         // The client went away mid-stream: the upstream is cancelled with `inner`; account for it.
-        if let Some(f) = self.finish.take() {
-            f.done(self.usage, 499, Some("client disconnected".to_owned()));
-        }
+        self.finish(499, Some("client disconnected".to_owned()));
     }
 }
 
@@ -937,22 +983,19 @@ impl Stream for SseBody {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        let flush = |buf: &mut Vec<u8>| {
-            Poll::Ready(Some(Ok(Frame::data(Bytes::from(std::mem::take(buf))))))
-        };
         loop {
             if matches!(this.state, SseState::Done) {
                 if this.buf.is_empty() {
                     return Poll::Ready(None);
                 }
-                return flush(&mut this.buf);
+                return this.emit();
             }
             match Pin::new(&mut this.inner).poll_next(cx) {
                 Poll::Pending => {
                     if this.buf.is_empty() {
                         return Poll::Pending;
                     }
-                    return flush(&mut this.buf);
+                    return this.emit();
                 }
                 Poll::Ready(Some(Ok(chunk))) => {
                     if let Some(u) = chunk.usage {
@@ -965,7 +1008,7 @@ impl Stream for SseBody {
                         }
                     }
                     if this.buf.len() >= SSE_COALESCE_BYTES {
-                        return flush(&mut this.buf);
+                        return this.emit();
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
@@ -979,23 +1022,19 @@ impl Stream for SseBody {
                         message: msg.clone(),
                         ..err
                     };
-                    if let Some(f) = this.finish.take() {
-                        f.done(this.usage, 502, Some(msg));
-                    }
                     this.buf
                         .extend_from_slice(&err.sse_event(this.dialect, &this.request_id));
-                    return flush(&mut this.buf);
+                    this.finish(502, Some(msg));
+                    return this.emit();
                 }
                 Poll::Ready(None) => {
                     this.state = SseState::Done;
-                    if let Some(f) = this.finish.take() {
-                        f.done(this.usage, 200, None);
-                    }
                     match &mut this.anthropic {
                         Some(enc) => this.buf.extend_from_slice(&enc.finish()),
                         None => this.buf.extend_from_slice(openai::DONE),
                     }
-                    return flush(&mut this.buf);
+                    this.finish(200, None);
+                    return this.emit();
                 }
             }
         }
