@@ -20,6 +20,7 @@ pub mod headers;
 pub mod http;
 pub mod openai;
 pub mod registry;
+mod skim;
 pub mod sse;
 pub mod stream;
 pub mod vertex;

@@ -35,6 +35,7 @@ use serde_json::{Map, Value};
 use crate::classify::{classify, classify_stream_error};
 use crate::headers::rate_limit_info;
 use crate::http::{header_value, join_url, json_request, read_body, HttpClient, DEFAULT_MAX_BODY};
+use crate::skim::Skim;
 use crate::sse::{SseEvent, SseStream};
 use crate::stream::{decode_stream, response_to_chunks, StreamDecoder};
 
@@ -749,55 +750,76 @@ impl<'de> Deserialize<'de> for WireResponse {
     }
 }
 
-/// What [`pass_chat_response`] reads of an answer: borrowed, and only what decides whether it can
-/// pass as it came plus what the gateway accounts (usage, finish reasons).
-#[derive(Deserialize)]
-struct LightResponse<'a> {
-    #[serde(default, borrow)]
-    id: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    object: Option<Cow<'a, str>>,
-    #[serde(default)]
+/// The top-level members of an answer or chunk that [`pass_chat_response`] and
+/// [`ChunkDecoder::raw`] read while skimming it ([`Skim`]); `choices` is read by each of them.
+#[derive(Default)]
+struct Light<'a> {
+    id: Option<&'a str>,
+    object: Option<&'a str>,
     created: Option<u64>,
-    #[serde(default, borrow)]
-    model: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    choices: Option<Vec<LightResponseChoice<'a>>>,
-    #[serde(default)]
-    usage: Option<WireUsage>,
-    #[serde(default)]
-    error: Option<IgnoredAny>,
+    model: Option<&'a str>,
+    /// The `usage` value's bytes, when it is not null.
+    usage: Option<&'a [u8]>,
 }
 
-#[derive(Deserialize)]
-struct LightResponseChoice<'a> {
-    #[serde(default)]
-    index: u32,
-    #[serde(default, borrow)]
-    message: Option<LightMessage<'a>>,
-    #[serde(default, borrow)]
-    finish_reason: Option<Cow<'a, str>>,
+impl<'a> Light<'a> {
+    /// Reads one top-level member other than `choices`; `None` refuses the document for the
+    /// pass-through (an error, or Groq's usage, or a field of an unexpected type).
+    fn member(&mut self, sk: &mut Skim<'a>, key: &[u8]) -> Option<()> {
+        match key {
+            b"id" => self.id = Some(sk.plain_str()?),
+            b"object" => self.object = Some(sk.plain_str()?),
+            b"created" => self.created = Some(sk.u64()?),
+            b"model" => self.model = Some(sk.plain_str()?),
+            b"usage" => {
+                if !sk.null() {
+                    self.usage = Some(sk.span()?);
+                }
+            }
+            b"error" => {
+                if !sk.null() {
+                    return None;
+                }
+            }
+            b"x_groq" => {
+                sk.object(|sk, key| {
+                    if key == b"usage" && !sk.null() {
+                        return None;
+                    }
+                    sk.skip()
+                })?;
+            }
+            _ => sk.skip()?,
+        }
+        Some(())
+    }
 }
 
-/// An assistant message of text only: any other field (tool calls, a `reasoning` object...)
-/// makes the answer take the full decode.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LightMessage<'a> {
-    #[serde(default, borrow)]
-    role: Option<Cow<'a, str>>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    content: Option<IgnoredAny>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    refusal: Option<IgnoredAny>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    annotations: Option<IgnoredAny>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    reasoning_content: Option<IgnoredAny>,
+/// A `finish_reason`: null, or one the OpenAI format defines as it spells it (`None` otherwise).
+fn skim_finish(sk: &mut Skim<'_>) -> Option<Option<FinishReason>> {
+    if sk.null() {
+        return Some(None);
+    }
+    standard_finish(Some(sk.plain_str()?)).ok()
+}
+
+/// A message or delta of assistant text only: any other member (tool calls, a `reasoning`
+/// object, audio...) refuses it.
+fn skim_text_message(sk: &mut Skim<'_>) -> Option<()> {
+    if sk.null() {
+        return Some(());
+    }
+    sk.object(|sk, key| match key {
+        b"role" => {
+            if sk.null() || sk.plain_str()? == "assistant" {
+                Some(())
+            } else {
+                None
+            }
+        }
+        b"content" | b"refusal" | b"annotations" | b"reasoning_content" => sk.skip(),
+        _ => None,
+    })
 }
 
 /// A finish reason the OpenAI format defines, as it is spelled there.
@@ -824,40 +846,64 @@ pub fn pass_chat_response(body: &Bytes) -> Result<ChatResponse, ProviderError> {
 }
 
 fn light_response(body: &Bytes) -> Option<ChatResponse> {
-    let light: LightResponse<'_> = serde_json::from_slice(body).ok()?;
-    if light.error.is_some() || light.object.as_deref() != Some("chat.completion") {
+    std::str::from_utf8(body).ok()?;
+    let mut light = Light::default();
+    let mut choices: Vec<Choice> = Vec::new();
+    let mut sk = Skim::new(body);
+    sk.object(|sk, key| {
+        match key {
+            b"choices" => sk.array(|sk| {
+                let mut c = Choice {
+                    index: 0,
+                    message: Message {
+                        role: Role::Assistant,
+                        content: None,
+                        name: None,
+                        tool_calls: None,
+                        tool_call_id: None,
+                        refusal: None,
+                        reasoning_content: None,
+                    },
+                    finish_reason: None,
+                };
+                let mut has_message = false;
+                sk.object(|sk, key| match key {
+                    b"index" => {
+                        c.index = u32::try_from(sk.u64()?).ok()?;
+                        Some(())
+                    }
+                    b"finish_reason" => {
+                        c.finish_reason = skim_finish(sk)?;
+                        Some(())
+                    }
+                    b"message" => {
+                        has_message = sk.peek()? == b'{';
+                        skim_text_message(sk)
+                    }
+                    _ => sk.skip(),
+                })?;
+                has_message.then(|| choices.push(c))
+            })?,
+            _ => light.member(sk, key)?,
+        }
+        Some(())
+    })?;
+    if !sk.at_end() || light.object != Some("chat.completion") || choices.is_empty() {
         return None;
     }
     let id = light.id.filter(|i| !i.is_empty())?;
     let model = light.model.filter(|m| !m.is_empty())?;
-    let wire_choices = light.choices.filter(|c| !c.is_empty())?;
-    let mut choices = Vec::with_capacity(wire_choices.len());
-    for c in wire_choices {
-        let m = c.message?;
-        if m.role.as_deref().is_some_and(|r| r != "assistant") {
-            return None;
-        }
-        choices.push(Choice {
-            index: c.index,
-            message: Message {
-                role: Role::Assistant,
-                content: None,
-                name: None,
-                tool_calls: None,
-                tool_call_id: None,
-                refusal: None,
-                reasoning_content: None,
-            },
-            finish_reason: standard_finish(c.finish_reason.as_deref()).ok()?,
-        });
-    }
+    let usage = match light.usage {
+        Some(u) => Some(serde_json::from_slice::<WireUsage>(u).ok()?.into_usage()),
+        None => None,
+    };
     Some(ChatResponse {
-        id: id.into_owned(),
+        id: id.to_owned(),
         object: "chat.completion".into(),
         created: light.created.unwrap_or(0),
-        model: model.into_owned(),
+        model: model.to_owned(),
         choices,
-        usage: light.usage.map(WireUsage::into_usage),
+        usage,
         extra: Map::new(),
         raw: Some(body.clone()),
     })
@@ -1101,62 +1147,6 @@ struct WireChunk {
     error: Option<Value>,
 }
 
-/// What [`ChunkDecoder::raw`] reads of a chunk: borrowed, and only what decides whether the
-/// chunk can pass as it came.
-#[derive(Deserialize)]
-struct LightChunk<'a> {
-    #[serde(default, borrow)]
-    id: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    object: Option<Cow<'a, str>>,
-    #[serde(default)]
-    created: Option<u64>,
-    #[serde(default, borrow)]
-    model: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    choices: Option<Vec<LightChoice<'a>>>,
-    #[serde(default)]
-    usage: Option<IgnoredAny>,
-    #[serde(default)]
-    x_groq: Option<LightXGroq>,
-    #[serde(default)]
-    error: Option<IgnoredAny>,
-}
-
-#[derive(Deserialize)]
-struct LightXGroq {
-    #[serde(default)]
-    usage: Option<IgnoredAny>,
-}
-
-#[derive(Deserialize)]
-struct LightChoice<'a> {
-    #[serde(default)]
-    index: u32,
-    #[serde(default, borrow)]
-    delta: Option<LightDelta<'a>>,
-    #[serde(default, borrow)]
-    finish_reason: Option<Cow<'a, str>>,
-}
-
-/// A delta of text only: any other field (tool calls, a `reasoning` object...) makes the chunk
-/// take the full decode.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LightDelta<'a> {
-    #[serde(default, borrow)]
-    role: Option<Cow<'a, str>>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    content: Option<IgnoredAny>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    refusal: Option<IgnoredAny>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    reasoning_content: Option<IgnoredAny>,
-}
-
 /// Decodes an OpenAI chat-completions SSE stream into canonical chunks.
 ///
 /// Usage is held back and sent as the last chunk (`choices: []`), whatever chunk the upstream put
@@ -1203,37 +1193,52 @@ impl ChunkDecoder {
         if ev.event.is_some() {
             return None;
         }
-        let light: LightChunk<'_> = serde_json::from_slice(data).ok()?;
-        if light.error.is_some()
-            || light.usage.is_some()
-            || light.x_groq.is_some_and(|x| x.usage.is_some())
-            || light.object.as_deref() == Some("error")
-        {
-            return None;
-        }
-        let choices = light.choices.unwrap_or_default();
-        let mut decoded = Vec::with_capacity(choices.len());
-        for c in &choices {
-            if let Some(d) = &c.delta {
-                if d.role.as_deref().is_some_and(|r| r != "assistant") {
-                    return None;
+        std::str::from_utf8(data).ok()?;
+        let mut light = Light::default();
+        let mut decoded: Vec<ChunkChoice> = Vec::new();
+        let mut sk = Skim::new(data);
+        sk.object(|sk, key| {
+            match key {
+                b"choices" => {
+                    if !sk.null() {
+                        sk.array(|sk| {
+                            let mut c = ChunkChoice {
+                                index: 0,
+                                delta: Delta::default(),
+                                finish_reason: None,
+                            };
+                            sk.object(|sk, key| match key {
+                                b"index" => {
+                                    c.index = u32::try_from(sk.u64()?).ok()?;
+                                    Some(())
+                                }
+                                b"finish_reason" => {
+                                    c.finish_reason = skim_finish(sk)?;
+                                    Some(())
+                                }
+                                b"delta" => skim_text_message(sk),
+                                _ => sk.skip(),
+                            })?;
+                            decoded.push(c);
+                            Some(())
+                        })?;
+                    }
                 }
+                _ => light.member(sk, key)?,
             }
-            let finish_reason = standard_finish(c.finish_reason.as_deref()).ok()?;
-            decoded.push(ChunkChoice {
-                index: c.index,
-                delta: Delta::default(),
-                finish_reason,
-            });
+            Some(())
+        })?;
+        if !sk.at_end() || light.usage.is_some() || light.object == Some("error") {
+            return None;
         }
         if self.id.is_empty() {
             if let Some(id) = light.id.filter(|i| !i.is_empty()) {
-                self.id = id.into_owned();
+                self.id = id.to_owned();
             }
         }
         if self.model.is_empty() {
             if let Some(m) = light.model.filter(|m| !m.is_empty()) {
-                self.model = m.into_owned();
+                self.model = m.to_owned();
             }
         }
         if self.created == 0 {
