@@ -754,8 +754,11 @@ impl<'de> Deserialize<'de> for WireResponse {
 /// [`ChunkDecoder::raw`] read while skimming it ([`Skim`]); `choices` is read by each of them.
 #[derive(Default)]
 struct Light<'a> {
+    /// The stream's identity is known already: `id`, `model` and `created` are skipped.
+    skip_identity: bool,
     id: Option<&'a str>,
-    object: Option<&'a str>,
+    /// Raw bytes (compared, never shown).
+    object: Option<&'a [u8]>,
     created: Option<u64>,
     model: Option<&'a str>,
     /// The `usage` value's bytes, when it is not null.
@@ -767,8 +770,9 @@ impl<'a> Light<'a> {
     /// pass-through (an error, or Groq's usage, or a field of an unexpected type).
     fn member(&mut self, sk: &mut Skim<'a>, key: &[u8]) -> Option<()> {
         match key {
+            b"id" | b"model" | b"created" if self.skip_identity => sk.skip()?,
             b"id" => self.id = Some(sk.plain_str()?),
-            b"object" => self.object = Some(sk.plain_str()?),
+            b"object" => self.object = Some(sk.string()?.0),
             b"created" => self.created = Some(sk.u64()?),
             b"model" => self.model = Some(sk.plain_str()?),
             b"usage" => {
@@ -888,7 +892,7 @@ fn light_response(body: &Bytes) -> Option<ChatResponse> {
         }
         Some(())
     })?;
-    if !sk.at_end() || light.object != Some("chat.completion") || choices.is_empty() {
+    if !sk.at_end() || light.object != Some(&b"chat.completion"[..]) || choices.is_empty() {
         return None;
     }
     let id = light.id.filter(|i| !i.is_empty())?;
@@ -1194,8 +1198,11 @@ impl ChunkDecoder {
             return None;
         }
         std::str::from_utf8(data).ok()?;
-        let mut light = Light::default();
-        let mut decoded: Vec<ChunkChoice> = Vec::new();
+        let mut light = Light {
+            skip_identity: !self.id.is_empty() && !self.model.is_empty() && self.created != 0,
+            ..Light::default()
+        };
+        let mut decoded: Vec<ChunkChoice> = Vec::with_capacity(1);
         let mut sk = Skim::new(data);
         sk.object(|sk, key| {
             match key {
@@ -1228,7 +1235,7 @@ impl ChunkDecoder {
             }
             Some(())
         })?;
-        if !sk.at_end() || light.usage.is_some() || light.object == Some("error") {
+        if !sk.at_end() || light.usage.is_some() || light.object == Some(&b"error"[..]) {
             return None;
         }
         if self.id.is_empty() {

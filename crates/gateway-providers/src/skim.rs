@@ -50,14 +50,14 @@ impl<'a> Skim<'a> {
         let start = self.i;
         let mut escaped = false;
         loop {
-            let rest = self.b.get(self.i..)?;
-            let at = self.i + memchr::memchr2(b'"', b'\\', rest)?;
-            if self.b[self.i..at].iter().any(|c| *c < 0x20) {
-                return None;
-            }
+            let at = self.stop()?;
             if self.b[at] == b'"' {
                 self.i = at + 1;
                 return Some((&self.b[start..at], escaped));
+            }
+            if self.b[at] != b'\\' {
+                // A raw control character.
+                return None;
             }
             escaped = true;
             self.i = at
@@ -74,6 +74,23 @@ impl<'a> Skim<'a> {
                     }
                     _ => return None,
                 };
+        }
+    }
+
+    /// The next quote, backslash or control character from the cursor on. Most strings (keys,
+    /// ids) are short: a plain loop finds their end sooner than setting up `memchr`, which takes
+    /// over past the first 16 bytes.
+    fn stop(&self) -> Option<usize> {
+        let stops = |c: u8| c == b'"' || c == b'\\' || c < 0x20;
+        let head_end = (self.i + 16).min(self.b.len());
+        if let Some(k) = self.b[self.i..head_end].iter().position(|c| stops(*c)) {
+            return Some(self.i + k);
+        }
+        let from = head_end;
+        let at = from + memchr::memchr2(b'"', b'\\', self.b.get(from..)?)?;
+        match self.b[from..at].iter().position(|c| *c < 0x20) {
+            Some(k) => Some(from + k),
+            None => Some(at),
         }
     }
 
