@@ -197,6 +197,15 @@ fn bench_convert(c: &mut Criterion) {
         group.bench_function(family, |b| {
             b.iter(|| black_box(decode(family, black_box(&body))))
         });
+        if family == "openai" {
+            // What an OpenAI client of an OpenAI upstream costs: the answer passes as it came.
+            let body = bytes::Bytes::from(body.clone());
+            let passed = openai::pass_chat_response(&body).expect("passes");
+            assert!(passed.raw.is_some(), "a plain answer passes raw");
+            group.bench_function("openai-passthrough", |b| {
+                b.iter(|| black_box(openai::pass_chat_response(black_box(&body))))
+            });
+        }
     }
     group.finish();
 }

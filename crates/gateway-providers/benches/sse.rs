@@ -209,6 +209,10 @@ fn bench_streams(c: &mut Criterion) {
     group.bench_function("decode/openai", |b| {
         b.iter(|| black_box(sse_chunks(black_box(&oa), openai::ChunkDecoder::new())))
     });
+    // An OpenAI client of an OpenAI upstream: text chunks pass as they came.
+    group.bench_function("decode/openai-passthrough", |b| {
+        b.iter(|| black_box(sse_chunks(black_box(&oa), openai::ChunkDecoder::raw())))
+    });
     group.throughput(Throughput::Bytes(an.len() as u64));
     group.bench_function("parse/anthropic", |b| {
         b.iter(|| black_box(sse_events(black_box(&an))))

@@ -88,9 +88,17 @@ impl<'a> Skim<'a> {
         }
         let from = head_end;
         let at = from + memchr::memchr2(b'"', b'\\', self.b.get(from..)?)?;
-        match self.b[from..at].iter().position(|c| *c < 0x20) {
-            Some(k) => Some(from + k),
-            None => Some(at),
+        // A fold without an early exit vectorises; control characters are an error anyway.
+        let control = self.b[from..at]
+            .iter()
+            .fold(false, |seen, c| seen | (*c < 0x20));
+        if control {
+            self.b[from..at]
+                .iter()
+                .position(|c| *c < 0x20)
+                .map(|k| from + k)
+        } else {
+            Some(at)
         }
     }
 
