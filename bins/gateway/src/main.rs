@@ -52,51 +52,19 @@ fn main() -> anyhow::Result<()> {
         config.server.listen = l;
     }
     // The runtime is built after the configuration is read: `server.worker_threads` sizes it.
-    let workers = config
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = config
         .server
         .worker_threads
         .filter(|n| (1..=1024).contains(n))
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if !check {
-        cap_malloc_arenas(workers);
+    {
+        runtime.worker_threads(n);
     }
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all().worker_threads(workers);
     runtime
         .build()
         .context("cannot start the async runtime")?
         .block_on(run(config, config_path, check))
-}
-
-/// The environment variable that caps glibc's malloc arenas.
-const ARENA_MAX: &str = "MALLOC_ARENA_MAX";
-
-/// glibc's malloc gives threads their own arenas, up to eight per core, and keeps what they freed:
-/// with a few hundred requests in flight the gateway's resident set grew to twice what the same
-/// work needs in one arena per worker (docs/benchmarks.md). The cap can only be set before
-/// malloc starts, so the process runs itself again, same arguments and pid, with
-/// `MALLOC_ARENA_MAX` set to the worker count (at least 2). Nothing happens when the variable or
-/// `GLIBC_TUNABLES` is already set (the operator decides), off glibc, or when the re-run fails
-/// (the gateway then carries on with glibc's default).
-fn cap_malloc_arenas(workers: usize) {
-    if !cfg!(all(target_os = "linux", target_env = "gnu"))
-        || std::env::var_os(ARENA_MAX).is_some()
-        || std::env::var_os("GLIBC_TUNABLES").is_some()
-    {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::CommandExt;
-        let err = std::process::Command::new(exe)
-            .args(std::env::args_os().skip(1))
-            .env(ARENA_MAX, workers.max(2).to_string())
-            .exec();
-        eprintln!("gateway-server: could not re-run itself with {ARENA_MAX} set ({err}); continuing with glibc's default arenas");
-    }
 }
 
 async fn run(config: Config, config_path: Option<PathBuf>, check: bool) -> anyhow::Result<()> {
