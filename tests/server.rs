@@ -32,6 +32,16 @@ secret = "{secret}"
     )
 }
 
+#[test]
+fn worker_threads_default_to_half_the_cores() {
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let n = gateway_server::config::default_worker_threads();
+    assert_eq!(n, (cores / 2).max(1));
+    let cfg = Config::from_toml("[server]\n").unwrap();
+    assert_eq!(cfg.server.worker_threads, None);
+    assert_eq!(cfg.server.runtime_threads(), n);
+}
+
 #[tokio::test]
 async fn worker_threads_must_be_a_sane_count() {
     let m = MockUpstream::new().start().await.unwrap();
@@ -39,6 +49,9 @@ async fn worker_threads_must_be_a_sane_count() {
         let toml = config(&m, "sk").replace("[server]", &format!("[server]\nworker_threads = {n}"));
         let cfg = Config::from_toml(&toml).unwrap();
         assert_eq!(cfg.server.worker_threads, Some(n));
+        if ok {
+            assert_eq!(cfg.server.runtime_threads(), n);
+        }
         match Gateway::new(cfg, None, Extensions::default()).await {
             Ok(_) => assert!(ok, "worker_threads = {n} accepted"),
             Err(e) => {

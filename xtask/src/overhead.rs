@@ -43,8 +43,8 @@ OPTIONS:
     --mock-url URL        use an already running gateway-mock (root URL, no /v1)
     --mock-pid PID        its process, for its CPU
     --no-gateway          do not start or measure this gateway
-    --gateway-workers N   run the gateway with `server.worker_threads = N` (default: its own
-                          default, one per core)
+    --gateway-workers N   run the gateway with `server.worker_threads = N` (default: the
+                          gateway's own default, half the cores)
     --bare-proxy          also measure a minimal forwarding proxy (`xtask bare-proxy`: hyper, no
                           JSON, no logs) as the floor of what any proxy adds on this machine
     --nice N              run the generator, the mock and the gateway at this nice value

@@ -52,16 +52,9 @@ fn main() -> anyhow::Result<()> {
         config.server.listen = l;
     }
     // The runtime is built after the configuration is read: `server.worker_threads` sizes it.
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
-    if let Some(n) = config
-        .server
-        .worker_threads
-        .filter(|n| (1..=1024).contains(n))
-    {
-        runtime.worker_threads(n);
-    }
-    runtime
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(config.server.runtime_threads())
         .build()
         .context("cannot start the async runtime")?
         .block_on(run(config, config_path, check))
