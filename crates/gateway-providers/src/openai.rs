@@ -807,6 +807,29 @@ fn skim_finish(sk: &mut Skim<'_>) -> Option<Option<FinishReason>> {
     standard_finish(Some(sk.plain_str()?)).ok()
 }
 
+/// One choice of an answer (text in `message`) or chunk (text in `delta`): its index, its finish
+/// reason and whether the text member was an object; `None` when anything in it refuses the
+/// pass-through.
+fn skim_choice(sk: &mut Skim<'_>, text: &[u8]) -> Option<(u32, Option<FinishReason>, bool)> {
+    let (mut index, mut finish, mut present) = (0, None, false);
+    sk.object(|sk, key| match key {
+        b"index" => {
+            index = u32::try_from(sk.u64()?).ok()?;
+            Some(())
+        }
+        b"finish_reason" => {
+            finish = skim_finish(sk)?;
+            Some(())
+        }
+        k if k == text => {
+            present = sk.peek()? == b'{';
+            skim_text_message(sk)
+        }
+        _ => sk.skip(),
+    })?;
+    Some((index, finish, present))
+}
+
 /// A message or delta of assistant text only: any other member (tool calls, a `reasoning`
 /// object, audio...) refuses it.
 fn skim_text_message(sk: &mut Skim<'_>) -> Option<()> {
@@ -857,8 +880,9 @@ fn light_response(body: &Bytes) -> Option<ChatResponse> {
     sk.object(|sk, key| {
         match key {
             b"choices" => sk.array(|sk| {
-                let mut c = Choice {
-                    index: 0,
+                let (index, finish_reason, has_message) = skim_choice(sk, b"message")?;
+                let c = Choice {
+                    index,
                     message: Message {
                         role: Role::Assistant,
                         content: None,
@@ -868,24 +892,8 @@ fn light_response(body: &Bytes) -> Option<ChatResponse> {
                         refusal: None,
                         reasoning_content: None,
                     },
-                    finish_reason: None,
+                    finish_reason,
                 };
-                let mut has_message = false;
-                sk.object(|sk, key| match key {
-                    b"index" => {
-                        c.index = u32::try_from(sk.u64()?).ok()?;
-                        Some(())
-                    }
-                    b"finish_reason" => {
-                        c.finish_reason = skim_finish(sk)?;
-                        Some(())
-                    }
-                    b"message" => {
-                        has_message = sk.peek()? == b'{';
-                        skim_text_message(sk)
-                    }
-                    _ => sk.skip(),
-                })?;
                 has_message.then(|| choices.push(c))
             })?,
             _ => light.member(sk, key)?,
@@ -1209,23 +1217,12 @@ impl ChunkDecoder {
                 b"choices" => {
                     if !sk.null() {
                         sk.array(|sk| {
-                            let mut c = ChunkChoice {
-                                index: 0,
+                            let (index, finish_reason, _) = skim_choice(sk, b"delta")?;
+                            let c = ChunkChoice {
+                                index,
                                 delta: Delta::default(),
-                                finish_reason: None,
+                                finish_reason,
                             };
-                            sk.object(|sk, key| match key {
-                                b"index" => {
-                                    c.index = u32::try_from(sk.u64()?).ok()?;
-                                    Some(())
-                                }
-                                b"finish_reason" => {
-                                    c.finish_reason = skim_finish(sk)?;
-                                    Some(())
-                                }
-                                b"delta" => skim_text_message(sk),
-                                _ => sk.skip(),
-                            })?;
                             decoded.push(c);
                             Some(())
                         })?;
