@@ -804,7 +804,7 @@ fn skim_finish(sk: &mut Skim<'_>) -> Option<Option<FinishReason>> {
     if sk.null() {
         return Some(None);
     }
-    standard_finish(Some(sk.plain_str()?)).ok()
+    standard_finish(sk.plain_str()?).map(Some)
 }
 
 /// One choice of an answer (text in `message`) or chunk (text in `delta`): its index, its finish
@@ -849,16 +849,15 @@ fn skim_text_message(sk: &mut Skim<'_>) -> Option<()> {
     })
 }
 
-/// A finish reason the OpenAI format defines, as it is spelled there.
-fn standard_finish(s: Option<&str>) -> Result<Option<FinishReason>, ()> {
+/// A finish reason the OpenAI format defines, as it is spelled there (`None` for any other).
+fn standard_finish(s: &str) -> Option<FinishReason> {
     match s {
-        None => Ok(None),
-        Some("stop") => Ok(Some(FinishReason::Stop)),
-        Some("length") => Ok(Some(FinishReason::Length)),
-        Some("tool_calls") => Ok(Some(FinishReason::ToolCalls)),
-        Some("content_filter") => Ok(Some(FinishReason::ContentFilter)),
-        Some("function_call") => Ok(Some(FinishReason::FunctionCall)),
-        Some(_) => Err(()),
+        "stop" => Some(FinishReason::Stop),
+        "length" => Some(FinishReason::Length),
+        "tool_calls" => Some(FinishReason::ToolCalls),
+        "content_filter" => Some(FinishReason::ContentFilter),
+        "function_call" => Some(FinishReason::FunctionCall),
+        _ => None,
     }
 }
 
@@ -1194,14 +1193,14 @@ impl ChunkDecoder {
         }
     }
 
-    /// The raw path: `Some(passed)` when the chunk was handled here (`passed` is whether a chunk
-    /// was emitted), `None` when it needs the full decode.
+    /// The raw path: `Some` when the chunk was handled here (passed on, or nothing to pass),
+    /// `None` when it needs the full decode.
     fn pass_raw(
         &mut self,
         ev: &SseEvent,
         data: &[u8],
         out: &mut VecDeque<ChatChunk>,
-    ) -> Option<bool> {
+    ) -> Option<()> {
         if ev.event.is_some() {
             return None;
         }
@@ -1249,7 +1248,7 @@ impl ChunkDecoder {
             self.created = light.created.unwrap_or(0);
         }
         if decoded.is_empty() {
-            return Some(false);
+            return Some(());
         }
         if decoded.iter().any(|c| c.finish_reason.is_some()) {
             self.finished = true;
@@ -1263,7 +1262,7 @@ impl ChunkDecoder {
             usage: None,
             raw: Some(ev.data.slice_ref(data)),
         });
-        Some(false)
+        Some(())
     }
 
     fn flush_usage(&mut self, out: &mut VecDeque<ChatChunk>) {
@@ -1313,10 +1312,8 @@ impl StreamDecoder<SseEvent> for ChunkDecoder {
             self.flush_usage(out);
             return Ok(true);
         }
-        if self.raw {
-            if let Some(done) = self.pass_raw(&ev, data, out) {
-                return Ok(done);
-            }
+        if self.raw && self.pass_raw(&ev, data, out).is_some() {
+            return Ok(false);
         }
         let wire: WireChunk = serde_json::from_slice(data)
             .map_err(|e| ProviderError::Protocol(format!("invalid stream chunk: {e}")))?;

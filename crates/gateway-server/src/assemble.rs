@@ -19,7 +19,7 @@ use gateway_mock::{Faults, MockServer, MockUpstream};
 use gateway_providers::http::HttpClient;
 use gateway_providers::registry::{build_provider, kind_info, ProviderSettings};
 
-use crate::config::{Config, ConfigError, ProviderSection};
+use crate::config::{Config, ConfigError, ProviderSection, WORKER_THREADS};
 
 /// Mock upstreams started for `mock` providers, kept across reloads while their settings match.
 #[derive(Default)]
@@ -407,8 +407,14 @@ pub async fn engine_config(
         });
     }
     let s = &cfg.server;
-    if s.worker_threads.is_some_and(|n| !(1..=1024).contains(&n)) {
-        problems.push("server.worker_threads: must be between 1 and 1024".to_owned());
+    if s.worker_threads
+        .is_some_and(|n| !WORKER_THREADS.contains(&n))
+    {
+        problems.push(format!(
+            "server.worker_threads: must be between {} and {}",
+            WORKER_THREADS.start(),
+            WORKER_THREADS.end()
+        ));
     }
     if s.max_body_bytes == 0 {
         problems.push("server.max_body_bytes: must be positive".to_owned());

@@ -108,6 +108,9 @@ pub struct ServerSection {
     pub worker_threads: Option<usize>,
 }
 
+/// The `server.worker_threads` values accepted.
+pub const WORKER_THREADS: std::ops::RangeInclusive<usize> = 1..=1024;
+
 /// Runtime threads when `server.worker_threads` is unset: half the available cores (as the
 /// process sees them, CPU quotas included), at least one.
 ///
@@ -125,7 +128,7 @@ impl ServerSection {
     /// The runtime threads to start: `worker_threads` or [`default_worker_threads`].
     pub fn runtime_threads(&self) -> usize {
         self.worker_threads
-            .filter(|n| (1..=1024).contains(n))
+            .filter(|n| WORKER_THREADS.contains(n))
             .unwrap_or_else(default_worker_threads)
     }
 }

@@ -150,16 +150,18 @@ static META: Metadata<'static> = Metadata::new("gateway_telemetry", Level::INFO,
 /// `server_error`, `timeout`, `connect_error`, `client_error`, `auth_error`. An attempt cancelled
 /// because the client went away counts as `client_error` (the upstream did nothing wrong).
 pub fn outcome_label(outcome: &str) -> &'static str {
+    OUTCOMES[outcome_slot(outcome)]
+}
+
+/// The index in [`OUTCOMES`] of an attempt's outcome label.
+fn outcome_slot(outcome: &str) -> usize {
+    let slot = |label: &str| OUTCOMES.iter().position(|l| *l == label);
     match outcome {
-        "ok" => "ok",
-        "rate_limited" => "rate_limited",
-        "overloaded" => "overloaded",
-        "timeout" => "timeout",
-        "connect_error" => "connect_error",
-        "auth_error" => "auth_error",
-        "client_error" | "cancelled" => "client_error",
-        _ => "server_error",
+        // The client went away: the upstream did nothing wrong.
+        "cancelled" => slot("client_error"),
+        o => slot(o).or_else(|| slot("server_error")),
     }
+    .unwrap_or_default()
 }
 
 /// The `reason` of a refusal by admission, from the status, or `None` when the request was not
@@ -181,36 +183,10 @@ fn bounded_str(v: &str) -> &str {
     &v[..end]
 }
 
-/// A status code as text, without allocating.
-struct StatusText {
-    buf: [u8; 5],
-    len: usize,
-}
-
-impl StatusText {
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("0")
-    }
-}
-
-fn itoa_u16(mut v: u16) -> StatusText {
-    let mut buf = [0u8; 5];
-    let mut len = 0;
-    loop {
-        buf[len] = b'0' + (v % 10) as u8;
-        len += 1;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    buf[..len].reverse();
-    StatusText { buf, len }
-}
-
 type CostKey = (String, String, String);
 
-/// The outcomes [`outcome_label`] can give, in the order of [`AttemptSeries::requests`].
+/// The outcomes [`outcome_label`] can give, in the order of [`AttemptSeries::requests`]; an
+/// outcome not listed is `server_error`, `cancelled` is `client_error`.
 const OUTCOMES: [&str; 8] = [
     "ok",
     "rate_limited",
@@ -382,7 +358,6 @@ impl Metrics {
 
     /// Counts one upstream attempt.
     pub(crate) fn on_attempt(&self, a: &AttemptRecord) {
-        let outcome = outcome_label(a.outcome);
         let series = self
             .attempt_series
             .get(&[&a.provider, &a.key, &a.model], || {
@@ -398,7 +373,7 @@ impl Metrics {
                     ttft: self.histogram_handle(names::TTFT, pm()),
                 }
             });
-        let slot = OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(3);
+        let slot = outcome_slot(a.outcome);
         series.requests[slot]
             .get_or_init(|| {
                 self.counter(
@@ -461,8 +436,8 @@ impl Metrics {
         };
         let route = r.route.as_deref().map_or("none", bounded_str);
         let vk = r.virtual_key.as_deref().map_or("none", bounded_str);
-        let status = itoa_u16(r.status);
-        let status = status.as_str();
+        let mut status = itoa::Buffer::new();
+        let status = status.format(r.status);
         let series = self.request_series.get(&[route, model, status, vk], || {
             let route = label("route", route.to_owned());
             RequestSeries {

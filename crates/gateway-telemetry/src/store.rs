@@ -115,14 +115,7 @@ pub(crate) fn open(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     // An older store: add the new columns before the schema's statements (they are all
     // `IF NOT EXISTS` or `IF EXISTS`, so they leave existing tables alone).
-    let has_requests: bool = conn.query_row(
-        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'requests'",
-        [],
-        |r| r.get(0),
-    )?;
-    if has_requests {
-        migrate(&conn)?;
-    }
+    migrate(&conn)?;
     conn.execute_batch(SCHEMA)?;
     Ok(conn)
 }
