@@ -52,12 +52,17 @@ fn main() -> anyhow::Result<()> {
         config.server.listen = l;
     }
     // The runtime is built after the configuration is read: `server.worker_threads` sizes it.
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(config.server.runtime_threads())
         .build()
-        .context("cannot start the async runtime")?
-        .block_on(run(config, config_path, check))
+        .context("cannot start the async runtime")?;
+    // Everything, the accept loop included, runs on the runtime's workers, not on this thread:
+    // a connection accepted here would be handed to a worker with a cross-thread wake-up.
+    let served = runtime.spawn(run(config, config_path, check));
+    runtime
+        .block_on(served)
+        .context("the gateway's main task panicked")?
 }
 
 async fn run(config: Config, config_path: Option<PathBuf>, check: bool) -> anyhow::Result<()> {

@@ -147,9 +147,18 @@ impl HttpClient {
     /// [`ProviderError::Timeout`]. The body is left to the caller (see [`read_body`]).
     pub async fn send(
         &self,
-        mut req: Request<Body>,
+        req: Request<Body>,
         timeout: Duration,
     ) -> Result<Response<Incoming>, ProviderError> {
+        match tokio::time::timeout(timeout, self.request(req)).await {
+            Err(_) => Err(ProviderError::Timeout),
+            Ok(r) => r,
+        }
+    }
+
+    /// Sends a request and waits for the response head, with no deadline of its own: callers
+    /// bound it (one timer per operation: every timer registered costs a lock and a wheel entry).
+    async fn request(&self, mut req: Request<Body>) -> Result<Response<Incoming>, ProviderError> {
         if let Some(proxy) = &self.proxy {
             if let Some(auth) = &proxy.authorization {
                 if req.uri().scheme() == Some(&http::uri::Scheme::HTTP)
@@ -159,11 +168,10 @@ impl HttpClient {
                 }
             }
         }
-        match tokio::time::timeout(timeout, self.client.request(req)).await {
-            Err(_) => Err(ProviderError::Timeout),
-            Ok(Err(e)) => Err(ProviderError::Connect(error_chain(&e))),
-            Ok(Ok(resp)) => Ok(resp),
-        }
+        self.client
+            .request(req)
+            .await
+            .map_err(|e| ProviderError::Connect(error_chain(&e)))
     }
 
     /// Sends a request and reads the whole body (at most `max_body` bytes), all within `timeout`.
@@ -174,7 +182,7 @@ impl HttpClient {
         max_body: usize,
     ) -> Result<Response<Bytes>, ProviderError> {
         let work = async {
-            let resp = self.send(req, timeout).await?;
+            let resp = self.request(req).await?;
             let (parts, body) = resp.into_parts();
             let bytes = read_body(body, max_body).await?;
             Ok(Response::from_parts(parts, bytes))

@@ -605,3 +605,40 @@ async fn json_answer_to_a_stream_request_is_replayed() {
     let (resp, _) = stream_all(p.as_ref(), &call("k", "m"), &request(true)).await;
     assert_eq!(resp.choices[0].message.content_text(), "via");
 }
+
+/// One deadline bounds the whole of `fetch`: an upstream that sends its head and then stalls in
+/// the body is given up on near the timeout, not waited on.
+#[tokio::test]
+async fn fetch_times_out_when_the_body_stalls_after_the_head() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.expect("accept");
+        let mut buf = [0u8; 4096];
+        let _ = sock.read(&mut buf).await;
+        sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"id\":")
+            .await
+            .expect("head");
+        // Hold the connection open without finishing the body.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    });
+    let req = http::Request::post(format!("http://{addr}/v1/chat/completions"))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+        .expect("request");
+    let started = std::time::Instant::now();
+    let err = client()
+        .fetch(req, Duration::from_millis(300), |s, _, _| {
+            ProviderError::Protocol(format!("status {s}"))
+        })
+        .await
+        .expect_err("the body never completes");
+    assert!(matches!(err, ProviderError::Timeout), "{err:?}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "gave up after {took:?}"
+    );
+    server.abort();
+}

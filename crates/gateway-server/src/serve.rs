@@ -62,6 +62,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
+    let anchor = tokio::spawn(keep_timer_armed());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -122,7 +123,27 @@ pub async fn serve(
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
     }
+    anchor.abort();
     Ok(())
+}
+
+/// How far away the timer [`keep_timer_armed`] keeps pending is, at most.
+pub const TIMER_ANCHOR_PERIOD: Duration = Duration::from_secs(1);
+
+/// Keeps one timer always pending, due within [`TIMER_ANCHOR_PERIOD`].
+///
+/// tokio's timer wakes its I/O driver (an eventfd write, then one more round of `epoll_wait`)
+/// whenever a timer is registered that is due before the earliest one the driver knew of when it
+/// last parked, or when it knew of none, even from the very thread that runs the driver. Each
+/// request registers its attempt's timeout (seconds away), and between requests the wheel is often
+/// empty, so every request paid that wake-up: three eventfd writes per request at 500 RPS under
+/// `strace`, before the HTTP client's nested timers were merged. With a timer always due within a
+/// second, a request's timeout is never the earliest, and registering it is a wheel insert alone;
+/// the price is one wake-up a second.
+pub async fn keep_timer_armed() {
+    loop {
+        tokio::time::sleep(TIMER_ANCHOR_PERIOD).await;
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT; reloads the configuration on every SIGHUP meanwhile.
