@@ -3,7 +3,8 @@
 //! A hyper HTTP/1.1 server that forwards every request, headers and body as they are, to one
 //! upstream over a pooled hyper-util client, and streams the answer back untouched: no JSON, no
 //! routing, no logs, no metrics. It runs on the same kind of runtime as `gateway-server` (tokio's
-//! multi-thread scheduler, one worker per core) with the same socket options, so
+//! multi-thread scheduler; `bench overhead` gives it as many workers as the gateway) with the
+//! same socket options, so
 //! `cargo xtask bench overhead --bare-proxy` measures, in the same run, what any proxy costs on
 //! this machine (two more loopback hops and two more wake-ups per request) next to what the
 //! gateway adds on top of that.
@@ -23,21 +24,24 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
-const HELP: &str = "xtask bare-proxy --port PORT --upstream URL
+const HELP: &str = "xtask bare-proxy --port PORT --upstream URL [--workers N]
 
 A minimal forwarding HTTP/1.1 proxy on 127.0.0.1:PORT to URL (http://host:port), the floor that
-`cargo xtask bench overhead --bare-proxy` compares the gateway with.
+`cargo xtask bench overhead --bare-proxy` compares the gateway with. --workers sets the runtime's
+worker threads (default: one per core).
 ";
 
 /// Runs the proxy until killed.
 pub fn main(args: &[String]) -> Result<()> {
     let mut port: Option<u16> = None;
     let mut upstream: Option<String> = None;
+    let mut workers: Option<usize> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--port" => port = Some(it.next().context("--port needs a value")?.parse()?),
             "--upstream" => upstream = it.next().cloned(),
+            "--workers" => workers = Some(it.next().context("--workers needs a value")?.parse()?),
             "-h" | "--help" => {
                 print!("{HELP}");
                 return Ok(());
@@ -53,9 +57,11 @@ pub fn main(args: &[String]) -> Result<()> {
         .authority()
         .context("--upstream needs host:port")?
         .clone();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        rt.worker_threads(n);
+    }
+    let rt = rt.enable_all().build()?;
     rt.block_on(async move {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);

@@ -46,7 +46,8 @@ OPTIONS:
     --gateway-workers N   run the gateway with `server.worker_threads = N` (default: the
                           gateway's own default, half the cores)
     --bare-proxy          also measure a minimal forwarding proxy (`xtask bare-proxy`: hyper, no
-                          JSON, no logs) as the floor of what any proxy adds on this machine
+                          JSON, no logs, as many runtime workers as the gateway) as the floor of
+                          what any proxy adds on this machine
     --nice N              run the generator, the mock and the gateway at this nice value
                           (-10 gives them priority over other work on a shared machine)
     --gen-threads N       worker threads of the load generator's runtime (default 2)
@@ -748,6 +749,11 @@ pub fn main(root: &Path, opts: Options) -> Result<()> {
     if opts.bare_proxy {
         let port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        // As many runtime workers as the gateway gets (its default: half the cores, at least
+        // one), so the floor is the same kind of runtime.
+        let workers = opts.gateway_workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+        });
         let mut child = Child::spawn(
             "bare-proxy",
             Command::new(std::env::current_exe().context("locating xtask")?).args([
@@ -756,6 +762,8 @@ pub fn main(root: &Path, opts: Options) -> Result<()> {
                 &port.to_string(),
                 "--upstream",
                 &mock_root,
+                "--workers",
+                &workers.to_string(),
             ]),
             tmp.join("bare-proxy.log"),
         )?;
