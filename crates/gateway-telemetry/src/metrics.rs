@@ -25,7 +25,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use gateway_core::engine::ProviderHealth;
 use gateway_core::observe::{AttemptRecord, RequestRecord};
 use gateway_core::ProviderError;
-use metrics::{Counter, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString};
+use metrics::{
+    Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString,
+};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use crate::record::Tokens;
@@ -205,6 +207,9 @@ struct AttemptSeries {
     requests: [std::sync::OnceLock<Counter>; OUTCOMES.len()],
     duration: Histogram,
     ttft: Histogram,
+    /// `gateway_key_ratelimit_remaining` of this series' key, `requests` then `tokens`, registered on
+    /// first use (every model of a key shares the same two gauges).
+    remaining: [std::sync::OnceLock<Gauge>; 2],
 }
 
 /// The handles of one (route, model, status, virtual key) of finished requests.
@@ -339,16 +344,18 @@ impl Metrics {
             .set(v);
     }
 
-    fn remaining(&self, provider: &Arc<str>, key: &Arc<str>, kind: &'static str, v: u64) {
-        self.gauge(
-            names::KEY_REMAINING,
-            vec![
-                label("provider", Arc::clone(provider)),
-                label("key", Arc::clone(key)),
-                label("kind", kind),
-            ],
-            v as f64,
-        );
+    fn remaining_handle(&self, provider: &Arc<str>, key: &Arc<str>, kind: &'static str) -> Gauge {
+        self.recorder.register_gauge(
+            &Key::from_parts(
+                names::KEY_REMAINING,
+                vec![
+                    label("provider", Arc::clone(provider)),
+                    label("key", Arc::clone(key)),
+                    label("kind", kind),
+                ],
+            ),
+            &META,
+        )
     }
 
     fn histogram_handle(&self, name: &'static str, labels: Vec<Label>) -> Histogram {
@@ -371,6 +378,7 @@ impl Metrics {
                     requests: Default::default(),
                     duration: self.histogram_handle(names::UPSTREAM_DURATION, pm()),
                     ttft: self.histogram_handle(names::TTFT, pm()),
+                    remaining: Default::default(),
                 }
             });
         let slot = outcome_slot(a.outcome);
@@ -418,11 +426,18 @@ impl Metrics {
             rl.remaining_requests = rl.remaining_requests.or(r.remaining_requests);
             rl.remaining_tokens = rl.remaining_tokens.or(r.remaining_tokens);
         }
-        if let Some(v) = rl.remaining_requests {
-            self.remaining(&a.provider, &a.key, "requests", v);
-        }
-        if let Some(v) = rl.remaining_tokens {
-            self.remaining(&a.provider, &a.key, "tokens", v);
+        for (i, (kind, v)) in [
+            ("requests", rl.remaining_requests),
+            ("tokens", rl.remaining_tokens),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if let Some(v) = v {
+                series.remaining[i]
+                    .get_or_init(|| self.remaining_handle(&a.provider, &a.key, kind))
+                    .set(v as f64);
+            }
         }
     }
 
