@@ -208,6 +208,17 @@ async fn request_ids_are_kept_or_generated() {
         b.header("x-request-id"),
         "generated ids are unique"
     );
+    for id in [a.header("x-request-id"), b.header("x-request-id")] {
+        let id = id.expect("a generated id");
+        assert!(
+            id.len() == 22
+                && id.starts_with("req_")
+                && id[4..]
+                    .bytes()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+            "generated ids are req_ and 18 lower-case hex digits: {id}"
+        );
+    }
     let e = gw.post("/v1/chat/completions", &chat("nope", "hi")).await;
     assert!(
         e.header("x-request-id").is_some(),

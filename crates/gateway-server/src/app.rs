@@ -232,11 +232,12 @@ impl Gateway {
             }
         }
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        Arc::from(format!(
-            "req_{:012x}{:06x}",
-            fastrand::u64(..) >> 16,
-            n & 0xff_ffff
-        ))
+        // `req_`, 12 random hex digits, 6 of a counter.
+        let mut id = [0u8; 22];
+        id[..4].copy_from_slice(b"req_");
+        hex_digits(&mut id[4..16], fastrand::u64(..) >> 16);
+        hex_digits(&mut id[16..], n);
+        Arc::from(std::str::from_utf8(&id).unwrap_or("req_unknown"))
     }
 
     /// Handles one HTTP request.
@@ -316,8 +317,9 @@ impl Gateway {
                     .await
             }
             (Method::POST, "/v1/messages/count_tokens" | "/anthropic/v1/messages/count_tokens") => {
+                let (parts, body) = req.into_parts();
                 match self
-                    .read_body(req)
+                    .read_body(&parts.headers, body)
                     .await
                     .and_then(|b| anthropic::count_tokens(&b))
                 {
@@ -383,7 +385,7 @@ impl Gateway {
         )
     }
 
-    async fn read_body(&self, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    async fn read_body(&self, headers: &HeaderMap, body: Incoming) -> Result<Bytes, ApiError> {
         let max = self.runtime.load().max_body_bytes;
         let too_large = || {
             ApiError::new(
@@ -393,8 +395,7 @@ impl Gateway {
             )
             .code("request_too_large")
         };
-        if let Some(len) = req
-            .headers()
+        if let Some(len) = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok())
@@ -403,7 +404,7 @@ impl Gateway {
                 return Err(too_large());
             }
         }
-        match Limited::new(req.into_body(), max).collect().await {
+        match Limited::new(body, max).collect().await {
             Ok(c) => Ok(c.to_bytes()),
             Err(e)
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -457,12 +458,13 @@ impl Gateway {
         request_id: &Arc<str>,
         started: Instant,
     ) -> Response<Body> {
-        let headers = req.headers().clone();
+        let (parts, body) = req.into_parts();
+        let headers = parts.headers;
         let trace = gateway_core::observe::TraceContext::from_traceparent(
             headers.get("traceparent").and_then(|v| v.to_str().ok()),
             &mut fastrand::Rng::new(),
         );
-        let body = match self.read_body(req).await {
+        let body = match self.read_body(&headers, body).await {
             Ok(b) => b,
             Err(e) => return error_response(&e, dialect, request_id),
         };
@@ -475,7 +477,7 @@ impl Gateway {
             Err(e) => return error_response(&e, dialect, request_id),
         };
         let mut record = RequestRecord {
-            request_id: request_id.to_string(),
+            request_id: String::from(&**request_id),
             started_at_ms: unix_ms(),
             endpoint: if dialect == Dialect::Anthropic {
                 "messages"
@@ -527,8 +529,8 @@ impl Gateway {
                     Dialect::Anthropic => anthropic::encode_response(&out.value),
                 };
                 record.route = out.route.as_deref().map(str::to_owned);
-                record.provider = Some(out.served_by.provider.to_string());
-                record.model = Some(out.served_by.model.to_string());
+                record.provider = Some(String::from(&*out.served_by.provider));
+                record.model = Some(String::from(&*out.served_by.model));
                 record.usage = out.value.usage;
                 record.cost_usd = cost;
                 record.status = 200;
@@ -571,9 +573,8 @@ impl Gateway {
         record.attempts = f.attempts;
         ext.observer.on_finish(&record);
         let mut resp = error_response(&e, dialect, request_id);
-        if let Ok(v) = HeaderValue::from_str(&attempts.to_string()) {
-            resp.headers_mut().insert("x-gateway-attempts", v);
-        }
+        resp.headers_mut()
+            .insert(X_GATEWAY_ATTEMPTS.clone(), HeaderValue::from(attempts));
         resp
     }
 
@@ -593,8 +594,8 @@ impl Gateway {
         match self.engine.chat_stream(&request, &opts).await {
             Ok(out) => {
                 record.route = out.route.as_deref().map(str::to_owned);
-                record.provider = Some(out.served_by.provider.to_string());
-                record.model = Some(out.served_by.model.to_string());
+                record.provider = Some(String::from(&*out.served_by.provider));
+                record.model = Some(String::from(&*out.served_by.model));
                 record.ttft = Some(started.elapsed());
                 let attempts = out.attempts.len();
                 record.attempts = out.attempts;
@@ -609,7 +610,7 @@ impl Gateway {
                     state: SseState::Streaming,
                     buf: Vec::new(),
                     usage: None,
-                    request_id: opts.request_id.to_string(),
+                    request_id: String::from(&*opts.request_id),
                     sent: record.content.is_some().then(Vec::new),
                     finish: Some(StreamFinish {
                         record,
@@ -642,8 +643,9 @@ impl Gateway {
         started: Instant,
     ) -> Response<Body> {
         let dialect = Dialect::OpenAi;
-        let headers = req.headers().clone();
-        let body = match self.read_body(req).await {
+        let (parts, body) = req.into_parts();
+        let headers = parts.headers;
+        let body = match self.read_body(&headers, body).await {
             Ok(b) => b,
             Err(e) => return error_response(&e, dialect, request_id),
         };
@@ -657,7 +659,7 @@ impl Gateway {
             &mut fastrand::Rng::new(),
         );
         let mut record = RequestRecord {
-            request_id: request_id.to_string(),
+            request_id: String::from(&**request_id),
             started_at_ms: unix_ms(),
             endpoint: "embeddings",
             requested_model: request.model.clone(),
@@ -686,8 +688,8 @@ impl Gateway {
                     .cost(&out.served_by.provider, &out.served_by.model, &usage);
                 permit.settle(&usage, cost);
                 let b64 = request.encoding_format.as_deref() == Some("base64");
-                record.provider = Some(out.served_by.provider.to_string());
-                record.model = Some(out.served_by.model.to_string());
+                record.provider = Some(String::from(&*out.served_by.provider));
+                record.model = Some(String::from(&*out.served_by.model));
                 record.usage = out.value.usage;
                 record.cost_usd = cost;
                 record.status = 200;
@@ -741,7 +743,8 @@ impl Gateway {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let query = req.uri().query().unwrap_or_default().to_owned();
-        let body = match self.read_body(req).await {
+        let (parts, body) = req.into_parts();
+        let body = match self.read_body(&parts.headers, body).await {
             Ok(b) => b,
             Err(e) => return json_response(e.status, &json!({"error": {"message": e.message}})),
         };
@@ -810,6 +813,15 @@ fn percent_decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s)
         .decode_utf8_lossy()
         .into_owned()
+}
+
+/// Writes the low `out.len()` hex digits of `v` into `out`, most significant first.
+fn hex_digits(out: &mut [u8], mut v: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in out.iter_mut().rev() {
+        *b = HEX[(v & 0xf) as usize];
+        v >>= 4;
+    }
 }
 
 fn unix_ms() -> u64 {
@@ -1038,5 +1050,23 @@ impl Stream for SseBody {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hex_digits;
+
+    #[test]
+    fn hex_digits_writes_the_low_digits_most_significant_first() {
+        let mut out = [0u8; 6];
+        hex_digits(&mut out, 0x1234_5678_9abc);
+        assert_eq!(&out, b"789abc");
+        let mut out = [0u8; 12];
+        hex_digits(&mut out, 0xab);
+        assert_eq!(&out, b"0000000000ab");
+        let mut out = [0u8; 4];
+        hex_digits(&mut out, u64::MAX);
+        assert_eq!(&out, b"ffff");
     }
 }
