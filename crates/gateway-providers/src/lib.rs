@@ -14,6 +14,7 @@ pub mod azure;
 pub mod bedrock;
 pub mod classify;
 pub mod cohere;
+mod escape;
 pub mod eventstream;
 pub mod gemini;
 pub mod headers;

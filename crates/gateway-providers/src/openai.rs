@@ -33,6 +33,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 use crate::classify::{classify, classify_stream_error};
+use crate::escape;
 use crate::headers::rate_limit_info;
 use crate::http::{header_value, join_url, json_request, read_body, HttpClient, DEFAULT_MAX_BODY};
 use crate::skim::Skim;
@@ -299,34 +300,17 @@ pub fn chat_body(
         // Rare shapes are edited as a JSON value.
         serde_json::to_vec(&chat_body_value(request, model, stream, quirks)?)
     } else {
-        // The common case serialises straight from the canonical request.
+        // The common case is written straight from the canonical request.
         let mut out = Vec::with_capacity(512);
-        serde_json::to_writer(
-            &mut out,
-            &DirectBody {
-                request,
-                model,
-                stream,
-                drop_top_k: quirks.drop_top_k,
-            },
-        )
-        .map(|()| out)
+        write_direct_body(&mut out, request, model, stream, quirks.drop_top_k).map(|()| out)
     };
     encoded
         .map(Bytes::from)
         .map_err(|e| ProviderError::Protocol(format!("encoding the request: {e}")))
 }
 
-/// The OpenAI body written directly from a request whose messages need no editing: the same JSON
-/// as [`chat_body_value`] without building a `Value` tree.
-struct DirectBody<'a> {
-    request: &'a ChatRequest,
-    model: &'a str,
-    stream: bool,
-    drop_top_k: bool,
-}
-
-/// Request fields [`DirectBody`] writes itself; `extra` entries with these names are skipped.
+/// Request fields [`write_direct_body`] writes itself; `extra` entries with these names are
+/// skipped.
 const DIRECT_FIELDS: &[&str] = &[
     "model",
     "messages",
@@ -351,63 +335,91 @@ const DIRECT_FIELDS: &[&str] = &[
     "fallbacks",
 ];
 
-impl serde::Serialize for DirectBody<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let r = self.request;
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("model", self.model)?;
-        m.serialize_entry("messages", &r.messages)?;
-        macro_rules! opt {
-            ($($name:literal => $field:ident),* $(,)?) => {$(
-                if let Some(v) = &r.$field {
-                    m.serialize_entry($name, v)?;
-                }
-            )*};
+/// The OpenAI body of a request whose messages need no editing, written directly: the same JSON
+/// as [`chat_body_value`] without building a `Value` tree. Message text, the bulk of a request,
+/// is escaped by [`escape::write_str`] rather than `serde_json`'s byte-at-a-time loop.
+fn write_direct_body(
+    out: &mut Vec<u8>,
+    r: &ChatRequest,
+    model: &str,
+    stream: bool,
+    drop_top_k: bool,
+) -> serde_json::Result<()> {
+    out.extend_from_slice(b"{\"model\":");
+    escape::write_str(out, model);
+    out.extend_from_slice(b",\"messages\":[");
+    for (i, m) in r.messages.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-        opt!(
-            "max_tokens" => max_tokens,
-            "max_completion_tokens" => max_completion_tokens,
-            "temperature" => temperature,
-            "top_p" => top_p,
-            "n" => n,
-            "stop" => stop,
-            "presence_penalty" => presence_penalty,
-            "frequency_penalty" => frequency_penalty,
-            "seed" => seed,
-            "user" => user,
-            "tools" => tools,
-            "tool_choice" => tool_choice,
-            "parallel_tool_calls" => parallel_tool_calls,
-            "response_format" => response_format,
-            "reasoning_effort" => reasoning_effort,
-        );
-        if !self.drop_top_k {
-            opt!("top_k" => top_k);
-        }
-        for (k, v) in &r.extra {
-            if !DIRECT_FIELDS.contains(&k.as_str()) {
-                m.serialize_entry(k, v)?;
-            }
-        }
-        if self.stream {
-            m.serialize_entry("stream", &true)?;
-            m.serialize_entry("stream_options", &IncludeUsage)?;
-        }
-        m.end()
+        write_message(out, m)?;
     }
+    out.push(b']');
+    macro_rules! opt {
+        ($($name:literal => $field:ident),* $(,)?) => {$(
+            if let Some(v) = &r.$field {
+                out.extend_from_slice(concat!(",\"", $name, "\":").as_bytes());
+                serde_json::to_writer(&mut *out, v)?;
+            }
+        )*};
+    }
+    opt!(
+        "max_tokens" => max_tokens,
+        "max_completion_tokens" => max_completion_tokens,
+        "temperature" => temperature,
+        "top_p" => top_p,
+        "n" => n,
+        "stop" => stop,
+        "presence_penalty" => presence_penalty,
+        "frequency_penalty" => frequency_penalty,
+        "seed" => seed,
+        "user" => user,
+        "tools" => tools,
+        "tool_choice" => tool_choice,
+        "parallel_tool_calls" => parallel_tool_calls,
+        "response_format" => response_format,
+        "reasoning_effort" => reasoning_effort,
+    );
+    if !drop_top_k {
+        opt!("top_k" => top_k);
+    }
+    for (k, v) in &r.extra {
+        if !DIRECT_FIELDS.contains(&k.as_str()) {
+            out.push(b',');
+            escape::write_str(out, k);
+            out.push(b':');
+            serde_json::to_writer(&mut *out, v)?;
+        }
+    }
+    if stream {
+        out.extend_from_slice(b",\"stream\":true,\"stream_options\":{\"include_usage\":true}");
+    }
+    out.push(b'}');
+    Ok(())
 }
 
-/// `{"include_usage": true}`.
-struct IncludeUsage;
-
-impl serde::Serialize for IncludeUsage {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut m = s.serialize_map(Some(1))?;
-        m.serialize_entry("include_usage", &true)?;
-        m.end()
-    }
+/// One message: a plain text message by hand, anything else by its `Serialize`.
+fn write_message(out: &mut Vec<u8>, m: &Message) -> serde_json::Result<()> {
+    // Every field is named, so a field added to `Message` fails to compile here rather than
+    // being dropped from the fast path.
+    let Message {
+        role,
+        content: Some(Content::Text(text)),
+        name: None,
+        tool_calls: None,
+        tool_call_id: None,
+        refusal: None,
+        reasoning_content: None,
+    } = m
+    else {
+        return serde_json::to_writer(&mut *out, m);
+    };
+    out.extend_from_slice(b"{\"role\":");
+    serde_json::to_writer(&mut *out, role)?;
+    out.extend_from_slice(b",\"content\":");
+    escape::write_str(out, text);
+    out.push(b'}');
+    Ok(())
 }
 
 /// [`chat_body`] as a JSON value (for tests and adapters that edit it further).
@@ -1388,9 +1400,13 @@ mod direct_body_tests {
     fn direct_body_equals_the_value_path() {
         let req: ChatRequest = serde_json::from_value(serde_json::json!({
             "model": "route", "messages": [{"role": "user", "content": "hi"},
+                {"role": "system", "content": "be \"brief\"\n\ttab \u{1}\\ é 🐢 and a long enough run of plain text"},
+                {"role": "user", "name": "bob", "content": "named"},
+                {"role": "user", "content": [{"type": "text", "text": "part \"one\""}]},
                 {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}],
             "temperature": 0.5, "top_k": 3, "stop": ["x"], "seed": 1, "logit_bias": {"1": 2},
             "fallbacks": ["a/b"], "stream": true, "stream_options": {"include_usage": false},
+            "odd \"key\"\n": {"nested": "v\u{2}"},
             "tools": [{"type": "function", "function": {"name": "f"}}]
         }))
         .unwrap();
