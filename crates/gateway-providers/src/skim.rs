@@ -166,12 +166,19 @@ impl<'a> Skim<'a> {
         (self.i > start).then_some(())
     }
 
-    /// `-? digits (. digits)? ([eE] [+-]? digits)?`
+    /// `-? (0 | [1-9] digits?) (. digits)? ([eE] [+-]? digits)?`: no leading zeros.
     fn number(&mut self) -> Option<()> {
         if self.b.get(self.i) == Some(&b'-') {
             self.i += 1;
         }
-        self.digits()?;
+        if self.b.get(self.i) == Some(&b'0') {
+            self.i += 1;
+            if self.b.get(self.i).is_some_and(u8::is_ascii_digit) {
+                return None;
+            }
+        } else {
+            self.digits()?;
+        }
         if self.b.get(self.i) == Some(&b'.') {
             self.i += 1;
             self.digits()?;
@@ -338,6 +345,18 @@ mod tests {
                     "skimmed but not JSON: {}", String::from_utf8_lossy(&doc)
                 );
             }
+        }
+    }
+
+    #[test]
+    fn numbers_follow_the_json_grammar() {
+        for ok in ["0", "-0", "10", "0.5", "-0e1", "1E+2", "123456789012"] {
+            let mut s = Skim::new(ok.as_bytes());
+            assert!(s.skip().is_some() && s.at_end(), "{ok}");
+        }
+        for bad in ["00", "-01", "0123", "-", "1.", ".5", "1e", "+1"] {
+            let mut s = Skim::new(bad.as_bytes());
+            assert!(!(s.skip().is_some() && s.at_end()), "{bad}");
         }
     }
 
