@@ -607,7 +607,7 @@ impl Gateway {
                     anthropic: (dialect == Dialect::Anthropic)
                         .then(|| anthropic::StreamEncoder::new(&request.model, est)),
                     include_usage,
-                    state: SseState::Streaming,
+                    state: SseState::First,
                     buf: Vec::new(),
                     usage: None,
                     request_id: String::from(&*opts.request_id),
@@ -936,13 +936,19 @@ impl StreamFinish {
 }
 
 enum SseState {
+    /// Nothing sent yet: the first chunk goes out in a frame of its own.
+    First,
+    /// The first chunk was handed to hyper: return `Pending` once so that hyper writes it (and
+    /// the response head) before the events that came with it are read.
+    Flush,
     Streaming,
     Done,
 }
 
-/// The SSE body of a streamed answer, in the client's dialect.
-struct SseBody {
-    inner: EngineStream,
+/// The SSE body of a streamed answer, in the client's dialect (`S` is the engine's stream; tests
+/// give it a plain one).
+struct SseBody<S = EngineStream> {
+    inner: S,
     dialect: Dialect,
     anthropic: Option<anthropic::StreamEncoder>,
     include_usage: bool,
@@ -955,7 +961,7 @@ struct SseBody {
     sent: Option<Vec<u8>>,
 }
 
-impl SseBody {
+impl<S> SseBody<S> {
     /// Sends what is buffered as one frame.
     fn emit(&mut self) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let bytes = std::mem::take(&mut self.buf);
@@ -979,7 +985,7 @@ impl SseBody {
     }
 }
 
-impl Drop for SseBody {
+impl<S> Drop for SseBody<S> {
     fn drop(&mut self) {
         // The client went away mid-stream: the upstream is cancelled with `inner`; account for it.
         self.finish(499, Some("client disconnected".to_owned()));
@@ -987,20 +993,34 @@ impl Drop for SseBody {
 }
 
 /// Events that are ready together go out in one frame (one write) up to this size; a lone event
-/// goes out at once, so coalescing never delays a token.
+/// goes out at once, so coalescing never delays a token. The first chunk is never coalesced: an
+/// upstream that sends a burst (the whole answer of a fast model in one read) would otherwise
+/// hold the client's first byte until the burst was read and re-encoded.
 const SSE_COALESCE_BYTES: usize = 16 * 1024;
 
-impl Stream for SseBody {
+impl<S> Stream for SseBody<S>
+where
+    S: Stream<Item = Result<gateway_core::types::ChatChunk, gateway_core::ProviderError>> + Unpin,
+{
     type Item = Result<Frame<Bytes>, Infallible>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
-            if matches!(this.state, SseState::Done) {
-                if this.buf.is_empty() {
-                    return Poll::Ready(None);
+            match this.state {
+                SseState::Done => {
+                    if this.buf.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    return this.emit();
                 }
-                return this.emit();
+                SseState::Flush => {
+                    // hyper writes what it holds when the body is not ready; come back at once.
+                    this.state = SseState::Streaming;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                SseState::First | SseState::Streaming => {}
             }
             match Pin::new(&mut this.inner).poll_next(cx) {
                 Poll::Pending => {
@@ -1018,6 +1038,10 @@ impl Stream for SseBody {
                         None => {
                             openai::encode_chunk(&chunk, this.include_usage, &mut this.buf);
                         }
+                    }
+                    if matches!(this.state, SseState::First) {
+                        this.state = SseState::Flush;
+                        return this.emit();
                     }
                     if this.buf.len() >= SSE_COALESCE_BYTES {
                         return this.emit();
@@ -1055,7 +1079,76 @@ impl Stream for SseBody {
 
 #[cfg(test)]
 mod tests {
-    use super::hex_digits;
+    use super::*;
+    use futures_util::task::{waker, ArcWake};
+    use gateway_core::types::ChatChunk;
+
+    struct Wakes(AtomicU64);
+
+    impl ArcWake for Wakes {
+        fn wake_by_ref(w: &Arc<Self>) {
+            w.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn chunk(text: &str) -> Result<ChatChunk, gateway_core::ProviderError> {
+        Ok(ChatChunk {
+            id: "c".into(),
+            object: "chat.completion.chunk".into(),
+            created: 0,
+            model: "m".into(),
+            choices: Vec::new(),
+            usage: None,
+            raw: Some(Bytes::from(format!("{{\"t\":\"{text}\"}}"))),
+        })
+    }
+
+    fn data(p: Poll<Option<Result<Frame<Bytes>, Infallible>>>) -> String {
+        match p {
+            Poll::Ready(Some(Ok(f))) => {
+                String::from_utf8(f.into_data().expect("a data frame").to_vec()).expect("utf-8")
+            }
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    /// A burst of chunks ready at once: the first goes out alone, then the body yields once so
+    /// that hyper writes it, then the rest go out together.
+    #[test]
+    fn the_first_chunk_of_a_burst_is_flushed_on_its_own() {
+        let mut body = SseBody {
+            inner: futures_util::stream::iter(vec![chunk("a"), chunk("b"), chunk("c")]),
+            dialect: Dialect::OpenAi,
+            anthropic: None,
+            include_usage: false,
+            state: SseState::First,
+            buf: Vec::new(),
+            usage: None,
+            request_id: "req".into(),
+            finish: None,
+            sent: None,
+        };
+        let wakes = Arc::new(Wakes(AtomicU64::new(0)));
+        let w = waker(Arc::clone(&wakes));
+        let mut cx = Context::from_waker(&w);
+        let mut poll = |b: &mut SseBody<_>| Pin::new(b).poll_next(&mut cx);
+        assert_eq!(data(poll(&mut body)), "data: {\"t\":\"a\"}\n\n");
+        assert!(
+            poll(&mut body).is_pending(),
+            "yields once after the first chunk"
+        );
+        assert_eq!(
+            wakes.0.load(Ordering::SeqCst),
+            1,
+            "and asks to be polled again"
+        );
+        assert_eq!(
+            data(poll(&mut body)),
+            "data: {\"t\":\"b\"}\n\ndata: {\"t\":\"c\"}\n\ndata: [DONE]\n\n",
+            "the rest of the burst in one frame"
+        );
+        assert!(matches!(poll(&mut body), Poll::Ready(None)));
+    }
 
     #[test]
     fn hex_digits_writes_the_low_digits_most_significant_first() {
