@@ -480,6 +480,11 @@ pub struct Report {
     mock: String,
     cases: Vec<Case>,
     gateway_peak_rss_kb: Option<u64>,
+    /// The gateway's resident set at the end, split: `RssAnon` (heap, stacks) and `RssFile`
+    /// (pages mapped from files, the binary's code above all: shared with the page cache, and
+    /// reclaimable).
+    gateway_end_rss_anon_kb: Option<u64>,
+    gateway_end_rss_file_kb: Option<u64>,
     /// Share of each process's CPU time spent in the kernel, over the whole run.
     kernel_share: BTreeMap<String, f64>,
     load_after: f64,
@@ -977,7 +982,11 @@ pub fn main(root: &Path, opts: Options) -> Result<()> {
             }
         }
     }
-    let gateway_peak_rss_kb = gateway_pid.and_then(|p| procfs::status_kb(Pid::Of(p), "VmHWM").ok());
+    let gateway_status =
+        |field| gateway_pid.and_then(|p| procfs::status_kb(Pid::Of(p), field).ok());
+    let gateway_peak_rss_kb = gateway_status("VmHWM");
+    let gateway_end_rss_anon_kb = gateway_status("RssAnon");
+    let gateway_end_rss_file_kb = gateway_status("RssFile");
     // Over a whole process life the user/kernel split is reliable (per-run deltas are not: the
     // kernel keeps the two monotonic by clamping).
     let mut kernel_share = BTreeMap::new();
@@ -1001,6 +1010,8 @@ pub fn main(root: &Path, opts: Options) -> Result<()> {
         mock: mock_root.clone(),
         cases,
         gateway_peak_rss_kb,
+        gateway_end_rss_anon_kb,
+        gateway_end_rss_file_kb,
         kernel_share,
         load_after: procfs::load_average(),
         warnings,
@@ -1110,6 +1121,15 @@ fn markdown(r: &Report) -> String {
             s,
             "\nGateway peak resident set (VmHWM) over the whole run: {:.1} MB.",
             kb as f64 / 1024.0
+        );
+    }
+    if let (Some(anon), Some(file)) = (r.gateway_end_rss_anon_kb, r.gateway_end_rss_file_kb) {
+        let _ = writeln!(
+            s,
+            "At the end: {:.1} MB anonymous (heap, stacks) and {:.1} MB mapped from files (the \
+             binary's code, shared with the page cache).",
+            anon as f64 / 1024.0,
+            file as f64 / 1024.0
         );
     }
     if !r.kernel_share.is_empty() {
