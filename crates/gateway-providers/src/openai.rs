@@ -625,7 +625,7 @@ fn arguments_text(v: Option<Value>) -> Option<String> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct WireUsage {
     #[serde(default)]
     prompt_tokens: u64,
@@ -642,6 +642,58 @@ struct WireUsage {
 }
 
 impl WireUsage {
+    /// A usage object read by the skimmer, when every field it knows is a plain count (or a
+    /// null detail), none repeats and the keys have no escapes; `None` leaves the object to
+    /// serde, which then reads it (or refuses it) as before. A usage with its details cost about
+    /// 5 k instructions through serde.
+    fn skim(raw: &[u8]) -> Option<WireUsage> {
+        let mut w = WireUsage::default();
+        let mut seen = 0u8;
+        let mut once = |bit: u8| {
+            let first = seen & bit == 0;
+            seen |= bit;
+            first.then_some(())
+        };
+        let mut sk = Skim::new(raw);
+        sk.object(|sk, key| {
+            match key {
+                b"prompt_tokens" => {
+                    once(1)?;
+                    w.prompt_tokens = sk.u64()?;
+                }
+                b"completion_tokens" => {
+                    once(2)?;
+                    w.completion_tokens = sk.u64()?;
+                }
+                b"total_tokens" => {
+                    once(4)?;
+                    w.total_tokens = sk.u64()?;
+                }
+                b"prompt_tokens_details" => {
+                    once(8)?;
+                    w.prompt_tokens_details =
+                        skim_detail(sk, b"cached_tokens")?.map(|cached_tokens| {
+                            gateway_core::types::PromptTokensDetails { cached_tokens }
+                        });
+                }
+                b"completion_tokens_details" => {
+                    once(16)?;
+                    w.completion_tokens_details =
+                        skim_detail(sk, b"reasoning_tokens")?.map(|reasoning_tokens| {
+                            gateway_core::types::CompletionTokensDetails { reasoning_tokens }
+                        });
+                }
+                b"prompt_cache_hit_tokens" => {
+                    once(32)?;
+                    w.prompt_cache_hit_tokens = if sk.null() { None } else { Some(sk.u64()?) };
+                }
+                _ => sk.skip()?,
+            }
+            Some(())
+        })?;
+        sk.at_end().then_some(w)
+    }
+
     fn into_usage(self) -> Usage {
         let mut u = Usage {
             prompt_tokens: self.prompt_tokens,
@@ -811,6 +863,28 @@ impl<'a> Light<'a> {
     }
 }
 
+/// A details object of a usage: `Some(None)` for null, `Some(Some(n))` for an object whose
+/// `field` is `n` (0 when absent; other members skipped), `None` for anything else.
+fn skim_detail(sk: &mut Skim<'_>, field: &[u8]) -> Option<Option<u64>> {
+    if sk.null() {
+        return Some(None);
+    }
+    let (mut n, mut seen) = (0, false);
+    sk.object(|sk, key| {
+        if key == field {
+            if seen {
+                return None;
+            }
+            seen = true;
+            n = sk.u64()?;
+            Some(())
+        } else {
+            sk.skip()
+        }
+    })?;
+    Some(Some(n))
+}
+
 /// A `finish_reason`: null, or one the OpenAI format defines as it spells it (`None` otherwise).
 fn skim_finish(sk: &mut Skim<'_>) -> Option<Option<FinishReason>> {
     if sk.null() {
@@ -917,7 +991,11 @@ fn light_response(body: &Bytes) -> Option<ChatResponse> {
     let id = light.id.filter(|i| !i.is_empty())?;
     let model = light.model.filter(|m| !m.is_empty())?;
     let usage = match light.usage {
-        Some(u) => Some(serde_json::from_slice::<WireUsage>(u).ok()?.into_usage()),
+        Some(u) => Some(
+            WireUsage::skim(u)
+                .or_else(|| serde_json::from_slice::<WireUsage>(u).ok())?
+                .into_usage(),
+        ),
         None => None,
     };
     Some(ChatResponse {
@@ -1388,6 +1466,95 @@ impl StreamDecoder<SseEvent> for ChunkDecoder {
             Err(ProviderError::Connect(
                 "upstream closed the stream before it finished".into(),
             ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod usage_skim_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn by_serde(raw: &str) -> Option<Usage> {
+        serde_json::from_str::<WireUsage>(raw)
+            .ok()
+            .map(WireUsage::into_usage)
+    }
+
+    fn by_skim(raw: &str) -> Option<Usage> {
+        WireUsage::skim(raw.as_bytes()).map(WireUsage::into_usage)
+    }
+
+    #[test]
+    fn an_openai_usage_is_skimmed_as_serde_reads_it() {
+        let raw = r#"{"completion_tokens":50,"completion_tokens_details":{"accepted_prediction_tokens":0,"audio_tokens":0,"reasoning_tokens":7,"rejected_prediction_tokens":0},"prompt_tokens":12,"prompt_tokens_details":{"audio_tokens":0,"cached_tokens":3},"total_tokens":62}"#;
+        let u = by_skim(raw).expect("skimmed");
+        assert_eq!(Some(u), by_serde(raw));
+        assert_eq!(u.total_tokens, 62);
+        assert_eq!(u.prompt_tokens_details.map(|d| d.cached_tokens), Some(3));
+        assert_eq!(
+            u.completion_tokens_details.map(|d| d.reasoning_tokens),
+            Some(7)
+        );
+        let deepseek = r#"{"prompt_tokens":9,"completion_tokens":1,"prompt_cache_hit_tokens":4,"prompt_cache_miss_tokens":5}"#;
+        assert_eq!(by_skim(deepseek), by_serde(deepseek));
+        assert_eq!(by_skim(deepseek).map(|u| u.total_tokens), Some(10));
+    }
+
+    #[test]
+    fn unusual_usages_are_left_to_serde() {
+        for raw in [
+            r#"{"prompt_tokens":1.0}"#,
+            r#"{"prompt_tokens":null}"#,
+            r#"{"prompt_tokens":-1}"#,
+            r#"{"prompt_tokens":1,"prompt_tokens":2}"#,
+            r#"{"prompt_tokens_details":{"cached_tokens":1,"cached_tokens":2}}"#,
+            r#"{"prompt_tokens_details":3}"#,
+            r#"{"prompt_tok\u0065ns":3}"#,
+            r#"{"prompt_tokens":99999999999999999999999}"#,
+        ] {
+            assert_eq!(by_skim(raw), None, "{raw}");
+        }
+    }
+
+    fn member() -> impl Strategy<Value = (String, String)> {
+        let key = prop_oneof![
+            Just("prompt_tokens"),
+            Just("completion_tokens"),
+            Just("total_tokens"),
+            Just("prompt_tokens_details"),
+            Just("completion_tokens_details"),
+            Just("prompt_cache_hit_tokens"),
+            Just("cached_tokens"),
+            Just("reasoning_tokens"),
+            Just("audio_tokens"),
+        ]
+        .prop_map(str::to_owned);
+        let leaf = prop_oneof![
+            any::<u64>().prop_map(|n| n.to_string()),
+            (0u64..100).prop_map(|n| n.to_string()),
+            Just("null".to_owned()),
+            Just("1.5".to_owned()),
+            Just("-3".to_owned()),
+            Just("\"7\"".to_owned()),
+            Just("[]".to_owned()),
+        ];
+        let inner = proptest::collection::vec((key.clone(), leaf.clone()), 0..4).prop_map(|m| {
+            let body: Vec<String> = m.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            format!("{{{}}}", body.join(","))
+        });
+        (key, prop_oneof![leaf, inner])
+    }
+
+    proptest! {
+        /// Whatever the skimmer reads, serde reads the same.
+        #[test]
+        fn the_skim_never_disagrees_with_serde(members in proptest::collection::vec(member(), 0..8)) {
+            let body: Vec<String> = members.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            let raw = format!("{{{}}}", body.join(","));
+            if let Some(u) = by_skim(&raw) {
+                prop_assert_eq!(Some(u), by_serde(&raw), "{}", raw);
+            }
         }
     }
 }
