@@ -8,18 +8,27 @@
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
-/// Whether any byte of `w` is zero (exact as an "any" test).
+/// The high bit of every zero byte of `w`. Bits above the lowest one may be false (a borrow
+/// carries up), so only "any" and the lowest set bit are exact.
 #[inline]
-fn any_zero(w: u64) -> bool {
-    w.wrapping_sub(ONES) & !w & HIGHS != 0
+fn zero_bytes(w: u64) -> u64 {
+    w.wrapping_sub(ONES) & !w & HIGHS
 }
 
-/// Whether any byte of `w` is a control character (below 0x20), `"` or `\`.
+/// The high bit of every byte of `w` (a little-endian load of eight bytes) that is a control
+/// character (below 0x20), `"` or `\`, with the same exactness as [`zero_bytes`]: the lowest set
+/// bit marks the first such byte, `trailing_zeros() / 8` its index.
+#[inline]
+pub(crate) fn special_bytes(w: u64) -> u64 {
+    // Bytes below 0x20: `x - 0x20` borrows into the high bit only where `x` had it clear.
+    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
+    control | zero_bytes(w ^ (ONES * u64::from(b'"'))) | zero_bytes(w ^ (ONES * u64::from(b'\\')))
+}
+
+/// Whether any byte of `w` is a control character, `"` or `\`.
 #[inline]
 fn needs_escape(w: u64) -> bool {
-    // Bytes below 0x20: `x - 0x20` borrows into the high bit only where `x` had it clear.
-    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGHS != 0;
-    control || any_zero(w ^ (ONES * u64::from(b'"'))) || any_zero(w ^ (ONES * u64::from(b'\\')))
+    special_bytes(w) != 0
 }
 
 #[inline]
@@ -127,6 +136,14 @@ mod tests {
     }
 
     proptest! {
+        /// The lowest marked byte is the first special one.
+        #[test]
+        fn the_lowest_mark_is_the_first_special_byte(w in any::<[u8; 8]>()) {
+            let first = w.iter().position(|b| needs_escape_byte(*b));
+            let m = special_bytes(u64::from_le_bytes(w));
+            prop_assert_eq!(first, (m != 0).then(|| (m.trailing_zeros() / 8) as usize));
+        }
+
         #[test]
         fn writes_what_serde_json_writes(s in any::<String>()) {
             prop_assert_eq!(ours(&s), serde_json::to_vec(&s).expect("serialises"));
