@@ -1039,7 +1039,7 @@ where
                             openai::encode_chunk(&chunk, this.include_usage, &mut this.buf);
                         }
                     }
-                    if matches!(this.state, SseState::First) {
+                    if matches!(this.state, SseState::First) && !this.buf.is_empty() {
                         this.state = SseState::Flush;
                         return this.emit();
                     }
@@ -1148,6 +1148,36 @@ mod tests {
             "the rest of the burst in one frame"
         );
         assert!(matches!(poll(&mut body), Poll::Ready(None)));
+    }
+
+    /// A first chunk that writes nothing (a usage-only chunk the client did not ask for) is not
+    /// a first frame: no empty frame goes out, and the next chunk is the one flushed alone.
+    #[test]
+    fn a_first_chunk_that_writes_nothing_does_not_count() {
+        let mut usage_only = ChatChunk::new("c", "m", 0);
+        usage_only.usage = Some(Usage::new(1, 2, 0));
+        let mut body = SseBody {
+            inner: futures_util::stream::iter(vec![Ok(usage_only), chunk("a"), chunk("b")]),
+            dialect: Dialect::OpenAi,
+            anthropic: None,
+            include_usage: false,
+            state: SseState::First,
+            buf: Vec::new(),
+            usage: None,
+            request_id: "req".into(),
+            finish: None,
+            sent: None,
+        };
+        let wakes = Arc::new(Wakes(AtomicU64::new(0)));
+        let w = waker(Arc::clone(&wakes));
+        let mut cx = Context::from_waker(&w);
+        let mut poll = |b: &mut SseBody<_>| Pin::new(b).poll_next(&mut cx);
+        assert_eq!(data(poll(&mut body)), "data: {\"t\":\"a\"}\n\n");
+        assert!(poll(&mut body).is_pending());
+        assert_eq!(
+            data(poll(&mut body)),
+            "data: {\"t\":\"b\"}\n\ndata: [DONE]\n\n"
+        );
     }
 
     #[test]
