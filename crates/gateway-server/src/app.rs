@@ -1103,12 +1103,48 @@ mod tests {
         })
     }
 
-    fn data(p: Poll<Option<Result<Frame<Bytes>, Infallible>>>) -> String {
-        match p {
-            Poll::Ready(Some(Ok(f))) => {
-                String::from_utf8(f.into_data().expect("a data frame").to_vec()).expect("utf-8")
+    type Chunks = futures_util::stream::Iter<
+        std::vec::IntoIter<Result<ChatChunk, gateway_core::ProviderError>>,
+    >;
+
+    /// An OpenAI-dialect SSE body over `chunks`, polled with a waker that counts its wakes.
+    struct Polled {
+        body: SseBody<Chunks>,
+        wakes: Arc<Wakes>,
+    }
+
+    impl Polled {
+        fn new(chunks: Vec<Result<ChatChunk, gateway_core::ProviderError>>) -> Self {
+            Polled {
+                body: SseBody {
+                    inner: futures_util::stream::iter(chunks),
+                    dialect: Dialect::OpenAi,
+                    anthropic: None,
+                    include_usage: false,
+                    state: SseState::First,
+                    buf: Vec::new(),
+                    usage: None,
+                    request_id: "req".into(),
+                    finish: None,
+                    sent: None,
+                },
+                wakes: Arc::new(Wakes(AtomicU64::new(0))),
             }
-            other => panic!("expected a frame, got {other:?}"),
+        }
+
+        fn poll(&mut self) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            let w = waker(Arc::clone(&self.wakes));
+            Pin::new(&mut self.body).poll_next(&mut Context::from_waker(&w))
+        }
+
+        /// The next poll's data frame, as text.
+        fn data(&mut self) -> String {
+            match self.poll() {
+                Poll::Ready(Some(Ok(f))) => {
+                    String::from_utf8(f.into_data().expect("a data frame").to_vec()).expect("utf-8")
+                }
+                other => panic!("expected a frame, got {other:?}"),
+            }
         }
     }
 
@@ -1116,38 +1152,20 @@ mod tests {
     /// that hyper writes it, then the rest go out together.
     #[test]
     fn the_first_chunk_of_a_burst_is_flushed_on_its_own() {
-        let mut body = SseBody {
-            inner: futures_util::stream::iter(vec![chunk("a"), chunk("b"), chunk("c")]),
-            dialect: Dialect::OpenAi,
-            anthropic: None,
-            include_usage: false,
-            state: SseState::First,
-            buf: Vec::new(),
-            usage: None,
-            request_id: "req".into(),
-            finish: None,
-            sent: None,
-        };
-        let wakes = Arc::new(Wakes(AtomicU64::new(0)));
-        let w = waker(Arc::clone(&wakes));
-        let mut cx = Context::from_waker(&w);
-        let mut poll = |b: &mut SseBody<_>| Pin::new(b).poll_next(&mut cx);
-        assert_eq!(data(poll(&mut body)), "data: {\"t\":\"a\"}\n\n");
-        assert!(
-            poll(&mut body).is_pending(),
-            "yields once after the first chunk"
-        );
+        let mut p = Polled::new(vec![chunk("a"), chunk("b"), chunk("c")]);
+        assert_eq!(p.data(), "data: {\"t\":\"a\"}\n\n");
+        assert!(p.poll().is_pending(), "yields once after the first chunk");
         assert_eq!(
-            wakes.0.load(Ordering::SeqCst),
+            p.wakes.0.load(Ordering::SeqCst),
             1,
             "and asks to be polled again"
         );
         assert_eq!(
-            data(poll(&mut body)),
+            p.data(),
             "data: {\"t\":\"b\"}\n\ndata: {\"t\":\"c\"}\n\ndata: [DONE]\n\n",
             "the rest of the burst in one frame"
         );
-        assert!(matches!(poll(&mut body), Poll::Ready(None)));
+        assert!(matches!(p.poll(), Poll::Ready(None)));
     }
 
     /// A first chunk that writes nothing (a usage-only chunk the client did not ask for) is not
@@ -1156,28 +1174,10 @@ mod tests {
     fn a_first_chunk_that_writes_nothing_does_not_count() {
         let mut usage_only = ChatChunk::new("c", "m", 0);
         usage_only.usage = Some(Usage::new(1, 2, 0));
-        let mut body = SseBody {
-            inner: futures_util::stream::iter(vec![Ok(usage_only), chunk("a"), chunk("b")]),
-            dialect: Dialect::OpenAi,
-            anthropic: None,
-            include_usage: false,
-            state: SseState::First,
-            buf: Vec::new(),
-            usage: None,
-            request_id: "req".into(),
-            finish: None,
-            sent: None,
-        };
-        let wakes = Arc::new(Wakes(AtomicU64::new(0)));
-        let w = waker(Arc::clone(&wakes));
-        let mut cx = Context::from_waker(&w);
-        let mut poll = |b: &mut SseBody<_>| Pin::new(b).poll_next(&mut cx);
-        assert_eq!(data(poll(&mut body)), "data: {\"t\":\"a\"}\n\n");
-        assert!(poll(&mut body).is_pending());
-        assert_eq!(
-            data(poll(&mut body)),
-            "data: {\"t\":\"b\"}\n\ndata: [DONE]\n\n"
-        );
+        let mut p = Polled::new(vec![Ok(usage_only), chunk("a"), chunk("b")]);
+        assert_eq!(p.data(), "data: {\"t\":\"a\"}\n\n");
+        assert!(p.poll().is_pending());
+        assert_eq!(p.data(), "data: {\"t\":\"b\"}\n\ndata: [DONE]\n\n");
     }
 
     #[test]
