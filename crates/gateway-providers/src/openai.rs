@@ -642,11 +642,11 @@ struct WireUsage {
 }
 
 impl WireUsage {
-    /// A usage object read by the skimmer, when every field it knows is a plain count (or a
-    /// null detail), none repeats and the keys have no escapes; `None` leaves the object to
-    /// serde, which then reads it (or refuses it) as before. A usage with its details cost about
-    /// 5 k instructions through serde.
-    fn skim(raw: &[u8]) -> Option<WireUsage> {
+    /// The usage object at the cursor (consumed), read by the skimmer, when every field it knows
+    /// is a plain count (or a null detail), none repeats and the keys have no escapes; `None`
+    /// leaves the object to serde, which then reads it (or refuses it) as before. A usage with
+    /// its details cost about 5 k instructions through serde.
+    fn skim_at(sk: &mut Skim<'_>) -> Option<WireUsage> {
         let mut w = WireUsage::default();
         let mut seen = 0u8;
         let mut once = |bit: u8| {
@@ -654,7 +654,6 @@ impl WireUsage {
             seen |= bit;
             first.then_some(())
         };
-        let mut sk = Skim::new(raw);
         sk.object(|sk, key| {
             match key {
                 b"prompt_tokens" => {
@@ -691,7 +690,7 @@ impl WireUsage {
             }
             Some(())
         })?;
-        sk.at_end().then_some(w)
+        Some(w)
     }
 
     fn into_usage(self) -> Usage {
@@ -961,9 +960,27 @@ fn light_response(body: &Bytes) -> Option<ChatResponse> {
     std::str::from_utf8(body).ok()?;
     let mut light = Light::default();
     let mut choices: Vec<Choice> = Vec::new();
+    let mut usage = None;
     let mut sk = Skim::new(body);
     sk.object(|sk, key| {
         match key {
+            // Read in place when it is plain; otherwise `Light` keeps its bytes for serde. A
+            // second usage leaves the answer to the full parse.
+            b"usage" => {
+                if !sk.null() {
+                    if usage.is_some() || light.usage.is_some() {
+                        return None;
+                    }
+                    let mut probe = sk.clone();
+                    match WireUsage::skim_at(&mut probe) {
+                        Some(u) => {
+                            *sk = probe;
+                            usage = Some(u);
+                        }
+                        None => light.usage = Some(sk.span()?),
+                    }
+                }
+            }
             b"choices" => sk.array(|sk| {
                 let (index, finish_reason, has_message) = skim_choice(sk, b"message")?;
                 let c = Choice {
@@ -990,13 +1007,10 @@ fn light_response(body: &Bytes) -> Option<ChatResponse> {
     }
     let id = light.id.filter(|i| !i.is_empty())?;
     let model = light.model.filter(|m| !m.is_empty())?;
-    let usage = match light.usage {
-        Some(u) => Some(
-            WireUsage::skim(u)
-                .or_else(|| serde_json::from_slice::<WireUsage>(u).ok())?
-                .into_usage(),
-        ),
-        None => None,
+    let usage = match (usage, light.usage) {
+        (Some(u), _) => Some(u.into_usage()),
+        (None, Some(raw)) => Some(serde_json::from_slice::<WireUsage>(raw).ok()?.into_usage()),
+        (None, None) => None,
     };
     Some(ChatResponse {
         id: id.to_owned(),
@@ -1482,7 +1496,9 @@ mod usage_skim_tests {
     }
 
     fn by_skim(raw: &str) -> Option<Usage> {
-        WireUsage::skim(raw.as_bytes()).map(WireUsage::into_usage)
+        let mut sk = Skim::new(raw.as_bytes());
+        let w = WireUsage::skim_at(&mut sk)?;
+        sk.at_end().then(|| w.into_usage())
     }
 
     #[test]

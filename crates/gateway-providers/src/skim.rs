@@ -10,7 +10,7 @@
 use crate::escape::special_bytes;
 
 /// A cursor over a JSON document. Every method returns `None` on anything unexpected.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Skim<'a> {
     b: &'a [u8],
     i: usize,

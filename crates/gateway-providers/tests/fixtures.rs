@@ -875,8 +875,23 @@ fn plain_answers_pass_as_they_came() {
     assert!(passes_raw(
         r#"{"id":"c","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"a"},"finish_reason":"length"},{"index":1,"message":{"content":"b"},"finish_reason":"content_filter"}]}"#
     ));
+    // Usage read in place, null, with null or unknown details, or after the choices.
+    for usage in [
+        r#"null"#,
+        r#"{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7,"prompt_tokens_details":null,"completion_tokens_details":{"reasoning_tokens":1,"audio_tokens":0},"extra":[1,{"a":null}]}"#,
+        r#"{"prompt_tokens":5,"completion_tokens":2,"prompt_cache_hit_tokens":3}"#,
+    ] {
+        assert!(passes_raw(&format!(
+            r#"{{"id":"c","object":"chat.completion","created":1,"model":"m","usage":{usage},"choices":[{{"index":0,"message":{{"role":"assistant","content":"a"}},"finish_reason":"stop"}}]}}"#
+        )));
+    }
+    // A usage the skimmer leaves to serde still passes raw when serde reads it.
+    assert!(passes_raw(
+        r#"{"id":"c","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"a"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"prompt_tok\u0065ns_x":1}}"#
+    ));
     // Tool calls, reasoning objects, other roles, unusual finish reasons, a missing object or id,
-    // no choices, errors and garbage all take the full decode (and agree with it).
+    // no choices, errors, a repeated usage and garbage all take the full decode (and agree with
+    // it).
     for body in [
         OPENAI_RESPONSE,
         r#"{"id":"x","model":"deepseek-chat","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"eos"}]}"#,
@@ -888,6 +903,7 @@ fn plain_answers_pass_as_they_came() {
         r#"{"id":"x","model":"m","object":"chat.completion","choices":[{"index":0,"finish_reason":"stop"}]}"#,
         r#"{"error":{"message":"boom","type":"server_error"}}"#,
         r#"{"object":"error","message":"bad input","type":"BadRequestError","code":400}"#,
+        r#"{"id":"c","object":"chat.completion","created":1,"model":"m","usage":{"prompt_tokens":1},"choices":[{"index":0,"message":{"role":"assistant","content":"a"},"finish_reason":"stop"}],"usage":{"prompt_tokens":2}}"#,
         "{not json",
     ] {
         assert!(!passes_raw(body), "{body}");
