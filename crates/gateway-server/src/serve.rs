@@ -62,7 +62,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
-    let anchor = tokio::spawn(keep_timer_armed());
+    let _anchor = AbortOnDrop(tokio::spawn(keep_timer_armed()));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -123,8 +123,16 @@ pub async fn serve(
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
     }
-    anchor.abort();
     Ok(())
+}
+
+/// Aborts a task when dropped: the timer anchor ends with `serve`, even when `serve` is.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// How far away the timer [`keep_timer_armed`] keeps pending is, at most.
