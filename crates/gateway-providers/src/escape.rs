@@ -26,9 +26,28 @@ pub(crate) fn special_bytes(w: u64) -> u64 {
 }
 
 /// Whether any byte of `w` is a control character, `"` or `\`.
-#[inline]
+#[cfg(test)]
 fn needs_escape(w: u64) -> bool {
     special_bytes(w) != 0
+}
+
+/// The index of the first control character, `"` or `\` in `b`, eight bytes at a time.
+#[inline]
+pub(crate) fn find_special(b: &[u8]) -> Option<usize> {
+    let words = b.chunks_exact(8);
+    let tail = words.remainder();
+    for (n, word) in words.enumerate() {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        let m = special_bytes(u64::from_le_bytes(w));
+        if m != 0 {
+            return Some(n * 8 + (m.trailing_zeros() / 8) as usize);
+        }
+    }
+    let at = b.len() - tail.len();
+    tail.iter()
+        .position(|c| needs_escape_byte(*c))
+        .map(|k| at + k)
 }
 
 #[inline]
@@ -64,21 +83,11 @@ pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
     out.reserve(b.len() + 2);
     out.push(b'"');
     let mut run = 0;
-    let mut i = 0;
-    while i < b.len() {
-        if let Some(Ok(word)) = b.get(i..i + 8).map(<[u8; 8]>::try_from) {
-            if !needs_escape(u64::from_le_bytes(word)) {
-                i += 8;
-                continue;
-            }
-        }
-        let c = b[i];
-        if needs_escape_byte(c) {
-            out.extend_from_slice(&b[run..i]);
-            escape_byte(out, c);
-            run = i + 1;
-        }
-        i += 1;
+    while let Some(k) = find_special(&b[run..]) {
+        let at = run + k;
+        out.extend_from_slice(&b[run..at]);
+        escape_byte(out, b[at]);
+        run = at + 1;
     }
     out.extend_from_slice(&b[run..]);
     out.push(b'"');
@@ -136,6 +145,17 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn find_special_finds_the_first_special_byte(b in proptest::collection::vec(any::<u8>(), 0..40)) {
+            prop_assert_eq!(find_special(&b), b.iter().position(|c| needs_escape_byte(*c)));
+        }
+
+        #[test]
+        fn find_special_in_text(s in "[a-z \"\\\\\n]{0,40}") {
+            let b = s.as_bytes();
+            prop_assert_eq!(find_special(b), b.iter().position(|c| needs_escape_byte(*c)));
+        }
+
         /// The lowest marked byte is the first special one.
         #[test]
         fn the_lowest_mark_is_the_first_special_byte(w in any::<[u8; 8]>()) {

@@ -7,7 +7,7 @@
 //! document; anything it refuses goes to a real parser. Strings are crossed with `memchr`, so long
 //! text costs about a byte per instruction.
 
-use crate::escape::special_bytes;
+use crate::escape::find_special;
 
 /// A cursor over a JSON document. Every method returns `None` on anything unexpected.
 #[derive(Debug, Clone)]
@@ -80,27 +80,14 @@ impl<'a> Skim<'a> {
     }
 
     /// The next quote, backslash or control character from the cursor on. Most strings (keys,
-    /// ids) are short: eight bytes at a time ([`special_bytes`]) finds their end sooner than
+    /// ids) are short: eight bytes at a time ([`find_special`]) finds their end sooner than
     /// setting up `memchr`, which takes over past the first 64 bytes.
     fn stop(&self) -> Option<usize> {
-        let stops = |c: u8| c == b'"' || c == b'\\' || c < 0x20;
-        let mut i = self.i;
         let head_end = (self.i + 64).min(self.b.len());
-        while let Some(Ok(word)) = self.b.get(i..i + 8).map(<[u8; 8]>::try_from) {
-            let m = special_bytes(u64::from_le_bytes(word));
-            if m != 0 {
-                return Some(i + (m.trailing_zeros() / 8) as usize);
-            }
-            i += 8;
-            if i >= head_end {
-                break;
-            }
+        if let Some(k) = find_special(self.b.get(self.i..head_end)?) {
+            return Some(self.i + k);
         }
-        if i < head_end || self.b.len() - i < 8 {
-            // Fewer than eight bytes left in the document.
-            return self.b[i..].iter().position(|c| stops(*c)).map(|k| i + k);
-        }
-        let from = i;
+        let from = head_end;
         let at = from + memchr::memchr2(b'"', b'\\', self.b.get(from..)?)?;
         // A fold without an early exit vectorises; control characters are an error anyway.
         let control = self.b[from..at]
