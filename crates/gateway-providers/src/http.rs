@@ -150,10 +150,7 @@ impl HttpClient {
         req: Request<Body>,
         timeout: Duration,
     ) -> Result<Response<Incoming>, ProviderError> {
-        match tokio::time::timeout(timeout, self.request(req)).await {
-            Err(_) => Err(ProviderError::Timeout),
-            Ok(r) => r,
-        }
+        within(timeout, self.request(req)).await
     }
 
     /// Sends a request and waits for the response head, with no deadline of its own: callers
@@ -181,17 +178,24 @@ impl HttpClient {
         timeout: Duration,
         max_body: usize,
     ) -> Result<Response<Bytes>, ProviderError> {
-        let work = async {
+        within(timeout, async {
             let resp = self.request(req).await?;
             let (parts, body) = resp.into_parts();
             let bytes = read_body(body, max_body).await?;
             Ok(Response::from_parts(parts, bytes))
-        };
-        match tokio::time::timeout(timeout, work).await {
-            Err(_) => Err(ProviderError::Timeout),
-            Ok(r) => r,
-        }
+        })
+        .await
     }
+}
+
+/// `work`, or [`ProviderError::Timeout`] if it takes longer than `timeout`.
+async fn within<T>(
+    timeout: Duration,
+    work: impl Future<Output = Result<T, ProviderError>>,
+) -> Result<T, ProviderError> {
+    tokio::time::timeout(timeout, work)
+        .await
+        .unwrap_or(Err(ProviderError::Timeout))
 }
 
 /// Turns a non-success status, its headers and its body into an error

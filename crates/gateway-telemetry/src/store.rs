@@ -752,14 +752,7 @@ mod tests {
         plain.status = 429;
         plain.error = Some("no capacity".to_owned());
         insert_batch(&mut conn, std::slice::from_ref(&plain)).expect("insert");
-        let got = query_logs(
-            &conn,
-            &LogQuery {
-                limit: 10,
-                ..LogQuery::default()
-            },
-        )
-        .expect("query");
+        let got = newest_ten(&conn);
         assert_eq!(got, vec![plain, e]);
         // The provider filter still finds a request by any provider it tried.
         let q = LogQuery {
@@ -774,6 +767,15 @@ mod tests {
             ..LogQuery::default()
         };
         assert_eq!(query_logs(&conn, &q).expect("query")[0].attempts.len(), 2);
+    }
+
+    /// The ten newest logged requests.
+    fn newest_ten(conn: &Connection) -> Vec<LogEntry> {
+        let q = LogQuery {
+            limit: 10,
+            ..LogQuery::default()
+        };
+        query_logs(conn, &q).expect("query")
     }
 
     #[test]
@@ -795,14 +797,7 @@ mod tests {
         let mut conn = open(&path).expect("reopen migrates");
         let new = entry("new-1", 1_700_000_001_000);
         insert_batch(&mut conn, std::slice::from_ref(&new)).expect("insert into the old store");
-        let got = query_logs(
-            &conn,
-            &LogQuery {
-                limit: 10,
-                ..LogQuery::default()
-            },
-        )
-        .expect("query");
+        let got = newest_ten(&conn);
         assert_eq!(got, vec![new, old]);
         let gone: i64 = conn
             .query_row(
