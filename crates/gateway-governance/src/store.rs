@@ -483,7 +483,7 @@ impl Embedded {
                     if let Some(b) = &mut e.tpm {
                         b.level = (b.level + taken as f64 - used as f64).min(b.cap as f64);
                     }
-                    e.minute_tokens += used;
+                    e.minute_tokens = e.minute_tokens.saturating_add(used);
                 }
                 if let Some((_, cost)) = actual.filter(|(_, c)| *c > 0.0) {
                     let (start, end) = l.limits.period.bounds(now);

@@ -464,9 +464,10 @@ struct WireUsage {
 impl WireUsage {
     /// Input tokens including cache reads and writes.
     fn prompt(&self) -> u64 {
-        self.input_tokens.unwrap_or(0)
-            + self.cache_read_input_tokens.unwrap_or(0)
-            + self.cache_creation_input_tokens.unwrap_or(0)
+        self.input_tokens
+            .unwrap_or(0)
+            .saturating_add(self.cache_read_input_tokens.unwrap_or(0))
+            .saturating_add(self.cache_creation_input_tokens.unwrap_or(0))
     }
 }
 
@@ -882,6 +883,19 @@ mod tests {
         assert_eq!(default_max_tokens("claude-3-haiku-20240307"), 4096);
         assert_eq!(default_max_tokens("claude-3-5-sonnet-latest"), 8192);
         assert_eq!(default_max_tokens("claude-sonnet-4-5"), 8192);
+    }
+
+    /// Absurd counts from an upstream saturate rather than overflow.
+    #[test]
+    fn huge_usage_counts_saturate() {
+        let body = br#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-x",
+            "content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn",
+            "usage":{"input_tokens":18446744073709551615,"cache_read_input_tokens":5,
+                     "output_tokens":18446744073709551615}}"#;
+        let r = parse_message(body).expect("parsed");
+        let u = r.usage.expect("usage");
+        assert_eq!(u.prompt_tokens, u64::MAX);
+        assert_eq!(u.total_tokens, u64::MAX);
     }
 
     #[test]

@@ -468,7 +468,9 @@ impl WireUsage {
     /// As canonical usage: prompt tokens include cache reads and writes.
     pub fn to_usage(self) -> Usage {
         Usage::new(
-            self.input_tokens + self.cache_read_input_tokens + self.cache_write_input_tokens,
+            self.input_tokens
+                .saturating_add(self.cache_read_input_tokens)
+                .saturating_add(self.cache_write_input_tokens),
             self.output_tokens,
             self.cache_read_input_tokens,
         )

@@ -665,7 +665,9 @@ pub struct WireUsage {
 impl WireUsage {
     /// As canonical usage: thoughts count as completion tokens and as reasoning tokens.
     pub fn to_usage(self) -> Usage {
-        let completion = self.candidates_token_count + self.thoughts_token_count;
+        let completion = self
+            .candidates_token_count
+            .saturating_add(self.thoughts_token_count);
         let mut usage = Usage::new(
             self.prompt_token_count,
             completion,

@@ -702,7 +702,7 @@ impl WireUsage {
             completion_tokens_details: self.completion_tokens_details,
         };
         if u.total_tokens == 0 {
-            u.total_tokens = u.prompt_tokens + u.completion_tokens;
+            u.total_tokens = u.prompt_tokens.saturating_add(u.completion_tokens);
         }
         if u.prompt_tokens_details.is_none() {
             if let Some(hit) = self.prompt_cache_hit_tokens.filter(|h| *h > 0) {
@@ -1515,6 +1515,17 @@ mod usage_skim_tests {
         let deepseek = r#"{"prompt_tokens":9,"completion_tokens":1,"prompt_cache_hit_tokens":4,"prompt_cache_miss_tokens":5}"#;
         assert_eq!(by_skim(deepseek), by_serde(deepseek));
         assert_eq!(by_skim(deepseek).map(|u| u.total_tokens), Some(10));
+    }
+
+    /// An upstream's absurd counts must not overflow (a panic in debug builds, a wrapped total in
+    /// release): the total saturates.
+    #[test]
+    fn huge_counts_saturate_the_total() {
+        let raw =
+            r#"{"prompt_tokens":10492059081701312644,"completion_tokens":7954684992008238972}"#;
+        let u = by_skim(raw).expect("skimmed");
+        assert_eq!(Some(u), by_serde(raw));
+        assert_eq!(u.total_tokens, u64::MAX);
     }
 
     #[test]

@@ -290,11 +290,12 @@ pub fn decode_embeddings(body: &Value, model: &str) -> Result<EmbeddingResponse,
             e.get("values").cloned().unwrap_or(Value::Null),
         )
         .map_err(|err| ProviderError::Protocol(format!("vertex embedding values: {err}")))?;
-        tokens += e
-            .pointer("/statistics/token_count")
-            .and_then(Value::as_f64)
-            .filter(|x| x.is_finite() && *x >= 0.0)
-            .map_or(0, |x| x as u64);
+        tokens = tokens.saturating_add(
+            e.pointer("/statistics/token_count")
+                .and_then(Value::as_f64)
+                .filter(|x| x.is_finite() && *x >= 0.0)
+                .map_or(0, |x| x as u64),
+        );
         data.push(Embedding {
             object: "embedding".into(),
             index: u32::try_from(i).unwrap_or(u32::MAX),
