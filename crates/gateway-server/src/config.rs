@@ -402,6 +402,9 @@ pub struct LoggingSection {
     /// Capacity of the log queue.
     #[serde(default)]
     pub queue_capacity: Option<usize>,
+    /// Priority of the request-log writer thread: `idle` (default) or `normal`.
+    #[serde(default)]
+    pub writer_priority: Option<gateway_telemetry::WriterPriority>,
 }
 
 /// `[telemetry]`.
@@ -607,6 +610,27 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("providers[0].keys[0].secret"), "{msg}");
         assert!(msg.contains("GW_TEST_UNSET_Y"), "{msg}");
+    }
+
+    #[test]
+    fn the_log_writer_priority_is_idle_normal_or_an_error() {
+        let cfg = Config::from_toml("[server]\n").unwrap();
+        assert_eq!(
+            cfg.logging.writer_priority, None,
+            "unset: the default applies"
+        );
+        let cfg = Config::from_toml("[logging]\nwriter_priority = 'normal'\n").unwrap();
+        assert_eq!(
+            cfg.logging.writer_priority,
+            Some(gateway_telemetry::WriterPriority::Normal)
+        );
+        let cfg = Config::from_toml("[logging]\nwriter_priority = 'idle'\n").unwrap();
+        assert_eq!(
+            cfg.logging.writer_priority,
+            Some(gateway_telemetry::WriterPriority::Idle)
+        );
+        let err = Config::from_toml("[logging]\nwriter_priority = 'low'\n").unwrap_err();
+        assert!(err.to_string().contains("writer_priority"), "{err}");
     }
 
     #[test]

@@ -75,6 +75,7 @@ impl Services {
             retention_days: l.retention_days,
             retention_rows: l.retention_rows,
             queue_capacity: l.queue_capacity.unwrap_or(10_000),
+            writer_priority: l.writer_priority.unwrap_or_default(),
             otlp_endpoint: config
                 .telemetry
                 .otlp_endpoint

@@ -85,6 +85,8 @@ pub struct TelemetryConfig {
     pub retention_rows: Option<u64>,
     /// Requests waiting to be written before new ones are dropped.
     pub queue_capacity: usize,
+    /// Scheduling priority of the request-log writer thread (`[logging] writer_priority`).
+    pub writer_priority: WriterPriority,
     /// OTLP/HTTP endpoint for traces (`http://collector:4318`; `/v1/traces` is appended unless
     /// the URL already ends with it). No traces when unset.
     pub otlp_endpoint: Option<String>,
@@ -101,10 +103,31 @@ impl Default for TelemetryConfig {
             retention_days: None,
             retention_rows: None,
             queue_capacity: 10_000,
+            writer_priority: WriterPriority::default(),
             otlp_endpoint: None,
             service_name: "ai-gateway".to_owned(),
         }
     }
+}
+
+/// Scheduling priority of the request-log writer thread.
+///
+/// The writer turns a batch of records into SQLite rows every 20 ms, about a
+/// millisecond of CPU per hundred requests. At normal priority that burst competes with the
+/// runtime thread for a core, and a request that becomes ready meanwhile can wait for it: at 5,000
+/// RPS on two cores this was most of the p99 (docs/benchmarks.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriterPriority {
+    /// Linux `SCHED_IDLE`: the writer runs only on CPU time nothing else wants, and any request
+    /// work that wakes up preempts it at once. On a host whose cores are all busy for long the
+    /// writer falls behind; the queue ([`TelemetryConfig::queue_capacity`]) absorbs that, and past
+    /// it records are dropped and counted. Elsewhere than Linux this is [`WriterPriority::Normal`].
+    #[default]
+    Idle,
+    /// The process's own priority: logs keep up even on a saturated host, at the cost of tail
+    /// latency while a batch is written.
+    Normal,
 }
 
 /// Why telemetry could not start.
@@ -177,6 +200,7 @@ impl Telemetry {
             conn,
             path: path.clone(),
             capacity: config.queue_capacity,
+            priority: config.writer_priority,
             json_lines: match hooks.json_lines {
                 Some(w) => Some(w),
                 None if config.stdout_json => Some(Box::new(std::io::stdout())),
@@ -256,6 +280,12 @@ impl Telemetry {
     pub fn metrics_renderer(self: &Arc<Self>) -> Arc<dyn Fn() -> String + Send + Sync> {
         let t = Arc::clone(self);
         Arc::new(move || t.render())
+    }
+
+    /// The priority the log writer thread runs at: the one asked for, or
+    /// [`WriterPriority::Normal`] when the system refused [`WriterPriority::Idle`].
+    pub fn log_writer_priority(&self) -> WriterPriority {
+        self.logs.priority()
     }
 
     /// Request logs dropped because the queue was full.

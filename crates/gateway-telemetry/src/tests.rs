@@ -10,7 +10,7 @@ use gateway_core::{ProviderError, RateLimitInfo, RateLimitScope};
 use serde_json::Value;
 
 use crate::testing::{sample, OtlpReceiver};
-use crate::{store, Hooks, Telemetry, TelemetryConfig};
+use crate::{store, Hooks, Telemetry, TelemetryConfig, WriterPriority};
 
 fn config(dir: &tempfile::TempDir) -> TelemetryConfig {
     TelemetryConfig {
@@ -739,4 +739,51 @@ async fn json_lines_are_one_record_per_line() {
     assert_eq!(ids, ["r1", "r2", "r3", "r4"], "{out}");
     assert_eq!(lines[1]["attempts"][1]["fallback_from"], "oai");
     assert!(!out.contains("SECRET"), "{out}");
+}
+
+/// Scheduling policies (field 41 of `/proc/self/task/*/stat`) of this process's log writers.
+#[cfg(target_os = "linux")]
+fn writer_policies() -> Vec<u32> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        let (head, rest) = stat.rsplit_once(')').unwrap();
+        if head.ends_with("(gateway-log-wri") {
+            // Fields after the name start at field 3.
+            let policy = rest.split_whitespace().nth(41 - 3).unwrap();
+            out.push(policy.parse().unwrap());
+        }
+    }
+    out
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_log_writer_runs_at_idle_priority_and_still_writes() {
+    const SCHED_IDLE: u32 = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let t = Telemetry::start(config(&dir)).unwrap();
+    assert_eq!(t.log_writer_priority(), WriterPriority::Idle);
+    assert!(
+        writer_policies().contains(&SCHED_IDLE),
+        "a writer thread at SCHED_IDLE: {:?}",
+        writer_policies()
+    );
+    t.on_finish(&finished("idle-1", vec![attempt("oai", "k1", None)], 200));
+    t.flush().await;
+    let (_, v) = admin(&t, "/admin/logs", "").await;
+    assert_eq!(v["data"][0]["id"], "idle-1");
+}
+
+#[tokio::test]
+async fn a_normal_priority_writer_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Telemetry::start(TelemetryConfig {
+        writer_priority: WriterPriority::Normal,
+        ..config(&dir)
+    })
+    .unwrap();
+    assert_eq!(t.log_writer_priority(), WriterPriority::Normal);
 }

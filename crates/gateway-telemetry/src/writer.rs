@@ -8,7 +8,8 @@
 //! retention every [`RETENTION_EVERY`]. It also runs the Prometheus recorder's upkeep every
 //! [`UPKEEP_EVERY`] (histogram samples are buffered until drained, and nothing else drains them
 //! when nobody scrapes `/metrics`). It stops when the last sender is dropped, after writing what is
-//! left.
+//! left. By default it runs at `SCHED_IDLE` ([`WriterPriority`]), so its bursts of SQLite work
+//! never hold a core that request work is waiting for.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -26,6 +27,7 @@ use tokio::sync::watch;
 use crate::record::LogEntry;
 use crate::store;
 use crate::time::now_ms;
+use crate::WriterPriority;
 
 /// Most records written in one transaction.
 pub const MAX_BATCH: usize = 512;
@@ -45,6 +47,8 @@ pub(crate) struct WriterSettings {
     pub(crate) conn: Connection,
     pub(crate) path: PathBuf,
     pub(crate) capacity: usize,
+    /// The priority asked for (and, on the thread, the one it got).
+    pub(crate) priority: WriterPriority,
     /// Where JSON lines go (stdout with `[logging] stdout = "json"`), if anywhere.
     pub(crate) json_lines: Option<Box<dyn std::io::Write + Send>>,
     pub(crate) log_content: bool,
@@ -65,6 +69,7 @@ pub(crate) struct LogWriter {
     dropped_n: AtomicU64,
     dropped: Counter,
     written: watch::Receiver<u64>,
+    priority: WriterPriority,
 }
 
 impl std::fmt::Debug for LogWriter {
@@ -72,26 +77,48 @@ impl std::fmt::Debug for LogWriter {
         f.debug_struct("LogWriter")
             .field("accepted", &self.accepted)
             .field("dropped", &self.dropped_n)
+            .field("priority", &self.priority)
             .finish_non_exhaustive()
     }
 }
 
 impl LogWriter {
-    /// Spawns the writer thread.
+    /// Spawns the writer thread, and waits until it has set its own priority.
     pub(crate) fn start(s: WriterSettings) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel(s.capacity.max(1));
         let (written_tx, written) = watch::channel(0u64);
+        let (ready_tx, ready) = sync_channel(1);
         let dropped = s.dropped.clone();
+        let asked = s.priority;
         std::thread::Builder::new()
             .name("gateway-log-writer".to_owned())
-            .spawn(move || run(s, rx, written_tx))?;
+            .spawn(move || {
+                let mut s = s;
+                s.priority = set_own_priority(asked);
+                let _ = ready_tx.send(s.priority);
+                run(s, rx, written_tx)
+            })?;
+        // The thread sends before anything else; a closed channel means it died at once.
+        let priority = ready.recv().unwrap_or(WriterPriority::Normal);
+        if priority != asked {
+            tracing::warn!(
+                asked = ?asked,
+                "the request-log writer could not lower its priority and runs at the process's own"
+            );
+        }
         Ok(LogWriter {
             tx,
             accepted: AtomicU64::new(0),
             dropped_n: AtomicU64::new(0),
             dropped,
             written,
+            priority,
         })
+    }
+
+    /// The priority the writer thread runs at.
+    pub(crate) fn priority(&self) -> WriterPriority {
+        self.priority
     }
 
     /// Queues a record, or drops and counts it when the queue is full. Never blocks.
@@ -120,12 +147,40 @@ impl LogWriter {
     }
 }
 
+/// Puts the calling thread at `asked` and returns the priority it ended up at.
+#[cfg(target_os = "linux")]
+fn set_own_priority(asked: WriterPriority) -> WriterPriority {
+    use thread_priority::{
+        set_thread_priority_and_policy, thread_native_id, thread_schedule_policy,
+        NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+    };
+    if asked == WriterPriority::Normal {
+        return WriterPriority::Normal;
+    }
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    // This also sets the thread's nice value to 0, which SCHED_IDLE ignores; that step fails
+    // without privilege when the process runs above 0, after the policy has changed. So the
+    // policy is read back rather than the result trusted.
+    let _ = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle);
+    if thread_schedule_policy().is_ok_and(|p| p == idle) {
+        WriterPriority::Idle
+    } else {
+        WriterPriority::Normal
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_own_priority(_asked: WriterPriority) -> WriterPriority {
+    WriterPriority::Normal
+}
+
 fn run(mut s: WriterSettings, rx: Receiver<Arc<RequestRecord>>, written: watch::Sender<u64>) {
     let mut done = 0u64;
     let mut last_retention: Option<Instant> = None;
     let retention = s.max_age_ms.is_some() || s.max_rows.is_some();
     let mut last_upkeep = Instant::now();
     let mut batch: Vec<LogEntry> = Vec::with_capacity(64);
+    let mut warned_behind: Option<Instant> = None;
     loop {
         if let Some(g) = &s.gate {
             drop(g.lock());
@@ -157,6 +212,17 @@ fn run(mut s: WriterSettings, rx: Receiver<Arc<RequestRecord>>, written: watch::
                 Ok(r) => batch.push(LogEntry::from_record(&r, s.log_content)),
                 Err(_) => break,
             }
+        }
+        if batch.len() == MAX_BATCH
+            && s.priority == WriterPriority::Idle
+            && warned_behind.is_none_or(|t| t.elapsed() >= RETENTION_EVERY)
+        {
+            warned_behind = Some(Instant::now());
+            tracing::warn!(
+                "the request-log writer is behind: at idle priority it only gets CPU time nothing \
+                 else wants; records are dropped once the queue is full \
+                 ([logging] writer_priority = \"normal\" trades tail latency for keeping up)"
+            );
         }
         if let Err(e) = store::insert_batch(&mut s.conn, &batch) {
             s.write_errors.increment(1);
