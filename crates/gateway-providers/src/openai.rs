@@ -895,6 +895,42 @@ fn skim_finish(sk: &mut Skim<'_>) -> Option<Option<FinishReason>> {
 /// One choice of an answer (text in `message`) or chunk (text in `delta`): its index, its finish
 /// reason and whether the text member was an object; `None` when anything in it refuses the
 /// pass-through.
+/// The members of a stream chunk for [`ChunkDecoder::pass_raw`], from the start (`resume` false)
+/// or from the value of `choices`: top-level ones into `light`, each choice's index and finish
+/// reason into `decoded`. Returns where the first `choices` value began, if there was one.
+fn chunk_members<'a>(
+    sk: &mut Skim<'a>,
+    resume: bool,
+    light: &mut Light<'a>,
+    decoded: &mut Vec<ChunkChoice>,
+) -> Option<Option<usize>> {
+    let mut choices_at = None;
+    let member = |sk: &mut Skim<'a>, key: &'a [u8]| -> Option<()> {
+        if key != b"choices" {
+            return light.member(sk, key);
+        }
+        choices_at.get_or_insert(sk.pos());
+        if sk.null() {
+            return Some(());
+        }
+        sk.array(|sk| {
+            let (index, finish_reason, _) = skim_choice(sk, b"delta")?;
+            decoded.push(ChunkChoice {
+                index,
+                delta: Delta::default(),
+                finish_reason,
+            });
+            Some(())
+        })
+    };
+    if resume {
+        sk.object_from(b"choices", member)?;
+    } else {
+        sk.object(member)?;
+    }
+    Some(choices_at)
+}
+
 fn skim_choice(sk: &mut Skim<'_>, text: &[u8]) -> Option<(u32, Option<FinishReason>, bool)> {
     let (mut index, mut finish, mut present) = (0, None, false);
     sk.object(|sk, key| match key {
@@ -1278,6 +1314,9 @@ pub struct ChunkDecoder {
     tool_calls_seen: u32,
     /// Pass chunks that need no normalisation on as they came ([`ChatChunk::raw`]).
     raw: bool,
+    /// The bytes before the `choices` value of the last chunk passed on as it came (empty when
+    /// there is none): a chunk that begins with them is skimmed from its choices on.
+    prefix: Vec<u8>,
 }
 
 impl ChunkDecoder {
@@ -1308,35 +1347,36 @@ impl ChunkDecoder {
         if ev.event.is_some() {
             return None;
         }
-        std::str::from_utf8(data).ok()?;
         let mut light = Light {
             skip_identity: !self.id.is_empty() && !self.model.is_empty() && self.created != 0,
             ..Light::default()
         };
         let mut decoded: Vec<ChunkChoice> = Vec::with_capacity(1);
-        let mut sk = Skim::new(data);
-        sk.object(|sk, key| {
-            match key {
-                b"choices" => {
-                    if !sk.null() {
-                        sk.array(|sk| {
-                            let (index, finish_reason, _) = skim_choice(sk, b"delta")?;
-                            let c = ChunkChoice {
-                                index,
-                                delta: Delta::default(),
-                                finish_reason,
-                            };
-                            decoded.push(c);
-                            Some(())
-                        })?;
-                    }
-                }
-                _ => light.member(sk, key)?,
-            }
-            Some(())
-        })?;
-        if !sk.at_end() || light.usage.is_some() || light.object == Some(&b"error"[..]) {
+        // Chunks of one stream usually begin with the same bytes up to their choices (id,
+        // object, created, model, fingerprint). When this one begins as the last passed one did,
+        // those members would be read to the same effect: the skim resumes at the choices.
+        let known = !self.prefix.is_empty() && data.starts_with(&self.prefix);
+        let choices_at = if known {
+            let at = self.prefix.len();
+            // The prefix ends with an ASCII `:` and was valid UTF-8: the rest decides.
+            std::str::from_utf8(&data[at..]).ok()?;
+            let mut sk = Skim::resumed(data, at);
+            let c = chunk_members(&mut sk, true, &mut light, &mut decoded)?;
+            sk.at_end().then_some(c)?
+        } else {
+            std::str::from_utf8(data).ok()?;
+            let mut sk = Skim::new(data);
+            let c = chunk_members(&mut sk, false, &mut light, &mut decoded)?;
+            sk.at_end().then_some(c)?
+        };
+        if light.usage.is_some() || light.object == Some(&b"error"[..]) {
             return None;
+        }
+        if !known {
+            self.prefix.clear();
+            if let Some(at) = choices_at {
+                self.prefix.extend_from_slice(&data[..at]);
+            }
         }
         if self.id.is_empty() {
             if let Some(id) = light.id.filter(|i| !i.is_empty()) {
@@ -1669,5 +1709,123 @@ mod tests {
             decode_vector(Value::String("AAA=".into())).is_err(),
             "3 bytes is not an f32"
         );
+    }
+}
+
+#[cfg(test)]
+mod prefix_resume_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn event(data: &str) -> SseEvent {
+        SseEvent {
+            event: None,
+            data: Bytes::from(data.to_owned()),
+            id: None,
+        }
+    }
+
+    /// What a decoder made of a stream: each event's result and chunks, then its end.
+    fn run(chunks: &[String], resume: bool) -> String {
+        let mut d = ChunkDecoder::raw();
+        let mut log = String::new();
+        for c in chunks {
+            if !resume {
+                d.prefix.clear();
+            }
+            let mut out = VecDeque::new();
+            let r = d.event(event(c), &mut out);
+            log.push_str(&format!("{r:?} {out:?}\n"));
+        }
+        let mut out = VecDeque::new();
+        let r = d.end(&mut out);
+        log.push_str(&format!("end {r:?} {out:?}"));
+        log
+    }
+
+    fn chunk() -> impl Strategy<Value = String> {
+        let head = prop_oneof![
+            Just(
+                r#"{"id":"c1","object":"chat.completion.chunk","created":5,"model":"m","system_fingerprint":"fp","choices":"#
+            ),
+            Just(
+                r#"{"id":"c2","object":"chat.completion.chunk","created":5,"model":"m","choices":"#
+            ),
+            Just(r#"{"id":"c1","object":"error","created":5,"model":"m","choices":"#),
+            Just(r#"{"id":"c1","usage":{"prompt_tokens":1,"completion_tokens":2},"choices":"#),
+            Just(r#"{ "id" : "c1" , "choices" :"#),
+            Just(r#"{"choices":"#),
+            Just(r#"{"id":"c\u0031","model":"m","choices":"#),
+        ];
+        let choices = prop_oneof![
+            Just(r#"[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]"#),
+            Just(r#"[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]"#),
+            Just(r#"[{"index":0,"delta":{},"finish_reason":"stop"}]"#),
+            Just(r#"[{"index":1,"delta":{"content":"x"},"finish_reason":"weird"}]"#),
+            Just(
+                r#"[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"t","type":"function","function":{"name":"f","arguments":"{}"}}]},"finish_reason":null}]"#
+            ),
+            Just("[]"),
+            Just("null"),
+        ];
+        let tail = prop_oneof![
+            Just("}"),
+            Just(r#","usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#),
+            Just(r#","error":{"message":"boom"}}"#),
+            Just(r#","id":"zz","model":"other"}"#),
+            Just(r#","choices":[{"index":2,"delta":{"content":"y"},"finish_reason":"length"}]}"#),
+            Just(r#","x":1}"#),
+            Just(r#"} trailing"#),
+        ];
+        (
+            head,
+            choices,
+            tail,
+            any::<prop::sample::Index>(),
+            any::<u8>(),
+            any::<bool>(),
+        )
+            .prop_map(|(h, c, t, at, byte, corrupt)| {
+                let mut b = format!("{h}{c}{t}").into_bytes();
+                if corrupt {
+                    let i = at.index(b.len());
+                    b[i] = byte;
+                }
+                String::from_utf8_lossy(&b).into_owned()
+            })
+    }
+
+    proptest! {
+        /// Resuming at the choices of a chunk that begins as the last passed one did decides
+        /// every chunk as reading it whole does.
+        #[test]
+        fn resuming_at_the_choices_changes_nothing(chunks in proptest::collection::vec(chunk(), 1..8)) {
+            prop_assert_eq!(run(&chunks, true), run(&chunks, false));
+        }
+    }
+
+    #[test]
+    fn a_repeated_prefix_is_resumed_and_a_changed_one_is_read_whole() {
+        let a = r#"{"id":"c1","object":"chat.completion.chunk","created":5,"model":"m","choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}]}"#;
+        let b = r#"{"id":"c1","object":"chat.completion.chunk","created":5,"model":"m","choices":[{"index":0,"delta":{"content":"b"},"finish_reason":"stop"}]}"#;
+        let mut d = ChunkDecoder::raw();
+        let mut out = VecDeque::new();
+        d.event(event(a), &mut out).unwrap();
+        let cut = a.find(r#""choices":"#).unwrap() + r#""choices":"#.len();
+        assert_eq!(
+            d.prefix,
+            a.as_bytes()[..cut],
+            "the bytes before the choices are kept"
+        );
+        d.event(event(b), &mut out).unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].raw.as_deref(), Some(b.as_bytes()));
+        assert_eq!(out[1].choices[0].finish_reason, Some(FinishReason::Stop));
+        assert!(d.finished);
+        // The same prefix with usage after the choices is not passed: it is decoded whole.
+        let with_usage = r#"{"id":"c1","object":"chat.completion.chunk","created":5,"model":"m","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#;
+        d.event(event(with_usage), &mut out).unwrap();
+        assert_eq!(out.len(), 2, "usage is held for the end");
+        assert_eq!(d.usage.map(|u| u.total_tokens), Some(3));
     }
 }

@@ -21,6 +21,15 @@ impl<'a> Skim<'a> {
         Skim { b, i: 0 }
     }
 
+    /// A cursor at byte `at` of `b`, for a caller that knows where a skim of the bytes before it
+    /// stood (they are a prefix of a document it skimmed before; [`Skim::object_from`]).
+    pub(crate) fn resumed(b: &'a [u8], at: usize) -> Self {
+        Skim {
+            b,
+            i: at.min(b.len()),
+        }
+    }
+
     fn ws(&mut self) {
         while let Some(c) = self.b.get(self.i) {
             if matches!(c, b' ' | b'\n' | b'\r' | b'\t') {
@@ -207,21 +216,40 @@ impl<'a> Skim<'a> {
     fn members(
         &mut self,
         escaped_keys: bool,
-        mut member: impl FnMut(&mut Self, &'a [u8]) -> Option<()>,
+        member: impl FnMut(&mut Self, &'a [u8]) -> Option<()>,
     ) -> Option<()> {
         self.eat(b'{')?;
         if self.eat(b'}').is_some() {
             return Some(());
         }
+        let key = self.key(escaped_keys)?;
+        self.members_from(key, escaped_keys, member)
+    }
+
+    /// A member's key and the `:` after it.
+    fn key(&mut self, escaped_keys: bool) -> Option<&'a [u8]> {
+        let (key, escaped) = self.string()?;
+        if escaped && !escaped_keys {
+            return None;
+        }
+        self.eat(b':')?;
+        Some(key)
+    }
+
+    /// The rest of an object, from the value of its member `key` on.
+    fn members_from(
+        &mut self,
+        mut key: &'a [u8],
+        escaped_keys: bool,
+        mut member: impl FnMut(&mut Self, &'a [u8]) -> Option<()>,
+    ) -> Option<()> {
         loop {
-            let (key, escaped) = self.string()?;
-            if escaped && !escaped_keys {
-                return None;
-            }
-            self.eat(b':')?;
             member(self, key)?;
             match self.peek()? {
-                b',' => self.i += 1,
+                b',' => {
+                    self.i += 1;
+                    key = self.key(escaped_keys)?;
+                }
                 b'}' => {
                     self.i += 1;
                     return Some(());
@@ -229,6 +257,22 @@ impl<'a> Skim<'a> {
                 _ => return None,
             }
         }
+    }
+
+    /// Resumes an object on the value of its member `key`, as [`Skim::object`] would be there
+    /// had it read the bytes before the cursor: for a document that shares those bytes with one
+    /// already skimmed (see [`Skim::resumed`]).
+    pub(crate) fn object_from(
+        &mut self,
+        key: &'a [u8],
+        member: impl FnMut(&mut Self, &'a [u8]) -> Option<()>,
+    ) -> Option<()> {
+        self.members_from(key, false, member)
+    }
+
+    /// Where the cursor is: a byte offset into the document.
+    pub(crate) fn pos(&self) -> usize {
+        self.i
     }
 
     /// An array: `element` is called with the cursor on each element and must consume it.
