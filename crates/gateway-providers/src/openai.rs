@@ -897,12 +897,14 @@ fn skim_finish(sk: &mut Skim<'_>) -> Option<Option<FinishReason>> {
 /// pass-through.
 /// The members of a stream chunk for [`ChunkDecoder::pass_raw`], from the start (`resume` false)
 /// or from the value of `choices`: top-level ones into `light`, each choice's index and finish
-/// reason into `decoded`. Returns where the first `choices` value began, if there was one.
+/// reason into `decoded`, its string-valued texts into `spans`. Returns where the first `choices`
+/// value began, if there was one.
 fn chunk_members<'a>(
     sk: &mut Skim<'a>,
     resume: bool,
     light: &mut Light<'a>,
     decoded: &mut Vec<ChunkChoice>,
+    spans: &mut TextSpans,
 ) -> Option<Option<usize>> {
     let mut choices_at = None;
     let member = |sk: &mut Skim<'a>, key: &'a [u8]| -> Option<()> {
@@ -914,7 +916,7 @@ fn chunk_members<'a>(
             return Some(());
         }
         sk.array(|sk| {
-            let (index, finish_reason, _) = skim_choice(sk, b"delta")?;
+            let (index, finish_reason, _) = skim_choice(sk, b"delta", spans)?;
             decoded.push(ChunkChoice {
                 index,
                 delta: Delta::default(),
@@ -931,7 +933,26 @@ fn chunk_members<'a>(
     Some(choices_at)
 }
 
-fn skim_choice(sk: &mut Skim<'_>, text: &[u8]) -> Option<(u32, Option<FinishReason>, bool)> {
+/// The string-valued text members (`content`, `refusal`, `reasoning_content`) a skim crossed:
+/// how many, and the span of the last one (from its opening quote to past its closing one).
+#[derive(Debug, Default, Clone, Copy)]
+struct TextSpans {
+    count: u32,
+    last: (usize, usize),
+}
+
+impl TextSpans {
+    /// The span of the only string-valued text member, if there was exactly one.
+    fn only(&self) -> Option<(usize, usize)> {
+        (self.count == 1).then_some(self.last)
+    }
+}
+
+fn skim_choice(
+    sk: &mut Skim<'_>,
+    text: &[u8],
+    spans: &mut TextSpans,
+) -> Option<(u32, Option<FinishReason>, bool)> {
     let (mut index, mut finish, mut present) = (0, None, false);
     sk.object(|sk, key| match key {
         b"index" => {
@@ -944,7 +965,7 @@ fn skim_choice(sk: &mut Skim<'_>, text: &[u8]) -> Option<(u32, Option<FinishReas
         }
         k if k == text => {
             present = sk.peek()? == b'{';
-            skim_text_message(sk)
+            skim_text_message(sk, spans)
         }
         _ => sk.skip(),
     })?;
@@ -953,7 +974,7 @@ fn skim_choice(sk: &mut Skim<'_>, text: &[u8]) -> Option<(u32, Option<FinishReas
 
 /// A message or delta of assistant text only: any other member (tool calls, a `reasoning`
 /// object, audio...) refuses it.
-fn skim_text_message(sk: &mut Skim<'_>) -> Option<()> {
+fn skim_text_message(sk: &mut Skim<'_>, spans: &mut TextSpans) -> Option<()> {
     if sk.null() {
         return Some(());
     }
@@ -965,7 +986,17 @@ fn skim_text_message(sk: &mut Skim<'_>) -> Option<()> {
                 None
             }
         }
-        b"content" | b"refusal" | b"annotations" | b"reasoning_content" => sk.skip(),
+        b"content" | b"refusal" | b"reasoning_content" => {
+            let string = sk.peek()? == b'"';
+            let start = sk.pos();
+            sk.skip()?;
+            if string {
+                spans.count += 1;
+                spans.last = (start, sk.pos());
+            }
+            Some(())
+        }
+        b"annotations" => sk.skip(),
         _ => None,
     })
 }
@@ -1018,7 +1049,8 @@ fn light_response(body: &Bytes) -> Option<ChatResponse> {
                 }
             }
             b"choices" => sk.array(|sk| {
-                let (index, finish_reason, has_message) = skim_choice(sk, b"message")?;
+                let (index, finish_reason, has_message) =
+                    skim_choice(sk, b"message", &mut TextSpans::default())?;
                 let c = Choice {
                     index,
                     message: Message {
@@ -1317,6 +1349,12 @@ pub struct ChunkDecoder {
     /// The bytes before the `choices` value of the last chunk passed on as it came (empty when
     /// there is none): a chunk that begins with them is skimmed from its choices on.
     prefix: Vec<u8>,
+    /// The last chunk passed on as it came if it had one choice with one string-valued text
+    /// (empty otherwise), that string's span in it, and its choices: a chunk that is the same but
+    /// for that string is passed on with the same choices, the string alone checked.
+    template: Vec<u8>,
+    hole: (usize, usize),
+    template_choices: Vec<ChunkChoice>,
 }
 
 impl ChunkDecoder {
@@ -1347,11 +1385,27 @@ impl ChunkDecoder {
         if ev.event.is_some() {
             return None;
         }
+        if let Some(choices) = self.same_but_text(data) {
+            if choices.iter().any(|c| c.finish_reason.is_some()) {
+                self.finished = true;
+            }
+            out.push_back(ChatChunk {
+                id: String::new(),
+                object: String::new(),
+                created: self.created,
+                model: String::new(),
+                choices,
+                usage: None,
+                raw: Some(ev.data.slice_ref(data)),
+            });
+            return Some(());
+        }
         let mut light = Light {
             skip_identity: !self.id.is_empty() && !self.model.is_empty() && self.created != 0,
             ..Light::default()
         };
         let mut decoded: Vec<ChunkChoice> = Vec::with_capacity(1);
+        let mut spans = TextSpans::default();
         // Chunks of one stream usually begin with the same bytes up to their choices (id,
         // object, created, model, fingerprint). When this one begins as the last passed one did,
         // those members would be read to the same effect: the skim resumes at the choices.
@@ -1361,12 +1415,12 @@ impl ChunkDecoder {
             // The prefix ends with an ASCII `:` and was valid UTF-8: the rest decides.
             std::str::from_utf8(&data[at..]).ok()?;
             let mut sk = Skim::resumed(data, at);
-            let c = chunk_members(&mut sk, true, &mut light, &mut decoded)?;
+            let c = chunk_members(&mut sk, true, &mut light, &mut decoded, &mut spans)?;
             sk.at_end().then_some(c)?
         } else {
             std::str::from_utf8(data).ok()?;
             let mut sk = Skim::new(data);
-            let c = chunk_members(&mut sk, false, &mut light, &mut decoded)?;
+            let c = chunk_members(&mut sk, false, &mut light, &mut decoded, &mut spans)?;
             sk.at_end().then_some(c)?
         };
         if light.usage.is_some() || light.object == Some(&b"error"[..]) {
@@ -1377,6 +1431,15 @@ impl ChunkDecoder {
             if let Some(at) = choices_at {
                 self.prefix.extend_from_slice(&data[..at]);
             }
+        }
+        match spans.only().filter(|_| decoded.len() == 1) {
+            Some(hole) => {
+                self.template.clear();
+                self.template.extend_from_slice(data);
+                self.hole = hole;
+                self.template_choices.clone_from(&decoded);
+            }
+            None => self.template.clear(),
         }
         if self.id.is_empty() {
             if let Some(id) = light.id.filter(|i| !i.is_empty()) {
@@ -1407,6 +1470,30 @@ impl ChunkDecoder {
             raw: Some(ev.data.slice_ref(data)),
         });
         Some(())
+    }
+
+    /// The choices of [`ChunkDecoder::template`] if `data` is that chunk with another valid
+    /// string in the hole. Everything else a skim would read is the same bytes, already read to
+    /// the same effect: the skim of a string does not depend on what it says.
+    fn same_but_text(&self, data: &[u8]) -> Option<Vec<ChunkChoice>> {
+        if self.template.is_empty() {
+            return None;
+        }
+        let (start, end) = self.hole;
+        let tail = self.template.get(end..)?;
+        let mid_end = data.len().checked_sub(tail.len())?;
+        if mid_end < start + 2
+            || !data.ends_with(tail)
+            || !data.starts_with(self.template.get(..start)?)
+        {
+            return None;
+        }
+        let mid = &data[start..mid_end];
+        // The hole begins and ends at an ASCII quote: this string decides the document's UTF-8.
+        std::str::from_utf8(mid).ok()?;
+        let mut sk = Skim::new(mid);
+        sk.string()?;
+        (sk.pos() == mid.len()).then(|| self.template_choices.clone())
     }
 
     fn flush_usage(&mut self, out: &mut VecDeque<ChatChunk>) {
@@ -1732,6 +1819,7 @@ mod prefix_resume_tests {
         for c in chunks {
             if !resume {
                 d.prefix.clear();
+                d.template.clear();
             }
             let mut out = VecDeque::new();
             let r = d.event(event(c), &mut out);
@@ -1743,7 +1831,7 @@ mod prefix_resume_tests {
         log
     }
 
-    fn chunk() -> impl Strategy<Value = String> {
+    fn stream() -> impl Strategy<Value = Vec<String>> {
         let head = prop_oneof![
             Just(
                 r#"{"id":"c1","object":"chat.completion.chunk","created":5,"model":"m","system_fingerprint":"fp","choices":"#
@@ -1757,16 +1845,36 @@ mod prefix_resume_tests {
             Just(r#"{"choices":"#),
             Just(r#"{"id":"c\u0031","model":"m","choices":"#),
         ];
+        // Texts that vary from chunk to chunk, escaped as JSON or put in raw (quotes, backslashes
+        // and control characters then break the document).
+        let text =
+            ("[a-z \"\\\\\u{1}\n\u{e9}\u{1f422}]{0,6}", any::<bool>()).prop_map(|(t, escape)| {
+                if escape {
+                    serde_json::to_string(&t).unwrap()
+                } else {
+                    format!("\"{t}\"")
+                }
+            });
+        let varying = (text, 0u8..4).prop_map(|(t, shape)| match shape {
+            0 => format!(r#"[{{"index":0,"delta":{{"content":{t}}},"logprobs":null,"finish_reason":null}}]"#),
+            1 => format!(r#"[{{"index":0,"delta":{{"reasoning_content":{t},"content":null}},"finish_reason":null}}]"#),
+            2 => format!(r#"[{{"index":0,"delta":{{"content":{t},"refusal":{t}}},"finish_reason":null}}]"#),
+            _ => format!(r#"[{{"index":0,"delta":{{"content":{t}}},"finish_reason":null}},{{"index":1,"delta":{{"content":{t}}},"finish_reason":null}}]"#),
+        });
         let choices = prop_oneof![
-            Just(r#"[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]"#),
-            Just(r#"[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]"#),
-            Just(r#"[{"index":0,"delta":{},"finish_reason":"stop"}]"#),
-            Just(r#"[{"index":1,"delta":{"content":"x"},"finish_reason":"weird"}]"#),
+            varying.clone(),
+            varying.clone(),
+            varying,
+            Just(r#"[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]"#.to_owned()),
+            Just(r#"[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]"#.to_owned()),
+            Just(r#"[{"index":0,"delta":{},"finish_reason":"stop"}]"#.to_owned()),
+            Just(r#"[{"index":1,"delta":{"content":"x"},"finish_reason":"weird"}]"#.to_owned()),
             Just(
                 r#"[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"t","type":"function","function":{"name":"f","arguments":"{}"}}]},"finish_reason":null}]"#
+                    .to_owned()
             ),
-            Just("[]"),
-            Just("null"),
+            Just("[]".to_owned()),
+            Just("null".to_owned()),
         ];
         let tail = prop_oneof![
             Just("}"),
@@ -1777,31 +1885,63 @@ mod prefix_resume_tests {
             Just(r#","x":1}"#),
             Just(r#"} trailing"#),
         ];
-        (
-            head,
+        // Most chunks of a stream share its head and tail; some differ.
+        let part = (
+            proptest::option::weighted(0.2, head.clone()),
             choices,
-            tail,
+            proptest::option::weighted(0.2, tail.clone()),
             any::<prop::sample::Index>(),
             any::<u8>(),
-            any::<bool>(),
-        )
-            .prop_map(|(h, c, t, at, byte, corrupt)| {
-                let mut b = format!("{h}{c}{t}").into_bytes();
-                if corrupt {
-                    let i = at.index(b.len());
-                    b[i] = byte;
-                }
-                String::from_utf8_lossy(&b).into_owned()
-            })
+            proptest::bool::weighted(0.15),
+        );
+        (head, tail, proptest::collection::vec(part, 1..10)).prop_map(|(head, tail, parts)| {
+            parts
+                .into_iter()
+                .map(|(h, c, t, at, byte, corrupt)| {
+                    let mut b =
+                        format!("{}{c}{}", h.unwrap_or(head), t.unwrap_or(tail)).into_bytes();
+                    if corrupt {
+                        let i = at.index(b.len());
+                        b[i] = byte;
+                    }
+                    String::from_utf8_lossy(&b).into_owned()
+                })
+                .collect()
+        })
     }
 
     proptest! {
-        /// Resuming at the choices of a chunk that begins as the last passed one did decides
-        /// every chunk as reading it whole does.
+        /// Resuming at the choices of a chunk that begins as the last passed one did, and
+        /// passing a chunk that is the last passed one but for its text, decide every chunk as
+        /// reading it whole does.
         #[test]
-        fn resuming_at_the_choices_changes_nothing(chunks in proptest::collection::vec(chunk(), 1..8)) {
+        fn resuming_at_the_choices_changes_nothing(chunks in stream()) {
             prop_assert_eq!(run(&chunks, true), run(&chunks, false));
         }
+    }
+
+    #[test]
+    fn a_chunk_that_differs_only_in_its_text_takes_the_last_ones_choices() {
+        let chunk = |text: &str| {
+            format!(
+                r#"{{"id":"c1","object":"chat.completion.chunk","created":5,"model":"m","choices":[{{"index":3,"delta":{{"content":{text}}},"logprobs":null,"finish_reason":null}}]}}"#
+            )
+        };
+        let mut d = ChunkDecoder::raw();
+        let mut out = VecDeque::new();
+        d.event(event(&chunk(r#""one""#)), &mut out).unwrap();
+        let first = chunk(r#""one""#);
+        let at = first.find(r#""one""#).unwrap();
+        assert_eq!(d.hole, (at, at + 5), "the text's span, quotes included");
+        let second = chunk(r#""two \"quoted\" \u00e9 🐢""#);
+        d.event(event(&second), &mut out).unwrap();
+        assert_eq!(out[1].raw.as_deref(), Some(second.as_bytes()));
+        assert_eq!(out[1].choices.len(), 1);
+        assert_eq!(out[1].choices[0].index, 3);
+        // A bare quote in the text is not a string: the chunk is read whole, and refused.
+        let broken = chunk(r#""a"b""#);
+        assert!(d.event(event(&broken), &mut out).is_err());
+        assert_eq!(out.len(), 2);
     }
 
     #[test]
