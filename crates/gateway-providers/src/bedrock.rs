@@ -49,7 +49,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::eventstream::{Frame, FrameDecoder};
 use crate::gemini::unix_now;
-use crate::http::{header_value, join_url, json_request, Body, HttpClient};
+use crate::http::{bearer, header_value, join_url, json_request, Body, HttpClient};
 use crate::openai::push_traceparent;
 use crate::stream::{decode_stream, StreamDecoder};
 
@@ -1108,10 +1108,7 @@ impl BedrockProvider {
         push_traceparent(&mut extra, call)?;
         match call.credential.as_ref() {
             Credential::ApiKey(key) => {
-                extra.push((
-                    AUTHORIZATION,
-                    header_value(&format!("Bearer {}", key.expose()), true)?,
-                ));
+                extra.push((AUTHORIZATION, bearer(key.expose())?));
                 json_request(Method::POST, url, &extra, body)
             }
             Credential::Aws {

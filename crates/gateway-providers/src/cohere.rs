@@ -42,7 +42,7 @@ use serde_json::{json, Map, Value};
 use crate::classify::{classify_details, parse_error_body};
 use crate::gemini::unix_now;
 use crate::headers::rate_limit_info;
-use crate::http::{header_value, join_url, json_request, HttpClient};
+use crate::http::{bearer, join_url, json_request, HttpClient};
 use crate::openai::{accept_event_stream, push_traceparent, unsupported_credential};
 use crate::sse::{SseEvent, SseStream};
 use crate::stream::{decode_stream, StreamDecoder};
@@ -681,10 +681,7 @@ impl CohereProvider {
     fn headers(&self, call: &Call) -> Result<Vec<(HeaderName, HeaderValue)>, ProviderError> {
         let mut headers = Vec::with_capacity(2);
         match call.credential.as_ref() {
-            Credential::ApiKey(key) => headers.push((
-                AUTHORIZATION,
-                header_value(&format!("Bearer {}", key.expose()), true)?,
-            )),
+            Credential::ApiKey(key) => headers.push((AUTHORIZATION, bearer(key.expose())?)),
             other => return Err(unsupported_credential("cohere", other)),
         }
         push_traceparent(&mut headers, call)?;

@@ -32,7 +32,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use gateway_core::ProviderError;
 use http::header::{
-    HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE, PROXY_AUTHORIZATION, USER_AGENT,
+    HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE, HOST, PROXY_AUTHORIZATION, USER_AGENT,
 };
 use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body_util::{BodyExt, Full, Limited};
@@ -320,11 +320,41 @@ pub fn json_request(
     let mut req = builder
         .body(Full::new(body))
         .map_err(|e| ProviderError::Protocol(format!("building request to {url}: {e}")))?;
+    if let Some(host) = host_value(req.uri()) {
+        req.headers_mut().insert(HOST, host);
+    }
     let map = req.headers_mut();
     for (name, value) in headers {
         map.insert(name.clone(), value.clone());
     }
     Ok(req)
+}
+
+/// `Authorization: Bearer <key>`, marked sensitive.
+pub fn bearer(key: &str) -> Result<HeaderValue, ProviderError> {
+    let mut v = Vec::with_capacity(7 + key.len());
+    v.extend_from_slice(b"Bearer ");
+    v.extend_from_slice(key.as_bytes());
+    let mut v = HeaderValue::from_maybe_shared(Bytes::from(v))
+        .map_err(|_| ProviderError::Protocol("header value contains invalid characters".into()))?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// The `Host` header hyper-util's client would add (the URL's host, with its port unless it is
+/// the scheme's default), set beforehand so the client does not build it with `format!` on
+/// every request.
+fn host_value(uri: &Uri) -> Option<HeaderValue> {
+    let authority = uri.authority()?;
+    let default_port = matches!(
+        (uri.scheme_str(), authority.port_u16()),
+        (Some("http"), Some(80)) | (Some("https"), Some(443))
+    );
+    let value = match authority.port_u16() {
+        Some(_) if !default_port => authority.as_str().rsplit('@').next()?,
+        _ => authority.host(),
+    };
+    HeaderValue::from_str(value).ok()
 }
 
 /// A header value from a string, rejecting control characters; marked sensitive when asked.
@@ -554,6 +584,29 @@ impl Write for Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_header_is_the_host_and_any_port_but_the_default() {
+        let host = |url: &str| {
+            let req = json_request(Method::POST, url, &[], Bytes::new()).unwrap();
+            req.headers()[HOST].to_str().unwrap().to_owned()
+        };
+        assert_eq!(host("http://127.0.0.1:8080/v1/chat"), "127.0.0.1:8080");
+        assert_eq!(host("https://api.openai.com/v1/chat"), "api.openai.com");
+        assert_eq!(host("https://api.openai.com:443/v1"), "api.openai.com");
+        assert_eq!(host("http://h:80/v1"), "h");
+        assert_eq!(host("http://h:443/v1"), "h:443");
+        assert_eq!(host("http://[::1]:9000/v1"), "[::1]:9000");
+        assert_eq!(host("http://user:pw@h:81/v1"), "h:81");
+    }
+
+    #[test]
+    fn a_bearer_value_is_sensitive_and_refuses_control_characters() {
+        let v = bearer("sk-abc").unwrap();
+        assert_eq!(v.to_str().unwrap(), "Bearer sk-abc");
+        assert!(v.is_sensitive());
+        assert!(bearer("sk\nx").is_err());
+    }
 
     #[test]
     fn join_keeps_prefix() {

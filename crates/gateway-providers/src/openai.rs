@@ -35,7 +35,9 @@ use serde_json::{Map, Value};
 use crate::classify::{classify, classify_stream_error};
 use crate::escape;
 use crate::headers::rate_limit_info;
-use crate::http::{header_value, join_url, json_request, read_body, HttpClient, DEFAULT_MAX_BODY};
+use crate::http::{
+    bearer, header_value, join_url, json_request, read_body, HttpClient, DEFAULT_MAX_BODY,
+};
 use crate::skim::Skim;
 use crate::sse::{SseEvent, SseStream};
 use crate::stream::{decode_stream, response_to_chunks, StreamDecoder};
@@ -108,10 +110,9 @@ impl OpenAiProvider {
     ) -> Result<Vec<(HeaderName, HeaderValue)>, ProviderError> {
         let mut headers = self.headers.to_vec();
         match call.credential.as_ref() {
-            Credential::ApiKey(key) if !key.is_empty() => headers.push((
-                AUTHORIZATION,
-                header_value(&format!("Bearer {}", key.expose()), true)?,
-            )),
+            Credential::ApiKey(key) if !key.is_empty() => {
+                headers.push((AUTHORIZATION, bearer(key.expose())?))
+            }
             Credential::ApiKey(_) | Credential::None => {}
             other => return Err(unsupported_credential(&self.kind, other)),
         }

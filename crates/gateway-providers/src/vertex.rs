@@ -47,7 +47,7 @@ use crate::gemini::{
     classify_vertex, decode_response, encode_request, parse_response, to_bytes, unix_now,
     GeminiStream, GoogleApi, SignatureStore,
 };
-use crate::http::{header_value, join_url, json_request, HttpClient};
+use crate::http::{bearer, join_url, json_request, HttpClient};
 use crate::openai::{accept_event_stream, push_traceparent, unsupported_credential};
 use crate::sse::SseStream;
 use crate::stream::decode_stream;
@@ -441,10 +441,7 @@ impl VertexProvider {
         call: &Call,
         token: &Secret,
     ) -> Result<Vec<(HeaderName, HeaderValue)>, ProviderError> {
-        let mut headers = vec![(
-            AUTHORIZATION,
-            header_value(&format!("Bearer {}", token.expose()), true)?,
-        )];
+        let mut headers = vec![(AUTHORIZATION, bearer(token.expose())?)];
         push_traceparent(&mut headers, call)?;
         Ok(headers)
     }

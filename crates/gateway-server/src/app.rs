@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures_core::Stream;
 use gateway_core::extend::{AdminRoutes, Free, Pricing};
+use gateway_core::observe::hex_digits;
 use gateway_core::types::{ChatRequest, Usage};
 use gateway_core::{
     Admission, AdmissionRequest, AllowAll, Engine, EngineStream, Failure, Observer, Permit,
@@ -235,8 +236,8 @@ impl Gateway {
         // `req_`, 12 random hex digits, 6 of a counter.
         let mut id = [0u8; 22];
         id[..4].copy_from_slice(b"req_");
-        hex_digits(&mut id[4..16], fastrand::u64(..) >> 16);
-        hex_digits(&mut id[16..], n);
+        hex_digits(&mut id[4..16], u128::from(fastrand::u64(..) >> 16));
+        hex_digits(&mut id[16..], u128::from(n));
         Arc::from(std::str::from_utf8(&id).unwrap_or("req_unknown"))
     }
 
@@ -815,15 +816,6 @@ fn percent_decode(s: &str) -> String {
         .into_owned()
 }
 
-/// Writes the low `out.len()` hex digits of `v` into `out`, most significant first.
-fn hex_digits(out: &mut [u8], mut v: u64) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for b in out.iter_mut().rev() {
-        *b = HEX[(v & 0xf) as usize];
-        v >>= 4;
-    }
-}
-
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -844,11 +836,43 @@ fn served_headers(h: &mut HeaderMap, provider: &str, model: &str, attempts: usiz
         h.insert(X_GATEWAY_MODEL.clone(), v);
     }
     h.insert(X_GATEWAY_ATTEMPTS.clone(), HeaderValue::from(attempts));
-    if cost > 0.0 {
-        if let Ok(v) = HeaderValue::from_str(&format!("{cost:.8}")) {
-            h.insert(X_GATEWAY_COST.clone(), v);
+    if let Some(v) = cost_value(cost) {
+        h.insert(X_GATEWAY_COST.clone(), v);
+    }
+}
+
+/// A positive cost in USD with eight decimals (`0.00012345`), without `format!` for the common
+/// magnitudes: rounded at the eighth decimal from `cost × 10⁸`, which can differ from exact
+/// decimal rounding by one in that last digit.
+fn cost_value(cost: f64) -> Option<HeaderValue> {
+    if !(cost > 0.0 && cost.is_finite()) {
+        return None;
+    }
+    let scaled = (cost * 1e8).round();
+    if scaled >= 1e17 {
+        return HeaderValue::from_str(&format!("{cost:.8}")).ok();
+    }
+    // Below 10¹⁷ the cast is exact and the whole part has at most nine digits.
+    let n = scaled as u64;
+    let (whole, frac) = (n / 100_000_000, n % 100_000_000);
+    let mut buf = [0u8; 18];
+    let mut at = 9;
+    let mut w = whole;
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (w % 10) as u8;
+        w /= 10;
+        if w == 0 {
+            break;
         }
     }
+    buf[9] = b'.';
+    let mut f = frac;
+    for b in buf[10..].iter_mut().rev() {
+        *b = b'0' + (f % 10) as u8;
+        f /= 10;
+    }
+    HeaderValue::from_bytes(&buf[at..]).ok()
 }
 
 fn bytes_response(status: u16, body: Bytes) -> Response<Body> {
@@ -1151,6 +1175,32 @@ mod tests {
     /// A burst of chunks ready at once: the first goes out alone, then the body yields once so
     /// that hyper writes it, then the rest go out together.
     #[test]
+    fn cost_values_have_eight_decimals_as_format_writes_them() {
+        let text = |c: f64| cost_value(c).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(text(0.000_123_45).as_deref(), Some("0.00012345"));
+        assert_eq!(text(1.5).as_deref(), Some("1.50000000"));
+        assert_eq!(text(0.000_000_004).as_deref(), Some("0.00000000"));
+        assert_eq!(text(987_654_321.25).as_deref(), Some("987654321.25000000"));
+        assert_eq!(
+            text(2e10).as_deref(),
+            Some("20000000000.00000000"),
+            "large: format!"
+        );
+        for c in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert_eq!(text(c), None, "{c}");
+        }
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..20_000 {
+            let c = rng.f64() * 10f64.powi(rng.i32(-9..6));
+            let (ours, std) = (text(c).unwrap(), format!("{c:.8}"));
+            // Rounding `c × 10⁸` rather than `c` may move the last digit by one.
+            let gap = (ours.parse::<f64>().unwrap() - std.parse::<f64>().unwrap()).abs();
+            assert!(ours == std || gap < 1.5e-8, "{c}: {ours} vs {std}");
+            assert_eq!(ours.split('.').nth(1).map(str::len), Some(8), "{ours}");
+        }
+    }
+
+    #[test]
     fn the_first_chunk_of_a_burst_is_flushed_on_its_own() {
         let mut p = Polled::new(vec![chunk("a"), chunk("b"), chunk("c")]);
         assert_eq!(p.data(), "data: {\"t\":\"a\"}\n\n");
@@ -1178,18 +1228,5 @@ mod tests {
         assert_eq!(p.data(), "data: {\"t\":\"a\"}\n\n");
         assert!(p.poll().is_pending());
         assert_eq!(p.data(), "data: {\"t\":\"b\"}\n\ndata: [DONE]\n\n");
-    }
-
-    #[test]
-    fn hex_digits_writes_the_low_digits_most_significant_first() {
-        let mut out = [0u8; 6];
-        hex_digits(&mut out, 0x1234_5678_9abc);
-        assert_eq!(&out, b"789abc");
-        let mut out = [0u8; 12];
-        hex_digits(&mut out, 0xab);
-        assert_eq!(&out, b"0000000000ab");
-        let mut out = [0u8; 4];
-        hex_digits(&mut out, u64::MAX);
-        assert_eq!(&out, b"ffff");
     }
 }
