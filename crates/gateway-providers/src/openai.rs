@@ -1387,18 +1387,7 @@ impl ChunkDecoder {
             return None;
         }
         if let Some(choices) = self.same_but_text(data) {
-            if choices.iter().any(|c| c.finish_reason.is_some()) {
-                self.finished = true;
-            }
-            out.push_back(ChatChunk {
-                id: String::new(),
-                object: String::new(),
-                created: self.created,
-                model: String::new(),
-                choices,
-                usage: None,
-                raw: Some(ev.data.slice_ref(data)),
-            });
+            self.push_raw(ev, data, choices, out);
             return Some(());
         }
         let mut light = Light {
@@ -1455,10 +1444,21 @@ impl ChunkDecoder {
         if self.created == 0 {
             self.created = light.created.unwrap_or(0);
         }
-        if decoded.is_empty() {
-            return Some(());
+        if !decoded.is_empty() {
+            self.push_raw(ev, data, decoded, out);
         }
-        if decoded.iter().any(|c| c.finish_reason.is_some()) {
+        Some(())
+    }
+
+    /// Queues `data` (a slice of `ev`) to go out as it came, with the choices read from it.
+    fn push_raw(
+        &mut self,
+        ev: &SseEvent,
+        data: &[u8],
+        choices: Vec<ChunkChoice>,
+        out: &mut VecDeque<ChatChunk>,
+    ) {
+        if choices.iter().any(|c| c.finish_reason.is_some()) {
             self.finished = true;
         }
         out.push_back(ChatChunk {
@@ -1466,11 +1466,10 @@ impl ChunkDecoder {
             object: String::new(),
             created: self.created,
             model: String::new(),
-            choices: decoded,
+            choices,
             usage: None,
             raw: Some(ev.data.slice_ref(data)),
         });
-        Some(())
     }
 
     /// The choices of [`ChunkDecoder::template`] if `data` is that chunk with another valid
