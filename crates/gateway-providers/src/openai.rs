@@ -1400,19 +1400,14 @@ impl ChunkDecoder {
         // object, created, model, fingerprint). When this one begins as the last passed one did,
         // those members would be read to the same effect: the skim resumes at the choices.
         let known = !self.prefix.is_empty() && data.starts_with(&self.prefix);
-        let choices_at = if known {
-            let at = self.prefix.len();
-            // The prefix ends with an ASCII `:` and was valid UTF-8: the rest decides.
-            std::str::from_utf8(&data[at..]).ok()?;
-            let mut sk = Skim::resumed(data, at);
-            let c = chunk_members(&mut sk, true, &mut light, &mut decoded, &mut spans)?;
-            sk.at_end().then_some(c)?
-        } else {
-            std::str::from_utf8(data).ok()?;
-            let mut sk = Skim::new(data);
-            let c = chunk_members(&mut sk, false, &mut light, &mut decoded, &mut spans)?;
-            sk.at_end().then_some(c)?
-        };
+        let at = if known { self.prefix.len() } else { 0 };
+        // A known prefix ends with an ASCII `:` and was valid UTF-8: the rest decides.
+        std::str::from_utf8(&data[at..]).ok()?;
+        let mut sk = Skim::resumed(data, at);
+        let choices_at = chunk_members(&mut sk, known, &mut light, &mut decoded, &mut spans)?;
+        if !sk.at_end() {
+            return None;
+        }
         if light.usage.is_some() || light.object == Some(&b"error"[..]) {
             return None;
         }
