@@ -69,6 +69,15 @@ impl TraceContext {
     }
 }
 
+/// Writes the low `out.len()` decimal digits of `v` into `out`, most significant first
+/// (zero-padded).
+pub fn decimal_digits(out: &mut [u8], mut v: u64) {
+    for b in out.iter_mut().rev() {
+        *b = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+}
+
 /// Writes the low `out.len()` lowercase hex digits of `v` into `out`, most significant first.
 pub fn hex_digits(out: &mut [u8], mut v: u128) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -227,6 +236,15 @@ mod tests {
         );
         let fresh = TraceContext::from_traceparent(Some("garbage"), &mut rng);
         assert!(fresh.parent_span_id.is_none() && fresh.trace_id != 0);
+    }
+
+    #[test]
+    fn decimal_digits_are_zero_padded_and_keep_the_low_ones() {
+        let mut out = [0u8; 5];
+        decimal_digits(&mut out, 42);
+        assert_eq!(&out, b"00042");
+        decimal_digits(&mut out, 1_234_567);
+        assert_eq!(&out, b"34567");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures_core::Stream;
 use gateway_core::extend::{AdminRoutes, Free, Pricing};
-use gateway_core::observe::hex_digits;
+use gateway_core::observe::{decimal_digits, hex_digits};
 use gateway_core::types::{ChatRequest, Usage};
 use gateway_core::{
     Admission, AdmissionRequest, AllowAll, Engine, EngineStream, Failure, Observer, Permit,
@@ -854,25 +854,13 @@ fn cost_value(cost: f64) -> Option<HeaderValue> {
     }
     // Below 10¹⁷ the cast is exact and the whole part has at most nine digits.
     let n = scaled as u64;
-    let (whole, frac) = (n / 100_000_000, n % 100_000_000);
     let mut buf = [0u8; 18];
-    let mut at = 9;
-    let mut w = whole;
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (w % 10) as u8;
-        w /= 10;
-        if w == 0 {
-            break;
-        }
-    }
+    decimal_digits(&mut buf[..9], n / 100_000_000);
     buf[9] = b'.';
-    let mut f = frac;
-    for b in buf[10..].iter_mut().rev() {
-        *b = b'0' + (f % 10) as u8;
-        f /= 10;
-    }
-    HeaderValue::from_bytes(&buf[at..]).ok()
+    decimal_digits(&mut buf[10..], n % 100_000_000);
+    // The whole part without its leading zeros, but one digit at least.
+    let first = buf[..8].iter().position(|&c| c != b'0').unwrap_or(8);
+    HeaderValue::from_bytes(&buf[first..]).ok()
 }
 
 fn bytes_response(status: u16, body: Bytes) -> Response<Body> {

@@ -5,6 +5,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use gateway_core::observe::decimal_digits;
+
 /// Milliseconds since the unix epoch, now.
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
@@ -63,11 +65,7 @@ pub fn format_rfc3339_ms(ms: u64) -> String {
         (17, 2, s),
         (20, 3, frac),
     ] {
-        let mut v = v;
-        for b in out[at..at + width].iter_mut().rev() {
-            *b = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
+        decimal_digits(&mut out[at..at + width], v);
     }
     String::from_utf8_lossy(&out).into_owned()
 }
