@@ -309,18 +309,21 @@ impl Gateway {
                     ),
                 }
             }
+            // One call site for both dialects (the path chose `dialect`): the compiler gives each
+            // awaited call its own room in this future, and hyper keeps one of these futures per
+            // connection. The rarely taken paths below are boxed for the same reason.
             (
                 Method::POST,
-                "/v1/chat/completions" | "/chat/completions" | "/openai/v1/chat/completions",
-            ) => self.chat(req, Dialect::OpenAi, &request_id, started).await,
-            (Method::POST, "/v1/messages" | "/anthropic/v1/messages" | "/messages") => {
-                self.chat(req, Dialect::Anthropic, &request_id, started)
-                    .await
-            }
+                "/v1/chat/completions"
+                | "/chat/completions"
+                | "/openai/v1/chat/completions"
+                | "/v1/messages"
+                | "/anthropic/v1/messages"
+                | "/messages",
+            ) => self.chat(req, dialect, &request_id, started).await,
             (Method::POST, "/v1/messages/count_tokens" | "/anthropic/v1/messages/count_tokens") => {
                 let (parts, body) = req.into_parts();
-                match self
-                    .read_body(&parts.headers, body)
+                match Box::pin(self.read_body(&parts.headers, body))
                     .await
                     .and_then(|b| anthropic::count_tokens(&b))
                 {
@@ -329,9 +332,9 @@ impl Gateway {
                 }
             }
             (Method::POST, "/v1/embeddings" | "/embeddings" | "/openai/v1/embeddings") => {
-                self.embeddings(req, &request_id, started).await
+                Box::pin(self.embeddings(req, &request_id, started)).await
             }
-            (_, p) if p.starts_with("/admin/") || p == "/admin" => self.admin(req).await,
+            (_, p) if p.starts_with("/admin/") || p == "/admin" => Box::pin(self.admin(req)).await,
             (_, "/v1/chat/completions" | "/v1/messages" | "/v1/embeddings") => error_response(
                 &ApiError::new(
                     405,
@@ -387,6 +390,15 @@ impl Gateway {
     }
 
     async fn read_body(&self, headers: &HeaderMap, body: Incoming) -> Result<Bytes, ApiError> {
+        self.read_declared(content_length(headers), body).await
+    }
+
+    /// Reads a body of at most `server.max_body_bytes`; `declared` is its `content-length`.
+    async fn read_declared(
+        &self,
+        declared: Option<usize>,
+        body: Incoming,
+    ) -> Result<Bytes, ApiError> {
         let max = self.runtime.load().max_body_bytes;
         let too_large = || {
             ApiError::new(
@@ -396,11 +408,7 @@ impl Gateway {
             )
             .code("request_too_large")
         };
-        if let Some(len) = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok())
-        {
+        if let Some(len) = declared {
             if len > max {
                 return Err(too_large());
             }
@@ -421,7 +429,7 @@ impl Gateway {
 
     async fn admit(
         &self,
-        headers: &HeaderMap,
+        presented: Option<&str>,
         model: &str,
         est_input: u64,
         max_output: u64,
@@ -430,13 +438,12 @@ impl Gateway {
         if !ext.admission.enabled() {
             return Ok(gateway_core::admission::no_permit());
         }
-        let presented = presented_key(headers);
         let providers = self.engine.providers_for(model);
         let refs: Vec<&str> = providers.iter().map(String::as_str).collect();
         let permit = ext
             .admission
             .admit(&AdmissionRequest {
-                presented_key: presented.as_deref(),
+                presented_key: presented,
                 model,
                 providers: &refs,
                 estimated_input_tokens: est_input,
@@ -447,7 +454,7 @@ impl Gateway {
             .map_err(|r| Refused {
                 error: ApiError::from(&r),
                 reason: r.reason(),
-                virtual_key: ext.admission.key_name(presented.as_deref()),
+                virtual_key: ext.admission.key_name(presented),
             })?;
         Ok(permit)
     }
@@ -459,13 +466,9 @@ impl Gateway {
         request_id: &Arc<str>,
         started: Instant,
     ) -> Response<Body> {
-        let (parts, body) = req.into_parts();
-        let headers = parts.headers;
-        let trace = gateway_core::observe::TraceContext::from_traceparent(
-            headers.get("traceparent").and_then(|v| v.to_str().ok()),
-            &mut fastrand::Rng::new(),
-        );
-        let body = match self.read_body(&headers, body).await {
+        let (head, body) = Head::take(req);
+        let trace = head.trace;
+        let body = match self.read_declared(head.content_length, body).await {
             Ok(b) => b,
             Err(e) => return error_response(&e, dialect, request_id),
         };
@@ -491,11 +494,18 @@ impl Gateway {
             content: self.content_of(&body),
             ..RequestRecord::default()
         };
+        // Decoded and copied: the client's bytes go now (see `Head`).
+        drop(body);
         let ext = self.ext.load_full();
         let est_input = request.estimate_input_tokens();
         let max_output = u64::from(request.output_limit().unwrap_or(0));
         let permit = match self
-            .admit(&headers, &request.model, est_input, max_output)
+            .admit(
+                head.presented.as_deref(),
+                &request.model,
+                est_input,
+                max_output,
+            )
             .await
         {
             Ok(p) => p,
@@ -510,9 +520,12 @@ impl Gateway {
             ..RequestOptions::default()
         };
         if request.stream {
-            return self
-                .chat_stream(request, dialect, opts, permit, record, started, ext)
-                .await;
+            // Boxed: its future is about three times the size of the rest of `chat`'s, and inline
+            // it would be part of every connection's (see `handle`).
+            return Box::pin(
+                self.chat_stream(request, dialect, opts, permit, record, started, ext),
+            )
+            .await;
         }
         match self.engine.chat(&request, &opts).await {
             Ok(out) => {
@@ -644,9 +657,8 @@ impl Gateway {
         started: Instant,
     ) -> Response<Body> {
         let dialect = Dialect::OpenAi;
-        let (parts, body) = req.into_parts();
-        let headers = parts.headers;
-        let body = match self.read_body(&headers, body).await {
+        let (head, body) = Head::take(req);
+        let body = match self.read_declared(head.content_length, body).await {
             Ok(b) => b,
             Err(e) => return error_response(&e, dialect, request_id),
         };
@@ -655,10 +667,7 @@ impl Gateway {
             Err(e) => return error_response(&e, dialect, request_id),
         };
         let ext = self.ext.load_full();
-        let trace = gateway_core::observe::TraceContext::from_traceparent(
-            headers.get("traceparent").and_then(|v| v.to_str().ok()),
-            &mut fastrand::Rng::new(),
-        );
+        let trace = head.trace;
         let mut record = RequestRecord {
             request_id: String::from(&**request_id),
             started_at_ms: unix_ms(),
@@ -668,8 +677,14 @@ impl Gateway {
             content: self.content_of(&body),
             ..RequestRecord::default()
         };
+        drop(body);
         let permit = match self
-            .admit(&headers, &request.model, request.input.estimate_tokens(), 0)
+            .admit(
+                head.presented.as_deref(),
+                &request.model,
+                request.input.estimate_tokens(),
+                0,
+            )
             .await
         {
             Ok(p) => p,
@@ -945,6 +960,46 @@ impl StreamFinish {
         self.record.duration = self.started.elapsed();
         self.ext.observer.on_finish(&self.record);
     }
+}
+
+/// What the inference handlers need from a request's head, copied out so that the head itself
+/// goes before the body is read.
+///
+/// hyper hands out the head (header values, the URI) and a body that came in the same read as
+/// slices of the connection's read buffer, without copying. Kept alive across the upstream call,
+/// they pin that buffer, and hyper, reading on for the next request or the client's close,
+/// allocates another one: two or three 8–16 KB buffers per connection for as long as a request is
+/// in flight, the largest part of the gateway's heap at a few hundred concurrent requests
+/// (heaptrack). So the head goes here, and the body as soon as it is decoded.
+struct Head {
+    trace: gateway_core::observe::TraceContext,
+    content_length: Option<usize>,
+    /// The virtual key presented, if any ([`presented_key`]).
+    presented: Option<String>,
+}
+
+impl Head {
+    fn take(req: Request<Incoming>) -> (Head, Incoming) {
+        let (parts, body) = req.into_parts();
+        let headers = &parts.headers;
+        let head = Head {
+            trace: gateway_core::observe::TraceContext::from_traceparent(
+                headers.get("traceparent").and_then(|v| v.to_str().ok()),
+                &mut fastrand::Rng::new(),
+            ),
+            content_length: content_length(headers),
+            presented: presented_key(headers),
+        };
+        (head, body)
+    }
+}
+
+/// The `content-length` a request declares, if it is a number.
+fn content_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
 }
 
 enum SseState {
