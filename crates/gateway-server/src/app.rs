@@ -311,7 +311,8 @@ impl Gateway {
             }
             // One call site for both dialects (the path chose `dialect`): the compiler gives each
             // awaited call its own room in this future, and hyper keeps one of these futures per
-            // connection. The rarely taken paths below are boxed for the same reason.
+            // connection. The large, rarely taken ones below (embeddings, admin) are boxed for
+            // the same reason.
             (
                 Method::POST,
                 "/v1/chat/completions"
@@ -323,7 +324,8 @@ impl Gateway {
             ) => self.chat(req, dialect, &request_id, started).await,
             (Method::POST, "/v1/messages/count_tokens" | "/anthropic/v1/messages/count_tokens") => {
                 let (parts, body) = req.into_parts();
-                match Box::pin(self.read_body(&parts.headers, body))
+                match self
+                    .read_body(&parts.headers, body)
                     .await
                     .and_then(|b| anthropic::count_tokens(&b))
                 {
