@@ -639,6 +639,10 @@ pub struct ChatChunk {
     /// `index` and `finish_reason` but an empty delta, and `id` and `model` may be empty. A
     /// consumer that writes the OpenAI format sends these bytes instead of encoding the chunk;
     /// a consumer that needs the content must not ask for raw chunks. Never serialized.
+    ///
+    /// It may also be a *run*: several such chunks that came one after the other, joined by
+    /// `\n\ndata: `, so that `data: {raw}\n\n` is their SSE text, exactly as the upstream sent
+    /// it. A run's `choices` are only those of its chunks that carry a finish reason.
     #[serde(skip)]
     pub raw: Option<bytes::Bytes>,
 }

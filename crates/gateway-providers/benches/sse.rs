@@ -139,9 +139,16 @@ fn sse_events(bytes: &[u8]) -> usize {
 /// SSE framing and a provider's chunk decoder: canonical chunks out.
 fn sse_chunks<D: StreamDecoder<gateway_providers::sse::SseEvent>>(
     bytes: &[u8],
+    decoder: D,
+) -> usize {
+    sse_chunks_with(SseParser::new(), bytes, decoder)
+}
+
+fn sse_chunks_with<D: StreamDecoder<gateway_providers::sse::SseEvent>>(
+    mut p: SseParser,
+    bytes: &[u8],
     mut decoder: D,
 ) -> usize {
-    let mut p = SseParser::new();
     let mut out = VecDeque::new();
     let mut n = 0;
     'reads: for read in bytes.chunks(READ) {
@@ -212,6 +219,17 @@ fn bench_streams(c: &mut Criterion) {
     // An OpenAI client of an OpenAI upstream: text chunks pass as they came.
     group.bench_function("decode/openai-passthrough", |b| {
         b.iter(|| black_box(sse_chunks(black_box(&oa), openai::ChunkDecoder::raw())))
+    });
+    // The same with runs, as the OpenAI adapter reads a stream for such a client: the events of
+    // a read that pass as they came go on as one chunk.
+    group.bench_function("decode/openai-passthrough-runs", |b| {
+        b.iter(|| {
+            black_box(sse_chunks_with(
+                SseParser::with_runs(),
+                black_box(&oa),
+                openai::ChunkDecoder::raw(),
+            ))
+        })
     });
     group.throughput(Throughput::Bytes(an.len() as u64));
     group.bench_function("parse/anthropic", |b| {

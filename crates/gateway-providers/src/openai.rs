@@ -262,6 +262,8 @@ pub async fn open_chunk_stream(
         });
     }
     let events = SseStream::new(resp.into_body()).idle_timeout(timeout);
+    // Runs only help a consumer that passes chunks on as they came.
+    let events = if passthrough { events.runs() } else { events };
     Ok(ProviderStream {
         chunks: decode_stream(
             events,
@@ -1331,6 +1333,16 @@ struct WireChunk {
     error: Option<Value>,
 }
 
+/// What [`ChunkDecoder::check_raw`] found an event to be.
+enum Pass {
+    /// No choices and nothing else to pass: the event is left out.
+    Nothing,
+    /// The template with another text: the template's choices.
+    Template,
+    /// These choices (index and finish reason).
+    Choices(Vec<ChunkChoice>),
+}
+
 /// Decodes an OpenAI chat-completions SSE stream into canonical chunks.
 ///
 /// Usage is held back and sent as the last chunk (`choices: []`), whatever chunk the upstream put
@@ -1386,9 +1398,22 @@ impl ChunkDecoder {
         if ev.event.is_some() {
             return None;
         }
-        if let Some(choices) = self.same_but_text(data) {
-            self.push_raw(ev, data, choices, out);
-            return Some(());
+        match self.check_raw(data)? {
+            Pass::Nothing => {}
+            Pass::Template => {
+                let choices = self.template_choices.clone();
+                self.push_raw(ev, data, choices, out);
+            }
+            Pass::Choices(choices) => self.push_raw(ev, data, choices, out),
+        }
+        Some(())
+    }
+
+    /// Whether the data of an unnamed event passes on as it came (`None`: it needs the full
+    /// decode), and with which choices. Learns the stream's identity, prefix and template.
+    fn check_raw(&mut self, data: &[u8]) -> Option<Pass> {
+        if self.same_but_text(data) {
+            return Some(Pass::Template);
         }
         let mut light = Light {
             skip_identity: !self.id.is_empty() && !self.model.is_empty() && self.created != 0,
@@ -1439,10 +1464,92 @@ impl ChunkDecoder {
         if self.created == 0 {
             self.created = light.created.unwrap_or(0);
         }
-        if !decoded.is_empty() {
-            self.push_raw(ev, data, decoded, out);
+        Some(if decoded.is_empty() {
+            Pass::Nothing
+        } else {
+            Pass::Choices(decoded)
+        })
+    }
+
+    /// A run of events ([`SseEvent::run`]): those that pass on as they came go out together,
+    /// as one chunk whose `raw` is their part of the run (the choices it keeps are those with a
+    /// finish reason); any other is handled on its own, as [`StreamDecoder::event`] does, in its
+    /// place in the order.
+    fn run(&mut self, ev: &SseEvent, out: &mut VecDeque<ChatChunk>) -> Result<bool, ProviderError> {
+        const JOIN: usize = b"\n\ndata: ".len();
+        let all = &ev.data[..];
+        let mut passing: Option<(usize, usize)> = None;
+        let mut finishing: Vec<ChunkChoice> = Vec::new();
+        let mut start = 0;
+        loop {
+            let end = memchr::memchr(b'\n', &all[start..]).map_or(all.len(), |i| start + i);
+            let data = &all[start..end];
+            let verdict = if self.raw && data.trim_ascii().len() == data.len() && data != b"[DONE]"
+            {
+                self.check_raw(data)
+            } else {
+                None
+            };
+            match verdict {
+                Some(pass) => {
+                    let kept = match pass {
+                        Pass::Nothing => None,
+                        Pass::Template => Some(None),
+                        Pass::Choices(c) => Some(Some(c)),
+                    };
+                    match kept {
+                        // A chunk with nothing to pass is left out, so the run is cut there.
+                        None => self.push_run(ev, passing.take(), &mut finishing, out),
+                        Some(choices) => {
+                            let choices = choices.as_ref().unwrap_or(&self.template_choices);
+                            if choices.iter().any(|c| c.finish_reason.is_some()) {
+                                self.finished = true;
+                                finishing.extend(
+                                    choices
+                                        .iter()
+                                        .filter(|c| c.finish_reason.is_some())
+                                        .cloned(),
+                                );
+                            }
+                            passing = Some((passing.map_or(start, |(s, _)| s), end));
+                        }
+                    }
+                }
+                None => {
+                    self.push_run(ev, passing.take(), &mut finishing, out);
+                    if self.single(ev, data.trim_ascii(), out)? {
+                        return Ok(true);
+                    }
+                }
+            }
+            if end >= all.len() {
+                break;
+            }
+            start = end + JOIN;
         }
-        Some(())
+        self.push_run(ev, passing, &mut finishing, out);
+        Ok(false)
+    }
+
+    /// Queues the part `range` of a run to go out as it came.
+    fn push_run(
+        &mut self,
+        ev: &SseEvent,
+        range: Option<(usize, usize)>,
+        finishing: &mut Vec<ChunkChoice>,
+        out: &mut VecDeque<ChatChunk>,
+    ) {
+        if let Some((start, end)) = range {
+            out.push_back(ChatChunk {
+                id: String::new(),
+                object: String::new(),
+                created: self.created,
+                model: String::new(),
+                choices: std::mem::take(finishing),
+                usage: None,
+                raw: Some(ev.data.slice(start..end)),
+            });
+        }
     }
 
     /// Queues `data` (a slice of `ev`) to go out as it came, with the choices read from it.
@@ -1467,10 +1574,14 @@ impl ChunkDecoder {
         });
     }
 
-    /// The choices of [`ChunkDecoder::template`] if `data` is that chunk with another valid
-    /// string in the hole. Everything else a skim would read is the same bytes, already read to
-    /// the same effect: the skim of a string does not depend on what it says.
-    fn same_but_text(&self, data: &[u8]) -> Option<Vec<ChunkChoice>> {
+    /// Whether `data` is [`ChunkDecoder::template`] with another valid string in the hole (it then
+    /// has the template's choices). Everything else a skim would read is the same bytes, already
+    /// read to the same effect: the skim of a string does not depend on what it says.
+    fn same_but_text(&self, data: &[u8]) -> bool {
+        self.same_but_text_at(data).is_some()
+    }
+
+    fn same_but_text_at(&self, data: &[u8]) -> Option<()> {
         if self.template.is_empty() {
             return None;
         }
@@ -1488,7 +1599,7 @@ impl ChunkDecoder {
         std::str::from_utf8(mid).ok()?;
         let mut sk = Skim::new(mid);
         sk.string()?;
-        (sk.pos() == mid.len()).then(|| self.template_choices.clone())
+        (sk.pos() == mid.len()).then_some(())
     }
 
     fn flush_usage(&mut self, out: &mut VecDeque<ChatChunk>) {
@@ -1523,13 +1634,14 @@ impl ChunkDecoder {
     }
 }
 
-impl StreamDecoder<SseEvent> for ChunkDecoder {
-    fn event(
+impl ChunkDecoder {
+    /// One event's (trimmed) data, `data` a slice of `ev.data`.
+    fn single(
         &mut self,
-        ev: SseEvent,
+        ev: &SseEvent,
+        data: &[u8],
         out: &mut VecDeque<ChatChunk>,
     ) -> Result<bool, ProviderError> {
-        let data = ev.data.trim_ascii();
         if data.is_empty() {
             return Ok(false);
         }
@@ -1538,7 +1650,7 @@ impl StreamDecoder<SseEvent> for ChunkDecoder {
             self.flush_usage(out);
             return Ok(true);
         }
-        if self.raw && self.pass_raw(&ev, data, out).is_some() {
+        if self.raw && self.pass_raw(ev, data, out).is_some() {
             return Ok(false);
         }
         let wire: WireChunk = serde_json::from_slice(data)
@@ -1592,6 +1704,19 @@ impl StreamDecoder<SseEvent> for ChunkDecoder {
         }
         out.push_back(chunk);
         Ok(false)
+    }
+}
+
+impl StreamDecoder<SseEvent> for ChunkDecoder {
+    fn event(
+        &mut self,
+        ev: SseEvent,
+        out: &mut VecDeque<ChatChunk>,
+    ) -> Result<bool, ProviderError> {
+        if ev.run {
+            return self.run(&ev, out);
+        }
+        self.single(&ev, ev.data.trim_ascii(), out)
     }
 
     fn end(&mut self, out: &mut VecDeque<ChatChunk>) -> Result<(), ProviderError> {
@@ -1797,6 +1922,7 @@ mod tests {
 #[cfg(test)]
 mod prefix_resume_tests {
     use super::*;
+    use crate::sse::SseParser;
     use proptest::prelude::*;
 
     fn event(data: &str) -> SseEvent {
@@ -1804,6 +1930,7 @@ mod prefix_resume_tests {
             event: None,
             data: Bytes::from(data.to_owned()),
             id: None,
+            run: false,
         }
     }
 
@@ -1903,6 +2030,133 @@ mod prefix_resume_tests {
                 })
                 .collect()
         })
+    }
+
+    /// What a client is sent for a stream given as SSE text in two reads, with or without runs:
+    /// the chunks' bytes as the server writes them (`data: {raw}` for those passed as they
+    /// came), the finish reasons kept, the usage, how the stream ended, and the chunk count.
+    fn client_view(
+        sse: &str,
+        split: usize,
+        runs: bool,
+    ) -> (String, Vec<(u32, FinishReason)>, String, usize) {
+        let mut p = if runs {
+            SseParser::with_runs()
+        } else {
+            SseParser::new()
+        };
+        let mut d = ChunkDecoder::raw();
+        let (mut sent, mut finishes, mut count) = (String::new(), Vec::new(), 0);
+        let mut out = VecDeque::new();
+        let mut end = None;
+        let split = split.min(sse.len());
+        'reads: for (i, part) in [&sse.as_bytes()[..split], &sse.as_bytes()[split..]]
+            .into_iter()
+            .enumerate()
+        {
+            p.push(part);
+            loop {
+                let ev = match p.next_event() {
+                    Some(ev) => ev,
+                    None if i == 1 => match p.finish() {
+                        Some(ev) => ev,
+                        None => break,
+                    },
+                    None => break,
+                };
+                match d.event(ev, &mut out) {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        end = Some("done".to_owned());
+                        break 'reads;
+                    }
+                    Err(e) => {
+                        end = Some(format!("error {e}"));
+                        break 'reads;
+                    }
+                }
+            }
+        }
+        let end = match end {
+            Some(e) => e,
+            None => format!("end {:?}", d.end(&mut out).map_err(|e| e.to_string())),
+        };
+        for c in &out {
+            count += 1;
+            match &c.raw {
+                Some(raw) => sent.push_str(&format!("data: {}\n\n", String::from_utf8_lossy(raw))),
+                None => sent.push_str(&format!("data: {}\n\n", serde_json::to_string(c).unwrap())),
+            }
+            finishes.extend(
+                c.choices
+                    .iter()
+                    .filter_map(|c| Some((c.index, c.finish_reason?))),
+            );
+        }
+        (sent, finishes, format!("{end} usage {:?}", d.usage), count)
+    }
+
+    proptest! {
+        /// Runs of events send the client the same bytes, keep the same finish reasons and end
+        /// the same way as events one by one, wherever the reads split the stream.
+        #[test]
+        fn runs_change_nothing_the_client_sees(chunks in stream(), done in any::<bool>(), at in any::<prop::sample::Index>()) {
+            let mut sse: String = chunks.iter().map(|c| format!("data: {c}\n\n")).collect();
+            if done {
+                sse.push_str("data: [DONE]\n\n");
+            }
+            let split = at.index(sse.len() + 1);
+            let one_by_one = client_view(&sse, split, false);
+            let with_runs = client_view(&sse, split, true);
+            prop_assert_eq!(&with_runs.0, &one_by_one.0);
+            prop_assert_eq!(&with_runs.1, &one_by_one.1);
+            prop_assert_eq!(&with_runs.2, &one_by_one.2);
+            prop_assert!(with_runs.3 <= one_by_one.3);
+        }
+    }
+
+    #[test]
+    fn a_stream_of_text_passes_in_runs() {
+        let chunk = |delta: &str, finish: &str| {
+            format!(
+                r#"{{"id":"c1","object":"chat.completion.chunk","created":5,"model":"m","choices":[{{"index":0,"delta":{delta},"logprobs":null,"finish_reason":{finish}}}]}}"#
+            )
+        };
+        let mut sse = format!(
+            "data: {}\n\n",
+            chunk(r#"{"role":"assistant","content":""}"#, "null")
+        );
+        for i in 0..20 {
+            sse.push_str(&format!(
+                "data: {}\n\n",
+                chunk(&format!(r#"{{"content":"w{i} "}}"#), "null")
+            ));
+        }
+        sse.push_str(&format!("data: {}\n\n", chunk("{}", r#""stop""#)));
+        sse.push_str(r#"data: {"id":"c1","object":"chat.completion.chunk","created":5,"model":"m","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":21,"total_tokens":24}}"#);
+        sse.push_str("\n\ndata: [DONE]\n\n");
+        let one_by_one = client_view(&sse, sse.len(), false);
+        let with_runs = client_view(&sse, sse.len(), true);
+        assert_eq!(with_runs.0, one_by_one.0);
+        assert_eq!(with_runs.1, vec![(0, FinishReason::Stop)]);
+        assert_eq!(
+            with_runs.2, "done usage None",
+            "the usage went out at [DONE]"
+        );
+        assert!(
+            with_runs.0.contains(r#""total_tokens":24"#),
+            "{}",
+            with_runs.0
+        );
+        assert_eq!(one_by_one.3, 22 + 1, "each chunk, then the usage");
+        assert_eq!(
+            with_runs.3,
+            1 + 1 + 1,
+            "the first chunk, one run, the usage"
+        );
+        // Every byte but the usage chunk's went out as it came.
+        let usage_at = sse.find(r#"data: {"id":"c1","object":"chat.completion.chunk","created":5,"model":"m","choices":[],"#).unwrap();
+        assert!(with_runs.0.starts_with(&sse[..usage_at]));
     }
 
     proptest! {

@@ -7,7 +7,10 @@
 //! A leading UTF-8 byte-order mark is skipped.
 //!
 //! It is on the hot path of every streamed token, so it copies each read once into its buffer and
-//! hands out single-line `data` values as zero-copy [`Bytes`] slices of that buffer.
+//! hands out single-line `data` values as zero-copy [`Bytes`] slices of that buffer. A parser made
+//! with [`SseParser::with_runs`] also hands out *runs*: consecutive events that are each exactly
+//! one `data: ` line and a blank line come out as one [`SseEvent`] (see [`SseEvent::run`]), so
+//! that a consumer passing them on unchanged handles a read's worth of events at once.
 //!
 //! ```
 //! use gateway_providers::sse::SseParser;
@@ -42,6 +45,11 @@ pub struct SseEvent {
     pub data: Bytes,
     /// The `id:` field, if any.
     pub id: Option<Bytes>,
+    /// `data` holds the data of several events, joined by `\n\ndata: `: each of them was the
+    /// one line `data: <value>\n` followed by a blank line `\n`, and no value holds `\n` or
+    /// `\r`. So `data: {data}\n\n` is those events' exact text. Only a parser made with
+    /// [`SseParser::with_runs`] makes runs, and never of a single event.
+    pub run: bool,
 }
 
 impl SseEvent {
@@ -90,12 +98,24 @@ pub struct SseParser {
     event: Option<Bytes>,
     id: Option<Bytes>,
     data: DataBuf,
+    /// Hand out runs of plain `data:` events ([`SseParser::with_runs`]).
+    runs: bool,
 }
 
 impl SseParser {
     /// An empty parser.
     pub fn new() -> Self {
         SseParser::default()
+    }
+
+    /// A parser that hands out runs of plain events as one [`SseEvent`] ([`SseEvent::run`]).
+    /// The first event, events with other fields or comments, and events whose line ends in
+    /// `\r` come out one by one, as from [`SseParser::new`].
+    pub fn with_runs() -> Self {
+        SseParser {
+            runs: true,
+            ..SseParser::default()
+        }
     }
 
     /// Adds bytes read from the stream.
@@ -114,6 +134,9 @@ impl SseParser {
 
     /// The next complete event, if one is buffered.
     pub fn next_event(&mut self) -> Option<SseEvent> {
+        if let Some(ev) = self.next_run() {
+            return Some(ev);
+        }
         while let Some(line) = self.next_line() {
             if let Some(ev) = self.process_line(line) {
                 return Some(ev);
@@ -141,6 +164,48 @@ impl SseParser {
     /// Whether bytes of an unfinished line or event are buffered.
     pub fn has_pending(&self) -> bool {
         !self.buf.is_empty() || !matches!(self.data, DataBuf::Empty)
+    }
+
+    /// The complete plain events at the start of the buffer, as one event (a run when there are
+    /// several): each is `data: `, a value without `\n` or `\r`, then `\n\n`. `None` when the
+    /// buffer does not start with one, or when the parser is not between events.
+    fn next_run(&mut self) -> Option<SseEvent> {
+        const FIELD: &[u8] = b"data: ";
+        if !self.runs
+            || !self.started
+            || self.skip_lf
+            || self.event.is_some()
+            || self.id.is_some()
+            || !matches!(self.data, DataBuf::Empty)
+        {
+            return None;
+        }
+        let buf = &self.buf[..];
+        let (mut pos, mut data_end, mut n) = (0, 0, 0u32);
+        while buf[pos..].starts_with(FIELD) {
+            let value = pos + FIELD.len();
+            let Some(rel) = memchr::memchr2(b'\n', b'\r', &buf[value..]) else {
+                break;
+            };
+            let nl = value + rel;
+            if buf[nl] != b'\n' || buf.get(nl + 1) != Some(&b'\n') {
+                break;
+            }
+            n += 1;
+            data_end = nl;
+            pos = nl + 2;
+        }
+        if n == 0 {
+            return None;
+        }
+        self.scanned = 0;
+        let events = self.buf.split_to(pos).freeze();
+        Some(SseEvent {
+            event: None,
+            data: events.slice(FIELD.len()..data_end),
+            id: None,
+            run: n > 1,
+        })
     }
 
     fn next_line(&mut self) -> Option<Bytes> {
@@ -228,6 +293,7 @@ impl SseParser {
             event: self.event.take(),
             data,
             id: self.id.clone(),
+            run: false,
         })
     }
 }
@@ -265,6 +331,12 @@ impl<B> SseStream<B> {
             idle: None,
             sleep: None,
         }
+    }
+
+    /// Hands out runs of plain events ([`SseParser::with_runs`]).
+    pub fn runs(mut self) -> Self {
+        self.parser.runs = true;
+        self
     }
 
     /// Fails the stream when no bytes arrive for `idle` (comments such as `: keep-alive` count as
@@ -387,6 +459,68 @@ mod tests {
                 assert_eq!(got, expected, "split at {i} and {j}");
             }
         }
+    }
+
+    /// Events from a parser with runs, each run taken apart again, and how many runs came.
+    fn events_with_runs(parts: &[&[u8]]) -> (Vec<(Option<String>, String)>, usize) {
+        let mut p = SseParser::with_runs();
+        let mut out = Vec::new();
+        let mut runs = 0;
+        let mut take = |e: SseEvent, out: &mut Vec<(Option<String>, String)>| {
+            let data = String::from_utf8_lossy(&e.data).into_owned();
+            if e.run {
+                runs += 1;
+                assert!(e.event.is_none() && e.id.is_none());
+                let parts: Vec<&str> = data.split("\n\ndata: ").collect();
+                assert!(parts.len() > 1, "a run is never one event: {data:?}");
+                for part in parts {
+                    assert!(!part.contains(['\n', '\r']), "{part:?}");
+                    out.push((None, part.to_owned()));
+                }
+            } else {
+                out.push((e.event_name().map(str::to_owned), data));
+            }
+        };
+        for part in parts {
+            p.push(part);
+            while let Some(e) = p.next_event() {
+                take(e, &mut out);
+            }
+        }
+        while let Some(e) = p.finish() {
+            take(e, &mut out);
+        }
+        (out, runs)
+    }
+
+    #[test]
+    fn runs_are_the_same_events_at_every_split_point() {
+        let input: &[u8] =
+            b"data: {\"first\":0}\n\ndata: {\"a\":1}\n\ndata: {\"b\":2}\n\ndata: \n\n\
+            : keep-alive\n\ndata: c\n\ndata: d\r\n\r\ndata: e\n\ndata: f\n\nevent: x\ndata: g\n\n\
+            data: h\ndata: i\n\ndata: j\n\ndata: k\n\ndata: [DONE]\n\ndata: tail";
+        let expected = events(&[input]);
+        let (whole, runs) = events_with_runs(&[input]);
+        assert_eq!(whole, expected, "whole input");
+        // {"a":1} to the empty event; e and f; j, k and [DONE]. The first event and those
+        // after a comment, a CR, a named event or a multi-line one come alone.
+        assert_eq!(runs, 3, "the input in one read makes runs");
+        for i in 0..input.len() {
+            for j in i..input.len() {
+                let (got, _) = events_with_runs(&[&input[..i], &input[i..j], &input[j..]]);
+                assert_eq!(got, expected, "split at {i} and {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_event_id_or_a_byte_order_mark_keeps_events_apart() {
+        let (got, runs) = events_with_runs(&[b"id: 1\ndata: a\n\ndata: b\n\ndata: c\n\n"]);
+        assert_eq!(got.len(), 3);
+        assert_eq!(runs, 0, "every event carries the last id");
+        let (got, runs) = events_with_runs(&[b"\xEF\xBB\xBFdata: a\n\ndata: b\n\ndata: c\n\n"]);
+        assert_eq!(got, vec![ev(None, "a"), ev(None, "b"), ev(None, "c")]);
+        assert_eq!(runs, 1);
     }
 
     #[test]

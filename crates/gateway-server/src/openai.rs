@@ -92,7 +92,8 @@ pub fn decode_embeddings(body: &[u8]) -> Result<EmbeddingRequest, ApiError> {
 
 /// Appends one SSE event for a chunk to `out`. When the caller did not ask for usage, the
 /// usage-only chunk is skipped (returns `false`) and usage is left off the others. A chunk the
-/// upstream sent in this format ([`ChatChunk::raw`]) goes out as it came.
+/// upstream sent in this format ([`ChatChunk::raw`], one chunk or a run of them) goes out as it
+/// came.
 pub fn encode_chunk(chunk: &ChatChunk, include_usage: bool, out: &mut Vec<u8>) -> bool {
     if let Some(raw) = &chunk.raw {
         out.reserve(raw.len() + 8);
