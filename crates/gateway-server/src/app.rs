@@ -1217,8 +1217,6 @@ mod tests {
         }
     }
 
-    /// A burst of chunks ready at once: the first goes out alone, then the body yields once so
-    /// that hyper writes it, then the rest go out together.
     #[test]
     fn cost_values_have_eight_decimals_as_format_writes_them() {
         let text = |c: f64| cost_value(c).map(|v| v.to_str().unwrap().to_owned());
@@ -1245,6 +1243,8 @@ mod tests {
         }
     }
 
+    /// A burst of chunks ready at once: the first goes out alone, then the body yields once so
+    /// that hyper writes it, then the rest go out together.
     #[test]
     fn the_first_chunk_of_a_burst_is_flushed_on_its_own() {
         let mut p = Polled::new(vec![chunk("a"), chunk("b"), chunk("c")]);
