@@ -1412,7 +1412,7 @@ impl ChunkDecoder {
     /// Whether the data of an unnamed event passes on as it came (`None`: it needs the full
     /// decode), and with which choices. Learns the stream's identity, prefix and template.
     fn check_raw(&mut self, data: &[u8]) -> Option<Pass> {
-        if self.same_but_text(data) {
+        if self.same_but_text(data).is_some() {
             return Some(Pass::Template);
         }
         let mut light = Light {
@@ -1484,6 +1484,7 @@ impl ChunkDecoder {
         loop {
             let end = memchr::memchr(b'\n', &all[start..]).map_or(all.len(), |i| start + i);
             let data = &all[start..end];
+            // An event with blanks around its data goes alone: it passes trimmed.
             let verdict = if self.raw && data.trim_ascii().len() == data.len() && data != b"[DONE]"
             {
                 self.check_raw(data)
@@ -1491,29 +1492,23 @@ impl ChunkDecoder {
                 None
             };
             match verdict {
+                // Nothing to pass: the event is left out, so the run is cut there.
+                Some(Pass::Nothing) => self.push_run(ev, passing.take(), &mut finishing, out),
                 Some(pass) => {
-                    let kept = match pass {
-                        Pass::Nothing => None,
-                        Pass::Template => Some(None),
-                        Pass::Choices(c) => Some(Some(c)),
+                    let choices = match &pass {
+                        Pass::Choices(c) => c,
+                        _ => &self.template_choices,
                     };
-                    match kept {
-                        // A chunk with nothing to pass is left out, so the run is cut there.
-                        None => self.push_run(ev, passing.take(), &mut finishing, out),
-                        Some(choices) => {
-                            let choices = choices.as_ref().unwrap_or(&self.template_choices);
-                            if choices.iter().any(|c| c.finish_reason.is_some()) {
-                                self.finished = true;
-                                finishing.extend(
-                                    choices
-                                        .iter()
-                                        .filter(|c| c.finish_reason.is_some())
-                                        .cloned(),
-                                );
-                            }
-                            passing = Some((passing.map_or(start, |(s, _)| s), end));
-                        }
+                    if choices.iter().any(|c| c.finish_reason.is_some()) {
+                        self.finished = true;
+                        finishing.extend(
+                            choices
+                                .iter()
+                                .filter(|c| c.finish_reason.is_some())
+                                .cloned(),
+                        );
                     }
+                    passing = Some((passing.map_or(start, |(s, _)| s), end));
                 }
                 None => {
                     self.push_run(ev, passing.take(), &mut finishing, out);
@@ -1574,14 +1569,10 @@ impl ChunkDecoder {
         });
     }
 
-    /// Whether `data` is [`ChunkDecoder::template`] with another valid string in the hole (it then
-    /// has the template's choices). Everything else a skim would read is the same bytes, already
-    /// read to the same effect: the skim of a string does not depend on what it says.
-    fn same_but_text(&self, data: &[u8]) -> bool {
-        self.same_but_text_at(data).is_some()
-    }
-
-    fn same_but_text_at(&self, data: &[u8]) -> Option<()> {
+    /// `Some` if `data` is [`ChunkDecoder::template`] with another valid string in the hole (it
+    /// then has the template's choices). Everything else a skim would read is the same bytes,
+    /// already read to the same effect: the skim of a string does not depend on what it says.
+    fn same_but_text(&self, data: &[u8]) -> Option<()> {
         if self.template.is_empty() {
             return None;
         }
@@ -2113,6 +2104,80 @@ mod prefix_resume_tests {
             prop_assert_eq!(&with_runs.2, &one_by_one.2);
             prop_assert!(with_runs.3 <= one_by_one.3);
         }
+    }
+
+    /// Streams of well-formed chunks of every kind a run meets: text that passes, chunks with
+    /// nothing to pass, usage, finish reasons standard or not, tool calls, blanks around the data.
+    fn valid_stream() -> impl Strategy<Value = Vec<String>> {
+        const HEAD: &str =
+            r#"{"id":"c1","object":"chat.completion.chunk","created":5,"model":"m","choices":"#;
+        let text = "[a-z \u{e9}\"]{0,6}".prop_map(|t| {
+            format!(
+                r#"{HEAD}[{{"index":0,"delta":{{"content":{}}},"finish_reason":null}}]}}"#,
+                serde_json::to_string(&t).unwrap()
+            )
+        });
+        let kind = prop_oneof![
+            6 => text,
+            1 => Just(format!("{HEAD}[]}}")),
+            1 => Just(format!(r#"{HEAD}[],"prompt_filter_results":[]}}"#)),
+            1 => Just(format!(
+                r#"{HEAD}[],"usage":{{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}}}"#
+            )),
+            1 => Just(format!(r#"{HEAD}[{{"index":0,"delta":{{}},"finish_reason":"stop"}}]}}"#)),
+            1 => Just(format!(r#"{HEAD}[{{"index":1,"delta":{{"content":"x"}},"finish_reason":"weird"}}]}}"#)),
+            1 => Just(format!(
+                r#"{HEAD}[{{"index":0,"delta":{{"tool_calls":[{{"index":0,"id":"t","type":"function","function":{{"name":"f","arguments":"{{}}"}}}}]}},"finish_reason":null}}]}}"#
+            )),
+            1 => Just(format!(r#" {HEAD}[{{"index":0,"delta":{{"content":"pad"}},"finish_reason":null}}]}} "#)),
+        ];
+        proptest::collection::vec(kind, 1..30)
+    }
+
+    proptest! {
+        /// The same as `runs_change_nothing_the_client_sees`, over streams that run their whole
+        /// length.
+        #[test]
+        fn runs_change_nothing_in_streams_of_valid_chunks(
+            chunks in valid_stream(),
+            done in any::<bool>(),
+            at in any::<prop::sample::Index>(),
+        ) {
+            let mut sse: String = chunks.iter().map(|c| format!("data: {c}\n\n")).collect();
+            if done {
+                sse.push_str("data: [DONE]\n\n");
+            }
+            let split = at.index(sse.len() + 1);
+            let one_by_one = client_view(&sse, split, false);
+            let with_runs = client_view(&sse, split, true);
+            prop_assert_eq!(&with_runs.0, &one_by_one.0);
+            prop_assert_eq!(&with_runs.1, &one_by_one.1);
+            prop_assert_eq!(&with_runs.2, &one_by_one.2);
+            prop_assert!(with_runs.3 <= one_by_one.3);
+        }
+    }
+
+    #[test]
+    fn a_chunk_with_nothing_to_pass_cuts_a_run() {
+        let text = |t: &str| {
+            format!(
+                r#"{{"id":"c1","object":"chat.completion.chunk","created":5,"model":"m","choices":[{{"index":0,"delta":{{"content":"{t}"}},"finish_reason":null}}]}}"#
+            )
+        };
+        let empty = r#"{"id":"c1","object":"chat.completion.chunk","created":5,"model":"m","choices":[],"prompt_filter_results":[]}"#;
+        let sse: String = [text("a"), text("b"), empty.to_owned(), text("c"), text("d")]
+            .iter()
+            .map(|c| format!("data: {c}\n\n"))
+            .collect();
+        let one_by_one = client_view(&sse, sse.len(), false);
+        let with_runs = client_view(&sse, sse.len(), true);
+        assert_eq!(with_runs.0, one_by_one.0);
+        assert!(
+            !with_runs.0.contains("prompt_filter_results"),
+            "{}",
+            with_runs.0
+        );
+        assert_eq!(with_runs.3, 3, "the first chunk, then b, then c and d");
     }
 
     #[test]
