@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -39,14 +39,16 @@ pub fn client(idle: usize) -> HttpClient {
 /// What every request of a run sends.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// `…/chat/completions`.
+    /// `…/chat/completions` or `…/messages`.
     pub uri: Uri,
     /// The JSON body.
     pub body: Bytes,
-    /// `Authorization` header value, if any.
-    pub auth: Option<HeaderValue>,
-    /// Whether the body asks for a stream (the answer must end with `[DONE]`).
+    /// Headers besides `content-type` (the key, `anthropic-version`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Whether the body asks for a stream (the answer must end with `end`).
     pub stream: bool,
+    /// What the last bytes of a complete stream hold (`[DONE]`, `message_stop`).
+    pub end: &'static [u8],
     /// Per-request deadline.
     pub timeout: Duration,
 }
@@ -126,8 +128,8 @@ async fn one(
         l.push(sent.saturating_duration_since(at).as_nanos() as u64);
     }
     let mut builder = Request::post(target.uri.clone()).header(CONTENT_TYPE, "application/json");
-    if let Some(a) = &target.auth {
-        builder = builder.header(AUTHORIZATION, a.clone());
+    for (name, value) in &target.headers {
+        builder = builder.header(name, value);
     }
     let result = match builder.body(Full::new(target.body.clone())) {
         Ok(req) => {
@@ -142,7 +144,7 @@ async fn one(
                 let status = resp.status();
                 let mut body = resp.into_body();
                 let mut first: Option<Instant> = None;
-                // The last bytes of the body, to see the stream's `[DONE]` even if it is split.
+                // The last bytes of the body, to see the stream's end even if it is split.
                 let mut tail: Vec<u8> = Vec::with_capacity(64);
                 while let Some(frame) = body.frame().await {
                     let frame = frame.map_err(|_| "body".to_owned())?;
@@ -161,8 +163,11 @@ async fn one(
                 if !status.is_success() {
                     return Err(format!("http {}", status.as_u16()));
                 }
-                if target.stream && !contains(&tail, b"[DONE]") {
-                    return Err("stream without [DONE]".to_owned());
+                if target.stream && !contains(&tail, target.end) {
+                    return Err(format!(
+                        "stream without {}",
+                        String::from_utf8_lossy(target.end)
+                    ));
                 }
                 Ok((first.unwrap_or(end), end))
             })
@@ -285,8 +290,8 @@ pub fn probe(
     rt.block_on(async {
         let mut builder =
             Request::post(target.uri.clone()).header(CONTENT_TYPE, "application/json");
-        if let Some(a) = &target.auth {
-            builder = builder.header(AUTHORIZATION, a.clone());
+        for (name, value) in &target.headers {
+            builder = builder.header(name, value);
         }
         let req = builder.body(Full::new(target.body.clone()))?;
         let resp = tokio::time::timeout(target.timeout, client.request(req))
@@ -311,8 +316,9 @@ pub fn post_json(
     let target = Target {
         uri: uri.parse().with_context(|| format!("bad url {uri}"))?,
         body: Bytes::from(body),
-        auth: None,
+        headers: Vec::new(),
         stream: false,
+        end: b"",
         timeout: Duration::from_secs(5),
     };
     probe(rt, client, &target).map(|(s, _)| s)

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use hyper::header::HeaderValue;
+use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use serde::Serialize;
 
 use crate::load::{self, Outcome, Plan, Target};
@@ -32,6 +32,10 @@ OPTIONS:
     --warmup SECS         unmeasured seconds before each run (default 1)
     --latency-ms L1,..    upstream latencies of the mock (default 0,50)
     --stream MODE         both | on | off (default both)
+    --api API             openai (POST /v1/chat/completions, Bearer key) or anthropic (POST
+                          /v1/messages, x-api-key, anthropic-version; the gateway then serves
+                          it from an anthropic-kind provider at the mock, the full decode and
+                          re-encode path) (default openai)
     --target URL          also benchmark another OpenAI-compatible gateway (base URL with /v1)
                           pointed at the mock this command starts (see --mock-port)
     --target-model NAME   model the target is asked for (default gpt-4o-mini)
@@ -54,6 +58,110 @@ OPTIONS:
     --no-build            use the binaries already in target/release
     --out DIR             where results go (default target/bench)
 ";
+
+/// The API the load speaks, straight to the mock and through the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Api {
+    /// OpenAI chat completions: the gateway's pass-through path to an OpenAI-format upstream.
+    OpenAi,
+    /// Anthropic messages, served by an Anthropic-format upstream: every answer and event is
+    /// decoded into the canonical types and encoded again.
+    Anthropic,
+}
+
+impl Api {
+    /// The path under a base URL that ends in `/v1`.
+    fn path(self) -> &'static str {
+        match self {
+            Api::OpenAi => "/chat/completions",
+            Api::Anthropic => "/messages",
+        }
+    }
+
+    /// The gateway's route for this API (see `gateway_config`).
+    fn route(self) -> &'static str {
+        match self {
+            Api::OpenAi => "bench",
+            Api::Anthropic => "bench-anthropic",
+        }
+    }
+
+    /// The model asked of the mock directly.
+    fn upstream_model(self) -> &'static str {
+        match self {
+            Api::OpenAi => "gpt-4o-mini",
+            Api::Anthropic => "claude-3-5-haiku-latest",
+        }
+    }
+
+    /// The headers of a request, with `key` if the receiver checks one.
+    fn headers(self, key: Option<&str>) -> Result<Vec<(HeaderName, HeaderValue)>> {
+        let mut h = Vec::new();
+        match self {
+            Api::OpenAi => {
+                if let Some(k) = key {
+                    h.push((
+                        AUTHORIZATION,
+                        HeaderValue::from_str(&format!("Bearer {k}"))?,
+                    ));
+                }
+            }
+            Api::Anthropic => {
+                if let Some(k) = key {
+                    h.push((
+                        HeaderName::from_static("x-api-key"),
+                        HeaderValue::from_str(k)?,
+                    ));
+                }
+                h.push((
+                    HeaderName::from_static("anthropic-version"),
+                    HeaderValue::from_static("2023-06-01"),
+                ));
+            }
+        }
+        Ok(h)
+    }
+
+    /// What the last bytes of a complete stream hold.
+    fn end(self) -> &'static [u8] {
+        match self {
+            Api::OpenAi => b"[DONE]",
+            Api::Anthropic => b"message_stop",
+        }
+    }
+
+    /// A chat request of about 1 KB.
+    fn body(self, model: &str, stream: bool) -> Bytes {
+        const SENTENCE: &str = "The quarterly report shows steady growth in every region, with costs held flat and margins improving. ";
+        let mut prompt =
+            String::from("Summarise the following notes in three short bullet points. ");
+        while prompt.len() < 880 {
+            prompt.push_str(SENTENCE);
+        }
+        let body = match self {
+            Api::OpenAi => serde_json::json!({
+                "model": model,
+                "messages": [
+                    {"role": "system", "content": "You are a concise assistant."},
+                    {"role": "user", "content": prompt},
+                ],
+                "max_tokens": 256,
+                "temperature": 0.2,
+                "stream": stream,
+            }),
+            Api::Anthropic => serde_json::json!({
+                "model": model,
+                "system": "You are a concise assistant.",
+                "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": 256,
+                "temperature": 0.2,
+                "stream": stream,
+            }),
+        };
+        Bytes::from(body.to_string())
+    }
+}
 
 /// Streaming modes to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +189,7 @@ pub struct Options {
     warmup: Duration,
     latencies_ms: Vec<u64>,
     stream: StreamMode,
+    api: Api,
     target: Option<String>,
     target_model: String,
     target_key: Option<String>,
@@ -123,6 +232,7 @@ impl Options {
             warmup: Duration::from_secs(1),
             latencies_ms: vec![0, 50],
             stream: StreamMode::Both,
+            api: Api::OpenAi,
             target: None,
             target_model: "gpt-4o-mini".to_owned(),
             target_key: None,
@@ -175,6 +285,13 @@ impl Options {
                         "on" | "true" | "yes" => StreamMode::On,
                         "off" | "false" | "no" => StreamMode::Off,
                         other => bail!("--stream {other}: expected both, on or off"),
+                    }
+                }
+                "--api" => {
+                    o.api = match value()?.as_str() {
+                        "openai" => Api::OpenAi,
+                        "anthropic" => Api::Anthropic,
+                        other => bail!("--api {other}: expected openai or anthropic"),
                     }
                 }
                 "--target" => o.target = Some(value()?.trim_end_matches('/').to_owned()),
@@ -347,33 +464,31 @@ secret = "bench-key-1"
 name = "key-2"
 secret = "bench-key-2"
 
+[[providers]]
+name = "mock-anthropic"
+kind = "anthropic"
+base_url = "{mock_base}"
+models = ["claude-3-5-haiku-latest"]
+
+[[providers.keys]]
+name = "key-1"
+secret = "bench-key-1"
+
+[[providers.keys]]
+name = "key-2"
+secret = "bench-key-2"
+
 [[routes]]
 name = "bench"
 targets = [{{ provider = "mock", model = "gpt-4o-mini" }}]
+
+[[routes]]
+name = "bench-anthropic"
+targets = [{{ provider = "mock-anthropic", model = "claude-3-5-haiku-latest" }}]
 "#,
         data = data_dir.display().to_string(),
         workers = workers.map_or(String::new(), |n| format!("worker_threads = {n}")),
     )
-}
-
-/// A chat request of about 1 KB.
-fn chat_body(model: &str, stream: bool) -> Bytes {
-    const SENTENCE: &str = "The quarterly report shows steady growth in every region, with costs held flat and margins improving. ";
-    let mut prompt = String::from("Summarise the following notes in three short bullet points. ");
-    while prompt.len() < 880 {
-        prompt.push_str(SENTENCE);
-    }
-    let body = serde_json::json!({
-        "model": model,
-        "messages": [
-            {"role": "system", "content": "You are a concise assistant."},
-            {"role": "user", "content": prompt},
-        ],
-        "max_tokens": 256,
-        "temperature": 0.2,
-        "stream": stream,
-    });
-    Bytes::from(body.to_string())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -473,6 +588,8 @@ pub struct Case {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     command: String,
+    /// The API of the requests (`openai`, `anthropic`).
+    api: Api,
     machine: Machine,
     clock_ticks_per_second: u64,
     duration_s: f64,
@@ -496,7 +613,7 @@ struct Via {
     name: String,
     uri: String,
     model: String,
-    auth: Option<HeaderValue>,
+    headers: Vec<(HeaderName, HeaderValue)>,
     pid: Option<Pid>,
 }
 
@@ -787,41 +904,38 @@ pub fn main(root: &Path, opts: Options) -> Result<()> {
         ((max_rate * (max_latency as f64 / 1e3 + 0.02) * 4.0) as usize).clamp(256, 8192);
     let client = load::client(max_in_flight);
 
+    let api = opts.api;
     let mut vias = vec![Via {
         name: "direct".to_owned(),
-        uri: format!("{mock_root}/v1/chat/completions"),
-        model: "gpt-4o-mini".to_owned(),
-        auth: Some(HeaderValue::from_static("Bearer bench-key-1")),
+        uri: format!("{mock_root}/v1{}", api.path()),
+        model: api.upstream_model().to_owned(),
+        headers: api.headers(Some("bench-key-1"))?,
         pid: None,
     }];
     if let Some((child, addr)) = &bare_child {
         vias.push(Via {
             name: "bare-proxy".to_owned(),
-            uri: format!("http://{addr}/v1/chat/completions"),
-            model: "gpt-4o-mini".to_owned(),
-            auth: Some(HeaderValue::from_static("Bearer bench-key-1")),
+            uri: format!("http://{addr}/v1{}", api.path()),
+            model: api.upstream_model().to_owned(),
+            headers: api.headers(Some("bench-key-1"))?,
             pid: Some(Pid::Of(child.pid())),
         });
     }
     if let Some(g) = &gateway_url {
         vias.push(Via {
             name: "gateway".to_owned(),
-            uri: format!("{g}/chat/completions"),
-            model: "bench".to_owned(),
-            auth: None,
+            uri: format!("{g}{}", api.path()),
+            model: api.route().to_owned(),
+            headers: api.headers(None)?,
             pid: gateway_pid.map(Pid::Of),
         });
     }
     if let Some(t) = &opts.target {
-        let auth = match &opts.target_key {
-            Some(k) => HeaderValue::from_str(&format!("Bearer {k}"))?,
-            None => HeaderValue::from_static("Bearer bench"),
-        };
         vias.push(Via {
             name: opts.target_name.clone(),
-            uri: format!("{t}/chat/completions"),
+            uri: format!("{t}{}", api.path()),
             model: opts.target_model.clone(),
-            auth: Some(auth),
+            headers: api.headers(Some(opts.target_key.as_deref().unwrap_or("bench")))?,
             pid: opts.target_pid.map(Pid::Of),
         });
     }
@@ -831,21 +945,28 @@ pub fn main(root: &Path, opts: Options) -> Result<()> {
         name: via,
         uri,
         model,
-        auth,
+        headers,
         ..
     } in &vias
     {
         let t = Target {
             uri: uri.parse().with_context(|| format!("bad url {uri}"))?,
-            body: chat_body(model, false),
-            auth: auth.clone(),
+            body: api.body(model, false),
+            headers: headers.clone(),
             stream: false,
+            end: api.end(),
             timeout: Duration::from_secs(10),
         };
         let is_target = opts.target.is_some() && *via == opts.target_name;
         if is_target {
             eprintln!(
-                "\n  Point {via} at the mock upstream: OpenAI base URL {mock_root}/v1, API key bench-key-1, model gpt-4o-mini.\n  Waiting up to {:.0} s for {uri} to answer...\n",
+                "\n  Point {via} at the mock upstream: {} base URL {mock_root}{}, API key bench-key-1, model {}.\n  Waiting up to {:.0} s for {uri} to answer...\n",
+                match api {
+                    Api::OpenAi => "OpenAI",
+                    Api::Anthropic => "Anthropic",
+                },
+                if api == Api::OpenAi { "/v1" } else { "" },
+                api.upstream_model(),
                 opts.wait_target.as_secs_f64()
             );
         }
@@ -918,15 +1039,16 @@ pub fn main(root: &Path, opts: Options) -> Result<()> {
                     name: via,
                     uri,
                     model,
-                    auth,
+                    headers,
                     pid,
                 } in &vias
                 {
                     let target = Target {
                         uri: uri.parse()?,
-                        body: chat_body(model, stream),
-                        auth: auth.clone(),
+                        body: api.body(model, stream),
+                        headers: headers.clone(),
                         stream,
+                        end: api.end(),
                         timeout: Duration::from_secs(10),
                     };
                     let procs = Procs {
@@ -1003,6 +1125,7 @@ pub fn main(root: &Path, opts: Options) -> Result<()> {
     }
     let report = Report {
         command: opts.command.clone(),
+        api: opts.api,
         machine,
         clock_ticks_per_second: clk,
         duration_s: opts.duration.as_secs_f64(),
@@ -1056,8 +1179,12 @@ fn markdown(r: &Report) -> String {
     let _ = writeln!(s, "## Overhead: `{}`\n", r.command);
     let _ = writeln!(
         s,
-        "Machine: {} × {}, {} MiB, Linux {}; load average {:.2} before, {:.2} after. Mock upstream, load generator and gateway on the same machine, 127.0.0.1, HTTP/1.1 keep-alive. {:.0} s measured after {:.0} s of warm-up per run; latency from the scheduled send time (open loop).\n",
-        m.nproc, m.cpu, m.memory_mib, m.kernel, m.load_before, r.load_after, r.duration_s, r.warmup_s
+        "Machine: {} × {}, {} MiB, Linux {}; load average {:.2} before, {:.2} after. Mock upstream, load generator and gateway on the same machine, 127.0.0.1, HTTP/1.1 keep-alive. {:.0} s measured after {:.0} s of warm-up per run; latency from the scheduled send time (open loop). {}\n",
+        m.nproc, m.cpu, m.memory_mib, m.kernel, m.load_before, r.load_after, r.duration_s, r.warmup_s,
+        match r.api {
+            Api::OpenAi => "OpenAI chat completions, served by an OpenAI-format upstream (the pass-through path).",
+            Api::Anthropic => "Anthropic messages, served by an Anthropic-format upstream (every answer and event decoded and encoded again).",
+        }
     );
     let _ = writeln!(
         s,
@@ -1286,4 +1413,39 @@ fn targets(r: &Report) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The generated configuration is one the server accepts, with a route for each API, and each
+    /// API's body is about 1 KB that the server's decoder for that API reads as asked.
+    #[test]
+    fn the_generated_config_and_bodies_are_what_the_server_reads() {
+        let text = gateway_config(
+            SocketAddr::from(([127, 0, 0, 1], 18090)),
+            "http://127.0.0.1:18089",
+            Path::new("/tmp/bench-data"),
+            Some(1),
+        );
+        let config = gateway_server::Config::from_toml(&text).expect("the server reads it");
+        for api in [Api::OpenAi, Api::Anthropic] {
+            assert!(
+                config.routes.iter().any(|r| r.name == api.route()),
+                "a route for {api:?}"
+            );
+            for stream in [false, true] {
+                let body = api.body(api.route(), stream);
+                assert!((900..1300).contains(&body.len()), "{}", body.len());
+                let request = match api {
+                    Api::OpenAi => gateway_server::openai::decode_chat(&body),
+                    Api::Anthropic => gateway_server::anthropic::decode_request(&body),
+                }
+                .expect("the server decodes it");
+                assert_eq!(request.model, api.route());
+                assert_eq!(request.stream, stream);
+            }
+        }
+    }
 }
