@@ -401,6 +401,20 @@ fn event(out: &mut Vec<u8>, name: &str, data: &Value) {
     out.extend_from_slice(b"\n\n");
 }
 
+/// A `content_block_delta` event with a text delta, written straight into `out`: it is nearly every
+/// event of a streamed answer, and building a `Value` for it (two maps, a copy of the text) cost
+/// more than writing it. Fields in the order Anthropic sends them.
+fn text_delta(out: &mut Vec<u8>, index: usize, text: &str) {
+    use std::io::Write as _;
+    out.extend_from_slice(
+        b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":",
+    );
+    let _ = write!(out, "{index}");
+    out.extend_from_slice(b",\"delta\":{\"type\":\"text_delta\",\"text\":");
+    let _ = serde_json::to_writer(&mut *out, text);
+    out.extend_from_slice(b"}}\n\n");
+}
+
 impl StreamEncoder {
     /// A new encoder; `input_estimate` fills `message_start.usage.input_tokens`.
     pub fn new(model: &str, input_estimate: u64) -> Self {
@@ -429,16 +443,15 @@ impl StreamEncoder {
         self.open = Block::None;
     }
 
-    /// Events for one chunk.
-    pub fn chunk(&mut self, chunk: &ChatChunk) -> Bytes {
-        let mut out = Vec::with_capacity(256);
+    /// Appends the events for one chunk to `out`.
+    pub fn chunk(&mut self, chunk: &ChatChunk, out: &mut Vec<u8>) {
         if !self.started {
             self.started = true;
             if !chunk.model.is_empty() {
                 self.model.clone_from(&chunk.model);
             }
             event(
-                &mut out,
+                out,
                 "message_start",
                 &json!({"type": "message_start", "message": {
                     "id": message_id(&chunk.id),
@@ -463,11 +476,11 @@ impl StreamEncoder {
                 let index = match self.open {
                     Block::Text(i) => i,
                     _ => {
-                        self.close(&mut out);
+                        self.close(out);
                         let i = self.next_index;
                         self.next_index += 1;
                         event(
-                            &mut out,
+                            out,
                             "content_block_start",
                             &json!({"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}}),
                         );
@@ -475,17 +488,13 @@ impl StreamEncoder {
                         i
                     }
                 };
-                event(
-                    &mut out,
-                    "content_block_delta",
-                    &json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": text}}),
-                );
+                text_delta(out, index, text);
             }
             if let Some(calls) = &c.delta.tool_calls {
                 for d in calls {
                     let same = matches!(self.open, Block::Tool { tool, .. } if tool == d.index);
                     if d.id.is_some() && !same {
-                        self.close(&mut out);
+                        self.close(out);
                         let i = self.next_index;
                         self.next_index += 1;
                         let name = d
@@ -494,7 +503,7 @@ impl StreamEncoder {
                             .and_then(|f| f.name.clone())
                             .unwrap_or_default();
                         event(
-                            &mut out,
+                            out,
                             "content_block_start",
                             &json!({"type": "content_block_start", "index": i, "content_block": {
                                 "type": "tool_use", "id": d.id, "name": name, "input": {}
@@ -510,7 +519,7 @@ impl StreamEncoder {
                         {
                             if !args.is_empty() {
                                 event(
-                                    &mut out,
+                                    out,
                                     "content_block_delta",
                                     &json!({"type": "content_block_delta", "index": block, "delta": {
                                         "type": "input_json_delta", "partial_json": args
@@ -523,31 +532,28 @@ impl StreamEncoder {
             }
             if c.finish_reason.is_some() {
                 self.finish = c.finish_reason;
-                self.close(&mut out);
+                self.close(out);
             }
         }
-        Bytes::from(out)
     }
 
-    /// The closing events.
-    pub fn finish(&mut self) -> Bytes {
-        let mut out = Vec::with_capacity(256);
+    /// Appends the closing events to `out` (after a `message_start` if no chunk came).
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
         if !self.started {
-            self.chunk(&ChatChunk::new("", self.model.clone(), 0));
+            self.chunk(&ChatChunk::new("", self.model.clone(), 0), out);
         }
-        self.close(&mut out);
+        self.close(out);
         let u = self.usage.unwrap_or_default();
         let cached = u.cached_tokens();
         event(
-            &mut out,
+            out,
             "message_delta",
             &json!({"type": "message_delta",
                 "delta": {"stop_reason": stop_reason(self.finish), "stop_sequence": null},
                 "usage": {"input_tokens": u.prompt_tokens.saturating_sub(cached), "output_tokens": u.completion_tokens,
                           "cache_read_input_tokens": cached}}),
         );
-        event(&mut out, "message_stop", &json!({"type": "message_stop"}));
-        Bytes::from(out)
+        event(out, "message_stop", &json!({"type": "message_stop"}));
     }
 
     /// The usage seen so far.
@@ -628,50 +634,100 @@ mod tests {
     }
 
     #[test]
+    fn a_text_delta_is_the_event_anthropic_sends() {
+        for text in [
+            "Hi",
+            "quote \" and \\ backslash",
+            "line\nbreak\ttab\u{1}\u{7f}",
+            "é 🐢 \u{2028}",
+        ] {
+            let mut out = Vec::new();
+            text_delta(&mut out, 7, text);
+            let s = String::from_utf8(out).unwrap();
+            let data = s
+                .strip_prefix("event: content_block_delta\ndata: ")
+                .and_then(|d| d.strip_suffix("\n\n"))
+                .unwrap_or_else(|| panic!("one event: {s:?}"));
+            assert!(!data.contains(['\n', '\r']), "{data:?}");
+            let v: Value = serde_json::from_str(data).unwrap();
+            assert_eq!(
+                v,
+                json!({"type": "content_block_delta", "index": 7, "delta": {"type": "text_delta", "text": text}})
+            );
+            assert!(
+                data.starts_with(r#"{"type":"content_block_delta","index":7,"delta":{"type":"text_delta","text":"#),
+                "in the order Anthropic sends: {data}"
+            );
+        }
+    }
+
+    /// A stream that ends before any chunk still starts with `message_start` (the SDKs require
+    /// it); the encoder used to build that event and drop it.
+    #[test]
+    fn an_empty_stream_still_starts_its_message() {
+        let mut enc = StreamEncoder::new("m", 3);
+        let mut out = Vec::new();
+        enc.finish(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("event: "))
+            .collect();
+        assert_eq!(
+            names,
+            vec!["message_start", "message_delta", "message_stop"]
+        );
+    }
+
+    #[test]
     fn stream_events_are_well_formed() {
         let mut enc = StreamEncoder::new("m", 12);
         let base = ChatChunk::new("abc", "m", 0);
         let mut out = Vec::new();
-        out.extend_from_slice(&enc.chunk(&base.clone().with_delta(
-            Delta {
-                content: Some("Hi".into()),
-                ..Delta::default()
-            },
-            None,
-        )));
-        out.extend_from_slice(&enc.chunk(&base.clone().with_delta(
-            Delta {
-                tool_calls: Some(vec![ToolCallDelta {
-                    index: 0,
-                    id: Some("call_1".into()),
-                    kind: Some("function".into()),
-                    function: Some(FunctionCallDelta {
-                        name: Some("f".into()),
-                        arguments: Some("{\"a\"".into()),
-                    }),
-                }]),
-                ..Delta::default()
-            },
-            None,
-        )));
-        out.extend_from_slice(&enc.chunk(&base.clone().with_delta(
-            Delta {
-                tool_calls: Some(vec![ToolCallDelta {
-                    index: 0,
-                    function: Some(FunctionCallDelta {
-                        name: None,
-                        arguments: Some(":1}".into()),
-                    }),
-                    ..ToolCallDelta::default()
-                }]),
-                ..Delta::default()
-            },
-            Some(FinishReason::ToolCalls),
-        )));
+        let text = |t: &str| Delta {
+            content: Some(t.into()),
+            ..Delta::default()
+        };
+        enc.chunk(&base.clone().with_delta(text("Hi"), None), &mut out);
+        enc.chunk(
+            &base.clone().with_delta(
+                Delta {
+                    tool_calls: Some(vec![ToolCallDelta {
+                        index: 0,
+                        id: Some("call_1".into()),
+                        kind: Some("function".into()),
+                        function: Some(FunctionCallDelta {
+                            name: Some("f".into()),
+                            arguments: Some("{\"a\"".into()),
+                        }),
+                    }]),
+                    ..Delta::default()
+                },
+                None,
+            ),
+            &mut out,
+        );
+        enc.chunk(
+            &base.clone().with_delta(
+                Delta {
+                    tool_calls: Some(vec![ToolCallDelta {
+                        index: 0,
+                        function: Some(FunctionCallDelta {
+                            name: None,
+                            arguments: Some(":1}".into()),
+                        }),
+                        ..ToolCallDelta::default()
+                    }]),
+                    ..Delta::default()
+                },
+                Some(FinishReason::ToolCalls),
+            ),
+            &mut out,
+        );
         let mut usage_chunk = base;
         usage_chunk.usage = Some(Usage::new(12, 5, 0));
-        out.extend_from_slice(&enc.chunk(&usage_chunk));
-        out.extend_from_slice(&enc.finish());
+        enc.chunk(&usage_chunk, &mut out);
+        enc.finish(&mut out);
         let text = String::from_utf8(out).unwrap();
         let names: Vec<&str> = text
             .lines()

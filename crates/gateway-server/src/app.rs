@@ -1103,7 +1103,7 @@ where
                         this.usage = Some(u);
                     }
                     match &mut this.anthropic {
-                        Some(enc) => this.buf.extend_from_slice(&enc.chunk(&chunk)),
+                        Some(enc) => enc.chunk(&chunk, &mut this.buf),
                         None => {
                             openai::encode_chunk(&chunk, this.include_usage, &mut this.buf);
                         }
@@ -1135,7 +1135,7 @@ where
                 Poll::Ready(None) => {
                     this.state = SseState::Done;
                     match &mut this.anthropic {
-                        Some(enc) => this.buf.extend_from_slice(&enc.finish()),
+                        Some(enc) => enc.finish(&mut this.buf),
                         None => this.buf.extend_from_slice(openai::DONE),
                     }
                     this.finish(200, None);
