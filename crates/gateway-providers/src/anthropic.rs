@@ -44,6 +44,7 @@ use crate::classify::{classify, classify_stream_error};
 use crate::headers::{parse_rfc3339, rate_limit_info};
 use crate::http::{header_value, join_url, json_request, HttpClient};
 use crate::openai::{accept_event_stream, push_traceparent, unsupported_credential};
+use crate::skim::Skim;
 use crate::sse::{SseEvent, SseStream};
 use crate::stream::{decode_stream, StreamDecoder};
 
@@ -669,6 +670,54 @@ enum WireEvent {
     Unknown,
 }
 
+/// The text of a `content_block_delta` event that is a text delta and nothing more, read with a
+/// skim. Nearly every event of a streamed answer is one, and serde reads an internally tagged
+/// enum by buffering the whole event first. `None` for anything else (other events, other or
+/// repeated members), which serde then reads: when this returns a text, serde reads the same.
+fn skim_text_delta(data: &[u8]) -> Option<String> {
+    let mut sk = Skim::new(data);
+    let (mut kind, mut index, mut text) = (false, false, None);
+    sk.object(|sk, key| match key {
+        b"type" if !kind => {
+            kind = true;
+            (sk.plain_str()? == "content_block_delta").then_some(())
+        }
+        b"index" if !index => {
+            index = true;
+            u32::try_from(sk.u64()?).ok().map(|_| ())
+        }
+        b"delta" if text.is_none() => {
+            let (mut delta_kind, mut value) = (false, None);
+            sk.object(|sk, key| match key {
+                b"type" if !delta_kind => {
+                    delta_kind = true;
+                    (sk.plain_str()? == "text_delta").then_some(())
+                }
+                b"text" if value.is_none() => {
+                    if sk.peek()? != b'"' {
+                        return None;
+                    }
+                    value = Some(sk.span()?);
+                    Some(())
+                }
+                _ => None,
+            })?;
+            text = value.filter(|_| delta_kind);
+            text.map(|_| ())
+        }
+        _ => None,
+    })?;
+    if !(sk.at_end() && kind && index) {
+        return None;
+    }
+    let quoted = text?;
+    let inner = quoted.get(1..quoted.len().checked_sub(1)?)?;
+    if memchr::memchr(b'\\', inner).is_none() {
+        return std::str::from_utf8(inner).ok().map(str::to_owned);
+    }
+    serde_json::from_slice(quoted).ok()
+}
+
 /// Decodes a Messages API event stream into canonical chunks (wire-formats §9.3).
 #[derive(Debug, Default)]
 pub struct MessageStreamDecoder {
@@ -726,6 +775,16 @@ impl StreamDecoder<SseEvent> for MessageStreamDecoder {
     ) -> Result<bool, ProviderError> {
         let data = ev.data.trim_ascii();
         if data.is_empty() {
+            return Ok(false);
+        }
+        if let Some(text) = skim_text_delta(data) {
+            out.push_back(self.chunk(
+                Delta {
+                    content: Some(text),
+                    ..Delta::default()
+                },
+                None,
+            ));
             return Ok(false);
         }
         let parsed: WireEvent = serde_json::from_slice(data)
@@ -924,5 +983,139 @@ mod tests {
                 FinishReason::ContentFilter
             ]
         );
+    }
+}
+
+#[cfg(test)]
+mod skim_text_delta_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What serde makes of an event: the text of a text delta, or nothing.
+    fn by_serde(data: &str) -> Option<String> {
+        match serde_json::from_str::<WireEvent>(data) {
+            Ok(WireEvent::ContentBlockDelta {
+                delta: WireDelta::TextDelta { text },
+                ..
+            }) => Some(text),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_usual_text_delta_is_skimmed() {
+        for (data, text) in [
+            (
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}"#,
+                "Hello",
+            ),
+            (
+                r#"{ "delta" : { "text" : "a\"b\\c\u00e9\n" , "type" : "text_delta" } , "index" : 3 , "type" : "content_block_delta" }"#,
+                "a\"b\\cé\n",
+            ),
+            (
+                r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"🐢 é"}}"#,
+                "🐢 é",
+            ),
+        ] {
+            assert_eq!(
+                skim_text_delta(data.as_bytes()).as_deref(),
+                Some(text),
+                "{data}"
+            );
+            assert_eq!(by_serde(data).as_deref(), Some(text), "{data}");
+        }
+    }
+
+    #[test]
+    fn anything_else_is_left_to_serde() {
+        for data in [
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{}"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a","x":1}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta"}}"#,
+            r#"{"type":"content_block_delta","delta":{"type":"text_delta","text":"a"}}"#,
+            r#"{"type":"content_block_delta","index":4294967296,"delta":{"type":"text_delta","text":"a"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a"},"type":"x"}"#,
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a"}} x"#,
+        ] {
+            assert_eq!(skim_text_delta(data.as_bytes()), None, "{data}");
+        }
+    }
+
+    fn event() -> impl Strategy<Value = String> {
+        let text =
+            ("[a-z \"\\\\\u{1}\n\u{e9}\u{1f422}]{0,8}", any::<bool>()).prop_map(|(t, escape)| {
+                if escape {
+                    serde_json::to_string(&t).unwrap()
+                } else {
+                    format!("\"{t}\"")
+                }
+            });
+        let kind = prop_oneof![
+            4 => Just(r#""content_block_delta""#.to_owned()),
+            1 => Just(r#""content_block_start""#.to_owned()),
+            1 => Just(r#""content_\u0062lock_delta""#.to_owned()),
+            1 => Just("1".to_owned()),
+        ];
+        let index = prop_oneof![
+            4 => Just("0".to_owned()),
+            1 => Just("4294967296".to_owned()),
+            1 => Just("-1".to_owned()),
+            1 => Just(r#""2""#.to_owned()),
+            1 => Just("1.5".to_owned()),
+        ];
+        let delta_kind = prop_oneof![
+            4 => Just(r#""text_delta""#.to_owned()),
+            1 => Just(r#""thinking_delta""#.to_owned()),
+            1 => Just("null".to_owned()),
+        ];
+        let text_value =
+            prop_oneof![4 => text.clone(), 1 => Just("null".to_owned()), 1 => Just("7".to_owned())];
+        (
+            kind,
+            index,
+            delta_kind,
+            text_value,
+            any::<bool>(),
+            proptest::option::weighted(0.2, text),
+            proptest::sample::select(vec!["", " ", "\n"]),
+            any::<prop::sample::Index>(),
+        )
+            .prop_map(|(kind, index, dk, tv, flip, extra, ws, drop)| {
+                let delta_members = if flip {
+                    vec![format!(r#""text":{tv}"#), format!(r#""type":{dk}"#)]
+                } else {
+                    vec![format!(r#""type":{dk}"#), format!(r#""text":{tv}"#)]
+                };
+                let mut members = vec![
+                    format!(r#""type":{kind}"#),
+                    format!(r#""index":{index}"#),
+                    format!(r#""delta":{{{}}}"#, delta_members.join(",")),
+                ];
+                if let Some(extra) = extra {
+                    // A repeated member: the same tag, or another value.
+                    let again = if extra.len() % 2 == 0 {
+                        r#""content_block_delta""#.to_owned()
+                    } else {
+                        extra
+                    };
+                    members.push(format!(r#""type":{again}"#));
+                }
+                if drop.index(8) == 0 {
+                    members.remove(drop.index(members.len()));
+                }
+                format!("{{{ws}{}{ws}}}", members.join(&format!(",{ws}")))
+            })
+    }
+
+    proptest! {
+        /// A text the skim reads is the text serde reads.
+        #[test]
+        fn the_skim_never_disagrees_with_serde(data in event()) {
+            if let Some(text) = skim_text_delta(data.as_bytes()) {
+                prop_assert_eq!(Some(text), by_serde(&data), "{}", data);
+            }
+        }
     }
 }
