@@ -456,28 +456,14 @@ kind = "openai"
 base_url = "{mock_base}/v1"
 models = ["gpt-4o-mini"]
 
-[[providers.keys]]
-name = "key-1"
-secret = "bench-key-1"
-
-[[providers.keys]]
-name = "key-2"
-secret = "bench-key-2"
-
+{keys}
 [[providers]]
 name = "mock-anthropic"
 kind = "anthropic"
 base_url = "{mock_base}"
 models = ["claude-3-5-haiku-latest"]
 
-[[providers.keys]]
-name = "key-1"
-secret = "bench-key-1"
-
-[[providers.keys]]
-name = "key-2"
-secret = "bench-key-2"
-
+{keys}
 [[routes]]
 name = "bench"
 targets = [{{ provider = "mock", model = "gpt-4o-mini" }}]
@@ -488,6 +474,8 @@ targets = [{{ provider = "mock-anthropic", model = "claude-3-5-haiku-latest" }}]
 "#,
         data = data_dir.display().to_string(),
         workers = workers.map_or(String::new(), |n| format!("worker_threads = {n}")),
+        keys = "[[providers.keys]]\nname = \"key-1\"\nsecret = \"bench-key-1\"\n\n\
+                [[providers.keys]]\nname = \"key-2\"\nsecret = \"bench-key-2\"\n",
     )
 }
 
@@ -1430,6 +1418,11 @@ mod tests {
             Some(1),
         );
         let config = gateway_server::Config::from_toml(&text).expect("the server reads it");
+        assert_eq!(config.providers.len(), 2);
+        for p in &config.providers {
+            let keys: Vec<&str> = p.keys.iter().map(|k| k.name.as_str()).collect();
+            assert_eq!(keys, ["key-1", "key-2"], "{}", p.name);
+        }
         for api in [Api::OpenAi, Api::Anthropic] {
             assert!(
                 config.routes.iter().any(|r| r.name == api.route()),

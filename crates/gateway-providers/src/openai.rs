@@ -2087,22 +2087,33 @@ mod prefix_resume_tests {
         (sent, finishes, format!("{end} usage {:?}", d.usage), count)
     }
 
+    /// The stream of `chunks` (then `[DONE]` if `done`), split in two reads at `at`: with runs,
+    /// the client gets the same bytes, finish reasons and end as one by one, in no more chunks.
+    fn same_with_runs(
+        chunks: &[String],
+        done: bool,
+        at: prop::sample::Index,
+    ) -> Result<(), TestCaseError> {
+        let mut sse: String = chunks.iter().map(|c| format!("data: {c}\n\n")).collect();
+        if done {
+            sse.push_str("data: [DONE]\n\n");
+        }
+        let split = at.index(sse.len() + 1);
+        let one_by_one = client_view(&sse, split, false);
+        let with_runs = client_view(&sse, split, true);
+        prop_assert_eq!(&with_runs.0, &one_by_one.0);
+        prop_assert_eq!(&with_runs.1, &one_by_one.1);
+        prop_assert_eq!(&with_runs.2, &one_by_one.2);
+        prop_assert!(with_runs.3 <= one_by_one.3);
+        Ok(())
+    }
+
     proptest! {
         /// Runs of events send the client the same bytes, keep the same finish reasons and end
         /// the same way as events one by one, wherever the reads split the stream.
         #[test]
         fn runs_change_nothing_the_client_sees(chunks in stream(), done in any::<bool>(), at in any::<prop::sample::Index>()) {
-            let mut sse: String = chunks.iter().map(|c| format!("data: {c}\n\n")).collect();
-            if done {
-                sse.push_str("data: [DONE]\n\n");
-            }
-            let split = at.index(sse.len() + 1);
-            let one_by_one = client_view(&sse, split, false);
-            let with_runs = client_view(&sse, split, true);
-            prop_assert_eq!(&with_runs.0, &one_by_one.0);
-            prop_assert_eq!(&with_runs.1, &one_by_one.1);
-            prop_assert_eq!(&with_runs.2, &one_by_one.2);
-            prop_assert!(with_runs.3 <= one_by_one.3);
+            same_with_runs(&chunks, done, at)?;
         }
     }
 
@@ -2143,17 +2154,7 @@ mod prefix_resume_tests {
             done in any::<bool>(),
             at in any::<prop::sample::Index>(),
         ) {
-            let mut sse: String = chunks.iter().map(|c| format!("data: {c}\n\n")).collect();
-            if done {
-                sse.push_str("data: [DONE]\n\n");
-            }
-            let split = at.index(sse.len() + 1);
-            let one_by_one = client_view(&sse, split, false);
-            let with_runs = client_view(&sse, split, true);
-            prop_assert_eq!(&with_runs.0, &one_by_one.0);
-            prop_assert_eq!(&with_runs.1, &one_by_one.1);
-            prop_assert_eq!(&with_runs.2, &one_by_one.2);
-            prop_assert!(with_runs.3 <= one_by_one.3);
+            same_with_runs(&chunks, done, at)?;
         }
     }
 

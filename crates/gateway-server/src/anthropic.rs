@@ -661,6 +661,13 @@ mod tests {
         }
     }
 
+    /// The event names of an SSE text, in order.
+    fn event_names(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("event: "))
+            .collect()
+    }
+
     /// A stream that ends before any chunk still starts with `message_start` (the SDKs require
     /// it); the encoder used to build that event and drop it.
     #[test]
@@ -669,10 +676,7 @@ mod tests {
         let mut out = Vec::new();
         enc.finish(&mut out);
         let text = String::from_utf8(out).unwrap();
-        let names: Vec<&str> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("event: "))
-            .collect();
+        let names = event_names(&text);
         assert_eq!(
             names,
             vec!["message_start", "message_delta", "message_stop"]
@@ -729,10 +733,7 @@ mod tests {
         enc.chunk(&usage_chunk, &mut out);
         enc.finish(&mut out);
         let text = String::from_utf8(out).unwrap();
-        let names: Vec<&str> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("event: "))
-            .collect();
+        let names = event_names(&text);
         assert_eq!(
             names,
             vec![
