@@ -183,11 +183,13 @@ impl SseParser {
         let buf = &self.buf[..];
         let (mut pos, mut data_end, mut n) = (0, 0, 0u32);
         while buf[pos..].starts_with(FIELD) {
-            let value = pos + FIELD.len();
-            let Some(rel) = memchr::memchr2(b'\n', b'\r', &buf[value..]) else {
+            // The bytes `next_line` already found without a line ending (a long first line
+            // arriving in many reads) are not searched again.
+            let from = (pos + FIELD.len()).max(if n == 0 { self.scanned } else { 0 });
+            let Some(rel) = memchr::memchr2(b'\n', b'\r', &buf[from..]) else {
                 break;
             };
-            let nl = value + rel;
+            let nl = from + rel;
             if buf[nl] != b'\n' || buf.get(nl + 1) != Some(&b'\n') {
                 break;
             }
