@@ -1044,14 +1044,7 @@ mod skim_text_delta_tests {
     }
 
     fn event() -> impl Strategy<Value = String> {
-        let text =
-            ("[a-z \"\\\\\u{1}\n\u{e9}\u{1f422}]{0,8}", any::<bool>()).prop_map(|(t, escape)| {
-                if escape {
-                    serde_json::to_string(&t).unwrap()
-                } else {
-                    format!("\"{t}\"")
-                }
-            });
+        let text = crate::skim::json_text(8);
         let kind = prop_oneof![
             4 => Just(r#""content_block_delta""#.to_owned()),
             1 => Just(r#""content_block_start""#.to_owned()),

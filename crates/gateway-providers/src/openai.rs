@@ -1960,14 +1960,7 @@ mod prefix_resume_tests {
         ];
         // Texts that vary from chunk to chunk, escaped as JSON or put in raw (quotes, backslashes
         // and control characters then break the document).
-        let text =
-            ("[a-z \"\\\\\u{1}\n\u{e9}\u{1f422}]{0,6}", any::<bool>()).prop_map(|(t, escape)| {
-                if escape {
-                    serde_json::to_string(&t).unwrap()
-                } else {
-                    format!("\"{t}\"")
-                }
-            });
+        let text = crate::skim::json_text(6);
         let varying = (text, 0u8..4).prop_map(|(t, shape)| match shape {
             0 => format!(r#"[{{"index":0,"delta":{{"content":{t}}},"logprobs":null,"finish_reason":null}}]"#),
             1 => format!(r#"[{{"index":0,"delta":{{"reasoning_content":{t},"content":null}},"finish_reason":null}}]"#),

@@ -295,6 +295,26 @@ impl<'a> Skim<'a> {
     }
 }
 
+/// For property tests: a JSON string of up to `max` characters that are hard for a skim (quotes,
+/// backslashes, a control character, a newline, non-ASCII), either escaped as JSON or put between
+/// quotes raw, where those characters break the document.
+#[cfg(test)]
+pub(crate) fn json_text(max: usize) -> proptest::strategy::BoxedStrategy<String> {
+    use proptest::prelude::*;
+    let chars =
+        proptest::string::string_regex(&format!("[a-z \"\\\\\u{1}\n\u{e9}\u{1f422}]{{0,{max}}}"))
+            .expect("a valid pattern");
+    (chars, any::<bool>())
+        .prop_map(|(t, escape)| {
+            if escape {
+                serde_json::to_string(&t).unwrap_or_default()
+            } else {
+                format!("\"{t}\"")
+            }
+        })
+        .boxed()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
