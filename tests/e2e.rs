@@ -203,6 +203,102 @@ async fn anthropic_messages_native_and_cross_format() {
     gw.stop().await;
 }
 
+/// An Anthropic client of an Anthropic provider: its request reaches the upstream as written
+/// (cache breakpoints, thinking, members the gateway does not know) with only the model replaced
+/// and the gateway's own `fallbacks` taken out, and the answer comes back as the upstream wrote
+/// it: thinking blocks with their signatures, which the client replays in its next turn (the mock
+/// checks the signature and, as the API does, that a tool-use turn starts with its thinking).
+#[tokio::test]
+async fn anthropic_clients_of_anthropic_upstreams_get_everything_through() {
+    let (gw, _o, a) = setup().await;
+    let tools = json!([{"name": "get_weather", "input_schema": {"type": "object"},
+        "cache_control": {"type": "ephemeral"}}]);
+    let mut body = json!({
+        "model": "ant/claude-3-5-haiku-latest", "max_tokens": 2048,
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "system": [{"type": "text", "text": "Be terse.", "cache_control": {"type": "ephemeral"}}],
+        "tools": tools, "metadata": {"user_id": "u-1"}, "service_tier": "auto",
+        "fallbacks": ["oai/gpt-4o-mini"],
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+    });
+    let r = gw.post_anthropic(&body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let answer = r.json();
+    assert_eq!(answer["content"][0]["type"], "thinking", "{answer}");
+    assert!(answer["content"][0]["signature"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("EqMock")));
+    assert_eq!(answer["content"][1]["type"], "tool_use");
+    assert_eq!(answer["stop_reason"], "tool_use");
+    assert_eq!(
+        answer["usage"]["service_tier"], "standard",
+        "the upstream's own usage object"
+    );
+    let sent = a.last_request().unwrap().body.clone();
+    let mut expected = body.clone();
+    expected["model"] = json!("claude-3-5-haiku-latest");
+    expected.as_object_mut().unwrap().remove("fallbacks");
+    assert_eq!(sent, expected, "the client's body, model replaced");
+
+    // The next turn replays the thinking block, streamed.
+    let call_id = answer["content"][1]["id"].clone();
+    body["stream"] = json!(true);
+    body["messages"] = json!([
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": answer["content"]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call_id, "content": "18C sunny"}]},
+    ]);
+    let r = gw.post_anthropic(&body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = r.text();
+    let events = r.sse_events();
+    assert_eq!(
+        events[..8],
+        [
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "content_block_start",
+            "ping",
+        ],
+        "{text}"
+    );
+    assert_eq!(
+        events[events.len() - 3..],
+        ["content_block_stop", "message_delta", "message_stop"],
+        "{text}"
+    );
+    // Written by the upstream, not re-encoded: the mock's ping has a space the gateway's
+    // encoder would not write, and the signature comes as its own delta.
+    assert!(
+        text.contains("event: ping\ndata: {\"type\": \"ping\"}\n\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"type\":\"signature_delta\",\"signature\":\"EqMock"),
+        "{text}"
+    );
+    let said: String = r
+        .sse_data()
+        .iter()
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .filter(|v| v["delta"]["type"] == "text_delta")
+        .map(|v| v["delta"]["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(said, "Tool said: 18C sunny");
+
+    // Without its thinking block the upstream refuses the turn, and the client hears why: the
+    // check above is real.
+    body["messages"][1]["content"] = json!([answer["content"][1]]);
+    let r = gw.post_anthropic(&body).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("Expected `thinking`"), "{}", r.text());
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn tools_cross_formats() {
     let (gw, _o, _a) = setup().await;

@@ -185,3 +185,34 @@ def test_tool_round_trip_every_provider(gateway, provider):
     messages.append({"role": "tool", "tool_call_id": call.id, "content": "18C sunny"})
     r = client.chat.completions.create(model=model, messages=messages, tools=tools)
     assert r.choices[0].message.content == "Tool said: 18C sunny"
+
+
+def test_anthropic_sdk_extended_thinking_round_trip(gateway):
+    """An Anthropic provider's thinking blocks reach the Anthropic SDK with their signatures, and
+    replaying them in the next turn is accepted (the mock checks the signature, and that a
+    tool-use turn starts with its thinking, as the API does)."""
+    client = ant(gateway)
+    model = f"ant/{MODEL['ant']}"
+    thinking = {"type": "enabled", "budget_tokens": 1024}
+    tools = [{"name": "get_weather", "description": "weather",
+              "input_schema": {"type": "object", "properties": {"query": {"type": "string"}}}}]
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    m = client.messages.create(model=model, max_tokens=2048, thinking=thinking, tools=tools,
+                               messages=messages)
+    assert [b.type for b in m.content] == ["thinking", "tool_use"]
+    assert m.content[0].signature and m.content[0].thinking
+    messages += [{"role": "assistant", "content": m.content},
+                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": m.content[1].id,
+                                               "content": "18C sunny"}]}]
+    with client.messages.stream(model=model, max_tokens=2048, thinking=thinking, tools=tools,
+                                messages=messages) as s:
+        kinds = [e.type for e in s]
+        final = s.get_final_message()
+    assert "thinking" in kinds and "signature" in kinds
+    assert [b.type for b in final.content] == ["thinking", "text"]
+    assert final.content[0].signature == m.content[0].signature
+    assert final.content[1].text == "Tool said: 18C sunny"
+    with pytest.raises(anthropic.BadRequestError):
+        client.messages.create(model=model, max_tokens=2048, thinking=thinking, tools=tools,
+                               messages=[messages[0], {"role": "assistant", "content": m.content[1:]},
+                                         messages[2]])

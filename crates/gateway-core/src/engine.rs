@@ -231,9 +231,9 @@ pub struct RequestOptions {
     pub allowed_providers: Vec<String>,
     /// Fixed RNG seed (tests and simulations).
     pub seed: Option<u64>,
-    /// The caller writes the OpenAI format and honours `raw` on answers and chunks (see
+    /// The format in which the caller honours `raw` on answers and chunks (see
     /// [`Call::passthrough`]).
-    pub passthrough: bool,
+    pub passthrough: crate::provider::Passthrough,
 }
 
 /// Who served a request.

@@ -31,7 +31,7 @@ pub use engine::{
 pub use error::{EngineError, FailoverScope, ProviderError, RateLimitScope};
 pub use observe::{AttemptRecord, Observer, RequestRecord};
 pub use provider::{
-    Call, ChunkStream, Credential, Provider, ProviderResponse, ProviderStream, Secret,
+    Call, ChunkStream, Credential, Passthrough, Provider, ProviderResponse, ProviderStream, Secret,
 };
 pub use ratelimit::RateLimitInfo;
 pub use strategy::{Strategy, StrategyKind};

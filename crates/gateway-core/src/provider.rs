@@ -126,12 +126,27 @@ pub struct Call {
     pub request_id: Arc<str>,
     /// W3C `traceparent` to forward upstream, if any.
     pub traceparent: Option<Arc<str>>,
-    /// The caller writes the OpenAI chat-completions format and honours
+    /// The format the caller writes its answers in, if it honours
     /// [`ChatResponse::raw`](crate::types::ChatResponse::raw) and
     /// [`ChatChunk::raw`](crate::types::ChatChunk::raw): an adapter whose upstream speaks that
     /// format may pass answers and chunks on as they came instead of decoding them fully.
     /// Adapters are free to ignore it.
-    pub passthrough: bool,
+    pub passthrough: Passthrough,
+}
+
+/// Which wire format, if any, a caller accepts answers and chunks in as the upstream sent them
+/// ([`Call::passthrough`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Passthrough {
+    /// Answers and chunks come decoded; `raw` is never set.
+    #[default]
+    Off,
+    /// OpenAI chat completions: the answer's JSON, and each chunk's `data:` value (or a run of
+    /// them, see [`ChatChunk::raw`](crate::types::ChatChunk::raw)).
+    OpenAiChat,
+    /// Anthropic Messages: the message's JSON, and each chunk's whole SSE event text
+    /// (`event: …\ndata: …\n\n`).
+    AnthropicMessages,
 }
 
 /// A non-streaming answer plus what the headers said.

@@ -381,6 +381,14 @@ pub struct ChatRequest {
     /// Fields this type does not model; passed through to OpenAI-shaped upstreams.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+    /// The client's own body, as it came, for a format this type does not model in full
+    /// (Anthropic Messages: cache breakpoints, thinking blocks and their signatures, server
+    /// tools...). A caller that keeps it also asks for pass-through in that format
+    /// ([`Call::passthrough`](crate::provider::Call::passthrough)), and an adapter whose upstream
+    /// speaks it sends these bytes with the model replaced instead of encoding the fields above.
+    /// Never serialized.
+    #[serde(skip)]
+    pub native: Option<bytes::Bytes>,
 }
 
 impl ChatRequest {
@@ -530,13 +538,13 @@ pub struct ChatResponse {
     pub extra: Map<String, Value>,
     /// The upstream's own body, passed on as it came, when the call asked for it
     /// ([`Call::passthrough`](crate::provider::Call::passthrough)) and the upstream speaks the
-    /// OpenAI chat-completions format.
+    /// format it named. A consumer that writes that format sends these bytes.
     ///
-    /// When set, it is a complete `chat.completion` and the decoded fields are partial: `id`,
-    /// `created`, `model`, `usage` and each choice's `index` and `finish_reason` are filled,
-    /// messages are empty assistant turns, `extra` is empty. A consumer that writes the OpenAI
-    /// format sends these bytes; a consumer that needs the content must not ask for
-    /// passthrough. Never serialized.
+    /// OpenAI chat completions: a complete `chat.completion`, and the decoded fields are
+    /// partial: `id`, `created`, `model`, `usage` and each choice's `index` and `finish_reason`
+    /// are filled, messages are empty assistant turns, `extra` is empty; a consumer that needs
+    /// the content must not ask for passthrough. Anthropic Messages: a complete `message`, and
+    /// the decoded fields are complete. Never serialized.
     #[serde(skip)]
     pub raw: Option<bytes::Bytes>,
 }
@@ -630,11 +638,11 @@ pub struct ChatChunk {
     /// Usage, on the last chunk.
     #[serde(default)]
     pub usage: Option<Usage>,
-    /// The upstream's own JSON for this chunk, passed on as it came, when the call asked for raw
+    /// The upstream's own text for this chunk, passed on as it came, when the call asked for raw
     /// chunks ([`Call::passthrough`](crate::provider::Call::passthrough)) and the upstream speaks
-    /// the OpenAI chat-completions format.
+    /// the format it named.
     ///
-    /// When set, it is a complete `chat.completion.chunk` without usage (usage always comes
+    /// OpenAI chat completions: it is a complete `chat.completion.chunk` without usage (usage always comes
     /// decoded, on its own chunk), and the decoded fields are partial: each choice has its
     /// `index` and `finish_reason` but an empty delta, and `id` and `model` may be empty. A
     /// consumer that writes the OpenAI format sends these bytes instead of encoding the chunk;
@@ -643,6 +651,13 @@ pub struct ChatChunk {
     /// It may also be a *run*: several such chunks that came one after the other, joined by
     /// `\n\ndata: `, so that `data: {raw}\n\n` is their SSE text, exactly as the upstream sent
     /// it. A run's `choices` are only those of its chunks that carry a finish reason.
+    ///
+    /// Anthropic Messages ([`Passthrough::AnthropicMessages`](crate::provider::Passthrough)):
+    /// the whole SSE text of one upstream event, `event: {name}\ndata: {json}\n\n`, every event
+    /// of the stream (pings and block boundaries included) in order. Its decoded fields are
+    /// partial: `usage` when the event carried it (the stream's final one comes with
+    /// `message_stop`), and a choice with an empty delta for the `finish_reason` of
+    /// `message_delta`.
     #[serde(skip)]
     pub raw: Option<bytes::Bytes>,
 }

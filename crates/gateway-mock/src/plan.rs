@@ -42,6 +42,9 @@ pub(crate) struct Prompt {
     pub tool_choice: ToolChoice,
     pub stream: bool,
     pub include_usage: bool,
+    /// Extended thinking asked for (Anthropic `thinking`): the answer starts with a thinking
+    /// block.
+    pub thinking: bool,
 }
 
 impl Prompt {
@@ -54,6 +57,7 @@ impl Prompt {
             tool_choice: ToolChoice::Auto,
             stream: false,
             include_usage: false,
+            thinking: false,
         }
     }
 }
@@ -82,6 +86,8 @@ pub(crate) struct Plan {
     pub completion_tokens: u64,
     /// Unique per request, used to build ids.
     pub seq: u64,
+    /// Start with a thinking block ([`Prompt::thinking`]).
+    pub thinking: bool,
 }
 
 impl Plan {
@@ -194,6 +200,7 @@ pub(crate) fn plan(reply: &Reply, prompt: &Prompt, seq: u64) -> Plan {
         prompt_tokens,
         completion_tokens: u64::try_from(completion_tokens).unwrap_or(1).max(1),
         seq,
+        thinking: prompt.thinking,
     }
 }
 

@@ -34,7 +34,9 @@ use gateway_core::types::{
     FunctionCall, FunctionCallDelta, Message, ModelInfo, ResponseFormat, Role, ToolCall,
     ToolCallDelta, ToolChoice, ToolChoiceMode, Usage,
 };
-use gateway_core::{Call, Credential, Provider, ProviderError, ProviderResponse, ProviderStream};
+use gateway_core::{
+    Call, Credential, Passthrough, Provider, ProviderError, ProviderResponse, ProviderStream,
+};
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use http::Method;
 use serde::Deserialize;
@@ -121,7 +123,7 @@ impl Provider for AnthropicProvider {
         call: &Call,
         request: &ChatRequest,
     ) -> Result<ProviderResponse<ChatResponse>, ProviderError> {
-        let body = encode(&messages_body(request, &call.model, false))?;
+        let body = upstream_body(call, request, false)?;
         let req = json_request(
             Method::POST,
             &self.messages_url,
@@ -129,8 +131,12 @@ impl Provider for AnthropicProvider {
             body,
         )?;
         let resp = self.client.fetch(req, call.timeout, classify).await?;
+        let mut body = parse_message(resp.body())?;
+        if call.passthrough == Passthrough::AnthropicMessages {
+            body.raw = Some(resp.body().clone());
+        }
         Ok(ProviderResponse {
-            body: parse_message(resp.body())?,
+            body,
             rate_limit: rate_limit_info(resp.headers()),
         })
     }
@@ -140,7 +146,7 @@ impl Provider for AnthropicProvider {
         call: &Call,
         request: &ChatRequest,
     ) -> Result<ProviderStream, ProviderError> {
-        let body = encode(&messages_body(request, &call.model, true))?;
+        let body = upstream_body(call, request, true)?;
         let mut req = json_request(
             Method::POST,
             &self.messages_url,
@@ -152,7 +158,11 @@ impl Provider for AnthropicProvider {
         let rate_limit = rate_limit_info(resp.headers());
         let events = SseStream::new(resp.into_body()).idle_timeout(call.timeout);
         Ok(ProviderStream {
-            chunks: decode_stream(events, MessageStreamDecoder::new()),
+            chunks: decode_stream(
+                events,
+                MessageStreamDecoder::new()
+                    .passthrough(call.passthrough == Passthrough::AnthropicMessages),
+            ),
             rate_limit,
         })
     }
@@ -167,6 +177,72 @@ impl Provider for AnthropicProvider {
         let resp = self.client.fetch(req, call.timeout, classify).await?;
         parse_models(resp.body())
     }
+}
+
+/// The body sent upstream: the client's own Messages body when it wrote one and takes answers as
+/// they come ([`ChatRequest::native`]), else one encoded from the canonical fields.
+fn upstream_body(call: &Call, request: &ChatRequest, stream: bool) -> Result<Bytes, ProviderError> {
+    match &request.native {
+        Some(native) if call.passthrough == Passthrough::AnthropicMessages => {
+            native_body(native, &call.model, stream)
+        }
+        _ => encode(&messages_body(request, &call.model, stream)),
+    }
+}
+
+/// Members of a client's Messages body that the gateway reads itself and the API does not take
+/// (it refuses unknown members).
+const GATEWAY_MEMBERS: [&[u8]; 1] = [b"fallbacks"];
+
+/// A client's own Messages body for the upstream: `model` set to the upstream model id, `stream`
+/// set as this call streams, the gateway's own members ([`GATEWAY_MEMBERS`]) left out, and every
+/// other member as the client wrote it, byte for byte (cache breakpoints, thinking blocks and
+/// their signatures, server tools, members this gateway has never heard of).
+///
+/// The top level is skimmed, so the members' values are not parsed again; a body the skim
+/// refuses (a key spelled with escapes) is parsed and written again instead. The body must be
+/// one JSON object.
+pub fn native_body(body: &[u8], model: &str, stream: bool) -> Result<Bytes, ProviderError> {
+    let skip = |key: &[u8]| matches!(key, b"model" | b"stream") || GATEWAY_MEMBERS.contains(&key);
+    let mut out = Vec::with_capacity(body.len() + model.len() + 16);
+    out.extend_from_slice(b"{\"model\":");
+    serde_json::to_writer(&mut out, model)
+        .map_err(|e| ProviderError::Protocol(format!("encoding the request: {e}")))?;
+    let mut sk = Skim::new(body);
+    let skimmed = sk
+        .object(|sk, key| {
+            let value = sk.span()?;
+            if !skip(key) {
+                out.extend_from_slice(b",\"");
+                out.extend_from_slice(key);
+                out.extend_from_slice(b"\":");
+                out.extend_from_slice(value);
+            }
+            Some(())
+        })
+        .filter(|()| sk.at_end());
+    if skimmed.is_none() {
+        let mut v: Map<String, Value> = serde_json::from_slice(body)
+            .map_err(|e| ProviderError::Protocol(format!("the client's body: {e}")))?;
+        v.retain(|k, _| !skip(k.as_bytes()));
+        out.truncate(b"{\"model\":".len());
+        serde_json::to_writer(&mut out, model)
+            .map_err(|e| ProviderError::Protocol(format!("encoding the request: {e}")))?;
+        for (k, value) in &v {
+            out.push(b',');
+            serde_json::to_writer(&mut out, k)
+                .and_then(|()| {
+                    out.push(b':');
+                    serde_json::to_writer(&mut out, value)
+                })
+                .map_err(|e| ProviderError::Protocol(format!("encoding the request: {e}")))?;
+        }
+    }
+    if stream {
+        out.extend_from_slice(b",\"stream\":true");
+    }
+    out.push(b'}');
+    Ok(Bytes::from(out))
 }
 
 fn encode(v: &Value) -> Result<Bytes, ProviderError> {
@@ -675,6 +751,17 @@ enum WireEvent {
 /// enum by buffering the whole event first. `None` for anything else (other events, other or
 /// repeated members), which serde then reads: when this returns a text, serde reads the same.
 fn skim_text_delta(data: &[u8]) -> Option<String> {
+    let quoted = skim_text_delta_span(data)?;
+    let inner = quoted.get(1..quoted.len().checked_sub(1)?)?;
+    if memchr::memchr(b'\\', inner).is_none() {
+        return std::str::from_utf8(inner).ok().map(str::to_owned);
+    }
+    serde_json::from_slice(quoted).ok()
+}
+
+/// The text of a text-delta event as [`skim_text_delta`] finds it: the JSON string, quotes and
+/// escapes included (its bytes are not checked to be UTF-8).
+fn skim_text_delta_span(data: &[u8]) -> Option<&[u8]> {
     let mut sk = Skim::new(data);
     let (mut kind, mut index, mut text) = (false, false, None);
     sk.object(|sk, key| match key {
@@ -710,13 +797,43 @@ fn skim_text_delta(data: &[u8]) -> Option<String> {
     if !(sk.at_end() && kind && index) {
         return None;
     }
-    let quoted = text?;
-    let inner = quoted.get(1..quoted.len().checked_sub(1)?)?;
-    if memchr::memchr(b'\\', inner).is_none() {
-        return std::str::from_utf8(inner).ok().map(str::to_owned);
-    }
-    serde_json::from_slice(quoted).ok()
+    text
 }
+
+/// The `type` of an event's data, read with a skim (for an upstream that leaves out `event:`).
+fn skim_type(data: &[u8]) -> Option<&str> {
+    let mut sk = Skim::new(data);
+    let mut kind = None;
+    sk.object(|sk, key| {
+        if key == b"type" && kind.is_none() {
+            kind = Some(sk.plain_str()?);
+            Some(())
+        } else {
+            sk.skip()
+        }
+    })?;
+    kind
+}
+
+/// The SSE text of an event named `name` with `data`, as Anthropic writes it: `event:`, then
+/// each line of the data after `data: `, then a blank line.
+fn sse_text(name: &[u8], data: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(name.len() + data.len() + 17);
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name);
+    out.extend_from_slice(b"\ndata: ");
+    for (i, line) in data.split(|c| *c == b'\n').enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b"\ndata: ");
+        }
+        out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
+    }
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+/// The `message_stop` event, for a stream that ended after its `message_delta` without one.
+const MESSAGE_STOP: &[u8] = b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
 
 /// Decodes a Messages API event stream into canonical chunks (wire-formats §9.3).
 #[derive(Debug, Default)]
@@ -729,6 +846,8 @@ pub struct MessageStreamDecoder {
     tools: Vec<(u32, u32)>,
     finished: bool,
     sent_usage: bool,
+    /// Every event goes out as it came ([`Passthrough::AnthropicMessages`]).
+    passthrough: bool,
 }
 
 impl MessageStreamDecoder {
@@ -738,6 +857,16 @@ impl MessageStreamDecoder {
             created: now_secs(),
             ..MessageStreamDecoder::default()
         }
+    }
+
+    /// With `on`, each event becomes one chunk whose [`ChatChunk::raw`] is the event's SSE text,
+    /// with only its usage and finish reason decoded: for a caller that writes the Anthropic
+    /// format, so that thinking blocks, signatures, citations and server tool blocks reach it as
+    /// the upstream sent them. Every event is still read (and a malformed one is still an
+    /// error).
+    pub fn passthrough(mut self, on: bool) -> Self {
+        self.passthrough = on;
+        self
     }
 
     fn chunk(&self, delta: Delta, finish: Option<FinishReason>) -> ChatChunk {
@@ -777,6 +906,9 @@ impl StreamDecoder<SseEvent> for MessageStreamDecoder {
         if data.is_empty() {
             return Ok(false);
         }
+        if self.passthrough {
+            return self.pass(&ev, out);
+        }
         if let Some(text) = skim_text_delta(data) {
             out.push_back(self.chunk(
                 Delta {
@@ -787,6 +919,73 @@ impl StreamDecoder<SseEvent> for MessageStreamDecoder {
             ));
             return Ok(false);
         }
+        self.decode(data, out)
+    }
+
+    fn end(&mut self, out: &mut VecDeque<ChatChunk>) -> Result<(), ProviderError> {
+        if self.finished {
+            let at = out.len();
+            self.usage_chunk(out);
+            if self.passthrough {
+                // The client gets the `message_stop` the upstream left out.
+                if let Some(c) = out.get_mut(at) {
+                    c.raw = Some(Bytes::from_static(MESSAGE_STOP));
+                }
+            }
+            Ok(())
+        } else {
+            Err(ProviderError::Connect(
+                "upstream closed the stream before message_stop".into(),
+            ))
+        }
+    }
+}
+
+impl MessageStreamDecoder {
+    /// One event in pass-through: decoded as usual (a text delta only checked), and the chunks
+    /// that gives folded into one that carries the event's text.
+    fn pass(
+        &mut self,
+        ev: &SseEvent,
+        out: &mut VecDeque<ChatChunk>,
+    ) -> Result<bool, ProviderError> {
+        let data = ev.data.trim_ascii();
+        let at = out.len();
+        let done = match skim_text_delta_span(data) {
+            Some(_) => false,
+            None => self.decode(data, out)?,
+        };
+        if std::str::from_utf8(data).is_err() {
+            return Err(ProviderError::Protocol(
+                "invalid stream event: not UTF-8".into(),
+            ));
+        }
+        let name = match ev.event.as_deref().filter(|e| !e.is_empty()) {
+            Some(name) => name,
+            None => skim_type(data)
+                .ok_or_else(|| ProviderError::Protocol("stream event without a type".into()))?
+                .as_bytes(),
+        };
+        let mut chunk = ChatChunk::new(String::new(), String::new(), self.created);
+        for c in out.drain(at..) {
+            if c.usage.is_some() {
+                chunk.usage = c.usage;
+            }
+            chunk
+                .choices
+                .extend(c.choices.into_iter().filter(|c| c.finish_reason.is_some()));
+        }
+        chunk.raw = Some(sse_text(name, data));
+        out.push_back(chunk);
+        Ok(done)
+    }
+
+    /// One event, fully decoded.
+    fn decode(
+        &mut self,
+        data: &[u8],
+        out: &mut VecDeque<ChatChunk>,
+    ) -> Result<bool, ProviderError> {
         let parsed: WireEvent = serde_json::from_slice(data)
             .map_err(|e| ProviderError::Protocol(format!("invalid stream event: {e}")))?;
         match parsed {
@@ -920,17 +1119,6 @@ impl StreamDecoder<SseEvent> for MessageStreamDecoder {
         }
         Ok(false)
     }
-
-    fn end(&mut self, out: &mut VecDeque<ChatChunk>) -> Result<(), ProviderError> {
-        if self.finished {
-            self.usage_chunk(out);
-            Ok(())
-        } else {
-            Err(ProviderError::Connect(
-                "upstream closed the stream before message_stop".into(),
-            ))
-        }
-    }
 }
 
 #[cfg(test)]
@@ -955,6 +1143,49 @@ mod tests {
         let u = r.usage.expect("usage");
         assert_eq!(u.prompt_tokens, u64::MAX);
         assert_eq!(u.total_tokens, u64::MAX);
+    }
+
+    #[test]
+    fn native_body_sets_the_model_and_stream_and_keeps_every_other_member_as_written() {
+        let client = br#"{ "model" : "my-route", "max_tokens": 2048, "stream": false,
+            "system": [{"type": "text", "text": "Be terse.", "cache_control": {"type": "ephemeral"}}],
+            "thinking": {"type": "enabled", "budget_tokens": 1024},
+            "fallbacks": ["oai/gpt-4o-mini"],
+            "messages": [{"role": "assistant", "content": [{"type": "thinking", "thinking": "x\n", "signature": "EqA=="}]}],
+            "future_member": 1.50 }"#;
+        let out = native_body(client, "claude-sonnet-4-5", true).expect("a body");
+        assert_eq!(
+            std::str::from_utf8(&out).expect("utf-8"),
+            concat!(
+                r#"{"model":"claude-sonnet-4-5","max_tokens":2048,"#,
+                r#""system":[{"type": "text", "text": "Be terse.", "cache_control": {"type": "ephemeral"}}],"#,
+                r#""thinking":{"type": "enabled", "budget_tokens": 1024},"#,
+                r#""messages":[{"role": "assistant", "content": [{"type": "thinking", "thinking": "x\n", "signature": "EqA=="}]}],"#,
+                r#""future_member":1.50,"stream":true}"#,
+            )
+        );
+        let out = native_body(br#"{"model":"a","stream":true,"messages":[]}"#, "b", false)
+            .expect("a body");
+        assert_eq!(&out[..], br#"{"model":"b","messages":[]}"#);
+    }
+
+    #[test]
+    fn native_body_with_escaped_keys_is_parsed_and_written_again() {
+        // `mo\u0064el` is `model`: the skim refuses escaped keys, serde reads it, and it is
+        // replaced like any other spelling.
+        let out = native_body(
+            br#"{"mo\u0064el":"a","max_tokens":5,"fallb\u0061cks":[],"x":"\u00e9"}"#,
+            "b\"c",
+            true,
+        )
+        .expect("a body");
+        let v: Value = serde_json::from_slice(&out).expect("JSON");
+        assert_eq!(
+            v,
+            json!({"model": "b\"c", "max_tokens": 5, "x": "\u{e9}", "stream": true})
+        );
+        assert!(native_body(b"[1]", "m", false).is_err());
+        assert!(native_body(b"{\"model\":", "m", false).is_err());
     }
 
     #[test]

@@ -23,7 +23,9 @@ use bytes::Bytes;
 use gateway_core::types::{
     ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, ModelInfo,
 };
-use gateway_core::{Call, Credential, Provider, ProviderError, ProviderResponse, ProviderStream};
+use gateway_core::{
+    Call, Credential, Passthrough, Provider, ProviderError, ProviderResponse, ProviderStream,
+};
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use http::Method;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -156,7 +158,7 @@ impl Provider for AzureProvider {
         let req = json_request(Method::POST, &url, &self.request_headers(call)?, body)?;
         let resp = self.client.fetch(req, call.timeout, classify).await?;
         Ok(ProviderResponse {
-            body: if call.passthrough {
+            body: if call.passthrough == Passthrough::OpenAiChat {
                 pass_chat_response(resp.body())?
             } else {
                 parse_chat_response(resp.body())?
@@ -179,7 +181,13 @@ impl Provider for AzureProvider {
         let url = self.url(&call.model, "chat/completions");
         let mut req = json_request(Method::POST, &url, &self.request_headers(call)?, body)?;
         accept_event_stream(&mut req);
-        open_chunk_stream(&self.client, req, call.timeout, call.passthrough).await
+        open_chunk_stream(
+            &self.client,
+            req,
+            call.timeout,
+            call.passthrough == Passthrough::OpenAiChat,
+        )
+        .await
     }
 
     async fn embed(

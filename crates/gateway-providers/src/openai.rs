@@ -24,7 +24,9 @@ use gateway_core::types::{
     EmbeddingRequest, EmbeddingResponse, FinishReason, FunctionCall, FunctionCallDelta, Message,
     ModelInfo, Role, ToolCall, ToolCallDelta, Usage,
 };
-use gateway_core::{Call, Credential, Provider, ProviderError, ProviderResponse, ProviderStream};
+use gateway_core::{
+    Call, Credential, Passthrough, Provider, ProviderError, ProviderResponse, ProviderStream,
+};
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http::{Method, Response};
 use hyper::body::Incoming;
@@ -141,7 +143,7 @@ impl Provider for OpenAiProvider {
         )?;
         let resp = self.client.fetch(req, call.timeout, classify).await?;
         Ok(ProviderResponse {
-            body: if call.passthrough {
+            body: if call.passthrough == Passthrough::OpenAiChat {
                 pass_chat_response(resp.body())?
             } else {
                 parse_chat_response(resp.body())?
@@ -163,7 +165,13 @@ impl Provider for OpenAiProvider {
             body,
         )?;
         accept_event_stream(&mut req);
-        open_chunk_stream(&self.client, req, call.timeout, call.passthrough).await
+        open_chunk_stream(
+            &self.client,
+            req,
+            call.timeout,
+            call.passthrough == Passthrough::OpenAiChat,
+        )
+        .await
     }
 
     async fn embed(

@@ -701,6 +701,97 @@ async fn anthropic_stream_matches_non_stream() {
     assert_eq!(args(&streamed), args(&direct));
 }
 
+/// In pass-through, every event reaches the caller as the upstream wrote it, in order (thinking,
+/// signature, ping and block boundaries included), and what the gateway needs is still decoded:
+/// the same usage and finish reason as the full decode.
+#[tokio::test]
+async fn anthropic_stream_passthrough_carries_every_event_as_it_came() {
+    let items = decode(
+        ANTHROPIC_STREAM,
+        MessageStreamDecoder::new().passthrough(true),
+    )
+    .await;
+    let chunks: Vec<&ChatChunk> = items
+        .iter()
+        .map(|i| i.as_ref().expect("no error"))
+        .collect();
+    let text: String = chunks
+        .iter()
+        .map(|c| std::str::from_utf8(c.raw.as_deref().expect("every chunk raw")).expect("utf-8"))
+        .collect();
+    assert_eq!(text, ANTHROPIC_STREAM);
+    let full = assemble(&decode(ANTHROPIC_STREAM, MessageStreamDecoder::new()).await);
+    let passed = assemble(&items);
+    assert_eq!(passed.usage, full.usage);
+    assert_eq!(
+        passed.choices[0].finish_reason,
+        full.choices[0].finish_reason
+    );
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c.choices.iter().all(|ch| ch.finish_reason.is_some())),
+        "only finishing choices"
+    );
+    assert_eq!(
+        chunks.iter().filter(|c| c.usage.is_some()).count(),
+        1,
+        "usage once, with message_stop"
+    );
+}
+
+#[tokio::test]
+async fn anthropic_stream_passthrough_edges() {
+    // No `event:` lines: the names come from the data's type, as the SDK needs them.
+    let unnamed = concat!(
+        "data: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"c\",\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n",
+        "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":2}}\n\n",
+    );
+    let items = decode(unnamed, MessageStreamDecoder::new().passthrough(true)).await;
+    let text: String = items
+        .iter()
+        .map(|i| String::from_utf8(i.as_ref().unwrap().raw.clone().unwrap().to_vec()).unwrap())
+        .collect();
+    // ... and a stream that ended after its message_delta gets the message_stop it left out.
+    assert_eq!(
+        text,
+        concat!(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"c\",\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":2}}\n\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        )
+    );
+    let last = items.last().unwrap().as_ref().unwrap();
+    assert_eq!(last.usage.map(|u| u.completion_tokens), Some(2));
+
+    // Garbage is an error, not something to forward; so are an upstream error and a cut stream.
+    for (stream, want) in [
+        (
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\n\n",
+            "protocol",
+        ),
+        (
+            "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
+            "overloaded",
+        ),
+        (
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"c\"}}\n\n",
+            "connect",
+        ),
+    ] {
+        let items = decode(stream, MessageStreamDecoder::new().passthrough(true)).await;
+        match items.last() {
+            Some(Err(e)) => assert!(
+                format!("{} {e:?}", e.outcome()).to_lowercase().contains(want),
+                "{stream}: {e:?}"
+            ),
+            other => panic!("{stream}: {other:?}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn anthropic_stream_errors() {
     let overloaded = concat!(

@@ -34,7 +34,7 @@ fn call(credential: Credential, model: &str) -> Call {
         timeout: Duration::from_secs(10),
         request_id: "req-1".into(),
         traceparent: None,
-        passthrough: false,
+        passthrough: gateway_core::Passthrough::Off,
     }
 }
 

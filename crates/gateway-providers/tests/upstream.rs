@@ -28,7 +28,7 @@ fn call(key: &str, model: &str) -> Call {
         timeout: Duration::from_secs(10),
         request_id: "req-1".into(),
         traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
-        passthrough: false,
+        passthrough: gateway_core::Passthrough::Off,
     }
 }
 

@@ -385,6 +385,9 @@ enum Block {
 #[derive(Debug)]
 pub struct StreamEncoder {
     started: bool,
+    /// The chunks carry the upstream's own events ([`ChatChunk::raw`]), which are written as
+    /// they came; the stream's framing is the upstream's too.
+    raw: bool,
     next_index: usize,
     open: Block,
     finish: Option<FinishReason>,
@@ -420,6 +423,7 @@ impl StreamEncoder {
     pub fn new(model: &str, input_estimate: u64) -> Self {
         StreamEncoder {
             started: false,
+            raw: false,
             next_index: 0,
             open: Block::None,
             finish: None,
@@ -443,8 +447,18 @@ impl StreamEncoder {
         self.open = Block::None;
     }
 
-    /// Appends the events for one chunk to `out`.
+    /// Appends the events for one chunk to `out`: the upstream's own event when the chunk carries
+    /// one (an Anthropic upstream in pass-through), else events encoded from its fields.
     pub fn chunk(&mut self, chunk: &ChatChunk, out: &mut Vec<u8>) {
+        if let Some(u) = chunk.usage {
+            self.usage = Some(u);
+        }
+        if let Some(raw) = &chunk.raw {
+            self.started = true;
+            self.raw = true;
+            out.extend_from_slice(raw);
+            return;
+        }
         if !self.started {
             self.started = true;
             if !chunk.model.is_empty() {
@@ -464,9 +478,6 @@ impl StreamEncoder {
                     "usage": {"input_tokens": self.input_estimate, "output_tokens": 0},
                 }}),
             );
-        }
-        if let Some(u) = chunk.usage {
-            self.usage = Some(u);
         }
         for c in &chunk.choices {
             if c.index != 0 {
@@ -539,6 +550,10 @@ impl StreamEncoder {
 
     /// Appends the closing events to `out` (after a `message_start` if no chunk came).
     pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.raw {
+            // The upstream's own `message_delta` and `message_stop` went out with its events.
+            return;
+        }
         if !self.started {
             self.chunk(&ChatChunk::new("", self.model.clone(), 0), out);
         }

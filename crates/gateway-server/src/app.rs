@@ -15,8 +15,8 @@ use gateway_core::extend::{AdminRoutes, Free, Pricing};
 use gateway_core::observe::{decimal_digits, hex_digits};
 use gateway_core::types::{ChatRequest, Usage};
 use gateway_core::{
-    Admission, AdmissionRequest, AllowAll, Engine, EngineStream, Failure, Observer, Permit,
-    RequestOptions, RequestRecord,
+    Admission, AdmissionRequest, AllowAll, Engine, EngineStream, Failure, Observer, Passthrough,
+    Permit, RequestOptions, RequestRecord,
 };
 use gateway_providers::http::{HttpClient, HttpConfig};
 use http::header::HeaderName;
@@ -478,10 +478,16 @@ impl Gateway {
             Dialect::OpenAi => openai::decode_chat(&body),
             Dialect::Anthropic => anthropic::decode_request(&body),
         };
-        let request = match decoded {
+        let mut request = match decoded {
             Ok(r) => r,
             Err(e) => return error_response(&e, dialect, request_id),
         };
+        if dialect == Dialect::Anthropic {
+            // An Anthropic upstream gets the client's body as it came (cache breakpoints,
+            // thinking blocks and their signatures...). Copied: `body` may be a slice of the
+            // connection's read buffer, which must not stay pinned (see `Head`).
+            request.native = Some(Bytes::copy_from_slice(&body));
+        }
         let mut record = RequestRecord {
             request_id: String::from(&**request_id),
             started_at_ms: unix_ms(),
@@ -517,8 +523,12 @@ impl Gateway {
         let opts = RequestOptions {
             request_id: Arc::clone(request_id),
             trace: Some(trace),
-            // OpenAI clients get OpenAI upstreams' chunks as they came (see `encode_chunk`).
-            passthrough: dialect == Dialect::OpenAi,
+            // Clients get answers and chunks as they came from an upstream of their own dialect
+            // (see `encode_chunk` and `anthropic::StreamEncoder`).
+            passthrough: match dialect {
+                Dialect::OpenAi => Passthrough::OpenAiChat,
+                Dialect::Anthropic => Passthrough::AnthropicMessages,
+            },
             ..RequestOptions::default()
         };
         if request.stream {
@@ -542,7 +552,11 @@ impl Gateway {
                         Some(raw) => raw.clone(),
                         None => Bytes::from(serde_json::to_vec(&out.value).unwrap_or_default()),
                     },
-                    Dialect::Anthropic => anthropic::encode_response(&out.value),
+                    Dialect::Anthropic => match &out.value.raw {
+                        // An Anthropic upstream's message, as it came.
+                        Some(raw) => raw.clone(),
+                        None => anthropic::encode_response(&out.value),
+                    },
                 };
                 record.route = out.route.as_deref().map(str::to_owned);
                 record.provider = Some(String::from(&*out.served_by.provider));

@@ -55,7 +55,56 @@ pub(crate) fn parse(body: &Value) -> Prompt {
         _ => ToolChoice::Auto,
     };
     p.stream = body["stream"].as_bool().unwrap_or(false);
+    p.thinking = matches!(
+        body["thinking"]["type"].as_str(),
+        Some("enabled" | "adaptive")
+    );
     p
+}
+
+/// What the mock thinks, when asked to.
+pub(crate) const THINKING: &str = "The user wants an answer. Let me think it through.";
+
+/// The signature of a thinking block with `text`: the real API signs its thinking so that it can
+/// check a replayed block was not altered; the mock's is a hash of the text.
+pub(crate) fn signature(text: &str) -> String {
+    // FNV-1a, 64 bits.
+    let h = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("EqMock{h:016x}")
+}
+
+/// Thinking blocks replayed in `msgs` must carry the signature their text was given, and with
+/// thinking on, the assistant turn whose tool calls the last turn answers must start with one.
+fn check_thinking(body: &Value, msgs: &[Value]) -> Option<ErrorKind> {
+    for (i, m) in msgs.iter().enumerate() {
+        for (j, b) in m["content"].as_array().into_iter().flatten().enumerate() {
+            if b["type"].as_str() == Some("thinking") {
+                let text = b["thinking"].as_str().unwrap_or_default();
+                if b["signature"].as_str() != Some(signature(text).as_str()) {
+                    return bad(format!(
+                        "messages.{i}.content.{j}: Invalid `signature` in `thinking` block"
+                    ));
+                }
+            }
+        }
+    }
+    let on = matches!(
+        body["thinking"]["type"].as_str(),
+        Some("enabled" | "adaptive")
+    );
+    let answers_tools = msgs.last().is_some_and(|m| {
+        m["role"] == "user" && !tool_ids(&m["content"], "tool_result", "tool_use_id").is_empty()
+    });
+    if on && answers_tools && msgs.len() >= 2 {
+        let i = msgs.len() - 2;
+        let first = msgs[i]["content"][0]["type"].as_str().unwrap_or("text");
+        if !matches!(first, "thinking" | "redacted_thinking") {
+            return bad(format!("messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but found `{first}`. When `thinking` is enabled, a final `assistant` message must start with a thinking block (preceeding the lastmost set of `tool_use` and `tool_result` blocks). We recommend you include thinking blocks from previous turns. To avoid this requirement, disable `thinking`."));
+        }
+    }
+    None
 }
 
 fn bad(msg: impl Into<String>) -> Option<ErrorKind> {
@@ -93,6 +142,13 @@ pub(crate) fn validate(body: &Value, has_version: bool, count_tokens: bool) -> O
     let Some(msgs) = body["messages"].as_array() else {
         return bad("messages: Field required");
     };
+    // The API refuses members it does not know; a gateway's own must not reach it.
+    if body.get("fallbacks").is_some() {
+        return bad("fallbacks: Extra inputs are not permitted");
+    }
+    if let Some(e) = check_thinking(body, msgs) {
+        return Some(e);
+    }
     for (i, m) in msgs.iter().enumerate() {
         match m["role"].as_str() {
             Some("user" | "assistant") => {}
@@ -163,7 +219,7 @@ fn tool_id(plan: &Plan) -> String {
 
 /// The non-streamed message body.
 pub(crate) fn chat_json(ctx: &Ctx<'_>, plan: &Plan) -> String {
-    let (content, stop) = match &plan.output {
+    let (mut content, stop) = match &plan.output {
         Output::Text { text, .. } => (json!([{ "type": "text", "text": &**text }]), "end_turn"),
         Output::Tool {
             name, arguments, ..
@@ -175,6 +231,14 @@ pub(crate) fn chat_json(ctx: &Ctx<'_>, plan: &Plan) -> String {
             )
         }
     };
+    if plan.thinking {
+        if let Value::Array(blocks) = &mut content {
+            blocks.insert(
+                0,
+                json!({"type": "thinking", "thinking": THINKING, "signature": signature(THINKING)}),
+            );
+        }
+    }
     json!({
         "id": message_id(plan),
         "type": "message",
@@ -207,18 +271,49 @@ pub(crate) fn chat_stream(ctx: &Ctx<'_>, plan: &Plan) -> Vec<Bytes> {
         ),
     ));
     let ping = || sse_event("ping", r#"{"type": "ping"}"#);
+    // With thinking on, the thinking block comes first (in two deltas, then its signature).
+    let b = usize::from(plan.thinking);
+    if plan.thinking {
+        out.push(sse_event(
+            "content_block_start",
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":""}}"#,
+        ));
+        let (head, tail) = THINKING.split_at(THINKING.len() / 2);
+        for part in [head, tail] {
+            out.push(sse_event(
+                "content_block_delta",
+                &format!(
+                    r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"thinking_delta","thinking":{}}}}}"#,
+                    js(part)
+                ),
+            ));
+        }
+        out.push(sse_event(
+            "content_block_delta",
+            &format!(
+                r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"signature_delta","signature":"{}"}}}}"#,
+                signature(THINKING)
+            ),
+        ));
+        out.push(sse_event(
+            "content_block_stop",
+            r#"{"type":"content_block_stop","index":0}"#,
+        ));
+    }
     let stop = match &plan.output {
         Output::Text { chunks, .. } => {
             out.push(sse_event(
                 "content_block_start",
-                r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+                &format!(
+                    r#"{{"type":"content_block_start","index":{b},"content_block":{{"type":"text","text":""}}}}"#
+                ),
             ));
             out.push(ping());
             for c in chunks.iter() {
                 out.push(sse_event(
                     "content_block_delta",
                     &format!(
-                        r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"text_delta","text":{}}}}}"#,
+                        r#"{{"type":"content_block_delta","index":{b},"delta":{{"type":"text_delta","text":{}}}}}"#,
                         js(c)
                     ),
                 ));
@@ -231,7 +326,7 @@ pub(crate) fn chat_stream(ctx: &Ctx<'_>, plan: &Plan) -> Vec<Bytes> {
             out.push(sse_event(
                 "content_block_start",
                 &format!(
-                    r#"{{"type":"content_block_start","index":0,"content_block":{{"type":"tool_use","id":"{}","name":{},"input":{{}}}}}}"#,
+                    r#"{{"type":"content_block_start","index":{b},"content_block":{{"type":"tool_use","id":"{}","name":{},"input":{{}}}}}}"#,
                     tool_id(plan),
                     js(name)
                 ),
@@ -242,7 +337,7 @@ pub(crate) fn chat_stream(ctx: &Ctx<'_>, plan: &Plan) -> Vec<Bytes> {
                 out.push(sse_event(
                     "content_block_delta",
                     &format!(
-                        r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"input_json_delta","partial_json":{}}}}}"#,
+                        r#"{{"type":"content_block_delta","index":{b},"delta":{{"type":"input_json_delta","partial_json":{}}}}}"#,
                         js(f)
                     ),
                 ));
@@ -252,7 +347,7 @@ pub(crate) fn chat_stream(ctx: &Ctx<'_>, plan: &Plan) -> Vec<Bytes> {
     };
     out.push(sse_event(
         "content_block_stop",
-        r#"{"type":"content_block_stop","index":0}"#,
+        &format!(r#"{{"type":"content_block_stop","index":{b}}}"#),
     ));
     out.push(sse_event(
         "message_delta",
