@@ -221,7 +221,19 @@ async fn anthropic_clients_of_anthropic_upstreams_get_everything_through() {
         "fallbacks": ["oai/gpt-4o-mini"],
         "messages": [{"role": "user", "content": "Weather in Paris?"}],
     });
-    let r = gw.post_anthropic(&body).await;
+    let r = gw
+        .request(
+            "POST",
+            "/v1/messages?beta=true",
+            &[
+                ("content-type", "application/json"),
+                ("x-api-key", "client-key"),
+                ("anthropic-version", "2023-06-01"),
+                ("anthropic-beta", "interleaved-thinking-2025-05-14"),
+            ],
+            serde_json::to_vec(&body).unwrap(),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let answer = r.json();
     assert_eq!(answer["content"][0]["type"], "thinking", "{answer}");
@@ -239,6 +251,11 @@ async fn anthropic_clients_of_anthropic_upstreams_get_everything_through() {
     expected["model"] = json!("claude-3-5-haiku-latest");
     expected.as_object_mut().unwrap().remove("fallbacks");
     assert_eq!(sent, expected, "the client's body, model replaced");
+    assert_eq!(
+        a.last_request().unwrap().header("anthropic-beta"),
+        Some("interleaved-thinking-2025-05-14"),
+        "the beta features the body's members belong to"
+    );
 
     // The next turn replays the thinking block, streamed.
     let call_id = answer["content"][1]["id"].clone();

@@ -381,14 +381,25 @@ pub struct ChatRequest {
     /// Fields this type does not model; passed through to OpenAI-shaped upstreams.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
-    /// The client's own body, as it came, for a format this type does not model in full
+    /// The client's own request, as it came, in a format this type does not model in full
     /// (Anthropic Messages: cache breakpoints, thinking blocks and their signatures, server
     /// tools...). A caller that keeps it also asks for pass-through in that format
     /// ([`Call::passthrough`](crate::provider::Call::passthrough)), and an adapter whose upstream
-    /// speaks it sends these bytes with the model replaced instead of encoding the fields above.
+    /// speaks it sends this body with the model replaced instead of encoding the fields above.
     /// Never serialized.
     #[serde(skip)]
-    pub native: Option<bytes::Bytes>,
+    pub native: Option<NativeRequest>,
+}
+
+/// A client's own request in a format [`ChatRequest`] does not model in full
+/// ([`ChatRequest::native`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NativeRequest {
+    /// The body, as it came.
+    pub body: bytes::Bytes,
+    /// Request headers of that format that change what the body means, lowercase names: for
+    /// Anthropic Messages, `anthropic-beta` (the beta features the body's members belong to).
+    pub headers: Vec<(String, String)>,
 }
 
 impl ChatRequest {

@@ -31,8 +31,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use gateway_core::types::{
     ChatChunk, ChatRequest, ChatResponse, Choice, Content, ContentPart, Delta, FinishReason,
-    FunctionCall, FunctionCallDelta, Message, ModelInfo, ResponseFormat, Role, ToolCall,
-    ToolCallDelta, ToolChoice, ToolChoiceMode, Usage,
+    FunctionCall, FunctionCallDelta, Message, ModelInfo, NativeRequest, ResponseFormat, Role,
+    ToolCall, ToolCallDelta, ToolChoice, ToolChoiceMode, Usage,
 };
 use gateway_core::{
     Call, Credential, Passthrough, Provider, ProviderError, ProviderResponse, ProviderStream,
@@ -90,8 +90,12 @@ impl AnthropicProvider {
     fn request_headers(
         &self,
         call: &Call,
+        request: &ChatRequest,
     ) -> Result<Vec<(HeaderName, HeaderValue)>, ProviderError> {
         let mut headers = self.headers.to_vec();
+        if let Some(native) = native(call, request) {
+            merge_betas(&mut headers, native)?;
+        }
         match call.credential.as_ref() {
             Credential::ApiKey(key) => {
                 let key = key.expose();
@@ -127,7 +131,7 @@ impl Provider for AnthropicProvider {
         let req = json_request(
             Method::POST,
             &self.messages_url,
-            &self.request_headers(call)?,
+            &self.request_headers(call, request)?,
             body,
         )?;
         let resp = self.client.fetch(req, call.timeout, classify).await?;
@@ -150,7 +154,7 @@ impl Provider for AnthropicProvider {
         let mut req = json_request(
             Method::POST,
             &self.messages_url,
-            &self.request_headers(call)?,
+            &self.request_headers(call, request)?,
             body,
         )?;
         accept_event_stream(&mut req);
@@ -171,7 +175,7 @@ impl Provider for AnthropicProvider {
         let req = json_request(
             Method::GET,
             &self.models_url,
-            &self.request_headers(call)?,
+            &self.request_headers(call, &ChatRequest::default())?,
             Bytes::new(),
         )?;
         let resp = self.client.fetch(req, call.timeout, classify).await?;
@@ -179,15 +183,52 @@ impl Provider for AnthropicProvider {
     }
 }
 
-/// The body sent upstream: the client's own Messages body when it wrote one and takes answers as
-/// they come ([`ChatRequest::native`]), else one encoded from the canonical fields.
+/// The client's own Messages request, when it wrote one and takes answers as they come.
+pub(crate) fn native<'r>(call: &Call, request: &'r ChatRequest) -> Option<&'r NativeRequest> {
+    request
+        .native
+        .as_ref()
+        .filter(|_| call.passthrough == Passthrough::AnthropicMessages)
+}
+
+/// The body sent upstream: the client's own ([`native`]), else one encoded from the canonical
+/// fields.
 fn upstream_body(call: &Call, request: &ChatRequest, stream: bool) -> Result<Bytes, ProviderError> {
-    match &request.native {
-        Some(native) if call.passthrough == Passthrough::AnthropicMessages => {
-            native_body(native, &call.model, stream)
-        }
-        _ => encode(&messages_body(request, &call.model, stream)),
+    match native(call, request) {
+        Some(native) => native_body(&native.body, &call.model, stream),
+        None => encode(&messages_body(request, &call.model, stream)),
     }
+}
+
+/// Adds the client's `anthropic-beta` features to `headers`, after those the provider is
+/// configured with, each once.
+fn merge_betas(
+    headers: &mut Vec<(HeaderName, HeaderValue)>,
+    native: &NativeRequest,
+) -> Result<(), ProviderError> {
+    let name = HeaderName::from_static("anthropic-beta");
+    let mut betas: Vec<String> = Vec::new();
+    let configured = headers
+        .iter()
+        .filter(|(n, _)| *n == name)
+        .filter_map(|(_, v)| v.to_str().ok());
+    let asked = native
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("anthropic-beta"))
+        .map(|(_, v)| v.as_str());
+    for beta in configured.chain(asked).flat_map(|v| v.split(',')) {
+        let beta = beta.trim();
+        if !beta.is_empty() && !betas.iter().any(|b| b == beta) {
+            betas.push(beta.to_owned());
+        }
+    }
+    if betas.is_empty() {
+        return Ok(());
+    }
+    headers.retain(|(n, _)| *n != name);
+    headers.push((name, header_value(&betas.join(","), false)?));
+    Ok(())
 }
 
 /// Members of a client's Messages body that the gateway reads itself and the API does not take
@@ -203,11 +244,26 @@ const GATEWAY_MEMBERS: [&[u8]; 1] = [b"fallbacks"];
 /// refuses (a key spelled with escapes) is parsed and written again instead. The body must be
 /// one JSON object.
 pub fn native_body(body: &[u8], model: &str, stream: bool) -> Result<Bytes, ProviderError> {
-    let skip = |key: &[u8]| matches!(key, b"model" | b"stream") || GATEWAY_MEMBERS.contains(&key);
-    let mut out = Vec::with_capacity(body.len() + model.len() + 16);
-    out.extend_from_slice(b"{\"model\":");
-    serde_json::to_writer(&mut out, model)
+    let mut lead = b"\"model\":".to_vec();
+    serde_json::to_writer(&mut lead, model)
         .map_err(|e| ProviderError::Protocol(format!("encoding the request: {e}")))?;
+    rewrite_native(body, &lead, stream)
+}
+
+/// [`native_body`] with `lead` (the text of one or more members) in place of the model.
+/// `model`, `stream`, `anthropic_version` and the gateway's own members are left out of the
+/// client's.
+pub(crate) fn rewrite_native(
+    body: &[u8],
+    lead: &[u8],
+    stream: bool,
+) -> Result<Bytes, ProviderError> {
+    let skip = |key: &[u8]| {
+        matches!(key, b"model" | b"stream" | b"anthropic_version") || GATEWAY_MEMBERS.contains(&key)
+    };
+    let mut out = Vec::with_capacity(body.len() + lead.len() + 16);
+    out.push(b'{');
+    out.extend_from_slice(lead);
     let mut sk = Skim::new(body);
     let skimmed = sk
         .object(|sk, key| {
@@ -225,9 +281,7 @@ pub fn native_body(body: &[u8], model: &str, stream: bool) -> Result<Bytes, Prov
         let mut v: Map<String, Value> = serde_json::from_slice(body)
             .map_err(|e| ProviderError::Protocol(format!("the client's body: {e}")))?;
         v.retain(|k, _| !skip(k.as_bytes()));
-        out.truncate(b"{\"model\":".len());
-        serde_json::to_writer(&mut out, model)
-            .map_err(|e| ProviderError::Protocol(format!("encoding the request: {e}")))?;
+        out.truncate(1 + lead.len());
         for (k, value) in &v {
             out.push(b',');
             serde_json::to_writer(&mut out, k)
@@ -1167,6 +1221,45 @@ mod tests {
         let out = native_body(br#"{"model":"a","stream":true,"messages":[]}"#, "b", false)
             .expect("a body");
         assert_eq!(&out[..], br#"{"model":"b","messages":[]}"#);
+    }
+
+    #[test]
+    fn client_betas_join_the_configured_ones_once_each() {
+        let beta = HeaderName::from_static("anthropic-beta");
+        let mut headers = vec![
+            (
+                HeaderName::from_static("anthropic-version"),
+                HeaderValue::from_static(ANTHROPIC_VERSION),
+            ),
+            (
+                beta.clone(),
+                HeaderValue::from_static("prompt-caching-2024-07-31,a"),
+            ),
+        ];
+        let native = NativeRequest {
+            body: Bytes::new(),
+            headers: vec![
+                ("anthropic-beta".into(), "a, files-api-2025-04-14".into()),
+                ("anthropic-beta".into(), "context-1m-2025-08-07".into()),
+                ("x-other".into(), "not a beta".into()),
+            ],
+        };
+        merge_betas(&mut headers, &native).expect("merged");
+        let betas: Vec<&str> = headers
+            .iter()
+            .filter(|(n, _)| *n == beta)
+            .map(|(_, v)| v.to_str().expect("text"))
+            .collect();
+        assert_eq!(
+            betas,
+            ["prompt-caching-2024-07-31,a,files-api-2025-04-14,context-1m-2025-08-07"]
+        );
+        assert_eq!(headers.len(), 2, "{headers:?}");
+
+        // None asked, none configured: no header.
+        let mut headers = Vec::new();
+        merge_betas(&mut headers, &NativeRequest::default()).expect("merged");
+        assert!(headers.is_empty());
     }
 
     #[test]

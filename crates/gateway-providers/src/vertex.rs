@@ -32,8 +32,8 @@ use gateway_core::types::{
     ChatRequest, ChatResponse, Embedding, EmbeddingRequest, EmbeddingResponse, Usage,
 };
 use gateway_core::{
-    Call, Credential, Provider, ProviderError, ProviderResponse, ProviderStream, RateLimitInfo,
-    Secret,
+    Call, Credential, Passthrough, Provider, ProviderError, ProviderResponse, ProviderStream,
+    RateLimitInfo, Secret,
 };
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderMap, Method};
@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::anthropic::{messages_body, parse_message, MessageStreamDecoder};
+use crate::anthropic::{self, messages_body, parse_message, rewrite_native, MessageStreamDecoder};
 use crate::classify::{classify, classify_details, parse_error_body};
 use crate::gemini::{
     classify_vertex, decode_response, encode_request, parse_response, to_bytes, unix_now,
@@ -336,6 +336,26 @@ pub fn claude_body(request: &ChatRequest, model: &str, stream: bool) -> Value {
     body
 }
 
+/// The `rawPredict` body for a client's own Messages request ([`crate::anthropic::native_body`]):
+/// its members as written, without `model`, with the Vertex `anthropic_version`.
+pub fn claude_native_body(body: &[u8], stream: bool) -> Result<Bytes, ProviderError> {
+    let lead = format!("\"anthropic_version\":\"{VERTEX_ANTHROPIC_VERSION}\"");
+    rewrite_native(body, lead.as_bytes(), stream)
+}
+
+/// The `rawPredict` body for `request`: the client's own when it wrote one and takes answers as
+/// they come, else [`claude_body`].
+fn claude_upstream_body(
+    call: &Call,
+    request: &ChatRequest,
+    stream: bool,
+) -> Result<Bytes, ProviderError> {
+    match anthropic::native(call, request) {
+        Some(native) => claude_native_body(&native.body, stream),
+        None => to_bytes(&claude_body(request, &call.model, stream)),
+    }
+}
+
 /// Errors of `rawPredict`: Anthropic's own error bodies pass through; Google's (quota, auth) do not.
 pub fn classify_claude(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError {
     let anthropic_shaped = serde_json::from_slice::<Value>(body)
@@ -487,7 +507,7 @@ impl Provider for VertexProvider {
     ) -> Result<ProviderResponse<ChatResponse>, ProviderError> {
         let (key, project) = self.account(call)?;
         if is_claude(&call.model) {
-            let body = to_bytes(&claude_body(request, &call.model, false))?;
+            let body = claude_upstream_body(call, request, false)?;
             let url = self.url(&project, &call.model, "rawPredict");
             let resp = self
                 .with_token(call, &key, |headers, timeout| {
@@ -495,8 +515,12 @@ impl Provider for VertexProvider {
                     async move { self.client.fetch(req?, timeout, classify_claude).await }
                 })
                 .await?;
+            let mut body = parse_message(resp.body())?;
+            if call.passthrough == Passthrough::AnthropicMessages {
+                body.raw = Some(resp.body().clone());
+            }
             return Ok(ProviderResponse {
-                body: parse_message(resp.body())?,
+                body,
                 rate_limit: RateLimitInfo::default(),
             });
         }
@@ -522,7 +546,7 @@ impl Provider for VertexProvider {
     ) -> Result<ProviderStream, ProviderError> {
         let (key, project) = self.account(call)?;
         if is_claude(&call.model) {
-            let body = to_bytes(&claude_body(request, &call.model, true))?;
+            let body = claude_upstream_body(call, request, true)?;
             let url = self.url(&project, &call.model, "streamRawPredict");
             let resp = self
                 .with_token(call, &key, |headers, timeout| {
@@ -536,7 +560,11 @@ impl Provider for VertexProvider {
                 .await?;
             let events = SseStream::new(resp.into_body()).idle_timeout(call.timeout);
             return Ok(ProviderStream {
-                chunks: decode_stream(events, MessageStreamDecoder::new()),
+                chunks: decode_stream(
+                    events,
+                    MessageStreamDecoder::new()
+                        .passthrough(call.passthrough == Passthrough::AnthropicMessages),
+                ),
                 rate_limit: RateLimitInfo::default(),
             });
         }

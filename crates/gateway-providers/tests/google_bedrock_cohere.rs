@@ -777,3 +777,70 @@ async fn vertex_serves_claude_through_raw_predict() {
     assert!(body.get("model").is_none(), "{body}");
     assert_eq!(body["system"], "Be terse.");
 }
+
+/// An Anthropic client's own request to Claude on Vertex: its members reach `rawPredict` as
+/// written (with the Vertex `anthropic_version`, without `model` and the gateway's
+/// `fallbacks`), and the answer and every streamed event come back as Vertex sent them.
+#[tokio::test]
+async fn vertex_claude_passes_an_anthropic_clients_request_and_answer_through() {
+    let tokens = MockUpstream::new().start().await.expect("mock starts");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let base = claude_on_vertex_server(Arc::clone(&seen)).await;
+    let p = VertexProvider::new(
+        &VertexConfig {
+            project: Some("proj".into()),
+            location: "us-east5".into(),
+            base_url: Some(base),
+        },
+        client(),
+    );
+    let mut c = call(
+        Credential::ServiceAccount(Secret::new(gateway_mock::test_service_account(
+            &tokens.token_uri(),
+        ))),
+        "claude-sonnet-4-5@20250929",
+    );
+    c.passthrough = gateway_core::Passthrough::AnthropicMessages;
+    let client_body = json!({
+        "model": "my-route", "max_tokens": 64, "fallbacks": ["x/y"],
+        "system": [{"type": "text", "text": "Be terse.", "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "user", "content": "Say hello."}],
+    });
+    let mut req = hello();
+    req.native = Some(gateway_core::types::NativeRequest {
+        body: serde_json::to_vec(&client_body).expect("json").into(),
+        headers: Vec::new(),
+    });
+    let direct = p.chat(&c, &req).await.expect("rawPredict").body;
+    let raw: serde_json::Value =
+        serde_json::from_slice(direct.raw.as_deref().expect("raw answer")).expect("JSON");
+    assert_eq!(raw["id"], "msg_v1", "Vertex's own message");
+    assert_eq!(direct.usage.map(|u| u.completion_tokens), Some(4));
+
+    req.stream = true;
+    let mut s = p.chat_stream(&c, &req).await.expect("streamRawPredict");
+    let mut text = String::new();
+    while let Some(chunk) = s.chunks.next().await {
+        let chunk = chunk.expect("chunk");
+        text.push_str(std::str::from_utf8(chunk.raw.as_deref().expect("raw")).expect("utf-8"));
+    }
+    assert!(
+        text.starts_with("event: message_start\ndata: {\"type\":\"message_start\""),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"),
+        "{text}"
+    );
+    assert_eq!(text.matches("event: ").count(), 7, "{text}");
+
+    let seen = seen.lock().expect("lock").clone();
+    let mut expected = client_body.clone();
+    let o = expected.as_object_mut().expect("object");
+    o.remove("model");
+    o.remove("fallbacks");
+    o.insert("anthropic_version".into(), json!("vertex-2023-10-16"));
+    assert_eq!(seen[0].1, expected);
+    expected["stream"] = json!(true);
+    assert_eq!(seen[1].1, expected);
+}

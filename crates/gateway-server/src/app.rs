@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures_core::Stream;
 use gateway_core::extend::{AdminRoutes, Free, Pricing};
 use gateway_core::observe::{decimal_digits, hex_digits};
-use gateway_core::types::{ChatRequest, Usage};
+use gateway_core::types::{ChatRequest, NativeRequest, Usage};
 use gateway_core::{
     Admission, AdmissionRequest, AllowAll, Engine, EngineStream, Failure, Observer, Passthrough,
     Permit, RequestOptions, RequestRecord,
@@ -486,7 +486,10 @@ impl Gateway {
             // An Anthropic upstream gets the client's body as it came (cache breakpoints,
             // thinking blocks and their signatures...). Copied: `body` may be a slice of the
             // connection's read buffer, which must not stay pinned (see `Head`).
-            request.native = Some(Bytes::copy_from_slice(&body));
+            request.native = Some(NativeRequest {
+                body: Bytes::copy_from_slice(&body),
+                headers: head.native_headers,
+            });
         }
         let mut record = RequestRecord {
             request_id: String::from(&**request_id),
@@ -992,7 +995,14 @@ struct Head {
     content_length: Option<usize>,
     /// The virtual key presented, if any ([`presented_key`]).
     presented: Option<String>,
+    /// Headers that go with the client's own body to an upstream of its dialect
+    /// ([`NATIVE_HEADERS`]).
+    native_headers: Vec<(String, String)>,
 }
+
+/// Client headers an upstream of the client's own dialect gets with its body: the Anthropic
+/// beta features the body's members may belong to.
+const NATIVE_HEADERS: [&str; 1] = ["anthropic-beta"];
 
 impl Head {
     fn take(req: Request<Incoming>) -> (Head, Incoming) {
@@ -1005,6 +1015,16 @@ impl Head {
             ),
             content_length: content_length(headers),
             presented: presented_key(headers),
+            native_headers: NATIVE_HEADERS
+                .iter()
+                .flat_map(|name| {
+                    headers
+                        .get_all(*name)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok())
+                        .map(|v| ((*name).to_owned(), v.to_owned()))
+                })
+                .collect(),
         };
         (head, body)
     }
