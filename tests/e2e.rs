@@ -316,6 +316,73 @@ async fn anthropic_clients_of_anthropic_upstreams_get_everything_through() {
     gw.stop().await;
 }
 
+/// An OpenAI client asking Claude to reason and call tools: the OpenAI format has no place for
+/// the thinking blocks the API requires back in the next turn (the mock checks them as the API
+/// does), so the adapter keeps them by tool-call id and puts them back. Whether the call came in
+/// an answer or a stream.
+#[tokio::test]
+async fn openai_clients_of_claude_continue_a_thinking_tool_turn() {
+    let (gw, _o, a) = setup().await;
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}]);
+    for stream in [false, true] {
+        let mut body = chat("ant/claude-3-5-haiku-latest", "Weather in Paris?");
+        body["tools"] = tools.clone();
+        body["reasoning_effort"] = json!("low");
+        body["stream"] = json!(stream);
+        let r = gw.post("/v1/chat/completions", &body).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let call = if stream {
+            let calls: Vec<Value> = r.sse_data()[..r.sse_data().len() - 1]
+                .iter()
+                .map(|d| serde_json::from_str::<Value>(d).unwrap())
+                .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].get(0).cloned())
+                .collect();
+            json!({"id": calls[0]["id"], "type": "function", "function": {
+                "name": calls[0]["function"]["name"],
+                "arguments": calls.iter().filter_map(|c| c["function"]["arguments"].as_str()).collect::<String>()}})
+        } else {
+            let v = r.json();
+            assert!(
+                v["choices"][0]["message"]["reasoning_content"]
+                    .as_str()
+                    .is_some_and(|t| !t.is_empty()),
+                "{v}"
+            );
+            v["choices"][0]["message"]["tool_calls"][0].clone()
+        };
+        let sent = a.last_request().unwrap();
+        assert_eq!(sent.body["thinking"]["type"], "enabled");
+        body["stream"] = json!(false);
+        body["messages"] = json!([
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": null, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call["id"], "content": "18C sunny"},
+        ]);
+        let r = gw.post("/v1/chat/completions", &body).await;
+        assert_eq!(r.status, 200, "stream {stream}: {}", r.text());
+        assert_eq!(
+            r.json()["choices"][0]["message"]["content"],
+            "Tool said: 18C sunny"
+        );
+        let turn = &a.last_request().unwrap().body["messages"][1]["content"];
+        assert_eq!(turn[0]["type"], "thinking", "{turn}");
+        assert_eq!(turn[1]["type"], "tool_use", "{turn}");
+    }
+    // A call the gateway never saw (another instance, a restart) goes without; the API's
+    // refusal reaches the client as the caller error it is.
+    let mut body = chat("ant/claude-3-5-haiku-latest", "Weather in Paris?");
+    body["tools"] = tools;
+    body["reasoning_effort"] = json!("low");
+    body["messages"] = json!([
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "toolu_unknown", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "toolu_unknown", "content": "18C sunny"},
+    ]);
+    let r = gw.post("/v1/chat/completions", &body).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn tools_cross_formats() {
     let (gw, _o, _a) = setup().await;

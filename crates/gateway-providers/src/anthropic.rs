@@ -46,6 +46,7 @@ use crate::classify::{classify, classify_stream_error};
 use crate::headers::{parse_rfc3339, rate_limit_info};
 use crate::http::{header_value, join_url, json_request, HttpClient};
 use crate::openai::{accept_event_stream, push_traceparent, unsupported_credential};
+use crate::signatures::SignatureStore;
 use crate::skim::Skim;
 use crate::sse::{SseEvent, SseStream};
 use crate::stream::{decode_stream, StreamDecoder};
@@ -69,6 +70,9 @@ pub struct AnthropicProvider {
     models_url: String,
     headers: Arc<[(HeaderName, HeaderValue)]>,
     client: HttpClient,
+    /// Thinking blocks that preceded each `tool_use`, for OpenAI-format clients, which have no
+    /// place for them ([`messages_body_with`]).
+    thinking: Arc<SignatureStore>,
 }
 
 impl AnthropicProvider {
@@ -84,6 +88,7 @@ impl AnthropicProvider {
             models_url: join_url(&config.base_url, "/v1/models?limit=1000"),
             headers: headers.into(),
             client,
+            thinking: Arc::new(SignatureStore::new()),
         }
     }
 
@@ -127,7 +132,7 @@ impl Provider for AnthropicProvider {
         call: &Call,
         request: &ChatRequest,
     ) -> Result<ProviderResponse<ChatResponse>, ProviderError> {
-        let body = upstream_body(call, request, false)?;
+        let body = upstream_body(call, request, false, &self.thinking)?;
         let req = json_request(
             Method::POST,
             &self.messages_url,
@@ -135,7 +140,7 @@ impl Provider for AnthropicProvider {
             body,
         )?;
         let resp = self.client.fetch(req, call.timeout, classify).await?;
-        let mut body = parse_message(resp.body())?;
+        let mut body = parse_message_with(resp.body(), Some(&self.thinking))?;
         if call.passthrough == Passthrough::AnthropicMessages {
             body.raw = Some(resp.body().clone());
         }
@@ -150,7 +155,7 @@ impl Provider for AnthropicProvider {
         call: &Call,
         request: &ChatRequest,
     ) -> Result<ProviderStream, ProviderError> {
-        let body = upstream_body(call, request, true)?;
+        let body = upstream_body(call, request, true, &self.thinking)?;
         let mut req = json_request(
             Method::POST,
             &self.messages_url,
@@ -165,7 +170,8 @@ impl Provider for AnthropicProvider {
             chunks: decode_stream(
                 events,
                 MessageStreamDecoder::new()
-                    .passthrough(call.passthrough == Passthrough::AnthropicMessages),
+                    .passthrough(call.passthrough == Passthrough::AnthropicMessages)
+                    .remember_thinking(Arc::clone(&self.thinking)),
             ),
             rate_limit,
         })
@@ -193,10 +199,20 @@ pub(crate) fn native<'r>(call: &Call, request: &'r ChatRequest) -> Option<&'r Na
 
 /// The body sent upstream: the client's own ([`native`]), else one encoded from the canonical
 /// fields.
-fn upstream_body(call: &Call, request: &ChatRequest, stream: bool) -> Result<Bytes, ProviderError> {
+fn upstream_body(
+    call: &Call,
+    request: &ChatRequest,
+    stream: bool,
+    thinking: &SignatureStore,
+) -> Result<Bytes, ProviderError> {
     match native(call, request) {
         Some(native) => native_body(&native.body, &call.model, stream),
-        None => encode(&messages_body(request, &call.model, stream)),
+        None => encode(&messages_body_with(
+            request,
+            &call.model,
+            stream,
+            Some(thinking),
+        )),
     }
 }
 
@@ -342,6 +358,19 @@ fn thinking_budget(effort: &str) -> Option<u32> {
 
 /// The Messages API body for `request`, with `model` as the upstream model id.
 pub fn messages_body(request: &ChatRequest, model: &str, stream: bool) -> Value {
+    messages_body_with(request, model, stream, None)
+}
+
+/// [`messages_body`], and with thinking on, an assistant turn whose tool calls `thinking` knows
+/// starts with the thinking blocks that preceded them when the model made them: the API refuses
+/// a tool-use turn without them when thinking is on, and an OpenAI-format client has no place to
+/// keep them.
+pub fn messages_body_with(
+    request: &ChatRequest,
+    model: &str,
+    stream: bool,
+    thinking_blocks: Option<&SignatureStore>,
+) -> Value {
     let mut body = Map::new();
     body.insert("model".into(), model.into());
 
@@ -391,7 +420,10 @@ pub fn messages_body(request: &ChatRequest, model: &str, stream: bool) -> Value 
     body.insert("max_tokens".into(), max_tokens.into());
     body.insert(
         "messages".into(),
-        Value::Array(convert_messages(&request.messages)),
+        Value::Array(convert_messages(
+            &request.messages,
+            thinking_blocks.filter(|_| thinking_on),
+        )),
     );
     if !system.is_empty() {
         body.insert("system".into(), system.join("\n\n").into());
@@ -466,7 +498,7 @@ pub fn messages_body(request: &ChatRequest, model: &str, stream: bool) -> Value 
     Value::Object(body)
 }
 
-fn convert_messages(messages: &[Message]) -> Vec<Value> {
+fn convert_messages(messages: &[Message], thinking: Option<&SignatureStore>) -> Vec<Value> {
     let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
     for m in messages {
         let (role, blocks) = match m.role {
@@ -474,6 +506,13 @@ fn convert_messages(messages: &[Message]) -> Vec<Value> {
             Role::User => ("user", content_blocks(m.content.as_ref())),
             Role::Assistant => {
                 let mut blocks = content_blocks(m.content.as_ref());
+                let earlier = thinking.and_then(|t| {
+                    let known = m.tool_calls.iter().flatten().find_map(|c| t.get(&c.id))?;
+                    serde_json::from_str::<Vec<Value>>(&known).ok()
+                });
+                if let Some(earlier) = earlier {
+                    blocks.splice(0..0, earlier);
+                }
                 for call in m.tool_calls.iter().flatten() {
                     let input = serde_json::from_str::<Value>(&call.function.arguments)
                         .ok()
@@ -621,6 +660,7 @@ enum WireBlock {
         #[serde(default)]
         thinking: String,
     },
+    RedactedThinking,
     #[serde(other)]
     Other,
 }
@@ -648,10 +688,34 @@ fn arguments_of(input: &Value) -> String {
 
 /// Parses a Messages API response into the canonical form.
 pub fn parse_message(body: &[u8]) -> Result<ChatResponse, ProviderError> {
+    parse_message_with(body, None)
+}
+
+/// [`parse_message`], remembering in `thinking` the thinking blocks that preceded each
+/// `tool_use` (see [`messages_body_with`]).
+pub fn parse_message_with(
+    body: &[u8],
+    thinking: Option<&SignatureStore>,
+) -> Result<ChatResponse, ProviderError> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| ProviderError::Protocol(format!("invalid message: {e}")))?;
     if v.get("type").and_then(Value::as_str) == Some("error") {
         return Err(classify_stream_error(&v));
+    }
+    if let (Some(store), Some(blocks)) = (thinking, v.get("content").and_then(Value::as_array)) {
+        let mut before = Vec::new();
+        for b in blocks {
+            match b.get("type").and_then(Value::as_str) {
+                Some("thinking" | "redacted_thinking") => before.push(b),
+                Some("tool_use") if !before.is_empty() => {
+                    if let Some(id) = b.get("id").and_then(Value::as_str) {
+                        let earlier: Vec<Value> = before.iter().map(|b| (*b).clone()).collect();
+                        store.insert(id, &Value::from(earlier).to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
     }
     let wire: WireMessage = serde_json::from_value(v)
         .map_err(|e| ProviderError::Protocol(format!("invalid message: {e}")))?;
@@ -670,7 +734,7 @@ pub fn parse_message(body: &[u8]) -> Result<ChatResponse, ProviderError> {
                 },
             }),
             WireBlock::Thinking { thinking } => reasoning.push_str(&thinking),
-            WireBlock::Other => {}
+            WireBlock::RedactedThinking | WireBlock::Other => {}
         }
     }
     let u = wire.usage;
@@ -752,6 +816,10 @@ enum WireDelta {
     ThinkingDelta {
         #[serde(default)]
         thinking: String,
+    },
+    SignatureDelta {
+        #[serde(default)]
+        signature: String,
     },
     #[serde(other)]
     Other,
@@ -902,6 +970,10 @@ pub struct MessageStreamDecoder {
     sent_usage: bool,
     /// Every event goes out as it came ([`Passthrough::AnthropicMessages`]).
     passthrough: bool,
+    /// Where the thinking blocks before a `tool_use` are remembered, if anywhere.
+    remember: Option<Arc<SignatureStore>>,
+    /// The thinking blocks of this answer so far (only kept with `remember`).
+    thinking: Vec<Value>,
 }
 
 impl MessageStreamDecoder {
@@ -920,6 +992,14 @@ impl MessageStreamDecoder {
     /// error).
     pub fn passthrough(mut self, on: bool) -> Self {
         self.passthrough = on;
+        self
+    }
+
+    /// Remembers in `store` the thinking blocks (text and signature) that preceded each
+    /// `tool_use`, for the next turn of a client that cannot send them back
+    /// ([`messages_body_with`]).
+    pub fn remember_thinking(mut self, store: Arc<SignatureStore>) -> Self {
+        self.remember = Some(store);
         self
     }
 
@@ -1060,6 +1140,10 @@ impl MessageStreamDecoder {
                 index,
                 content_block,
             } => match content_block {
+                WireBlock::RedactedThinking if self.remember.is_some() => {
+                    let v: Value = serde_json::from_slice(data).unwrap_or(Value::Null);
+                    self.thinking.push(v["content_block"].clone());
+                }
                 WireBlock::Text { text } if !text.is_empty() => {
                     out.push_back(self.chunk(
                         Delta {
@@ -1070,6 +1154,11 @@ impl MessageStreamDecoder {
                     ));
                 }
                 WireBlock::ToolUse { id, name, input } => {
+                    if let Some(store) =
+                        self.remember.as_ref().filter(|_| !self.thinking.is_empty())
+                    {
+                        store.insert(&id, &Value::from(self.thinking.clone()).to_string());
+                    }
                     let k = u32::try_from(self.tools.len()).unwrap_or(u32::MAX);
                     self.tools.push((index, k));
                     // The input normally streams as deltas; a non-empty one here is complete.
@@ -1093,7 +1182,15 @@ impl MessageStreamDecoder {
                         None,
                     ));
                 }
-                WireBlock::Thinking { thinking } if !thinking.is_empty() => {
+                WireBlock::Thinking { thinking } => {
+                    if self.remember.is_some() {
+                        self.thinking.push(
+                            json!({"type": "thinking", "thinking": thinking, "signature": ""}),
+                        );
+                    }
+                    if thinking.is_empty() {
+                        return Ok(false);
+                    }
                     out.push_back(self.chunk(
                         Delta {
                             reasoning_content: Some(thinking),
@@ -1133,13 +1230,25 @@ impl MessageStreamDecoder {
                         None,
                     ));
                 }
-                WireDelta::ThinkingDelta { thinking } => out.push_back(self.chunk(
-                    Delta {
-                        reasoning_content: Some(thinking),
-                        ..Delta::default()
-                    },
-                    None,
-                )),
+                WireDelta::ThinkingDelta { thinking } => {
+                    if let Some(Value::String(t)) =
+                        self.thinking.last_mut().map(|b| &mut b["thinking"])
+                    {
+                        t.push_str(&thinking);
+                    }
+                    out.push_back(self.chunk(
+                        Delta {
+                            reasoning_content: Some(thinking),
+                            ..Delta::default()
+                        },
+                        None,
+                    ));
+                }
+                WireDelta::SignatureDelta { signature } => {
+                    if let Some(b) = self.thinking.last_mut() {
+                        b["signature"] = Value::from(signature);
+                    }
+                }
                 _ => {}
             },
             WireEvent::MessageDelta { delta, usage } => {

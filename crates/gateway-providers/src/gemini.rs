@@ -36,7 +36,7 @@
 //! ```
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -71,73 +71,7 @@ pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com";
 /// (history from another model or another gateway instance).
 const DUMMY_SIGNATURE: &str = "skip_thought_signature_validator";
 
-/// How many thought signatures a [`SignatureStore`] keeps before forgetting the oldest.
-pub const SIGNATURE_CAPACITY: usize = 10_000;
-
-// ---------------------------------------------------------------------------------------------
-// Thought signatures
-// ---------------------------------------------------------------------------------------------
-
-/// Remembers the `thoughtSignature` Gemini attached to each function call, by the call id the
-/// adapter synthesized, so that it can be restored when the call comes back in the history.
-///
-/// Best effort: bounded to [`SIGNATURE_CAPACITY`] entries (oldest forgotten first) and local to the
-/// process. A call whose signature is unknown is sent with Google's documented placeholder on
-/// Gemini 3 models.
-#[derive(Debug, Default)]
-pub struct SignatureStore {
-    inner: Mutex<SignatureInner>,
-}
-
-#[derive(Debug, Default)]
-struct SignatureInner {
-    map: HashMap<String, String>,
-    order: VecDeque<String>,
-}
-
-impl SignatureStore {
-    /// An empty store.
-    pub fn new() -> Self {
-        SignatureStore::default()
-    }
-
-    /// Remembers `signature` for the call `id`.
-    pub fn insert(&self, id: &str, signature: &str) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if inner
-            .map
-            .insert(id.to_owned(), signature.to_owned())
-            .is_none()
-        {
-            inner.order.push_back(id.to_owned());
-        }
-        while inner.order.len() > SIGNATURE_CAPACITY {
-            if let Some(old) = inner.order.pop_front() {
-                inner.map.remove(&old);
-            }
-        }
-    }
-
-    /// The signature of the call `id`, if remembered.
-    pub fn get(&self, id: &str) -> Option<String> {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.map.get(id).cloned()
-    }
-
-    /// Number of remembered signatures.
-    pub fn len(&self) -> usize {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .map
-            .len()
-    }
-
-    /// Whether nothing is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+pub use crate::signatures::{SignatureStore, SIGNATURE_CAPACITY};
 
 // ---------------------------------------------------------------------------------------------
 // Request

@@ -21,6 +21,7 @@ pub mod headers;
 pub mod http;
 pub mod openai;
 pub mod registry;
+pub mod signatures;
 mod skim;
 pub mod sse;
 pub mod stream;

@@ -41,7 +41,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::anthropic::{self, messages_body, parse_message, rewrite_native, MessageStreamDecoder};
+use crate::anthropic::{
+    self, messages_body_with, parse_message_with, rewrite_native, MessageStreamDecoder,
+};
 use crate::classify::{classify, classify_details, parse_error_body};
 use crate::gemini::{
     classify_vertex, decode_response, encode_request, parse_response, to_bytes, unix_now,
@@ -323,9 +325,15 @@ pub fn is_claude(model: &str) -> bool {
 }
 
 /// The `rawPredict` body: the Anthropic Messages body without `model`, with the Vertex
-/// `anthropic_version`.
-pub fn claude_body(request: &ChatRequest, model: &str, stream: bool) -> Value {
-    let mut body = messages_body(request, model, stream);
+/// `anthropic_version` (thinking blocks replayed from `thinking`, see
+/// [`anthropic::messages_body_with`]).
+pub fn claude_body(
+    request: &ChatRequest,
+    model: &str,
+    stream: bool,
+    thinking: Option<&SignatureStore>,
+) -> Value {
+    let mut body = messages_body_with(request, model, stream, thinking);
     if let Value::Object(m) = &mut body {
         m.remove("model");
         m.insert(
@@ -349,10 +357,11 @@ fn claude_upstream_body(
     call: &Call,
     request: &ChatRequest,
     stream: bool,
+    thinking: &SignatureStore,
 ) -> Result<Bytes, ProviderError> {
     match anthropic::native(call, request) {
         Some(native) => claude_native_body(&native.body, stream),
-        None => to_bytes(&claude_body(request, &call.model, stream)),
+        None => to_bytes(&claude_body(request, &call.model, stream, Some(thinking))),
     }
 }
 
@@ -507,7 +516,7 @@ impl Provider for VertexProvider {
     ) -> Result<ProviderResponse<ChatResponse>, ProviderError> {
         let (key, project) = self.account(call)?;
         if is_claude(&call.model) {
-            let body = claude_upstream_body(call, request, false)?;
+            let body = claude_upstream_body(call, request, false, &self.signatures)?;
             let url = self.url(&project, &call.model, "rawPredict");
             let resp = self
                 .with_token(call, &key, |headers, timeout| {
@@ -515,7 +524,7 @@ impl Provider for VertexProvider {
                     async move { self.client.fetch(req?, timeout, classify_claude).await }
                 })
                 .await?;
-            let mut body = parse_message(resp.body())?;
+            let mut body = parse_message_with(resp.body(), Some(&self.signatures))?;
             if call.passthrough == Passthrough::AnthropicMessages {
                 body.raw = Some(resp.body().clone());
             }
@@ -546,7 +555,7 @@ impl Provider for VertexProvider {
     ) -> Result<ProviderStream, ProviderError> {
         let (key, project) = self.account(call)?;
         if is_claude(&call.model) {
-            let body = claude_upstream_body(call, request, true)?;
+            let body = claude_upstream_body(call, request, true, &self.signatures)?;
             let url = self.url(&project, &call.model, "streamRawPredict");
             let resp = self
                 .with_token(call, &key, |headers, timeout| {
@@ -563,7 +572,8 @@ impl Provider for VertexProvider {
                 chunks: decode_stream(
                     events,
                     MessageStreamDecoder::new()
-                        .passthrough(call.passthrough == Passthrough::AnthropicMessages),
+                        .passthrough(call.passthrough == Passthrough::AnthropicMessages)
+                        .remember_thinking(Arc::clone(&self.signatures)),
                 ),
                 rate_limit: RateLimitInfo::default(),
             });
@@ -686,7 +696,7 @@ mod tests {
             "model": "x", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 10
         }))
         .expect("request");
-        let body = claude_body(&req, "claude-sonnet-4-5@20250929", true);
+        let body = claude_body(&req, "claude-sonnet-4-5@20250929", true, None);
         assert!(body.get("model").is_none(), "no model in the body: {body}");
         assert_eq!(body["anthropic_version"], VERTEX_ANTHROPIC_VERSION);
         assert_eq!(body["stream"], true);

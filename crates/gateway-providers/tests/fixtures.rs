@@ -701,6 +701,50 @@ async fn anthropic_stream_matches_non_stream() {
     assert_eq!(args(&streamed), args(&direct));
 }
 
+/// An OpenAI-format client has no place for Anthropic's thinking blocks: the adapter remembers
+/// those before each `tool_use` (from an answer or a stream) and, with thinking on, puts them
+/// back at the start of the assistant turn that carries the call.
+#[tokio::test]
+async fn anthropic_thinking_before_a_tool_call_comes_back_with_it() {
+    use gateway_providers::anthropic::{messages_body_with, parse_message_with};
+    use gateway_providers::signatures::SignatureStore;
+    let want = r#"[{"signature":"sig","thinking":"Need weather.","type":"thinking"}]"#;
+    let answered = SignatureStore::new();
+    parse_message_with(ANTHROPIC_RESPONSE.as_bytes(), Some(&answered)).expect("parses");
+    let streamed = std::sync::Arc::new(SignatureStore::new());
+    let items = decode(
+        ANTHROPIC_STREAM,
+        MessageStreamDecoder::new().remember_thinking(std::sync::Arc::clone(&streamed)),
+    )
+    .await;
+    assert!(items.iter().all(Result::is_ok));
+    for store in [&answered, &*streamed] {
+        let got: Value =
+            serde_json::from_str(&store.get("toolu_01A").expect("remembered")).unwrap();
+        assert_eq!(got, serde_json::from_str::<Value>(want).unwrap());
+        assert_eq!(store.len(), 1);
+    }
+
+    let mut req: ChatRequest = serde_json::from_value(json!({
+        "model": "m", "reasoning_effort": "low",
+        "messages": [
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": "Checking.", "tool_calls": [{"id": "toolu_01A", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "toolu_01A", "content": "18C"}
+        ]
+    }))
+    .unwrap();
+    let body = messages_body_with(&req, "claude-sonnet-4-5", false, Some(&answered));
+    let turn = &body["messages"][1]["content"];
+    assert_eq!(turn[0], serde_json::from_str::<Value>(want).unwrap()[0]);
+    assert_eq!(turn[1]["type"], "text");
+    assert_eq!(turn[2]["type"], "tool_use");
+    // Without thinking the blocks stay out (they would only cost input tokens).
+    req.reasoning_effort = None;
+    let body = messages_body_with(&req, "claude-sonnet-4-5", false, Some(&answered));
+    assert_eq!(body["messages"][1]["content"][0]["type"], "text");
+}
+
 /// In pass-through, every event reaches the caller as the upstream wrote it, in order (thinking,
 /// signature, ping and block boundaries included), and what the gateway needs is still decoded:
 /// the same usage and finish reason as the full decode.
