@@ -459,6 +459,48 @@ async fn embeddings_models_health_and_count_tokens() {
         )
         .await;
     assert!(r.json()["input_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(
+        r.header("x-gateway-estimate"),
+        Some("true"),
+        "an OpenAI provider cannot count"
+    );
+    gw.stop().await;
+}
+
+/// An Anthropic provider counts for itself: the client's body goes to its `count_tokens` as
+/// written (model replaced), with the client's betas, and its count comes back.
+#[tokio::test]
+async fn anthropic_count_tokens_asks_the_anthropic_upstream() {
+    let (gw, _o, a) = setup().await;
+    let body = json!({"model": "ant/claude-3-5-haiku-latest",
+        "system": [{"type": "text", "text": "Be terse.", "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "user", "content": "hello there, how many tokens is this?"}]});
+    let r = gw
+        .request(
+            "POST",
+            "/v1/messages/count_tokens",
+            &[
+                ("content-type", "application/json"),
+                ("anthropic-version", "2023-06-01"),
+                ("anthropic-beta", "token-counting-2024-11-01"),
+            ],
+            serde_json::to_vec(&body).unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-gateway-estimate"), None, "{}", r.text());
+    let sent = a.last_request().unwrap();
+    assert_eq!(sent.path, "/v1/messages/count_tokens");
+    assert_eq!(
+        sent.header("anthropic-beta"),
+        Some("token-counting-2024-11-01")
+    );
+    let mut expected = body.clone();
+    expected["model"] = json!("claude-3-5-haiku-latest");
+    assert_eq!(sent.body, expected);
+    // The mock counts a token per four characters of text: 46 here. The gateway's own
+    // estimate (which adds per-message overhead) would say more.
+    assert_eq!(r.json()["input_tokens"], 46 / 4);
     gw.stop().await;
 }
 

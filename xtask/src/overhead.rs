@@ -65,8 +65,9 @@ OPTIONS:
 enum Api {
     /// OpenAI chat completions: the gateway's pass-through path to an OpenAI-format upstream.
     OpenAi,
-    /// Anthropic messages, served by an Anthropic-format upstream: every answer and event is
-    /// decoded into the canonical types and encoded again.
+    /// Anthropic messages, served by an Anthropic-format upstream: the Anthropic pass-through
+    /// (the client's body sent on with its model replaced; every answer and event read for
+    /// usage and passed on as it came).
     Anthropic,
 }
 
@@ -1171,7 +1172,7 @@ fn markdown(r: &Report) -> String {
         m.nproc, m.cpu, m.memory_mib, m.kernel, m.load_before, r.load_after, r.duration_s, r.warmup_s,
         match r.api {
             Api::OpenAi => "OpenAI chat completions, served by an OpenAI-format upstream (the pass-through path).",
-            Api::Anthropic => "Anthropic messages, served by an Anthropic-format upstream (every answer and event decoded and encoded again).",
+            Api::Anthropic => "Anthropic messages, served by an Anthropic-format upstream (the Anthropic pass-through: answers and events read for usage and passed on as they came).",
         }
     );
     let _ = writeln!(

@@ -483,6 +483,31 @@ impl Engine {
         Ok(out.finish(self.now()))
     }
 
+    /// The input tokens of `request` as the provider that would serve it counts them, chosen
+    /// and failed over like a chat request; `None` when that provider cannot count
+    /// ([`Provider::count_tokens`]).
+    pub async fn count_tokens(
+        &self,
+        request: &ChatRequest,
+        opts: &RequestOptions,
+    ) -> Result<Outcome<Option<u64>>, Failure> {
+        let est = request.estimate_input_tokens();
+        let fallbacks = merge_fallbacks(&request.fallbacks, &opts.fallbacks);
+        let out = self
+            .run(
+                &request.model,
+                &fallbacks,
+                opts,
+                est,
+                |p, call| async move {
+                    let n = p.count_tokens(&call, request).await?;
+                    Ok((n, RateLimitInfo::default(), None))
+                },
+            )
+            .await?;
+        Ok(out.finish(self.now()))
+    }
+
     /// Whether a model name resolves to something this gateway serves.
     pub fn resolves(&self, model: &str) -> bool {
         let snap = self.snapshot.load();

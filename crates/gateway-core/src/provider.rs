@@ -217,6 +217,18 @@ pub trait Provider: Send + Sync + 'static {
         })
     }
 
+    /// The input tokens of `request` as the upstream counts them (Anthropic's
+    /// `count_tokens`). The default, `None`, says the provider cannot count; the caller then
+    /// estimates.
+    async fn count_tokens(
+        &self,
+        call: &Call,
+        request: &ChatRequest,
+    ) -> Result<Option<u64>, ProviderError> {
+        let _ = (call, request);
+        Ok(None)
+    }
+
     /// The models this provider serves. The default is none known.
     async fn list_models(&self, call: &Call) -> Result<Vec<ModelInfo>, ProviderError> {
         let _ = call;

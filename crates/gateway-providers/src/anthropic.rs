@@ -67,6 +67,7 @@ pub struct AnthropicConfig {
 #[derive(Debug, Clone)]
 pub struct AnthropicProvider {
     messages_url: String,
+    count_tokens_url: String,
     models_url: String,
     headers: Arc<[(HeaderName, HeaderValue)]>,
     client: HttpClient,
@@ -85,6 +86,7 @@ impl AnthropicProvider {
         headers.extend(config.headers);
         AnthropicProvider {
             messages_url: join_url(&config.base_url, "/v1/messages"),
+            count_tokens_url: join_url(&config.base_url, "/v1/messages/count_tokens"),
             models_url: join_url(&config.base_url, "/v1/models?limit=1000"),
             headers: headers.into(),
             client,
@@ -177,6 +179,27 @@ impl Provider for AnthropicProvider {
         })
     }
 
+    async fn count_tokens(
+        &self,
+        call: &Call,
+        request: &ChatRequest,
+    ) -> Result<Option<u64>, ProviderError> {
+        let body = match native(call, request) {
+            Some(native) => native_body(&native.body, &call.model, false)?,
+            None => encode(&count_tokens_body(request, &call.model, &self.thinking))?,
+        };
+        let req = json_request(
+            Method::POST,
+            &self.count_tokens_url,
+            &self.request_headers(call, request)?,
+            body,
+        )?;
+        let resp = self.client.fetch(req, call.timeout, classify).await?;
+        let counted: CountedTokens = serde_json::from_slice(resp.body())
+            .map_err(|e| ProviderError::Protocol(format!("invalid token count: {e}")))?;
+        Ok(Some(counted.input_tokens))
+    }
+
     async fn list_models(&self, call: &Call) -> Result<Vec<ModelInfo>, ProviderError> {
         let req = json_request(
             Method::GET,
@@ -187,6 +210,32 @@ impl Provider for AnthropicProvider {
         let resp = self.client.fetch(req, call.timeout, classify).await?;
         parse_models(resp.body())
     }
+}
+
+/// `POST /v1/messages/count_tokens`'s answer.
+#[derive(Deserialize)]
+struct CountedTokens {
+    input_tokens: u64,
+}
+
+/// Members of a Messages body that `count_tokens` takes (it refuses the others).
+const COUNTED_MEMBERS: [&str; 6] = [
+    "model",
+    "messages",
+    "system",
+    "tools",
+    "tool_choice",
+    "thinking",
+];
+
+/// The `count_tokens` body for `request`: its Messages body without the members that only
+/// shape the answer.
+pub fn count_tokens_body(request: &ChatRequest, model: &str, thinking: &SignatureStore) -> Value {
+    let mut body = messages_body_with(request, model, false, Some(thinking));
+    if let Value::Object(o) = &mut body {
+        o.retain(|k, _| COUNTED_MEMBERS.contains(&k.as_str()));
+    }
+    body
 }
 
 /// The client's own Messages request, when it wrote one and takes answers as they come.
@@ -1330,6 +1379,38 @@ mod tests {
         let out = native_body(br#"{"model":"a","stream":true,"messages":[]}"#, "b", false)
             .expect("a body");
         assert_eq!(&out[..], br#"{"model":"b","messages":[]}"#);
+    }
+
+    #[test]
+    fn count_tokens_body_keeps_what_is_counted_only() {
+        let req: ChatRequest = serde_json::from_value(json!({
+            "model": "m", "max_tokens": 10, "temperature": 0.5, "stop": ["x"], "user": "u",
+            "stream": true, "reasoning_effort": "low",
+            "messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+            "tool_choice": "required"
+        }))
+        .expect("request");
+        let body = count_tokens_body(&req, "claude-x", &SignatureStore::new());
+        let mut keys: Vec<&str> = body
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "messages",
+                "model",
+                "system",
+                "thinking",
+                "tool_choice",
+                "tools"
+            ]
+        );
+        assert_eq!(body["model"], "claude-x");
     }
 
     #[test]

@@ -323,15 +323,7 @@ impl Gateway {
                 | "/messages",
             ) => self.chat(req, dialect, &request_id, started).await,
             (Method::POST, "/v1/messages/count_tokens" | "/anthropic/v1/messages/count_tokens") => {
-                let (parts, body) = req.into_parts();
-                match self
-                    .read_body(&parts.headers, body)
-                    .await
-                    .and_then(|b| anthropic::count_tokens(&b))
-                {
-                    Ok(b) => bytes_response(200, b),
-                    Err(e) => error_response(&e, Dialect::Anthropic, &request_id),
-                }
+                Box::pin(self.count_tokens(req, &request_id)).await
             }
             (Method::POST, "/v1/embeddings" | "/embeddings" | "/openai/v1/embeddings") => {
                 Box::pin(self.embeddings(req, &request_id, started)).await
@@ -667,6 +659,59 @@ impl Gateway {
             }
             Err(f) => self.fail(f, dialect, &opts.request_id, record, started, &ext),
         }
+    }
+
+    /// `POST /v1/messages/count_tokens`: counted by the provider that would serve the request
+    /// when it can (Anthropic's own endpoint, with the client's body as it came), else
+    /// estimated; a failed count is estimated too, so a client sizing its context always gets
+    /// an answer.
+    async fn count_tokens(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        request_id: &Arc<str>,
+    ) -> Response<Body> {
+        let dialect = Dialect::Anthropic;
+        let (head, body) = Head::take(req);
+        let body = match self.read_declared(head.content_length, body).await {
+            Ok(b) => b,
+            Err(e) => return error_response(&e, dialect, request_id),
+        };
+        let mut request = match anthropic::decode_count_tokens(&body) {
+            Ok(r) => r,
+            Err(e) => return error_response(&e, dialect, request_id),
+        };
+        let estimate = request.estimate_input_tokens();
+        request.native = Some(NativeRequest {
+            body: Bytes::copy_from_slice(&body),
+            headers: head.native_headers,
+        });
+        drop(body);
+        let opts = RequestOptions {
+            request_id: Arc::clone(request_id),
+            trace: Some(head.trace),
+            passthrough: Passthrough::AnthropicMessages,
+            ..RequestOptions::default()
+        };
+        let counted = if self.engine.resolves(&request.model) {
+            match self.engine.count_tokens(&request, &opts).await {
+                Ok(out) => out.value,
+                Err(f) => {
+                    tracing::debug!(request_id = %request_id, error = %f.error, "count_tokens upstream failed; estimating");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mut resp = bytes_response(
+            200,
+            anthropic::count_tokens_answer(counted.unwrap_or(estimate)),
+        );
+        if counted.is_none() {
+            resp.headers_mut()
+                .insert("x-gateway-estimate", HeaderValue::from_static("true"));
+        }
+        resp
     }
 
     async fn embeddings(
