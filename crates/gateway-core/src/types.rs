@@ -664,11 +664,11 @@ pub struct ChatChunk {
     /// it. A run's `choices` are only those of its chunks that carry a finish reason.
     ///
     /// Anthropic Messages ([`Passthrough::AnthropicMessages`](crate::provider::Passthrough)):
-    /// the whole SSE text of one upstream event, `event: {name}\ndata: {json}\n\n`, every event
-    /// of the stream (pings and block boundaries included) in order. Its decoded fields are
-    /// partial: `usage` when the event carried it (the stream's final one comes with
-    /// `message_stop`), and a choice with an empty delta for the `finish_reason` of
-    /// `message_delta`.
+    /// the whole SSE text of one upstream event, `event: {name}\ndata: {json}\n\n`, or of
+    /// several that came together; every event of the stream (pings and block boundaries
+    /// included) in order. Its decoded fields are partial: `usage` when its events carried it
+    /// (the stream's final one comes with `message_stop`), and a choice with an empty delta for
+    /// the `finish_reason` of `message_delta`.
     #[serde(skip)]
     pub raw: Option<bytes::Bytes>,
 }

@@ -167,12 +167,18 @@ impl Provider for AnthropicProvider {
         accept_event_stream(&mut req);
         let resp = self.client.open_stream(req, call.timeout, classify).await?;
         let rate_limit = rate_limit_info(resp.headers());
+        let passthrough = call.passthrough == Passthrough::AnthropicMessages;
         let events = SseStream::new(resp.into_body()).idle_timeout(call.timeout);
+        let events = if passthrough {
+            events.named_runs()
+        } else {
+            events
+        };
         Ok(ProviderStream {
             chunks: decode_stream(
                 events,
                 MessageStreamDecoder::new()
-                    .passthrough(call.passthrough == Passthrough::AnthropicMessages)
+                    .passthrough(passthrough)
                     .remember_thinking(Arc::clone(&self.thinking)),
             ),
             rate_limit,
@@ -1038,7 +1044,9 @@ impl MessageStreamDecoder {
     /// with only its usage and finish reason decoded: for a caller that writes the Anthropic
     /// format, so that thinking blocks, signatures, citations and server tool blocks reach it as
     /// the upstream sent them. Every event is still read (and a malformed one is still an
-    /// error).
+    /// error). Only a decoder in pass-through takes runs of events
+    /// ([`SseStream::named_runs`](crate::sse::SseStream::named_runs)): it hands each run on as
+    /// one chunk.
     pub fn passthrough(mut self, on: bool) -> Self {
         self.passthrough = on;
         self
@@ -1125,42 +1133,102 @@ impl StreamDecoder<SseEvent> for MessageStreamDecoder {
 }
 
 impl MessageStreamDecoder {
-    /// One event in pass-through: decoded as usual (a text delta only checked), and the chunks
-    /// that gives folded into one that carries the event's text.
+    /// One event in pass-through, or a run of them: one chunk carrying their text.
     fn pass(
         &mut self,
         ev: &SseEvent,
         out: &mut VecDeque<ChatChunk>,
     ) -> Result<bool, ProviderError> {
+        if ev.run {
+            return self.pass_run(&ev.data, out);
+        }
         let data = ev.data.trim_ascii();
-        let at = out.len();
-        let done = match skim_text_delta_span(data) {
-            Some(_) => false,
-            None => self.decode(data, out)?,
-        };
         if std::str::from_utf8(data).is_err() {
             return Err(ProviderError::Protocol(
                 "invalid stream event: not UTF-8".into(),
             ));
         }
+        let mut chunk = ChatChunk::new(String::new(), String::new(), self.created);
+        let done = self.absorb(data, out, &mut chunk)?;
         let name = match ev.event.as_deref().filter(|e| !e.is_empty()) {
             Some(name) => name,
             None => skim_type(data)
                 .ok_or_else(|| ProviderError::Protocol("stream event without a type".into()))?
                 .as_bytes(),
         };
-        let mut chunk = ChatChunk::new(String::new(), String::new(), self.created);
-        for c in out.drain(at..) {
-            if c.usage.is_some() {
-                chunk.usage = c.usage;
-            }
-            chunk
-                .choices
-                .extend(c.choices.into_iter().filter(|c| c.finish_reason.is_some()));
-        }
         chunk.raw = Some(sse_text(name, data));
         out.push_back(chunk);
         Ok(done)
+    }
+
+    /// A run of named events ([`SseParser::with_named_runs`](crate::sse::SseParser)): each read
+    /// as [`absorb`](Self::absorb) reads it, and the text of those up to the stream's end or an
+    /// error handed on as one chunk (then the error).
+    fn pass_run(
+        &mut self,
+        text: &Bytes,
+        out: &mut VecDeque<ChatChunk>,
+    ) -> Result<bool, ProviderError> {
+        const DATA: usize = b"data: ".len();
+        if std::str::from_utf8(text).is_err() {
+            return Err(ProviderError::Protocol(
+                "invalid stream event: not UTF-8".into(),
+            ));
+        }
+        let mut chunk = ChatChunk::new(String::new(), String::new(), self.created);
+        let (mut pos, mut result) = (0, Ok(false));
+        while pos < text.len() {
+            // `event: <name>\n`, `data: <value>\n`, `\n`, as the parser guarantees.
+            let line = |from: usize| memchr::memchr(b'\n', text.get(from..)?).map(|i| from + i);
+            let span = line(pos)
+                .map(|name_end| name_end + 1 + DATA)
+                .and_then(|start| Some((start, line(start)?)));
+            let Some((data_start, data_end)) = span else {
+                result = Err(ProviderError::Protocol("malformed run of events".into()));
+                break;
+            };
+            match self.absorb(text[data_start..data_end].trim_ascii(), out, &mut chunk) {
+                Ok(done) => {
+                    pos = data_end + 2;
+                    if done {
+                        result = Ok(true);
+                        break;
+                    }
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if pos > 0 {
+            chunk.raw = Some(text.slice(..pos.min(text.len())));
+            out.push_back(chunk);
+        }
+        result
+    }
+
+    /// Reads one event for pass-through: decoded as usual (a text delta only checked), and what
+    /// that gives folded into `into`: its usage, and the choices that finish.
+    fn absorb(
+        &mut self,
+        data: &[u8],
+        out: &mut VecDeque<ChatChunk>,
+        into: &mut ChatChunk,
+    ) -> Result<bool, ProviderError> {
+        let at = out.len();
+        let done = match skim_text_delta_span(data) {
+            Some(_) => Ok(false),
+            None => self.decode(data, out),
+        };
+        for c in out.drain(at..) {
+            if c.usage.is_some() {
+                into.usage = c.usage;
+            }
+            into.choices
+                .extend(c.choices.into_iter().filter(|c| c.finish_reason.is_some()));
+        }
+        done
     }
 
     /// One event, fully decoded.

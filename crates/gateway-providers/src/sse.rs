@@ -49,6 +49,11 @@ pub struct SseEvent {
     /// one line `data: <value>\n` followed by a blank line `\n`, and no value holds `\n` or
     /// `\r`. So `data: {data}\n\n` is those events' exact text. Only a parser made with
     /// [`SseParser::with_runs`] makes runs, and never of a single event.
+    ///
+    /// From a parser made with [`SseParser::with_named_runs`] instead, a run's `data` is the
+    /// exact text of several events, each the two lines `event: <name>\n` and `data: <value>\n`
+    /// followed by a blank line `\n`, with no `\r` in a name or value and no empty value; its
+    /// `event` is `None`.
     pub run: bool,
 }
 
@@ -100,6 +105,8 @@ pub struct SseParser {
     data: DataBuf,
     /// Hand out runs of plain `data:` events ([`SseParser::with_runs`]).
     runs: bool,
+    /// Hand out runs of named events instead ([`SseParser::with_named_runs`]).
+    named_runs: bool,
 }
 
 impl SseParser {
@@ -114,6 +121,17 @@ impl SseParser {
     pub fn with_runs() -> Self {
         SseParser {
             runs: true,
+            ..SseParser::default()
+        }
+    }
+
+    /// A parser that hands out runs of *named* events (`event: <name>`, `data: <value>`, a blank
+    /// line; Anthropic's framing) as one [`SseEvent`] whose `data` is their exact text
+    /// ([`SseEvent::run`]). The first event, a lone event, and events with other fields,
+    /// comments or `\r` come out one by one, as from [`SseParser::new`].
+    pub fn with_named_runs() -> Self {
+        SseParser {
+            named_runs: true,
             ..SseParser::default()
         }
     }
@@ -171,6 +189,9 @@ impl SseParser {
     /// buffer does not start with one, or when the parser is not between events.
     fn next_run(&mut self) -> Option<SseEvent> {
         const FIELD: &[u8] = b"data: ";
+        if self.named_runs {
+            return self.next_named_run();
+        }
         if !self.runs
             || !self.started
             || self.skip_lf
@@ -207,6 +228,58 @@ impl SseParser {
             data: events.slice(FIELD.len()..data_end),
             id: None,
             run: n > 1,
+        })
+    }
+
+    /// The complete named events at the start of the buffer, as one run, when there are at
+    /// least two: each is `event: `, a name, `\n`, `data: `, a value that is not empty, `\n\n`,
+    /// without `\r`.
+    fn next_named_run(&mut self) -> Option<SseEvent> {
+        const EVENT: &[u8] = b"event: ";
+        const DATA: &[u8] = b"data: ";
+        if !self.started
+            || self.skip_lf
+            || self.event.is_some()
+            || self.id.is_some()
+            || !matches!(self.data, DataBuf::Empty)
+        {
+            return None;
+        }
+        let buf = &self.buf[..];
+        // The end of a line starting at `from`, if it ends in `\n` alone.
+        let line_end = |from: usize| {
+            let nl = from + memchr::memchr2(b'\n', b'\r', buf.get(from..)?)?;
+            (buf[nl] == b'\n').then_some(nl)
+        };
+        let (mut pos, mut n) = (0, 0u32);
+        while buf[pos..].starts_with(EVENT) {
+            // The bytes `next_line` already found without a line ending are not searched again.
+            let from = (pos + EVENT.len()).max(if n == 0 { self.scanned } else { 0 });
+            let Some(name_end) = line_end(from) else {
+                break;
+            };
+            if !buf[name_end + 1..].starts_with(DATA) {
+                break;
+            }
+            let data_start = name_end + 1 + DATA.len();
+            let Some(data_end) = line_end(data_start) else {
+                break;
+            };
+            if data_end == data_start || buf.get(data_end + 1) != Some(&b'\n') {
+                break;
+            }
+            n += 1;
+            pos = data_end + 2;
+        }
+        if n < 2 {
+            return None;
+        }
+        self.scanned = 0;
+        Some(SseEvent {
+            event: None,
+            data: self.buf.split_to(pos).freeze(),
+            id: None,
+            run: true,
         })
     }
 
@@ -338,6 +411,12 @@ impl<B> SseStream<B> {
     /// Hands out runs of plain events ([`SseParser::with_runs`]).
     pub fn runs(mut self) -> Self {
         self.parser.runs = true;
+        self
+    }
+
+    /// Hands out runs of named events ([`SseParser::with_named_runs`]).
+    pub fn named_runs(mut self) -> Self {
+        self.parser.named_runs = true;
         self
     }
 
@@ -510,6 +589,70 @@ mod tests {
         for i in 0..input.len() {
             for j in i..input.len() {
                 let (got, _) = events_with_runs(&[&input[..i], &input[i..j], &input[j..]]);
+                assert_eq!(got, expected, "split at {i} and {j}");
+            }
+        }
+    }
+
+    /// Events from a parser with named runs, each run taken apart by a plain parser (a run is
+    /// the events' exact text), and how many runs came.
+    fn events_with_named_runs(parts: &[&[u8]]) -> (Vec<(Option<String>, String)>, usize) {
+        let mut p = SseParser::with_named_runs();
+        let mut out = Vec::new();
+        let mut runs = 0;
+        let mut take = |e: SseEvent, out: &mut Vec<(Option<String>, String)>| {
+            if e.run {
+                runs += 1;
+                assert!(e.event.is_none() && e.id.is_none());
+                let text = String::from_utf8_lossy(&e.data).into_owned();
+                let inner = events(&[e.data.as_ref()]);
+                assert!(inner.len() > 1, "a run is never one event: {text:?}");
+                assert_eq!(
+                    inner
+                        .iter()
+                        .map(|(n, d)| format!("event: {}\ndata: {d}\n\n", n.as_deref().unwrap()))
+                        .collect::<String>(),
+                    text,
+                    "each event of a run is its two lines and a blank line"
+                );
+                out.extend(inner);
+            } else {
+                out.push((
+                    e.event_name().map(str::to_owned),
+                    String::from_utf8_lossy(&e.data).into_owned(),
+                ));
+            }
+        };
+        for part in parts {
+            p.push(part);
+            while let Some(e) = p.next_event() {
+                take(e, &mut out);
+            }
+        }
+        while let Some(e) = p.finish() {
+            take(e, &mut out);
+        }
+        (out, runs)
+    }
+
+    #[test]
+    fn named_runs_are_the_same_events_at_every_split_point() {
+        let input: &[u8] = b"event: message_start\ndata: {\"first\":0}\n\n\
+            event: a\ndata: 1\n\nevent: b\ndata: 2\n\nevent: c\ndata: \n\n\
+            : keep-alive\n\nevent: d\ndata: 4\n\nevent: e\ndata: 5\r\n\r\n\
+            event: f\ndata: 6\n\nevent: g\ndata: 7\n\ndata: unnamed\n\n\
+            event: h\ndata: 8\ndata: 9\n\nevent: i\ndata: 10\n\nevent:j\ndata: 11\n\n\
+            event: k\nid: 3\ndata: 12\n\nevent: l\ndata: 13\n\nevent: m\ndata: 14\n\nevent: n\ndata: tail";
+        let expected = events(&[input]);
+        let (whole, runs) = events_with_named_runs(&[input]);
+        assert_eq!(whole, expected, "whole input");
+        // a and b; f and g. The first event, a lone one, and those next to an empty value, a
+        // comment, a CR, a data-only event, a multi-line one or `event:` without its space come
+        // alone, and so does every event after an id (each carries the last id: l and m).
+        assert_eq!(runs, 2, "the input in one read makes runs");
+        for i in 0..input.len() {
+            for j in i..input.len() {
+                let (got, _) = events_with_named_runs(&[&input[..i], &input[i..j], &input[j..]]);
                 assert_eq!(got, expected, "split at {i} and {j}");
             }
         }

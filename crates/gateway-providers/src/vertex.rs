@@ -567,12 +567,18 @@ impl Provider for VertexProvider {
                     }
                 })
                 .await?;
+            let passthrough = call.passthrough == Passthrough::AnthropicMessages;
             let events = SseStream::new(resp.into_body()).idle_timeout(call.timeout);
+            let events = if passthrough {
+                events.named_runs()
+            } else {
+                events
+            };
             return Ok(ProviderStream {
                 chunks: decode_stream(
                     events,
                     MessageStreamDecoder::new()
-                        .passthrough(call.passthrough == Passthrough::AnthropicMessages)
+                        .passthrough(passthrough)
                         .remember_thinking(Arc::clone(&self.signatures)),
                 ),
                 rate_limit: RateLimitInfo::default(),

@@ -473,6 +473,40 @@ async fn decode<D: StreamDecoder<gateway_providers::sse::SseEvent>>(
     decode_stream(SseStream::new(body), decoder).collect().await
 }
 
+/// An Anthropic stream in pass-through as the adapter reads it (named runs), the body arriving
+/// in reads of `sizes` bytes in turn (the last size repeating).
+async fn pass_anthropic(raw: &str, sizes: &[usize]) -> Vec<Result<ChatChunk, ProviderError>> {
+    let bytes = raw.as_bytes();
+    let mut frames: Vec<Result<Frame<Bytes>, std::io::Error>> = Vec::new();
+    let (mut at, mut k) = (0, 0);
+    while at < bytes.len() {
+        let end = (at + sizes[k.min(sizes.len() - 1)]).min(bytes.len());
+        frames.push(Ok(Frame::data(Bytes::copy_from_slice(&bytes[at..end]))));
+        at = end;
+        k += 1;
+    }
+    let body = StreamBody::new(futures_util::stream::iter(frames));
+    let decoder = MessageStreamDecoder::new().passthrough(true);
+    decode_stream(SseStream::new(body).named_runs(), decoder)
+        .collect()
+        .await
+}
+
+/// The text a client gets from pass-through chunks, and the errors among them.
+fn passed_text(items: &[Result<ChatChunk, ProviderError>]) -> (String, Vec<String>) {
+    let mut text = String::new();
+    let mut errors = Vec::new();
+    for i in items {
+        match i {
+            Ok(c) => {
+                text.push_str(std::str::from_utf8(c.raw.as_deref().expect("raw")).expect("utf-8"))
+            }
+            Err(e) => errors.push(format!("{} {e}", e.outcome())),
+        }
+    }
+    (text, errors)
+}
+
 fn assemble(items: &[Result<ChatChunk, ProviderError>]) -> ChatResponse {
     let mut acc = StreamAccumulator::default();
     for item in items {
@@ -782,6 +816,54 @@ async fn anthropic_stream_passthrough_carries_every_event_as_it_came() {
         1,
         "usage once, with message_stop"
     );
+}
+
+/// Read in runs (all the events of a read after the first in one chunk), a pass-through stream
+/// gives the client the same text, usage and finish reason, however the body is cut into reads:
+/// a run that meets the end of the stream stops there, and one that meets an error hands on the
+/// events before it, then the error.
+#[tokio::test]
+async fn anthropic_stream_passthrough_in_runs_is_the_same_stream() {
+    let one_by_one = decode(
+        ANTHROPIC_STREAM,
+        MessageStreamDecoder::new().passthrough(true),
+    )
+    .await;
+    let want = assemble(&one_by_one);
+    for sizes in [&[usize::MAX][..], &[1], &[7, 13], &[400, 5000], &[2000]] {
+        let items = pass_anthropic(ANTHROPIC_STREAM, sizes).await;
+        let (text, errors) = passed_text(&items);
+        assert_eq!(text, ANTHROPIC_STREAM, "reads of {sizes:?}");
+        assert!(errors.is_empty(), "{errors:?}");
+        let got = assemble(&items);
+        assert_eq!(got.usage, want.usage, "reads of {sizes:?}");
+        assert_eq!(got.choices[0].finish_reason, want.choices[0].finish_reason);
+        if sizes == [usize::MAX] {
+            assert_eq!(items.len(), 2, "the first event alone, then one run");
+        }
+    }
+
+    let start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"c\",\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n";
+    let delta = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n";
+    let finish = "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":2}}\n\n";
+    let stop = "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+    let error = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+    let garbage = "event: content_block_delta\ndata: {\"type\":\n\n";
+
+    // Nothing after message_stop is read.
+    let stream = [start, delta, finish, stop, delta].concat();
+    let (text, errors) = passed_text(&pass_anthropic(&stream, &[usize::MAX]).await);
+    assert_eq!(text, [start, delta, finish, stop].concat());
+    assert!(errors.is_empty(), "{errors:?}");
+
+    // An error, or garbage, in the middle of a run.
+    for (bad, outcome) in [(error, "overloaded"), (garbage, "invalid stream event")] {
+        let stream = [start, delta, delta, bad, delta].concat();
+        let (text, errors) = passed_text(&pass_anthropic(&stream, &[usize::MAX]).await);
+        assert_eq!(text, [start, delta, delta].concat(), "{bad}");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].to_lowercase().contains(outcome), "{errors:?}");
+    }
 }
 
 #[tokio::test]
