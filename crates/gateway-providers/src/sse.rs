@@ -492,8 +492,8 @@ mod tests {
     use http_body_util::StreamBody;
     use hyper::body::Frame;
 
-    fn events(parts: &[&[u8]]) -> Vec<(Option<String>, String)> {
-        let mut p = SseParser::new();
+    /// Every event `p` hands out for `parts` read one after the other, then at the end.
+    fn drain(mut p: SseParser, parts: &[&[u8]]) -> Vec<SseEvent> {
         let mut out = Vec::new();
         for part in parts {
             p.push(part);
@@ -504,7 +504,12 @@ mod tests {
         while let Some(ev) = p.finish() {
             out.push(ev);
         }
-        out.into_iter()
+        out
+    }
+
+    fn events(parts: &[&[u8]]) -> Vec<(Option<String>, String)> {
+        drain(SseParser::new(), parts)
+            .into_iter()
             .map(|e| {
                 (
                     e.event_name().map(str::to_owned),
@@ -544,10 +549,9 @@ mod tests {
 
     /// Events from a parser with runs, each run taken apart again, and how many runs came.
     fn events_with_runs(parts: &[&[u8]]) -> (Vec<(Option<String>, String)>, usize) {
-        let mut p = SseParser::with_runs();
         let mut out = Vec::new();
         let mut runs = 0;
-        let mut take = |e: SseEvent, out: &mut Vec<(Option<String>, String)>| {
+        for e in drain(SseParser::with_runs(), parts) {
             let data = String::from_utf8_lossy(&e.data).into_owned();
             if e.run {
                 runs += 1;
@@ -561,15 +565,6 @@ mod tests {
             } else {
                 out.push((e.event_name().map(str::to_owned), data));
             }
-        };
-        for part in parts {
-            p.push(part);
-            while let Some(e) = p.next_event() {
-                take(e, &mut out);
-            }
-        }
-        while let Some(e) = p.finish() {
-            take(e, &mut out);
         }
         (out, runs)
     }
@@ -597,10 +592,9 @@ mod tests {
     /// Events from a parser with named runs, each run taken apart by a plain parser (a run is
     /// the events' exact text), and how many runs came.
     fn events_with_named_runs(parts: &[&[u8]]) -> (Vec<(Option<String>, String)>, usize) {
-        let mut p = SseParser::with_named_runs();
         let mut out = Vec::new();
         let mut runs = 0;
-        let mut take = |e: SseEvent, out: &mut Vec<(Option<String>, String)>| {
+        for e in drain(SseParser::with_named_runs(), parts) {
             if e.run {
                 runs += 1;
                 assert!(e.event.is_none() && e.id.is_none());
@@ -622,15 +616,6 @@ mod tests {
                     String::from_utf8_lossy(&e.data).into_owned(),
                 ));
             }
-        };
-        for part in parts {
-            p.push(part);
-            while let Some(e) = p.next_event() {
-                take(e, &mut out);
-            }
-        }
-        while let Some(e) = p.finish() {
-            take(e, &mut out);
         }
         (out, runs)
     }

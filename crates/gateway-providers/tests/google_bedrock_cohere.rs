@@ -656,9 +656,7 @@ fn eventstream_frames_match_the_mock_encoder() {
 /// A loopback stand-in for Vertex's Anthropic publisher (the mock serves only the Google one):
 /// answers `:rawPredict` with a Messages response and `:streamRawPredict` with a Messages stream,
 /// and records the paths and bodies it saw.
-async fn claude_on_vertex_server(
-    seen: Arc<std::sync::Mutex<Vec<(String, serde_json::Value, String)>>>,
-) -> String {
+async fn claude_on_vertex_server(seen: Seen) -> String {
     use http_body_util::{BodyExt, Full};
     use hyper::service::service_fn;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -725,11 +723,13 @@ data: {"type":"message_stop"}"#,
     format!("http://{addr}")
 }
 
-#[tokio::test]
-async fn vertex_serves_claude_through_raw_predict() {
-    let tokens = MockUpstream::new().start().await.expect("mock starts");
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let base = claude_on_vertex_server(Arc::clone(&seen)).await;
+/// What the Vertex stand-in saw: path, JSON body, authorization.
+type Seen = Arc<std::sync::Mutex<Vec<(String, serde_json::Value, String)>>>;
+
+/// A Vertex provider in project `proj` against the Claude stand-in, and a call for Claude with
+/// a service account whose tokens `tokens` issues.
+async fn vertex_claude(tokens: &MockServer, seen: &Seen) -> (VertexProvider, Call) {
+    let base = claude_on_vertex_server(Arc::clone(seen)).await;
     let p = VertexProvider::new(
         &VertexConfig {
             project: Some("proj".into()),
@@ -744,6 +744,14 @@ async fn vertex_serves_claude_through_raw_predict() {
         ))),
         "claude-sonnet-4-5@20250929",
     );
+    (p, c)
+}
+
+#[tokio::test]
+async fn vertex_serves_claude_through_raw_predict() {
+    let tokens = MockUpstream::new().start().await.expect("mock starts");
+    let seen = Seen::default();
+    let (p, c) = vertex_claude(&tokens, &seen).await;
     let direct = p.chat(&c, &hello()).await.expect("rawPredict").body;
     assert_eq!(
         direct.choices[0].message.content_text(),
@@ -784,22 +792,8 @@ async fn vertex_serves_claude_through_raw_predict() {
 #[tokio::test]
 async fn vertex_claude_passes_an_anthropic_clients_request_and_answer_through() {
     let tokens = MockUpstream::new().start().await.expect("mock starts");
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let base = claude_on_vertex_server(Arc::clone(&seen)).await;
-    let p = VertexProvider::new(
-        &VertexConfig {
-            project: Some("proj".into()),
-            location: "us-east5".into(),
-            base_url: Some(base),
-        },
-        client(),
-    );
-    let mut c = call(
-        Credential::ServiceAccount(Secret::new(gateway_mock::test_service_account(
-            &tokens.token_uri(),
-        ))),
-        "claude-sonnet-4-5@20250929",
-    );
+    let seen = Seen::default();
+    let (p, mut c) = vertex_claude(&tokens, &seen).await;
     c.passthrough = gateway_core::Passthrough::AnthropicMessages;
     let client_body = json!({
         "model": "my-route", "max_tokens": 64, "fallbacks": ["x/y"],
