@@ -483,29 +483,60 @@ impl Engine {
         Ok(out.finish(self.now()))
     }
 
-    /// The input tokens of `request` as the provider that would serve it counts them, chosen
-    /// and failed over like a chat request; `None` when that provider cannot count
-    /// ([`Provider::count_tokens`]).
+    /// The input tokens of `request` as the provider that would serve it counts them: one call
+    /// ([`Provider::count_tokens`]) to the first target of its plan, with a key its strategy
+    /// picks. `Ok(None)` when that provider cannot count, has no usable key, or the count
+    /// failed; the caller then estimates. Counting is not a request for the model: it leaves
+    /// the keys' signals (windows, latency, health) alone and is not retried.
     pub async fn count_tokens(
         &self,
         request: &ChatRequest,
         opts: &RequestOptions,
-    ) -> Result<Outcome<Option<u64>>, Failure> {
-        let est = request.estimate_input_tokens();
+    ) -> Result<Option<u64>, EngineError> {
+        let snap = self.snapshot.load_full();
+        let mut rng = fastrand::Rng::new();
         let fallbacks = merge_fallbacks(&request.fallbacks, &opts.fallbacks);
-        let out = self
-            .run(
-                &request.model,
-                &fallbacks,
-                opts,
-                est,
-                |p, call| async move {
-                    let n = p.count_tokens(&call, request).await?;
-                    Ok((n, RateLimitInfo::default(), None))
-                },
-            )
-            .await?;
-        Ok(out.finish(self.now()))
+        let mut plan = Plan::new(&snap, &request.model, &fallbacks, &opts.allowed_providers)?;
+        let now = self.now();
+        let Some((pi, model_id)) = plan.next_target(&snap, now, &mut rng) else {
+            return Ok(None);
+        };
+        let p = &snap.providers[pi];
+        let (idx, cands): (SmallVec<[usize; 16]>, SmallVec<[Candidate<'_>; 16]>) = p
+            .keys
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| k.allows(&model_id))
+            .map(|(ki, k)| {
+                let c = Candidate {
+                    weight: k.weight,
+                    signals: &k.signals,
+                    rpm: k.rpm,
+                    tpm: k.tpm,
+                };
+                (ki, c)
+            })
+            .unzip();
+        let ctx = PickContext {
+            now,
+            health: &snap.health,
+        };
+        let Some(choice) = p.strategy.pick(&cands, &ctx, &mut rng) else {
+            return Ok(None);
+        };
+        let key = &p.keys[idx[choice]];
+        let call = Call {
+            credential: Arc::clone(&key.credential),
+            key_name: Arc::clone(&key.name),
+            model: model_id,
+            timeout: p.timeout,
+            request_id: Arc::clone(&opts.request_id),
+            traceparent: None,
+            passthrough: opts.passthrough,
+        };
+        let counted =
+            tokio::time::timeout(p.timeout, p.provider.count_tokens(&call, request)).await;
+        Ok(counted.ok().and_then(Result::ok).flatten())
     }
 
     /// Whether a model name resolves to something this gateway serves.
@@ -1539,6 +1570,39 @@ mod tests {
             "available",
             "back after the reset hint"
         );
+    }
+
+    /// Counting asks the picked key of the first target once, and leaves every signal alone:
+    /// it is not a request for the model.
+    #[tokio::test(start_paused = true)]
+    async fn count_tokens_asks_once_and_leaves_the_signals_alone() {
+        let fake = Arc::new(FakeProvider::new());
+        fake.script(
+            "a",
+            vec![Step::Reply("four".into()), Step::Fail(rate_limited(30))],
+        );
+        let engine = Engine::new(EngineConfig {
+            providers: vec![provider("p", &fake, &["a"], StrategyKind::Adaptive)],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        assert_eq!(
+            engine.count_tokens(&req("p/m"), &opts()).await.unwrap(),
+            Some(4)
+        );
+        assert_eq!(
+            engine.count_tokens(&req("p/m"), &opts()).await.unwrap(),
+            None,
+            "a failed count is no count"
+        );
+        assert_eq!(fake.calls().len(), 2, "one call each, no retry");
+        let h = engine.health();
+        assert_eq!(h[0].keys[0].signals.picks, 0);
+        assert_eq!(
+            h[0].keys[0].state, "available",
+            "the 429 did not rest the key"
+        );
+        assert!(engine.count_tokens(&req("nope"), &opts()).await.is_err());
     }
 
     #[tokio::test(start_paused = true)]

@@ -115,6 +115,18 @@ impl Provider for FakeProvider {
         }
     }
 
+    /// Counts the reply's bytes (or fails with the step's error).
+    async fn count_tokens(
+        &self,
+        call: &Call,
+        _r: &ChatRequest,
+    ) -> Result<Option<u64>, ProviderError> {
+        match self.next(call) {
+            Step::Reply(t) => Ok(Some(t.len() as u64)),
+            Step::Fail(e) | Step::StreamFailFirst(e) | Step::StreamFailAfter(_, e) => Err(e),
+        }
+    }
+
     async fn chat_stream(
         &self,
         call: &Call,

@@ -663,8 +663,8 @@ impl Gateway {
 
     /// `POST /v1/messages/count_tokens`: counted by the provider that would serve the request
     /// when it can (Anthropic's own endpoint, with the client's body as it came), else
-    /// estimated; a failed count is estimated too, so a client sizing its context always gets
-    /// an answer.
+    /// estimated; an unknown model or a failed count is estimated too, so a client sizing its
+    /// context always gets an answer.
     async fn count_tokens(
         self: &Arc<Self>,
         req: Request<Incoming>,
@@ -692,17 +692,12 @@ impl Gateway {
             passthrough: Passthrough::AnthropicMessages,
             ..RequestOptions::default()
         };
-        let counted = if self.engine.resolves(&request.model) {
-            match self.engine.count_tokens(&request, &opts).await {
-                Ok(out) => out.value,
-                Err(f) => {
-                    tracing::debug!(request_id = %request_id, error = %f.error, "count_tokens upstream failed; estimating");
-                    None
-                }
-            }
-        } else {
-            None
-        };
+        let counted = self
+            .engine
+            .count_tokens(&request, &opts)
+            .await
+            .ok()
+            .flatten();
         let mut resp = bytes_response(
             200,
             anthropic::count_tokens_answer(counted.unwrap_or(estimate)),
