@@ -410,6 +410,46 @@ async fn tools_cross_formats() {
     gw.stop().await;
 }
 
+/// OpenAI's other kinds of tool (`custom`) and tool choice (`allowed_tools`) are valid requests:
+/// an OpenAI provider gets them as written, another provider gets the function tools alone (and
+/// decides itself), and a function tool without its function is the caller's error.
+#[tokio::test]
+async fn openai_custom_tools_and_allowed_tools_choice() {
+    let (gw, o, a) = setup().await;
+    let tools = json!([
+        {"type": "custom", "custom": {"name": "code_exec", "description": "Runs code", "format": {"type": "text"}}},
+        {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}
+    ]);
+    let choice = json!({"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": [{"type": "function", "function": {"name": "get_weather"}}]}});
+    let mut body = chat("oai/gpt-4o-mini", "Weather in Paris?");
+    body["tools"] = tools.clone();
+    body["tool_choice"] = choice.clone();
+    let r = gw.post("/v1/chat/completions", &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent = o.last_request().unwrap();
+    assert_eq!(sent.body["tools"], tools);
+    assert_eq!(sent.body["tool_choice"], choice);
+
+    body["model"] = json!("ant/claude-3-5-haiku-latest");
+    let r = gw.post("/v1/chat/completions", &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent = a.last_request().unwrap();
+    let names: Vec<&str> = sent.body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["get_weather"]);
+    assert!(sent.body.get("tool_choice").is_none(), "{}", sent.body);
+
+    body["tools"] = json!([{"type": "function"}]);
+    let r = gw.post("/v1/chat/completions", &body).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["param"], "tools[0].function");
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn embeddings_models_health_and_count_tokens() {
     let (gw, _o, _a) = setup().await;

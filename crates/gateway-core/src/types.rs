@@ -177,18 +177,40 @@ pub struct FunctionCall {
     pub arguments: String,
 }
 
-/// A tool the model may call.
+/// A tool the model may call: a function, or another kind of tool an OpenAI-format upstream may
+/// know (`custom` tools), kept as the client wrote it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tool {
-    /// Always `function`.
+    /// `function`, or another kind (`custom`).
     #[serde(rename = "type", default = "function_type")]
     pub kind: String,
-    /// The function's declaration.
+    /// The function's declaration; empty for other kinds of tool.
+    #[serde(default, skip_serializing_if = "FunctionDef::is_empty")]
     pub function: FunctionDef,
+    /// The tool's other members (a `custom` tool's `custom`), passed to OpenAI-format upstreams;
+    /// other adapters send only function tools ([`Tool::is_function`]).
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+impl Tool {
+    /// A function tool.
+    pub fn function(function: FunctionDef) -> Self {
+        Tool {
+            kind: function_type(),
+            function,
+            other: Map::new(),
+        }
+    }
+
+    /// Whether it is a function tool, the one kind every provider knows.
+    pub fn is_function(&self) -> bool {
+        self.kind == "function"
+    }
 }
 
 /// A function declaration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct FunctionDef {
     /// Its name.
     pub name: String,
@@ -203,6 +225,16 @@ pub struct FunctionDef {
     pub strict: Option<bool>,
 }
 
+impl FunctionDef {
+    /// Whether nothing declares it (the function of a tool that is not one).
+    pub fn is_empty(&self) -> bool {
+        self.name.is_empty()
+            && self.description.is_none()
+            && self.parameters.is_none()
+            && self.strict.is_none()
+    }
+}
+
 /// Whether and which tool the model must call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -211,6 +243,9 @@ pub enum ToolChoice {
     Mode(ToolChoiceMode),
     /// A named function.
     Named(NamedToolChoice),
+    /// Any other form (OpenAI's `allowed_tools`, a named `custom` tool), kept as the client
+    /// wrote it for OpenAI-format upstreams; other adapters treat it as `auto`.
+    Other(Value),
 }
 
 /// The string forms of `tool_choice`.
@@ -247,7 +282,7 @@ impl ToolChoice {
     pub fn function_name(&self) -> Option<&str> {
         match self {
             ToolChoice::Named(n) => Some(&n.function.name),
-            ToolChoice::Mode(_) => None,
+            ToolChoice::Mode(_) | ToolChoice::Other(_) => None,
         }
     }
 }

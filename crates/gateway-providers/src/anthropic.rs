@@ -510,9 +510,14 @@ pub fn messages_body_with(
     if let Some(t) = thinking {
         body.insert("thinking".into(), t);
     }
-    if let Some(tools) = request.tools.as_ref().filter(|t| !t.is_empty()) {
+    if let Some(tools) = request
+        .tools
+        .as_ref()
+        .filter(|t| t.iter().any(gateway_core::types::Tool::is_function))
+    {
         let tools: Vec<Value> = tools
             .iter()
+            .filter(|t| t.is_function())
             .map(|t| {
                 let mut o = Map::new();
                 o.insert("name".into(), t.function.name.clone().into());
@@ -535,7 +540,8 @@ pub fn messages_body_with(
             Some(ToolChoice::Mode(ToolChoiceMode::Required)) => Some(json!({"type": "any"})),
             Some(ToolChoice::Mode(ToolChoiceMode::None)) => Some(json!({"type": "none"})),
             Some(ToolChoice::Named(n)) => Some(json!({"type": "tool", "name": n.function.name})),
-            None => None,
+            // OpenAI-only forms (`allowed_tools`...): the model decides.
+            Some(ToolChoice::Other(_)) | None => None,
         };
         if request.parallel_tool_calls == Some(false) {
             let c = choice.get_or_insert_with(|| json!({"type": "auto"}));

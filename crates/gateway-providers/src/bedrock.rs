@@ -271,7 +271,12 @@ pub fn encode_request(req: &ChatRequest, names: &mut ToolNames) -> Result<Value,
         body.insert("additionalModelRequestFields".into(), json!({ "top_k": k }));
     }
 
-    let tools = req.tools.as_deref().unwrap_or_default();
+    let tools: Vec<&gateway_core::types::Tool> = req
+        .tools
+        .iter()
+        .flatten()
+        .filter(|t| t.is_function())
+        .collect();
     let choice_none = matches!(
         req.tool_choice,
         Some(ToolChoice::Mode(ToolChoiceMode::None))
@@ -317,7 +322,7 @@ pub fn encode_request(req: &ChatRequest, names: &mut ToolNames) -> Result<Value,
             Some(ToolChoice::Named(n)) => {
                 Some(json!({ "tool": { "name": names.wire(&n.function.name) } }))
             }
-            Some(ToolChoice::Mode(ToolChoiceMode::None)) | None => None,
+            Some(ToolChoice::Mode(ToolChoiceMode::None) | ToolChoice::Other(_)) | None => None,
         };
         if let Some(c) = choice {
             config.insert("toolChoice".into(), c);

@@ -143,12 +143,16 @@ pub fn encode_request(
         },
     );
 
-    if let Some(tools) = req.tools.as_ref().filter(|t| !t.is_empty()) {
+    if let Some(tools) = req
+        .tools
+        .as_ref()
+        .filter(|t| t.iter().any(gateway_core::types::Tool::is_function))
+    {
         // A named choice: offer only that tool and require a call.
         let only = req.tool_choice.as_ref().and_then(ToolChoice::function_name);
         let tools: Vec<Value> = tools
             .iter()
-            .filter(|t| only.is_none_or(|n| n == t.function.name))
+            .filter(|t| t.is_function() && only.is_none_or(|n| n == t.function.name))
             .map(|t| {
                 let mut f = Map::new();
                 f.insert("name".into(), Value::String(t.function.name.clone()));
@@ -173,7 +177,7 @@ pub fn encode_request(
                     Some(Value::from("REQUIRED"))
                 }
                 Some(ToolChoice::Mode(ToolChoiceMode::None)) => Some(Value::from("NONE")),
-                Some(ToolChoice::Mode(ToolChoiceMode::Auto)) | None => None,
+                Some(ToolChoice::Mode(ToolChoiceMode::Auto) | ToolChoice::Other(_)) | None => None,
             },
         );
     }

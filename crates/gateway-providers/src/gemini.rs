@@ -180,9 +180,14 @@ pub fn encode_request(
         body.insert("systemInstruction".into(), json!({ "parts": system_parts }));
     }
 
-    if let Some(tools) = req.tools.as_ref().filter(|t| !t.is_empty()) {
+    if let Some(tools) = req
+        .tools
+        .as_ref()
+        .filter(|t| t.iter().any(gateway_core::types::Tool::is_function))
+    {
         let decls: Vec<Value> = tools
             .iter()
+            .filter(|t| t.is_function())
             .map(|t| {
                 let mut d = Map::new();
                 d.insert("name".into(), Value::String(t.function.name.clone()));
@@ -206,7 +211,9 @@ pub fn encode_request(
         body.insert("tools".into(), json!([{ "functionDeclarations": decls }]));
         if let Some(choice) = &req.tool_choice {
             let config = match choice {
-                ToolChoice::Mode(ToolChoiceMode::Auto) => json!({ "mode": "AUTO" }),
+                ToolChoice::Mode(ToolChoiceMode::Auto) | ToolChoice::Other(_) => {
+                    json!({ "mode": "AUTO" })
+                }
                 ToolChoice::Mode(ToolChoiceMode::None) => json!({ "mode": "NONE" }),
                 ToolChoice::Mode(ToolChoiceMode::Required) => json!({ "mode": "ANY" }),
                 ToolChoice::Named(n) => {

@@ -248,14 +248,13 @@ pub fn decode_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
     }
     let tools = req.tools.map(|ts| {
         ts.into_iter()
-            .map(|t| Tool {
-                kind: "function".to_owned(),
-                function: FunctionDef {
+            .map(|t| {
+                Tool::function(FunctionDef {
                     name: t.name,
                     description: t.description,
                     parameters: t.input_schema,
                     strict: None,
-                },
+                })
             })
             .collect::<Vec<_>>()
     });

@@ -29,6 +29,15 @@ fn json_error(e: &serde_json::Error) -> ApiError {
     err
 }
 
+/// The index of a function tool without a function name: other kinds of tool (`custom`) need
+/// none, but a function tool is only its function.
+fn unnamed_function(req: &ChatRequest) -> Option<usize> {
+    req.tools
+        .iter()
+        .flatten()
+        .position(|t| t.is_function() && t.function.name.is_empty())
+}
+
 /// Decodes and validates a chat-completions body.
 pub fn decode_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
     // The common case parses once; only a failure pays for a second look to name the problem.
@@ -36,6 +45,7 @@ pub fn decode_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
         if !req.model.is_empty()
             && !req.messages.is_empty()
             && req.temperature.is_none_or(|t| (0.0..=2.0).contains(&t))
+            && unnamed_function(&req).is_none()
         {
             return Ok(req);
         }
@@ -62,6 +72,12 @@ pub fn decode_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
         }
     }
     let req: ChatRequest = serde_json::from_value(value).map_err(|e| json_error(&e))?;
+    if let Some(i) = unnamed_function(&req) {
+        return Err(ApiError::invalid(format!(
+            "tools[{i}].function: a function tool needs its `function` with a `name`"
+        ))
+        .param(&format!("tools[{i}].function")));
+    }
     if let Some(t) = req.temperature {
         if !(0.0..=2.0).contains(&t) {
             return Err(
