@@ -36,7 +36,7 @@ struct MessagesRequest {
     #[serde(default)]
     tool_choice: Option<Value>,
     #[serde(default)]
-    fallbacks: Vec<String>,
+    fallbacks: Option<Vec<String>>,
     #[serde(flatten)]
     _rest: Map<String, Value>,
 }
@@ -298,7 +298,7 @@ pub fn decode_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
         stream_options: stream.then_some(gateway_core::types::StreamOptions {
             include_usage: true,
         }),
-        fallbacks: req.fallbacks,
+        fallbacks: req.fallbacks.unwrap_or_default(),
         ..ChatRequest::default()
     })
 }
@@ -597,6 +597,18 @@ pub fn count_tokens_answer(n: u64) -> Bytes {
 mod tests {
     use super::*;
     use gateway_core::types::{Delta, FunctionCallDelta, ToolCallDelta};
+
+    /// SDKs send `null` for an optional member they were given `None` for.
+    #[test]
+    fn null_optional_members_are_absent_ones() {
+        let body = json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}],
+            "system": null, "stop_sequences": null, "temperature": null, "top_p": null, "top_k": null,
+            "stream": null, "metadata": null, "tools": null, "tool_choice": null, "fallbacks": null,
+            "thinking": null});
+        let req = decode_request(body.to_string().as_bytes()).expect("decodes");
+        assert_eq!(req.messages.len(), 1);
+        assert!(req.fallbacks.is_empty() && req.tools.is_none() && !req.stream);
+    }
 
     #[test]
     fn request_with_tools_and_results_decodes_to_openai_shape() {
