@@ -1700,3 +1700,54 @@ mod skim_text_delta_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod native_body_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A Messages-like object: any members, often the ones the rewrite replaces or drops.
+    fn body() -> impl Strategy<Value = Map<String, Value>> {
+        let key = prop_oneof![
+            Just("model".to_owned()),
+            Just("stream".to_owned()),
+            Just("fallbacks".to_owned()),
+            Just("anthropic_version".to_owned()),
+            Just("messages".to_owned()),
+            ".*",
+        ];
+        proptest::collection::btree_map(key, crate::skim::json_value(), 0..8)
+            .prop_map(|m| m.into_iter().collect())
+    }
+
+    proptest! {
+        /// Whichever way the body is read (a skim, or serde for keys with escapes), the upstream
+        /// gets the client's members but `model`, `stream`, `anthropic_version` and `fallbacks`,
+        /// with the model and the stream flag as the call has them.
+        #[test]
+        fn the_upstream_gets_the_clients_members_and_the_calls_model(
+            m in body(),
+            pretty in any::<bool>(),
+            stream in any::<bool>(),
+            model in ".*",
+        ) {
+            let doc = if pretty {
+                serde_json::to_vec_pretty(&m).expect("json")
+            } else {
+                serde_json::to_vec(&m).expect("json")
+            };
+            let out = native_body(&doc, &model, stream).expect("a body");
+            let got: Map<String, Value> = serde_json::from_slice(&out).expect("JSON");
+            // What the client's text says (numbers as serde reads them, both sides alike).
+            let mut want: Map<String, Value> = serde_json::from_slice(&doc).expect("JSON");
+            for k in ["model", "stream", "fallbacks", "anthropic_version"] {
+                want.remove(k);
+            }
+            want.insert("model".into(), Value::from(model.clone()));
+            if stream {
+                want.insert("stream".into(), Value::Bool(true));
+            }
+            prop_assert_eq!(got, want);
+        }
+    }
+}

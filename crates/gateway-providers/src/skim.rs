@@ -315,6 +315,29 @@ pub(crate) fn json_text(max: usize) -> proptest::strategy::BoxedStrategy<String>
         .boxed()
 }
 
+/// For property tests: any JSON value, four levels deep at most, strings and keys of any text.
+#[cfg(test)]
+pub(crate) fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    use proptest::prelude::*;
+    use serde_json::Value;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        ".*".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 32, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            proptest::collection::btree_map(".*", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,31 +387,10 @@ mod tests {
         }
     }
 
-    fn json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
-        use proptest::prelude::*;
-        use serde_json::Value;
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            any::<i64>().prop_map(Value::from),
-            any::<f64>()
-                .prop_filter("finite", |f| f.is_finite())
-                .prop_map(Value::from),
-            ".*".prop_map(Value::String),
-        ];
-        leaf.prop_recursive(4, 32, 6, |inner| {
-            prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-                proptest::collection::btree_map(".*", inner, 0..6)
-                    .prop_map(|m| Value::Object(m.into_iter().collect())),
-            ]
-        })
-    }
-
     proptest::proptest! {
         /// Every JSON document skims, compact or pretty.
         #[test]
-        fn skims_all_json(v in json()) {
+        fn skims_all_json(v in json_value()) {
             let compact = serde_json::to_string(&v).expect("json");
             let pretty = serde_json::to_string_pretty(&v).expect("json");
             for doc in [compact, pretty] {
@@ -399,7 +401,7 @@ mod tests {
 
         /// A document damaged by one byte skims only if it is still JSON.
         #[test]
-        fn skims_nothing_that_is_not_json(v in json(), at in proptest::prelude::any::<proptest::sample::Index>(), byte in proptest::prelude::any::<u8>()) {
+        fn skims_nothing_that_is_not_json(v in json_value(), at in proptest::prelude::any::<proptest::sample::Index>(), byte in proptest::prelude::any::<u8>()) {
             let mut doc = serde_json::to_vec(&v).expect("json");
             let i = at.index(doc.len());
             doc[i] = byte;
