@@ -17,6 +17,13 @@
 //! frames ([`crate::eventstream`]) that [`BedrockStream`] turns into canonical chunks; usage only
 //! arrives in the final `metadata` event and is sent on a `choices: []` chunk.
 //!
+//! With `claude_invoke` on, an Anthropic client's own request for a Claude model (a model id with
+//! `anthropic.` in it) goes to `InvokeModel` instead (`/invoke`, `/invoke-with-response-stream`): its Messages body as it
+//! came, without `model` and `stream`, with `"anthropic_version": "bedrock-2023-05-31"` and its
+//! `anthropic-beta` features as `anthropic_beta`; the answer is Anthropic's message and the stream
+//! Anthropic's events (each the base64 `bytes` of a `chunk` frame), passed on as they came
+//! ([`InvokeStream`]).
+//!
 //! Errors carry their type in `x-amzn-ErrorType` (`ThrottlingException:http://internal...`) and a
 //! `{"message"}` body; [`classify_error`] maps them. Throttling is per account and region, so it is
 //! a provider-scope rate limit: another key of the same account does not help.
@@ -32,8 +39,8 @@ use bytes::Bytes;
 use futures_core::Stream;
 use gateway_core::types::{
     ChatChunk, ChatRequest, ChatResponse, Choice, Content, ContentPart, Delta, FinishReason,
-    FunctionCall, FunctionCallDelta, Message, Role, ToolCall, ToolCallDelta, ToolChoice,
-    ToolChoiceMode, Usage,
+    FunctionCall, FunctionCallDelta, Message, NativeRequest, Role, ToolCall, ToolCallDelta,
+    ToolChoice, ToolChoiceMode, Usage,
 };
 use gateway_core::{
     Call, Credential, Provider, ProviderError, ProviderResponse, ProviderStream, RateLimitInfo,
@@ -47,10 +54,14 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::time::{Instant, Sleep};
 
+use base64::Engine as _;
+
+use crate::anthropic::{self, parse_message, rewrite_native, MessageStreamDecoder};
 use crate::eventstream::{Frame, FrameDecoder};
 use crate::gemini::unix_now;
 use crate::http::{bearer, header_value, join_url, json_request, Body, HttpClient};
 use crate::openai::push_traceparent;
+use crate::sse::SseEvent;
 use crate::stream::{decode_stream, StreamDecoder};
 
 /// The SigV4 signing name of the Bedrock runtime.
@@ -594,35 +605,7 @@ impl BedrockStream {
 
     /// Converts one frame. Exception and error frames become classified errors.
     pub fn on_frame(&mut self, frame: &Frame) -> Result<Vec<ChatChunk>, ProviderError> {
-        match frame.header_str(":message-type") {
-            Some("event") | None => {}
-            Some("exception") => {
-                let kind = frame.header_str(":exception-type").unwrap_or("exception");
-                let message = serde_json::from_slice::<Value>(&frame.payload)
-                    .ok()
-                    .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
-                    .unwrap_or_else(|| String::from_utf8_lossy(&frame.payload).into_owned());
-                return Err(classify_named(
-                    status_of_exception(kind),
-                    kind,
-                    message,
-                    None,
-                ));
-            }
-            Some(other) => {
-                let code = frame.header_str(":error-code").unwrap_or(other);
-                let message = frame
-                    .header_str(":error-message")
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| String::from_utf8_lossy(&frame.payload).into_owned());
-                return Err(classify_named(
-                    status_of_exception(code),
-                    code,
-                    message,
-                    None,
-                ));
-            }
-        }
+        frame_error(frame)?;
         let event = frame.header_str(":event-type").unwrap_or_default();
         let payload: Value = serde_json::from_slice(&frame.payload).map_err(|e| {
             ProviderError::Protocol(format!("bedrock `{event}` event is not JSON: {e}"))
@@ -820,6 +803,127 @@ where
         }
     }
 }
+
+/// An exception or error frame as a classified error.
+fn frame_error(frame: &Frame) -> Result<(), ProviderError> {
+    match frame.header_str(":message-type") {
+        Some("event") | None => Ok(()),
+        Some("exception") => {
+            let kind = frame.header_str(":exception-type").unwrap_or("exception");
+            let message = serde_json::from_slice::<Value>(&frame.payload)
+                .ok()
+                .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&frame.payload).into_owned());
+            Err(classify_named(
+                status_of_exception(kind),
+                kind,
+                message,
+                None,
+            ))
+        }
+        Some(other) => {
+            let code = frame.header_str(":error-code").unwrap_or(other);
+            let message = frame
+                .header_str(":error-message")
+                .map(str::to_owned)
+                .unwrap_or_else(|| String::from_utf8_lossy(&frame.payload).into_owned());
+            Err(classify_named(
+                status_of_exception(code),
+                code,
+                message,
+                None,
+            ))
+        }
+    }
+}
+
+/// `InvokeModelWithResponseStream` for Claude in pass-through: each `chunk` frame's payload is
+/// `{"bytes": <base64 of one Anthropic event>}`, handed to a pass-through
+/// [`MessageStreamDecoder`].
+pub struct InvokeStream {
+    inner: MessageStreamDecoder,
+}
+
+impl InvokeStream {
+    /// A stream at its start.
+    pub fn new() -> Self {
+        InvokeStream {
+            inner: MessageStreamDecoder::new().passthrough(true),
+        }
+    }
+}
+
+impl Default for InvokeStream {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[derive(Deserialize)]
+struct InvokeChunk {
+    bytes: String,
+}
+
+impl StreamDecoder<Frame> for InvokeStream {
+    fn event(
+        &mut self,
+        frame: Frame,
+        out: &mut VecDeque<ChatChunk>,
+    ) -> Result<bool, ProviderError> {
+        frame_error(&frame)?;
+        if frame
+            .header_str(":event-type")
+            .is_some_and(|t| t != "chunk")
+        {
+            return Ok(false);
+        }
+        let chunk: InvokeChunk = serde_json::from_slice(&frame.payload)
+            .map_err(|e| ProviderError::Protocol(format!("bedrock `chunk` event: {e}")))?;
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(chunk.bytes.as_bytes())
+            .map_err(|e| ProviderError::Protocol(format!("bedrock `chunk` bytes: {e}")))?;
+        self.inner.event(
+            SseEvent {
+                event: None,
+                data: Bytes::from(data),
+                id: None,
+                run: false,
+            },
+            out,
+        )
+    }
+
+    fn end(&mut self, out: &mut VecDeque<ChatChunk>) -> Result<(), ProviderError> {
+        self.inner.end(out)
+    }
+}
+
+/// Whether `model` (a base id, an inference profile or an ARN) is one of Anthropic's.
+pub fn is_claude(model: &str) -> bool {
+    model.contains("anthropic.")
+}
+
+/// The `InvokeModel` body of a client's own Messages request: its members as written, without
+/// `model` and `stream`, with Bedrock's `anthropic_version` and the client's betas.
+pub fn claude_invoke_body(native: &NativeRequest) -> Result<Bytes, ProviderError> {
+    let mut lead = format!("\"anthropic_version\":\"{BEDROCK_ANTHROPIC_VERSION}\"");
+    let betas: Vec<&str> = native
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("anthropic-beta"))
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+        .collect();
+    if !betas.is_empty() {
+        lead.push_str(",\"anthropic_beta\":");
+        lead.push_str(&Value::from(betas).to_string());
+    }
+    rewrite_native(&native.body, lead.as_bytes(), false)
+}
+
+/// The `anthropic_version` Bedrock expects in Claude's `InvokeModel` bodies.
+pub const BEDROCK_ANTHROPIC_VERSION: &str = "bedrock-2023-05-31";
 
 impl StreamDecoder<Frame> for BedrockStream {
     fn event(
@@ -1068,6 +1172,9 @@ pub struct BedrockConfig {
     pub region: String,
     /// The endpoint; `None` for `https://bedrock-runtime.{region}.amazonaws.com`.
     pub base_url: Option<String>,
+    /// An Anthropic client's requests for Claude models go to `InvokeModel` with its own body
+    /// (thinking, cache breakpoints, betas; see the module docs) instead of Converse.
+    pub claude_invoke: bool,
 }
 
 /// The Bedrock Converse adapter.
@@ -1076,6 +1183,7 @@ pub struct BedrockProvider {
     http: HttpClient,
     base_url: Arc<str>,
     region: Arc<str>,
+    claude_invoke: bool,
 }
 
 impl BedrockProvider {
@@ -1090,6 +1198,7 @@ impl BedrockProvider {
             http: client,
             base_url: base.trim_end_matches('/').into(),
             region: config.region.as_str().into(),
+            claude_invoke: config.claude_invoke,
         }
     }
 
@@ -1099,6 +1208,12 @@ impl BedrockProvider {
             &self.base_url,
             &format!("/model/{}/{operation}", encode_model_id(model)),
         )
+    }
+
+    /// The client's own Messages request, when it goes to `InvokeModel`: `claude_invoke` is on,
+    /// the model is Claude, and the client writes Anthropic's format.
+    fn invoke<'r>(&self, call: &Call, request: &'r ChatRequest) -> Option<&'r NativeRequest> {
+        anthropic::native(call, request).filter(|_| self.claude_invoke && is_claude(&call.model))
     }
 
     /// A signed (or bearer-authenticated) POST of `body` to `url`.
@@ -1181,6 +1296,17 @@ impl Provider for BedrockProvider {
         call: &Call,
         request: &ChatRequest,
     ) -> Result<ProviderResponse<ChatResponse>, ProviderError> {
+        if let Some(native) = self.invoke(call, request) {
+            let url = self.url(&call.model, "invoke");
+            let req = self.request(call, &url, claude_invoke_body(native)?, "application/json")?;
+            let resp = self.http.fetch(req, call.timeout, classify_error).await?;
+            let mut body = parse_message(resp.body())?;
+            body.raw = Some(resp.body().clone());
+            return Ok(ProviderResponse {
+                body,
+                rate_limit: RateLimitInfo::default(),
+            });
+        }
         let mut names = ToolNames::default();
         let body = encode_request(request, &mut names)?;
         let body =
@@ -1204,6 +1330,20 @@ impl Provider for BedrockProvider {
         call: &Call,
         request: &ChatRequest,
     ) -> Result<ProviderStream, ProviderError> {
+        if let Some(native) = self.invoke(call, request) {
+            let url = self.url(&call.model, "invoke-with-response-stream");
+            let body = claude_invoke_body(native)?;
+            let req = self.request(call, &url, body, "application/vnd.amazon.eventstream")?;
+            let resp = self
+                .http
+                .open_stream(req, call.timeout, classify_error)
+                .await?;
+            let frames = FrameStream::new(resp.into_body(), call.timeout);
+            return Ok(ProviderStream {
+                chunks: decode_stream(frames, InvokeStream::new()),
+                rate_limit: RateLimitInfo::default(),
+            });
+        }
         let mut names = ToolNames::default();
         let body = encode_request(request, &mut names)?;
         let body =
@@ -1648,6 +1788,42 @@ mod tests {
             direct.choices[0].finish_reason
         );
         assert_eq!(streamed.usage, direct.usage);
+    }
+
+    #[test]
+    fn invoke_stream_frames() {
+        use base64::Engine as _;
+        let chunk = |json: &str| {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(json);
+            event("chunk", &format!(r#"{{"bytes":"{b64}"}}"#))
+        };
+        let mut s = InvokeStream::new();
+        let mut out = VecDeque::new();
+        let start = r#"{"type":"message_start","message":{"id":"m","model":"c","usage":{"input_tokens":3,"output_tokens":1}}}"#;
+        assert!(!s.event(chunk(start), &mut out).expect("an event"));
+        let raw = out.pop_front().and_then(|c| c.raw).expect("raw");
+        assert_eq!(
+            &raw[..],
+            format!("event: message_start\ndata: {start}\n\n").as_bytes()
+        );
+        // Other event types carry nothing for the client.
+        assert!(!s.event(event("metadata", "{}"), &mut out).expect("ignored"));
+        assert!(out.is_empty());
+        // Bad bytes, and exceptions, are errors.
+        let bad = s.event(event("chunk", r#"{"bytes":"***"}"#), &mut out);
+        assert!(matches!(bad, Err(ProviderError::Protocol(_))), "{bad:?}");
+        let mut throttled = event("throttlingException", r#"{"message":"Too many requests"}"#);
+        throttled.headers = vec![
+            (
+                ":exception-type".into(),
+                EvHeader::String("throttlingException".into()),
+            ),
+            (":message-type".into(), EvHeader::String("exception".into())),
+        ];
+        let err = s.event(throttled, &mut out).expect_err("an exception");
+        assert_eq!(err.outcome(), "rate_limited", "{err:?}");
+        // The end, without message_stop, is a cut stream.
+        assert!(s.end(&mut out).is_err());
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct ProviderSettings {
     pub deployments: HashMap<String, String>,
     /// AWS region (Bedrock).
     pub region: Option<String>,
+    /// Bedrock: Anthropic clients' requests for Claude go to `InvokeModel` as they came.
+    pub claude_invoke: bool,
     /// Google Cloud project (Vertex).
     pub project: Option<String>,
     /// Google Cloud location (Vertex).
@@ -420,6 +422,7 @@ pub fn build_provider(
                 &BedrockConfig {
                     region,
                     base_url: base,
+                    claude_invoke: settings.claude_invoke,
                 },
                 client.clone(),
             ))

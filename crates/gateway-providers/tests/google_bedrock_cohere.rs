@@ -140,6 +140,7 @@ fn cases() -> Vec<Case> {
                     &BedrockConfig {
                         region: "us-east-1".into(),
                         base_url: Some(s.url()),
+                        claude_invoke: false,
                     },
                     client(),
                 ))
@@ -837,4 +838,181 @@ async fn vertex_claude_passes_an_anthropic_clients_request_and_answer_through() 
     assert_eq!(seen[0].1, expected);
     expected["stream"] = json!(true);
     assert_eq!(seen[1].1, expected);
+}
+
+/// A loopback stand-in for Bedrock's `InvokeModel` with Claude: `/invoke` answers Anthropic's
+/// message, `/invoke-with-response-stream` Anthropic's events, each the base64 `bytes` of a
+/// `chunk` frame; it records what it saw.
+async fn claude_on_bedrock_server(seen: Seen, events: Vec<&'static str>) -> String {
+    use base64::Engine as _;
+    use gateway_providers::eventstream::{encode_frame, HeaderValue as EvHeader};
+    use http_body_util::{BodyExt, Full};
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let events = Arc::new(events);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (seen, events) = (Arc::clone(&seen), Arc::clone(&events));
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (seen, events) = (Arc::clone(&seen), Arc::clone(&events));
+                    async move {
+                        let path = req.uri().path().to_owned();
+                        let auth = req
+                            .headers()
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned();
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let json: serde_json::Value =
+                            serde_json::from_slice(&body).unwrap_or_default();
+                        seen.lock().expect("lock").push((path.clone(), json, auth));
+                        let (ct, bytes) = if path.ends_with("/invoke-with-response-stream") {
+                            let mut out = Vec::new();
+                            for e in events.iter() {
+                                let b64 = base64::engine::general_purpose::STANDARD.encode(e);
+                                let payload = json!({"bytes": b64, "p": "abcdefgh"}).to_string();
+                                out.extend(encode_frame(
+                                    &[
+                                        (":event-type".into(), EvHeader::String("chunk".into())),
+                                        (
+                                            ":content-type".into(),
+                                            EvHeader::String("application/json".into()),
+                                        ),
+                                        (":message-type".into(), EvHeader::String("event".into())),
+                                    ],
+                                    payload.as_bytes(),
+                                ));
+                            }
+                            ("application/vnd.amazon.eventstream", out)
+                        } else {
+                            ("application/json", br#"{"id":"msg_bdrk_1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"thinking","thinking":"Hm.","signature":"EqB"},{"type":"text","text":"Hello from Claude."}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":12,"output_tokens":4,"cache_read_input_tokens":3}}"#.to_vec())
+                        };
+                        Ok::<_, std::convert::Infallible>(
+                            hyper::Response::builder()
+                                .header("content-type", ct)
+                                .body(Full::new(bytes::Bytes::from(bytes)))
+                                .expect("response"),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// An Anthropic client's own request for Claude on Bedrock goes to `InvokeModel` as written
+/// (Bedrock's `anthropic_version`, its betas as `anthropic_beta`, no `model`, `stream` or
+/// `fallbacks`), and the message and every streamed event come back as Anthropic wrote them.
+#[tokio::test]
+async fn bedrock_claude_passes_an_anthropic_clients_request_and_answer_through() {
+    let events = vec![
+        r#"{"type":"message_start","message":{"id":"msg_bdrk_2","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[],"stop_reason":null,"usage":{"input_tokens":12,"output_tokens":1}}}"#,
+        r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}"#,
+        r#"{"type":"content_block_stop","index":0}"#,
+        r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":4}}"#,
+        r#"{"type":"message_stop","amazon-bedrock-invocationMetrics":{"inputTokenCount":12,"outputTokenCount":4}}"#,
+    ];
+    let seen = Seen::default();
+    let base = claude_on_bedrock_server(Arc::clone(&seen), events.clone()).await;
+    let p = BedrockProvider::new(
+        &BedrockConfig {
+            region: "us-east-1".into(),
+            base_url: Some(base),
+            claude_invoke: true,
+        },
+        client(),
+    );
+    let mut c = call(
+        api_key("bedrock-api-key"),
+        "us.anthropic.claude-sonnet-4-5-v1:0",
+    );
+    c.passthrough = gateway_core::Passthrough::AnthropicMessages;
+    let client_body = json!({
+        "model": "my-route", "max_tokens": 64, "stream": true, "fallbacks": ["x/y"],
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "system": [{"type": "text", "text": "Be terse.", "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "user", "content": "Say hello."}],
+    });
+    let mut req = hello();
+    req.native = Some(gateway_core::types::NativeRequest {
+        body: serde_json::to_vec(&client_body).expect("json").into(),
+        headers: vec![(
+            "anthropic-beta".into(),
+            "interleaved-thinking-2025-05-14".into(),
+        )],
+    });
+    let answer = p.chat(&c, &req).await.expect("invoke").body;
+    let raw: serde_json::Value =
+        serde_json::from_slice(answer.raw.as_deref().expect("raw answer")).expect("JSON");
+    assert_eq!(
+        raw["content"][0]["signature"], "EqB",
+        "the thinking block, signed"
+    );
+    assert_eq!(
+        answer.usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
+        Some((15, 4))
+    );
+
+    let mut s = p
+        .chat_stream(&c, &req)
+        .await
+        .expect("invoke-with-response-stream");
+    let (mut text, mut usage) = (String::new(), None);
+    while let Some(chunk) = s.chunks.next().await {
+        let chunk = chunk.expect("chunk");
+        usage = chunk.usage.or(usage);
+        text.push_str(std::str::from_utf8(chunk.raw.as_deref().expect("raw")).expect("utf-8"));
+    }
+    let want: String = events
+        .iter()
+        .map(|e| {
+            let v: serde_json::Value = serde_json::from_str(e).expect("event");
+            format!(
+                "event: {}\ndata: {e}\n\n",
+                v["type"].as_str().expect("type")
+            )
+        })
+        .collect();
+    assert_eq!(text, want);
+    assert_eq!(usage.map(|u| u.completion_tokens), Some(4));
+
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(
+        seen.iter().map(|(p, _, _)| p.as_str()).collect::<Vec<_>>(),
+        [
+            "/model/us.anthropic.claude-sonnet-4-5-v1%3A0/invoke",
+            "/model/us.anthropic.claude-sonnet-4-5-v1%3A0/invoke-with-response-stream",
+        ]
+    );
+    let mut expected = client_body.clone();
+    let o = expected.as_object_mut().expect("object");
+    for k in ["model", "stream", "fallbacks"] {
+        o.remove(k);
+    }
+    o.insert("anthropic_version".into(), json!("bedrock-2023-05-31"));
+    o.insert(
+        "anthropic_beta".into(),
+        json!(["interleaved-thinking-2025-05-14"]),
+    );
+    assert_eq!(seen[0].1, expected);
+    assert_eq!(
+        seen[1].1, expected,
+        "the stream is the endpoint's, not a member"
+    );
+    assert_eq!(seen[0].2, "Bearer bedrock-api-key");
 }

@@ -293,6 +293,7 @@ pub async fn engine_config(
             api_version: p.api_version.clone(),
             deployments: p.deployments.clone().into_iter().collect(),
             region: p.region.clone(),
+            claude_invoke: p.claude_invoke,
             project: p.project.clone(),
             location: p.location.clone(),
             headers: p.headers.clone().into_iter().collect(),

@@ -221,6 +221,10 @@ pub struct ProviderSection {
     /// Bedrock: AWS region.
     #[serde(default)]
     pub region: Option<String>,
+    /// Bedrock: Anthropic clients' requests for Claude models go to `InvokeModel` with their own
+    /// body instead of Converse.
+    #[serde(default)]
+    pub claude_invoke: bool,
     /// Vertex: project id.
     #[serde(default)]
     pub project: Option<String>,
