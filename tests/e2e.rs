@@ -410,6 +410,73 @@ async fn tools_cross_formats() {
     gw.stop().await;
 }
 
+/// Claude on Bedrock with `claude_invoke`: an Anthropic client's request goes to `InvokeModel`
+/// with its own body (the mock checks Bedrock's `anthropic_version` and refuses `model`,
+/// `stream` and `fallbacks` there), and thinking comes back signed, streamed or not. Without the
+/// setting the same request goes through Converse.
+#[tokio::test]
+async fn anthropic_clients_of_claude_on_bedrock_through_invoke_model() {
+    let m = MockUpstream::new()
+        .aws_key("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
+        .start()
+        .await
+        .unwrap();
+    let provider = |name: &str, invoke: bool| {
+        format!(
+            r#"
+[[providers]]
+name = "{name}"
+kind = "bedrock"
+base_url = "{}"
+region = "us-east-1"
+claude_invoke = {invoke}
+[[providers.keys]]
+name = "k"
+access_key_id = "AKIDEXAMPLE"
+secret_access_key = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
+"#,
+            m.url()
+        )
+    };
+    let gw = TestGateway::start(&(provider("bedi", true) + &provider("bed", false))).await;
+    let model = "anthropic.claude-3-5-haiku-20241022-v1:0";
+    let mut body = json!({
+        "model": format!("bedi/{model}"), "max_tokens": 2048, "fallbacks": ["bed/x"],
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "messages": [{"role": "user", "content": "hello"}],
+    });
+    let r = gw.post_anthropic(&body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["content"][0]["type"], "thinking", "{v}");
+    assert!(v["content"][0]["signature"].is_string());
+    let sent = m.last_request().unwrap();
+    assert!(sent.path.ends_with("/invoke"), "{}", sent.path);
+    assert_eq!(sent.body["anthropic_version"], "bedrock-2023-05-31");
+    assert_eq!(sent.body["thinking"]["budget_tokens"], 1024);
+
+    body["stream"] = json!(true);
+    let r = gw.post_anthropic(&body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = r.text();
+    assert!(text.contains("\"type\":\"signature_delta\""), "{text}");
+    assert_eq!(
+        r.sse_events().last().map(String::as_str),
+        Some("message_stop")
+    );
+    assert!(m
+        .last_request()
+        .unwrap()
+        .path
+        .ends_with("/invoke-with-response-stream"));
+
+    body["model"] = json!(format!("bed/{model}"));
+    let r = gw.post_anthropic(&body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(m.last_request().unwrap().path.ends_with("/converse-stream"));
+    gw.stop().await;
+}
+
 /// OpenAI's other kinds of tool (`custom`) and tool choice (`allowed_tools`) are valid requests:
 /// an OpenAI provider gets them as written, another provider gets the function tools alone (and
 /// decides itself), and a function tool without its function is the caller's error.

@@ -108,6 +108,17 @@ access_key_id = "AKIDEXAMPLE"
 secret_access_key = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
 
 [[providers]]
+name = "bedi"
+kind = "bedrock"
+base_url = "{up}"
+region = "us-east-1"
+claude_invoke = true
+[[providers.keys]]
+name = "k"
+access_key_id = "AKIDEXAMPLE"
+secret_access_key = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
+
+[[providers]]
 name = "coh"
 kind = "cohere"
 base_url = "{up}"
@@ -187,12 +198,13 @@ def test_tool_round_trip_every_provider(gateway, provider):
     assert r.choices[0].message.content == "Tool said: 18C sunny"
 
 
-def test_anthropic_sdk_extended_thinking_round_trip(gateway):
-    """An Anthropic provider's thinking blocks reach the Anthropic SDK with their signatures, and
-    replaying them in the next turn is accepted (the mock checks the signature, and that a
-    tool-use turn starts with its thinking, as the API does)."""
+@pytest.mark.parametrize("model", [f"ant/{MODEL['ant']}", f"bedi/{MODEL['bed']}"])
+def test_anthropic_sdk_extended_thinking_round_trip(gateway, model):
+    """An Anthropic provider's (or Claude on Bedrock's, through InvokeModel) thinking blocks reach
+    the Anthropic SDK with their signatures, and replaying them in the next turn is accepted (the
+    mock checks the signature, and that a tool-use turn starts with its thinking, as the API
+    does)."""
     client = ant(gateway)
-    model = f"ant/{MODEL['ant']}"
     thinking = {"type": "enabled", "budget_tokens": 1024}
     tools = [{"name": "get_weather", "description": "weather",
               "input_schema": {"type": "object", "properties": {"query": {"type": "string"}}}}]

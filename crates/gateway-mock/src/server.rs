@@ -98,6 +98,8 @@ struct Call {
     path_stream: bool,
     /// Gemini streams with `alt=sse`.
     sse: bool,
+    /// Bedrock `InvokeModel` (an Anthropic body) rather than Converse.
+    invoke: bool,
 }
 
 impl Call {
@@ -108,6 +110,7 @@ impl Call {
             path_model: None,
             path_stream: false,
             sse: true,
+            invoke: false,
         }
     }
 }
@@ -142,6 +145,7 @@ fn google_route(dialect: Dialect, tail: &str, query: Option<&str>) -> Route {
         path_model: Some(model),
         path_stream: stream,
         sse: alt_sse,
+        invoke: false,
     })
 }
 
@@ -175,9 +179,11 @@ fn route(method: &Method, path: &str, query: Option<&str>, parts: &Parts) -> Rou
             let Some((id, action)) = rest.split_once('/') else {
                 return Route::NotFound;
             };
-            let stream = match action {
-                "converse" => false,
-                "converse-stream" => true,
+            let (stream, invoke) = match action {
+                "converse" => (false, false),
+                "converse-stream" => (true, false),
+                "invoke" => (false, true),
+                "invoke-with-response-stream" => (true, true),
                 _ => return Route::NotFound,
             };
             return Route::Provider(Call {
@@ -186,6 +192,7 @@ fn route(method: &Method, path: &str, query: Option<&str>, parts: &Parts) -> Rou
                 path_model: Some(percent_decode_str(id).decode_utf8_lossy().into_owned()),
                 path_stream: stream,
                 sse: false,
+                invoke,
             });
         }
         if let Some(rest) = path.strip_prefix("/openai/deployments/") {
@@ -532,6 +539,12 @@ fn prepare(call: &Call, parts: &Parts, value: &Value) -> (Option<Prompt>, Option
             Some(google::parse(value, model, call.path_stream)),
             google::validate(value, call.dialect == Dialect::Vertex),
         ),
+        (Dialect::Bedrock, Op::Chat) if call.invoke => {
+            let mut p = anthropic::parse(value);
+            p.model = model.to_owned();
+            p.stream = call.path_stream;
+            (Some(p), bedrock::validate_invoke(value))
+        }
         (Dialect::Bedrock, Op::Chat) => (
             Some(bedrock::parse(value, model, call.path_stream)),
             bedrock::validate(value),
@@ -687,6 +700,7 @@ async fn provider(
         created: unix_now(),
         include_usage: prompt.as_ref().is_some_and(|p| p.include_usage),
         sse: call.sse,
+        invoke: call.invoke,
     };
     let model_name = ctx.model.to_owned();
     let rendered: Result<String, ErrorKind> = match (call.op, &plan) {
@@ -718,6 +732,7 @@ async fn provider(
             Dialect::OpenAi | Dialect::Azure => openai::chat_json(&ctx, p),
             Dialect::Anthropic => anthropic::chat_json(&ctx, p),
             Dialect::Gemini | Dialect::Vertex => google::chat_json(&ctx, p),
+            Dialect::Bedrock if call.invoke => anthropic::chat_json(&ctx, p),
             Dialect::Bedrock => bedrock::chat_json(p),
             Dialect::Cohere => cohere::chat_json(p),
         }),
@@ -741,6 +756,9 @@ fn stream_response(
         Dialect::OpenAi | Dialect::Azure => openai::chat_stream(ctx, plan),
         Dialect::Anthropic => anthropic::chat_stream(ctx, plan),
         Dialect::Gemini | Dialect::Vertex => google::chat_stream(ctx, plan),
+        Dialect::Bedrock if ctx.invoke => {
+            bedrock::invoke_stream(&anthropic::chat_stream(ctx, plan))
+        }
         Dialect::Bedrock => bedrock::chat_stream(plan),
         Dialect::Cohere => cohere::chat_stream(plan),
     };

@@ -196,6 +196,45 @@ pub(crate) fn chat_stream(plan: &Plan) -> Vec<Bytes> {
     out
 }
 
+/// `InvokeModelWithResponseStream` frames for Anthropic's SSE `events`: each event's JSON, base64,
+/// as the `bytes` of a `chunk` frame.
+pub(crate) fn invoke_stream(events: &[Bytes]) -> Vec<Bytes> {
+    use base64::Engine as _;
+    events
+        .iter()
+        .filter_map(|e| {
+            let text = std::str::from_utf8(e).ok()?;
+            let data = text.lines().find_map(|l| l.strip_prefix("data: "))?;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(data);
+            Some(ev(
+                "chunk",
+                &format!(r#"{{"bytes":"{b64}","p":"abcdefgh"}}"#),
+            ))
+        })
+        .collect()
+}
+
+/// `InvokeModel` checks for Claude: Bedrock's `anthropic_version`, no `model` or `stream` in the
+/// body, then the Messages API's own.
+pub(crate) fn validate_invoke(body: &Value) -> Option<ErrorKind> {
+    let bad = |m: &str| Some(ErrorKind::BadRequest(m.to_owned()));
+    if body["anthropic_version"].as_str() != Some("bedrock-2023-05-31") {
+        return bad("anthropic_version: bedrock-2023-05-31 is required");
+    }
+    for extra in ["model", "stream", "fallbacks"] {
+        if body.get(extra).is_some() {
+            return bad(&format!("{extra}: Extra inputs are not permitted"));
+        }
+    }
+    let mut messages = body.clone();
+    messages["model"] = Value::from("bedrock");
+    if let Some(o) = messages.as_object_mut() {
+        o.remove("anthropic_version");
+        o.remove("anthropic_beta");
+    }
+    super::anthropic::validate(&messages, true, false)
+}
+
 /// A frame with a corrupted message CRC (for the `malformed` fault).
 pub(crate) fn malformed_frame() -> Bytes {
     let mut f = eventstream::event("messageStart", r#"{"role":"assistant"}"#);

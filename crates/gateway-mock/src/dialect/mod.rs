@@ -81,6 +81,8 @@ pub(crate) struct Ctx<'a> {
     pub include_usage: bool,
     /// Gemini streams: SSE (`alt=sse`) or a streamed JSON array.
     pub sse: bool,
+    /// Bedrock `InvokeModel`: Anthropic's body and events.
+    pub invoke: bool,
 }
 
 /// Renders an error in the dialect's shape.
