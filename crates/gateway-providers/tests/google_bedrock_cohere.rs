@@ -654,22 +654,25 @@ fn eventstream_frames_match_the_mock_encoder() {
     assert_eq!(&frame.payload[..], payload);
 }
 
-/// A loopback stand-in for Vertex's Anthropic publisher (the mock serves only the Google one):
-/// answers `:rawPredict` with a Messages response and `:streamRawPredict` with a Messages stream,
-/// and records the paths and bodies it saw.
-async fn claude_on_vertex_server(seen: Seen) -> String {
+/// A loopback stand-in server: records each request (path, JSON body, `authorization`) in `seen`
+/// and answers with `answer(path)`, a content type and a body.
+async fn stand_in(
+    seen: Seen,
+    answer: impl Fn(&str) -> (&'static str, Vec<u8>) + Send + Sync + 'static,
+) -> String {
     use http_body_util::{BodyExt, Full};
     use hyper::service::service_fn;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let answer = Arc::new(answer);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let seen = Arc::clone(&seen);
+            let (seen, answer) = (Arc::clone(&seen), Arc::clone(&answer));
             tokio::spawn(async move {
                 let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let seen = Arc::clone(&seen);
+                    let (seen, answer) = (Arc::clone(&seen), Arc::clone(&answer));
                     async move {
                         let path = req.uri().path().to_owned();
                         let auth = req
@@ -687,30 +690,11 @@ async fn claude_on_vertex_server(seen: Seen) -> String {
                         let json: serde_json::Value =
                             serde_json::from_slice(&body).unwrap_or_default();
                         seen.lock().expect("lock").push((path.clone(), json, auth));
-                        let (ct, text) = if path.ends_with(":streamRawPredict") {
-                            ("text/event-stream", [
-                                r#"event: message_start
-data: {"type":"message_start","message":{"id":"msg_v1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[],"stop_reason":null,"usage":{"input_tokens":12,"output_tokens":1}}}"#,
-                                r#"event: content_block_start
-data: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
-                                r#"event: content_block_delta
-data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello from "}}"#,
-                                r#"event: content_block_delta
-data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Claude."}}"#,
-                                r#"event: content_block_stop
-data: {"type":"content_block_stop","index":0}"#,
-                                r#"event: message_delta
-data: {"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":4}}"#,
-                                r#"event: message_stop
-data: {"type":"message_stop"}"#,
-                            ].join("\n\n") + "\n\n")
-                        } else {
-                            ("application/json", r#"{"id":"msg_v1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"Hello from Claude."}],"stop_reason":"end_turn","usage":{"input_tokens":12,"output_tokens":4}}"#.to_owned())
-                        };
+                        let (ct, bytes) = answer(&path);
                         Ok::<_, std::convert::Infallible>(
                             hyper::Response::builder()
                                 .header("content-type", ct)
-                                .body(Full::new(bytes::Bytes::from(text)))
+                                .body(Full::new(bytes::Bytes::from(bytes)))
                                 .expect("response"),
                         )
                     }
@@ -724,7 +708,37 @@ data: {"type":"message_stop"}"#,
     format!("http://{addr}")
 }
 
-/// What the Vertex stand-in saw: path, JSON body, authorization.
+/// A loopback stand-in for Vertex's Anthropic publisher (the mock serves only the Google one):
+/// answers `:rawPredict` with a Messages response and `:streamRawPredict` with a Messages stream,
+/// and records the paths and bodies it saw.
+async fn claude_on_vertex_server(seen: Seen) -> String {
+    stand_in(seen, |path| {
+        if path.ends_with(":streamRawPredict") {
+            let events = [
+                r#"event: message_start
+data: {"type":"message_start","message":{"id":"msg_v1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[],"stop_reason":null,"usage":{"input_tokens":12,"output_tokens":1}}}"#,
+                r#"event: content_block_start
+data: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+                r#"event: content_block_delta
+data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello from "}}"#,
+                r#"event: content_block_delta
+data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Claude."}}"#,
+                r#"event: content_block_stop
+data: {"type":"content_block_stop","index":0}"#,
+                r#"event: message_delta
+data: {"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":4}}"#,
+                r#"event: message_stop
+data: {"type":"message_stop"}"#,
+            ];
+            ("text/event-stream", (events.join("\n\n") + "\n\n").into_bytes())
+        } else {
+            ("application/json", r#"{"id":"msg_v1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"Hello from Claude."}],"stop_reason":"end_turn","usage":{"input_tokens":12,"output_tokens":4}}"#.as_bytes().to_vec())
+        }
+    })
+    .await
+}
+
+/// What a stand-in saw: path, JSON body, authorization.
 type Seen = Arc<std::sync::Mutex<Vec<(String, serde_json::Value, String)>>>;
 
 /// A Vertex provider in project `proj` against the Claude stand-in, and a call for Claude with
@@ -841,77 +855,31 @@ async fn vertex_claude_passes_an_anthropic_clients_request_and_answer_through() 
 }
 
 /// A loopback stand-in for Bedrock's `InvokeModel` with Claude: `/invoke` answers Anthropic's
-/// message, `/invoke-with-response-stream` Anthropic's events, each the base64 `bytes` of a
+/// message, `/invoke-with-response-stream` Anthropic's `events`, each the base64 `bytes` of a
 /// `chunk` frame; it records what it saw.
 async fn claude_on_bedrock_server(seen: Seen, events: Vec<&'static str>) -> String {
     use base64::Engine as _;
     use gateway_providers::eventstream::{encode_frame, HeaderValue as EvHeader};
-    use http_body_util::{BodyExt, Full};
-    use hyper::service::service_fn;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let events = Arc::new(events);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let (seen, events) = (Arc::clone(&seen), Arc::clone(&events));
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (seen, events) = (Arc::clone(&seen), Arc::clone(&events));
-                    async move {
-                        let path = req.uri().path().to_owned();
-                        let auth = req
-                            .headers()
-                            .get("authorization")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or_default()
-                            .to_owned();
-                        let body = req
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        let json: serde_json::Value =
-                            serde_json::from_slice(&body).unwrap_or_default();
-                        seen.lock().expect("lock").push((path.clone(), json, auth));
-                        let (ct, bytes) = if path.ends_with("/invoke-with-response-stream") {
-                            let mut out = Vec::new();
-                            for e in events.iter() {
-                                let b64 = base64::engine::general_purpose::STANDARD.encode(e);
-                                let payload = json!({"bytes": b64, "p": "abcdefgh"}).to_string();
-                                out.extend(encode_frame(
-                                    &[
-                                        (":event-type".into(), EvHeader::String("chunk".into())),
-                                        (
-                                            ":content-type".into(),
-                                            EvHeader::String("application/json".into()),
-                                        ),
-                                        (":message-type".into(), EvHeader::String("event".into())),
-                                    ],
-                                    payload.as_bytes(),
-                                ));
-                            }
-                            ("application/vnd.amazon.eventstream", out)
-                        } else {
-                            ("application/json", br#"{"id":"msg_bdrk_1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"thinking","thinking":"Hm.","signature":"EqB"},{"type":"text","text":"Hello from Claude."}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":12,"output_tokens":4,"cache_read_input_tokens":3}}"#.to_vec())
-                        };
-                        Ok::<_, std::convert::Infallible>(
-                            hyper::Response::builder()
-                                .header("content-type", ct)
-                                .body(Full::new(bytes::Bytes::from(bytes)))
-                                .expect("response"),
-                        )
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
+    stand_in(seen, move |path| {
+        if !path.ends_with("/invoke-with-response-stream") {
+            return ("application/json", br#"{"id":"msg_bdrk_1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"thinking","thinking":"Hm.","signature":"EqB"},{"type":"text","text":"Hello from Claude."}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":12,"output_tokens":4,"cache_read_input_tokens":3}}"#.to_vec());
         }
-    });
-    format!("http://{addr}")
+        let mut out = Vec::new();
+        for e in &events {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(e);
+            let payload = json!({"bytes": b64, "p": "abcdefgh"}).to_string();
+            out.extend(encode_frame(
+                &[
+                    (":event-type".into(), EvHeader::String("chunk".into())),
+                    (":content-type".into(), EvHeader::String("application/json".into())),
+                    (":message-type".into(), EvHeader::String("event".into())),
+                ],
+                payload.as_bytes(),
+            ));
+        }
+        ("application/vnd.amazon.eventstream", out)
+    })
+    .await
 }
 
 /// An Anthropic client's own request for Claude on Bedrock goes to `InvokeModel` as written
