@@ -179,10 +179,13 @@ pub struct FunctionCall {
 
 /// A tool the model may call: a function, or another kind of tool an OpenAI-format upstream may
 /// know (`custom` tools), kept as the client wrote it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Deserialisation is hand-written (see [`de`]): serde's `flatten` would buffer every tool,
+/// schema and all, before reading it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Tool {
     /// `function`, or another kind (`custom`).
-    #[serde(rename = "type", default = "function_type")]
+    #[serde(rename = "type")]
     pub kind: String,
     /// The function's declaration; empty for other kinds of tool.
     #[serde(default, skip_serializing_if = "FunctionDef::is_empty")]
@@ -943,7 +946,7 @@ mod de {
     use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
     use serde::Deserialize;
 
-    use super::{ChatRequest, ChatResponse, Content, ContentPart};
+    use super::{ChatRequest, ChatResponse, Content, ContentPart, FunctionDef, Tool};
 
     /// An object key, borrowed from the input when it has no escapes.
     struct Key<'de>(Cow<'de, str>);
@@ -993,6 +996,32 @@ mod de {
                 }
             }
             d.deserialize_any(ContentVisitor)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Tool {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct ToolVisitor;
+            impl<'de> Visitor<'de> for ToolVisitor {
+                type Value = Tool;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a tool object")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tool, A::Error> {
+                    let mut tool = Tool::function(FunctionDef::default());
+                    while let Some(Key(key)) = map.next_key()? {
+                        match &*key {
+                            "type" => tool.kind = map.next_value()?,
+                            "function" => tool.function = map.next_value()?,
+                            _ => {
+                                tool.other.insert(key.into_owned(), map.next_value()?);
+                            }
+                        }
+                    }
+                    Ok(tool)
+                }
+            }
+            d.deserialize_map(ToolVisitor)
         }
     }
 
@@ -1128,6 +1157,28 @@ mod de {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tools_of_every_kind_read_and_write_as_they_came() {
+        for text in [
+            r#"{"type":"function","function":{"name":"f","description":"d","parameters":{"type":"object"},"strict":true}}"#,
+            r#"{"type":"custom","custom":{"name":"code_exec","format":{"type":"grammar","grammar":{"syntax":"lark","definition":"x"}}}}"#,
+            r#"{"type":"function","function":{"name":"g"},"cache_control":{"type":"ephemeral"}}"#,
+        ] {
+            let tool: Tool = serde_json::from_str(text).expect("a tool");
+            let back: Value = serde_json::to_value(&tool).expect("json");
+            assert_eq!(
+                back,
+                serde_json::from_str::<Value>(text).expect("json"),
+                "{text}"
+            );
+        }
+        let custom: Tool =
+            serde_json::from_str(r#"{"type":"custom","custom":{"name":"x"}}"#).expect("a tool");
+        assert!(!custom.is_function() && custom.function.is_empty());
+        let bare: Tool = serde_json::from_str(r#"{"function":{"name":"f"}}"#).expect("a tool");
+        assert!(bare.is_function(), "a tool without a type is a function");
+    }
 
     #[test]
     fn missing_and_bad_fields_are_named() {
