@@ -940,3 +940,34 @@ async fn demo_configuration_serves_without_keys() {
     assert_eq!(r.status, 200, "{}", r.text());
     gw.stop().await;
 }
+
+/// The in-process mocks (`kind = "mock"`) count tokens like the provider they imitate.
+#[tokio::test]
+async fn in_process_anthropic_mock_counts_tokens() {
+    let gw = TestGateway::start(
+        r#"
+[[providers]]
+name = "m"
+kind = "mock"
+dialect = "anthropic"
+models = ["claude-x"]
+[[providers.keys]]
+name = "k"
+secret = "any"
+"#,
+    )
+    .await;
+    let body = json!({"model": "m/claude-x", "messages": [{"role": "user", "content": "hello there, how many tokens is this?"}]});
+    let r = gw
+        .request(
+            "POST",
+            "/v1/messages/count_tokens",
+            &[("content-type", "application/json")],
+            serde_json::to_vec(&body).unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-gateway-estimate"), None, "{}", r.text());
+    assert_eq!(r.json()["input_tokens"], 37 / 4, "the mock's count");
+    gw.stop().await;
+}

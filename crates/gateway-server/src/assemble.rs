@@ -122,6 +122,13 @@ impl Provider for MockBacked {
     ) -> Result<ProviderResponse<EmbeddingResponse>, ProviderError> {
         self.inner.embed(call, r).await
     }
+    async fn count_tokens(
+        &self,
+        call: &Call,
+        r: &ChatRequest,
+    ) -> Result<Option<u64>, ProviderError> {
+        self.inner.count_tokens(call, r).await
+    }
     async fn list_models(&self, call: &Call) -> Result<Vec<ModelInfo>, ProviderError> {
         self.inner.list_models(call).await
     }
