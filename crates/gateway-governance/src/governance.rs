@@ -118,7 +118,11 @@ impl Governance {
         if matches!(gov.counters, Counters::Redis(_)) {
             let weak = Arc::downgrade(&gov);
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(KEY_REFRESH);
+                // The keys were just loaded: the first refresh is one period away.
+                let mut tick = tokio::time::interval_at(
+                    tokio::time::Instant::now() + KEY_REFRESH,
+                    KEY_REFRESH,
+                );
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
