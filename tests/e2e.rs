@@ -477,6 +477,26 @@ secret_access_key = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
     gw.stop().await;
 }
 
+/// An audio conversation continues: the assistant turn that answered with audio (content null,
+/// `audio: {id}`) reaches an OpenAI upstream as the client sent it.
+#[tokio::test]
+async fn openai_assistant_audio_turns_reach_the_upstream() {
+    let (gw, o, _a) = setup().await;
+    let messages = json!([
+        {"role": "user", "content": "Say hi out loud."},
+        {"role": "assistant", "content": null, "audio": {"id": "audio_abc123"}},
+        {"role": "user", "content": "Again, slower."}
+    ]);
+    let body = json!({"model": "oai/gpt-4o-mini", "messages": messages,
+        "modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}});
+    let r = gw.post("/v1/chat/completions", &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent = o.last_request().unwrap();
+    assert_eq!(sent.body["messages"], messages);
+    assert_eq!(sent.body["audio"], body["audio"]);
+    gw.stop().await;
+}
+
 /// OpenAI's other kinds of tool (`custom`) and tool choice (`allowed_tools`) are valid requests:
 /// an OpenAI provider gets them as written, another provider gets the function tools alone (and
 /// decides itself), and a function tool without its function is the caller's error.

@@ -129,6 +129,10 @@ pub struct Message {
     /// Reasoning text some providers return (never sent back upstream by adapters that reject it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
+    /// An assistant turn's earlier audio answer (`{"id": ...}`), which OpenAI needs back to
+    /// continue an audio conversation; passed to OpenAI-format upstreams, ignored by the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio: Option<Value>,
 }
 
 impl Message {
@@ -142,6 +146,7 @@ impl Message {
             tool_call_id: None,
             refusal: None,
             reasoning_content: None,
+            audio: None,
         }
     }
 
@@ -824,6 +829,7 @@ impl StreamAccumulator {
                     tool_call_id: None,
                     refusal: None,
                     reasoning_content: None,
+                    audio: None,
                 },
                 finish_reason: self.finish_reason,
             }],

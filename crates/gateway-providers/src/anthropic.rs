@@ -819,6 +819,7 @@ pub fn parse_message_with(
                 tool_call_id: None,
                 refusal: None,
                 reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
+                audio: None,
             },
             finish_reason: wire.stop_reason.as_deref().map(map_stop_reason),
         }],

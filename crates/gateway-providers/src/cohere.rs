@@ -341,6 +341,7 @@ pub fn decode_response(
                 tool_call_id: None,
                 refusal: None,
                 reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
+                audio: None,
             },
             finish_reason: finish,
         }],

@@ -727,6 +727,7 @@ pub fn decode_response(
                 tool_call_id: None,
                 refusal: None,
                 reasoning_content: (!out.thoughts.is_empty()).then_some(out.thoughts),
+                audio: None,
             },
             finish_reason: finish,
         });

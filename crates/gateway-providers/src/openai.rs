@@ -421,6 +421,7 @@ fn write_message(out: &mut Vec<u8>, m: &Message) -> serde_json::Result<()> {
         tool_call_id: None,
         refusal: None,
         reasoning_content: None,
+        audio: None,
     } = m
     else {
         return serde_json::to_writer(&mut *out, m);
@@ -759,6 +760,8 @@ struct WireMessage {
     reasoning_content: Option<String>,
     #[serde(default)]
     reasoning: Option<Value>,
+    #[serde(default)]
+    audio: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -1072,6 +1075,7 @@ fn light_response(body: &Bytes) -> Option<ChatResponse> {
                         tool_call_id: None,
                         refusal: None,
                         reasoning_content: None,
+                        audio: None,
                     },
                     finish_reason,
                 };
@@ -1132,6 +1136,7 @@ pub fn parse_chat_response(body: &[u8]) -> Result<ChatResponse, ProviderError> {
                 refusal: None,
                 reasoning_content: None,
                 reasoning: None,
+                audio: None,
             });
             let tool_calls = m.tool_calls.filter(|t| !t.is_empty()).map(|calls| {
                 calls
@@ -1162,6 +1167,7 @@ pub fn parse_chat_response(body: &[u8]) -> Result<ChatResponse, ProviderError> {
                     tool_call_id: None,
                     refusal: m.refusal,
                     reasoning_content: m.reasoning_content.or_else(|| reasoning_text(m.reasoning)),
+                    audio: m.audio,
                 },
                 finish_reason: c.finish_reason,
             }

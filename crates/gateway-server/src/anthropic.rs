@@ -243,6 +243,7 @@ pub fn decode_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
                 tool_call_id: None,
                 refusal: None,
                 reasoning_content: None,
+                audio: None,
             });
         }
     }
