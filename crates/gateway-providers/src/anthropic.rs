@@ -142,8 +142,11 @@ impl Provider for AnthropicProvider {
             body,
         )?;
         let resp = self.client.fetch(req, call.timeout, classify).await?;
-        let mut body = parse_message_with(resp.body(), Some(&self.thinking))?;
-        if call.passthrough == Passthrough::AnthropicMessages {
+        // A client that takes the answer as it came keeps its thinking blocks itself.
+        let passthrough = call.passthrough == Passthrough::AnthropicMessages;
+        let remember = (!passthrough).then_some(&*self.thinking);
+        let mut body = parse_message_with(resp.body(), remember)?;
+        if passthrough {
             body.raw = Some(resp.body().clone());
         }
         Ok(ProviderResponse {
@@ -179,7 +182,7 @@ impl Provider for AnthropicProvider {
                 events,
                 MessageStreamDecoder::new()
                     .passthrough(passthrough)
-                    .remember_thinking(Arc::clone(&self.thinking)),
+                    .remember_thinking((!passthrough).then(|| Arc::clone(&self.thinking))),
             ),
             rate_limit,
         })
@@ -271,6 +274,17 @@ fn upstream_body(
     }
 }
 
+/// The beta features a client's `anthropic-beta` headers name (comma-separated, each header).
+pub(crate) fn client_betas(native: &NativeRequest) -> impl Iterator<Item = &str> {
+    native
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("anthropic-beta"))
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+}
+
 /// Adds the client's `anthropic-beta` features to `headers`, after those the provider is
 /// configured with, each once.
 fn merge_betas(
@@ -282,15 +296,12 @@ fn merge_betas(
     let configured = headers
         .iter()
         .filter(|(n, _)| *n == name)
-        .filter_map(|(_, v)| v.to_str().ok());
-    let asked = native
-        .headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("anthropic-beta"))
-        .map(|(_, v)| v.as_str());
-    for beta in configured.chain(asked).flat_map(|v| v.split(',')) {
-        let beta = beta.trim();
-        if !beta.is_empty() && !betas.iter().any(|b| b == beta) {
+        .filter_map(|(_, v)| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|b| !b.is_empty());
+    for beta in configured.chain(client_betas(native)) {
+        if !betas.iter().any(|b| b == beta) {
             betas.push(beta.to_owned());
         }
     }
@@ -1059,11 +1070,11 @@ impl MessageStreamDecoder {
         self
     }
 
-    /// Remembers in `store` the thinking blocks (text and signature) that preceded each
+    /// Remembers in `store`, if any, the thinking blocks (text and signature) that preceded each
     /// `tool_use`, for the next turn of a client that cannot send them back
     /// ([`messages_body_with`]).
-    pub fn remember_thinking(mut self, store: Arc<SignatureStore>) -> Self {
-        self.remember = Some(store);
+    pub fn remember_thinking(mut self, store: Option<Arc<SignatureStore>>) -> Self {
+        self.remember = store;
         self
     }
 

@@ -18,9 +18,9 @@
 //! arrives in the final `metadata` event and is sent on a `choices: []` chunk.
 //!
 //! With `claude_invoke` on, an Anthropic client's own request for a Claude model (a model id with
-//! `anthropic.` in it) goes to `InvokeModel` instead (`/invoke`, `/invoke-with-response-stream`): its Messages body as it
-//! came, without `model` and `stream`, with `"anthropic_version": "bedrock-2023-05-31"` and its
-//! `anthropic-beta` features as `anthropic_beta`; the answer is Anthropic's message and the stream
+//! `anthropic.` in it) goes to `InvokeModel` instead (`/invoke`, `/invoke-with-response-stream`):
+//! its Messages body as it came, without `model` and `stream`, with `"anthropic_version":
+//! "bedrock-2023-05-31"` and its `anthropic-beta` features as `anthropic_beta`; the answer is Anthropic's message and the stream
 //! Anthropic's events (each the base64 `bytes` of a `chunk` frame), passed on as they came
 //! ([`InvokeStream`]).
 //!
@@ -908,14 +908,7 @@ pub fn is_claude(model: &str) -> bool {
 /// `model` and `stream`, with Bedrock's `anthropic_version` and the client's betas.
 pub fn claude_invoke_body(native: &NativeRequest) -> Result<Bytes, ProviderError> {
     let mut lead = format!("\"anthropic_version\":\"{BEDROCK_ANTHROPIC_VERSION}\"");
-    let betas: Vec<&str> = native
-        .headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("anthropic-beta"))
-        .flat_map(|(_, v)| v.split(','))
-        .map(str::trim)
-        .filter(|b| !b.is_empty())
-        .collect();
+    let betas: Vec<&str> = anthropic::client_betas(native).collect();
     if !betas.is_empty() {
         lead.push_str(",\"anthropic_beta\":");
         lead.push_str(&Value::from(betas).to_string());

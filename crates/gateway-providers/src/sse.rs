@@ -192,13 +192,7 @@ impl SseParser {
         if self.named_runs {
             return self.next_named_run();
         }
-        if !self.runs
-            || !self.started
-            || self.skip_lf
-            || self.event.is_some()
-            || self.id.is_some()
-            || !matches!(self.data, DataBuf::Empty)
-        {
+        if !self.runs || !self.between_events() {
             return None;
         }
         let buf = &self.buf[..];
@@ -231,18 +225,23 @@ impl SseParser {
         })
     }
 
+    /// Whether the parser stands between events, where a run may start: past the first line,
+    /// no `\r\n` half read, and no field of an unfinished event held (an `id` is held for good).
+    fn between_events(&self) -> bool {
+        self.started
+            && !self.skip_lf
+            && self.event.is_none()
+            && self.id.is_none()
+            && matches!(self.data, DataBuf::Empty)
+    }
+
     /// The complete named events at the start of the buffer, as one run, when there are at
     /// least two: each is `event: `, a name, `\n`, `data: `, a value that is not empty, `\n\n`,
     /// without `\r`.
     fn next_named_run(&mut self) -> Option<SseEvent> {
         const EVENT: &[u8] = b"event: ";
         const DATA: &[u8] = b"data: ";
-        if !self.started
-            || self.skip_lf
-            || self.event.is_some()
-            || self.id.is_some()
-            || !matches!(self.data, DataBuf::Empty)
-        {
+        if !self.between_events() {
             return None;
         }
         let buf = &self.buf[..];

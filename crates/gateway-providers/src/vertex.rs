@@ -524,8 +524,10 @@ impl Provider for VertexProvider {
                     async move { self.client.fetch(req?, timeout, classify_claude).await }
                 })
                 .await?;
-            let mut body = parse_message_with(resp.body(), Some(&self.signatures))?;
-            if call.passthrough == Passthrough::AnthropicMessages {
+            let passthrough = call.passthrough == Passthrough::AnthropicMessages;
+            let remember = (!passthrough).then_some(&*self.signatures);
+            let mut body = parse_message_with(resp.body(), remember)?;
+            if passthrough {
                 body.raw = Some(resp.body().clone());
             }
             return Ok(ProviderResponse {
@@ -579,7 +581,7 @@ impl Provider for VertexProvider {
                     events,
                     MessageStreamDecoder::new()
                         .passthrough(passthrough)
-                        .remember_thinking(Arc::clone(&self.signatures)),
+                        .remember_thinking((!passthrough).then(|| Arc::clone(&self.signatures))),
                 ),
                 rate_limit: RateLimitInfo::default(),
             });

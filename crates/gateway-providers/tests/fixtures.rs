@@ -748,7 +748,7 @@ async fn anthropic_thinking_before_a_tool_call_comes_back_with_it() {
     let streamed = std::sync::Arc::new(SignatureStore::new());
     let items = decode(
         ANTHROPIC_STREAM,
-        MessageStreamDecoder::new().remember_thinking(std::sync::Arc::clone(&streamed)),
+        MessageStreamDecoder::new().remember_thinking(Some(std::sync::Arc::clone(&streamed))),
     )
     .await;
     assert!(items.iter().all(Result::is_ok));
