@@ -29,7 +29,8 @@ secret = "sk-upstream-secret"
 "#,
         dir.display(),
         m.openai_base()
-    );
+    )
+    .replace("{OAI_BASE}", &m.openai_base());
     let config = Config::from_toml(&toml).unwrap();
     let services = Services::start(&config).await.unwrap();
     let gw = TestGateway::start_with(&toml, services.extensions(), None).await;
@@ -205,6 +206,124 @@ async fn virtual_keys_are_required_and_refusals_have_each_dialects_shape() {
 
     services.shutdown().await;
     gw.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A route spanning two providers, and keys allowed only one of them (directly or through
+/// their team).
+const PINNED: &str = r#"
+[[providers]]
+name = "oai2"
+kind = "openai"
+base_url = "{OAI_BASE}"
+models = ["gpt-4o-mini"]
+[[providers.keys]]
+name = "k2"
+secret = "sk-upstream-secret-2"
+
+[[routes]]
+name = "both"
+strategy = "round_robin"
+targets = [{ provider = "oai", model = "gpt-4o-mini" }, { provider = "oai2", model = "gpt-4o-mini" }]
+
+[[virtual_keys]]
+name = "pinned"
+secret = "vk-pinned-0123456789"
+providers = ["OAI2"]
+[[virtual_keys]]
+name = "member"
+secret = "vk-member-0123456789"
+team = "t"
+[[virtual_keys]]
+name = "open"
+secret = "vk-open-0123456789"
+[[virtual_keys]]
+name = "chat-only"
+secret = "vk-chat-only-0123456789"
+models = ["both"]
+[[teams]]
+name = "t"
+providers = ["oai"]
+"#;
+
+#[tokio::test]
+async fn a_provider_allow_list_decides_which_targets_serve() {
+    let (gw, services, dir) = start(PINNED).await;
+    let served = |vk: &'static str, path: &'static str| {
+        let gw = &gw;
+        async move {
+            let mut by = Vec::new();
+            for _ in 0..6 {
+                let (headers, body) = if path == "/v1/messages" {
+                    (
+                        [("content-type", "application/json"), ("x-api-key", vk)],
+                        messages("both", "hi"),
+                    )
+                } else {
+                    (
+                        [("content-type", "application/json"), ("x-api-key", vk)],
+                        chat("both", "hi"),
+                    )
+                };
+                let r = gw
+                    .request("POST", path, &headers, serde_json::to_vec(&body).unwrap())
+                    .await;
+                assert_eq!(r.status, 200, "{vk} {path}: {}", r.text());
+                by.push(r.header("x-gateway-provider").unwrap().to_owned());
+            }
+            by
+        }
+    };
+    // Without a list the round robin uses both providers...
+    let open = served("vk-open-0123456789", "/v1/chat/completions").await;
+    assert!(
+        open.iter().any(|p| p == "oai") && open.iter().any(|p| p == "oai2"),
+        "{open:?}"
+    );
+    // ...with one, only the allowed provider serves, through either API (the key's list is
+    // matched without regard to case).
+    for path in ["/v1/chat/completions", "/v1/messages"] {
+        let pinned = served("vk-pinned-0123456789", path).await;
+        assert!(pinned.iter().all(|p| p == "oai2"), "{path}: {pinned:?}");
+        let member = served("vk-member-0123456789", path).await;
+        assert!(member.iter().all(|p| p == "oai"), "{path}: {member:?}");
+    }
+
+    // Counting tokens honours both allow-lists.
+    let count = |vk: &'static str, model: &'static str| {
+        let gw = &gw;
+        async move {
+            gw.request(
+                "POST",
+                "/v1/messages/count_tokens",
+                &[
+                    ("content-type", "application/json"),
+                    ("x-api-key", vk),
+                    ("anthropic-version", "2023-06-01"),
+                ],
+                serde_json::to_vec(&json!({
+                    "model": model,
+                    "messages": [{"role": "user", "content": "hi"}]
+                }))
+                .unwrap(),
+            )
+            .await
+        }
+    };
+    let ok = count("vk-chat-only-0123456789", "both").await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert!(ok.json()["input_tokens"].as_u64().unwrap() > 0);
+    let r = count("vk-chat-only-0123456789", "oai/gpt-4o-mini").await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["type"], "error");
+    assert_eq!(r.json()["error"]["type"], "permission_error");
+    let r = count("vk-pinned-0123456789", "oai/gpt-4o-mini").await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("no provider allowed"), "{}", r.text());
+    assert_eq!(count("vk-pinned-0123456789", "both").await.status, 200);
+    assert_eq!(count("vk-nobody-0123456789", "both").await.status, 401);
+
+    drop(services);
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -71,6 +71,14 @@ pub trait Permit: Send + Sync {
         false
     }
 
+    /// The only providers this caller may reach (a virtual key's allow-list, met at every level
+    /// of its hierarchy); `None` when any may. The server hands it to the engine
+    /// ([`crate::engine::RequestOptions::allowed_providers`]), so a route whose targets span
+    /// several providers is served only by the allowed ones.
+    fn allowed_providers(&self) -> Option<&[String]> {
+        None
+    }
+
     /// Records the actual usage and cost, releasing the reservation.
     fn settle(self: Box<Self>, usage: &Usage, cost_usd: f64);
 }
@@ -93,6 +101,14 @@ pub trait Admission: Send + Sync + 'static {
 
     /// Admits or refuses; on admission, reserves capacity.
     async fn admit(&self, request: &AdmissionRequest<'_>) -> Result<Box<dyn Permit>, Refusal>;
+
+    /// Checks who is calling and what they may use, reserving nothing: for requests that generate
+    /// nothing and are not billed (counting tokens). Answers the providers the caller may reach,
+    /// as [`Permit::allowed_providers`]; `None` when any may.
+    fn authorize(&self, request: &AdmissionRequest<'_>) -> Result<Option<Vec<String>>, Refusal> {
+        let _ = request;
+        Ok(None)
+    }
 }
 
 /// Admits everything.

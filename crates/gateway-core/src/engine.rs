@@ -227,7 +227,8 @@ pub struct RequestOptions {
     pub trace: Option<crate::observe::TraceContext>,
     /// Fallbacks named by the request itself.
     pub fallbacks: Vec<String>,
-    /// Only these providers may serve it (a virtual key's allow-list); empty means all.
+    /// Only these providers may serve it (a virtual key's allow-list, names compared
+    /// case-insensitively); empty means all.
     pub allowed_providers: Vec<String>,
     /// Fixed RNG seed (tests and simulations).
     pub seed: Option<u64>,
@@ -1104,7 +1105,7 @@ impl<'s> Plan<'s> {
             || self
                 .allowed
                 .iter()
-                .any(|a| **a == *snap.providers[provider].name)
+                .any(|a| a.eq_ignore_ascii_case(&snap.providers[provider].name))
     }
 
     fn push_name(&mut self, snap: &Snapshot, name: &str, depth: u8) {

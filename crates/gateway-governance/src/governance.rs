@@ -18,7 +18,7 @@ use crate::error::GovernanceError;
 use crate::keys::{digests_equal, hash_secret};
 use crate::pricing::PriceTable;
 use crate::redis_store::{RedisStore, KEY_REFRESH};
-use crate::registry::Registry;
+use crate::registry::{KeyEntry, Registry};
 use crate::store::{Counters, Embedded, Reservation};
 
 /// Output tokens assumed when a request sets no output limit (`max_output_tokens == 0`), for the
@@ -221,6 +221,7 @@ impl Governance {
 /// The permit of an admitted request.
 struct GovernedPermit {
     key: Option<Arc<str>>,
+    providers: Option<Arc<[String]>>,
     batch: bool,
     reservation: Option<Reservation>,
     counters: Counters,
@@ -233,6 +234,10 @@ impl Permit for GovernedPermit {
 
     fn is_batch(&self) -> bool {
         self.batch
+    }
+
+    fn allowed_providers(&self) -> Option<&[String]> {
+        self.providers.as_deref()
     }
 
     fn settle(mut self: Box<Self>, usage: &Usage, cost_usd: f64) {
@@ -277,51 +282,19 @@ impl Admission for Governance {
 
     async fn admit(&self, request: &AdmissionRequest<'_>) -> Result<Box<dyn Permit>, Refusal> {
         let registry = self.registry.load_full();
-        if registry.keys.is_empty() {
+        let Some(entry) = check(&registry, request)? else {
             return Ok(Box::new(GovernedPermit {
                 key: None,
+                providers: None,
                 batch: false,
                 reservation: None,
                 counters: self.counters.clone(),
             }));
-        }
-        let presented = request.presented_key.map(str::trim).filter(|k| !k.is_empty()).ok_or_else(|| {
-            Refusal::Unauthorized(
-                "a virtual key is required: send Authorization: Bearer <key> or x-api-key: <key>".into(),
-            )
-        })?;
-        let digest = hash_secret(presented);
-        let entry = registry
-            .by_digest
-            .get(&digest)
-            .filter(|e| digests_equal(&e.digest, &digest))
-            .ok_or_else(|| Refusal::Unauthorized("unknown virtual key".into()))?;
+        };
         let levels = entry
             .levels
             .as_ref()
             .map_err(|e| Refusal::Forbidden(e.clone()))?;
-        for l in levels {
-            if !l.limits.allows_model(request.model) {
-                return Err(Refusal::Forbidden(format!(
-                    "model '{}' is not allowed for {} '{}'",
-                    request.model,
-                    l.kind.noun(),
-                    l.name
-                )));
-            }
-        }
-        for l in levels {
-            if !l.limits.allows_any_provider(request.providers) {
-                return Err(Refusal::Forbidden(format!(
-                    "no provider allowed for {} '{}' serves model '{}' (allowed: {}; serving: {})",
-                    l.kind.noun(),
-                    l.name,
-                    request.model,
-                    l.limits.providers.as_deref().unwrap_or_default().join(", "),
-                    request.providers.join(", ")
-                )));
-            }
-        }
         let batch = entry.priority == Priority::Batch;
         let floor = self.batch_headroom();
         if batch && request.headroom < floor {
@@ -345,11 +318,87 @@ impl Admission for Governance {
         let reservation = self.counters.reserve(levels, tokens, cost).await?;
         Ok(Box::new(GovernedPermit {
             key: Some(entry.name.clone()),
+            providers: entry.providers.clone(),
             batch,
             reservation: Some(reservation),
             counters: self.counters.clone(),
         }))
     }
+
+    fn authorize(&self, request: &AdmissionRequest<'_>) -> Result<Option<Vec<String>>, Refusal> {
+        let registry = self.registry.load();
+        Ok(check(&registry, request)?.and_then(|e| e.providers.as_deref().map(<[String]>::to_vec)))
+    }
+}
+
+/// Who is calling and whether they may use `request.model` through `request.providers`: the
+/// key's entry, or `None` when no virtual key exists (everything is open).
+fn check<'r>(
+    registry: &'r Registry,
+    request: &AdmissionRequest<'_>,
+) -> Result<Option<&'r Arc<KeyEntry>>, Refusal> {
+    if registry.keys.is_empty() {
+        return Ok(None);
+    }
+    let presented = request
+        .presented_key
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| {
+            Refusal::Unauthorized(
+                "a virtual key is required: send Authorization: Bearer <key> or x-api-key: <key>"
+                    .into(),
+            )
+        })?;
+    let digest = hash_secret(presented);
+    let entry = registry
+        .by_digest
+        .get(&digest)
+        .filter(|e| digests_equal(&e.digest, &digest))
+        .ok_or_else(|| Refusal::Unauthorized("unknown virtual key".into()))?;
+    let levels = entry
+        .levels
+        .as_ref()
+        .map_err(|e| Refusal::Forbidden(e.clone()))?;
+    for l in levels {
+        if !l.limits.allows_model(request.model) {
+            return Err(Refusal::Forbidden(format!(
+                "model '{}' is not allowed for {} '{}'",
+                request.model,
+                l.kind.noun(),
+                l.name
+            )));
+        }
+    }
+    for l in levels {
+        if !l.limits.allows_any_provider(request.providers) {
+            return Err(Refusal::Forbidden(format!(
+                "no provider allowed for {} '{}' serves model '{}' (allowed: {}; serving: {})",
+                l.kind.noun(),
+                l.name,
+                request.model,
+                l.limits.providers.as_deref().unwrap_or_default().join(", "),
+                request.providers.join(", ")
+            )));
+        }
+    }
+    // Each level may allow a serving provider and still none be allowed by all of them.
+    if let Some(allowed) = &entry.providers {
+        let reachable = request
+            .providers
+            .iter()
+            .any(|p| allowed.iter().any(|a| a.eq_ignore_ascii_case(p)));
+        if !reachable {
+            return Err(Refusal::Forbidden(format!(
+                "no provider allowed at every level of virtual key '{}' serves model '{}' (allowed by all: {}; serving: {})",
+                entry.name,
+                request.model,
+                if allowed.is_empty() { "none".to_owned() } else { allowed.join(", ") },
+                request.providers.join(", ")
+            )));
+        }
+    }
+    Ok(Some(entry))
 }
 
 impl Pricing for Governance {

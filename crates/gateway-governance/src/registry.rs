@@ -30,6 +30,8 @@ pub(crate) struct KeyEntry {
     pub updated_ms: Option<i64>,
     /// Key, then team, then customer; an error when a parent no longer exists.
     pub levels: Result<Vec<Level>, String>,
+    /// The providers every level allows (`None`: every level allows all).
+    pub providers: Option<Arc<[String]>>,
     pub priority: Priority,
 }
 
@@ -142,9 +144,11 @@ impl Registry {
                 }
             }
         }
+        let providers = allowed_providers(&levels);
         let entry = Arc::new(KeyEntry {
             name: Arc::from(spec.name.as_str()),
             digest,
+            providers,
             levels: match problem {
                 Some(p) => Err(p),
                 None => Ok(levels),
@@ -158,6 +162,29 @@ impl Registry {
         self.by_digest.insert(digest, entry.clone());
         self.keys.insert(entry.spec.name.clone(), entry);
     }
+}
+
+/// The providers allowed at every level: the intersection of the levels' `providers` lists (a
+/// level without a list, or whose list holds `*`, allows all). Names compare case-insensitively;
+/// the key's own spelling is kept. `Some` of an empty list when the levels' lists do not meet.
+pub(crate) fn allowed_providers(levels: &[Level]) -> Option<Arc<[String]>> {
+    let mut allowed: Option<Vec<String>> = None;
+    for l in levels {
+        let Some(list) = &l.limits.providers else {
+            continue;
+        };
+        if list.iter().any(|e| e == "*") {
+            continue;
+        }
+        allowed = Some(match allowed {
+            None => list.clone(),
+            Some(mut so_far) => {
+                so_far.retain(|p| list.iter().any(|e| e.eq_ignore_ascii_case(p)));
+                so_far
+            }
+        });
+    }
+    allowed.map(Arc::from)
 }
 
 fn level(kind: Kind, name: &str, limits: &Limits) -> Level {

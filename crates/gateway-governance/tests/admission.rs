@@ -463,6 +463,109 @@ async fn provider_allow_list_needs_one_allowed_provider() {
 }
 
 #[tokio::test]
+async fn the_permit_names_the_providers_allowed_at_every_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = GovernanceConfig {
+        data_dir: dir.path().into(),
+        ..hierarchy()
+    };
+    // s1: its own list and its team's meet in azure; a1: its list and its team's never meet;
+    // s2: no list of its own, so the team's holds.
+    cfg.virtual_keys[0].providers = Some(vec!["openai".into(), "azure".into()]);
+    cfg.teams[0].providers = Some(vec!["Azure".into(), "bedrock".into()]);
+    cfg.virtual_keys[2].providers = Some(vec!["openai".into()]);
+    cfg.teams[1].providers = Some(vec!["azure".into()]);
+    let gov = open(cfg, &clock()).await;
+    let serving: &[&str] = &["openai", "azure"];
+    let p = expect_ok(
+        Req::new(Some(&secret("s1")))
+            .providers(serving)
+            .admit(&gov)
+            .await,
+        "azure is allowed by key and team",
+    );
+    assert_eq!(p.allowed_providers(), Some(&["azure".to_owned()][..]));
+    let p = expect_ok(
+        Req::new(Some(&secret("s2")))
+            .providers(serving)
+            .admit(&gov)
+            .await,
+        "team list only",
+    );
+    // (Lists are kept lower-cased.)
+    assert_eq!(
+        p.allowed_providers(),
+        Some(&["azure".to_owned(), "bedrock".to_owned()][..])
+    );
+    // Each of a1's levels allows one serving provider, but no provider is allowed by both.
+    let r = expect_refused(
+        Req::new(Some(&secret("a1")))
+            .providers(serving)
+            .admit(&gov)
+            .await,
+        "disjoint lists",
+    );
+    assert!(
+        matches!(&r, Refusal::Forbidden(m) if m.contains("allowed by all: none") && m.contains("'a1'")),
+        "{r:?}"
+    );
+    let r = expect_refused(
+        Req::new(Some(&secret("s1")))
+            .providers(&["openai"])
+            .admit(&gov)
+            .await,
+        "openai is the key's but not the team's",
+    );
+    assert!(matches!(&r, Refusal::Forbidden(_)), "{r:?}");
+}
+
+#[tokio::test]
+async fn authorize_checks_access_and_reserves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let gov = open(
+        config(
+            &dir,
+            vec![LimitsSpec {
+                rpm: Some(1),
+                models: Some(vec!["test-model".into()]),
+                providers: Some(vec!["azure".into()]),
+                ..key("k")
+            }],
+        ),
+        &clock(),
+    )
+    .await;
+    let s = secret("k");
+    let serving: &[&str] = &["openai", "azure"];
+    for _ in 0..3 {
+        assert_eq!(
+            Req::new(Some(&s)).providers(serving).authorize(&gov),
+            Ok(Some(vec!["azure".to_owned()]))
+        );
+    }
+    assert!(matches!(
+        Req::new(Some(&s))
+            .providers(serving)
+            .model("other-model")
+            .authorize(&gov),
+        Err(Refusal::Forbidden(_))
+    ));
+    assert!(matches!(
+        Req::new(Some(&s)).providers(&["openai"]).authorize(&gov),
+        Err(Refusal::Forbidden(_))
+    ));
+    assert!(matches!(
+        Req::new(None).providers(serving).authorize(&gov),
+        Err(Refusal::Unauthorized(_))
+    ));
+    // The key's one request a minute is still there.
+    expect_ok(
+        Req::new(Some(&s)).providers(serving).admit(&gov).await,
+        "authorize took no rpm cell",
+    );
+}
+
+#[tokio::test]
 async fn under_low_headroom_batch_yields_and_interactive_passes() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = GovernanceConfig {

@@ -453,6 +453,28 @@ impl Gateway {
         Ok(permit)
     }
 
+    /// [`Admission::authorize`]: whether the caller may use `model`, reserving nothing; the
+    /// providers it may reach (empty: all).
+    fn authorize(&self, presented: Option<&str>, model: &str) -> Result<Vec<String>, ApiError> {
+        let ext = self.ext.load();
+        if !ext.admission.enabled() {
+            return Ok(Vec::new());
+        }
+        let providers = self.engine.providers_for(model);
+        let refs: Vec<&str> = providers.iter().map(String::as_str).collect();
+        ext.admission
+            .authorize(&AdmissionRequest {
+                presented_key: presented,
+                model,
+                providers: &refs,
+                estimated_input_tokens: 0,
+                max_output_tokens: 0,
+                headroom: 1.0,
+            })
+            .map(Option::unwrap_or_default)
+            .map_err(|r| ApiError::from(&r))
+    }
+
     async fn chat(
         self: &Arc<Self>,
         req: Request<Incoming>,
@@ -518,6 +540,7 @@ impl Gateway {
         let opts = RequestOptions {
             request_id: Arc::clone(request_id),
             trace: Some(trace),
+            allowed_providers: allowed_providers(&*permit),
             // Clients get answers and chunks as they came from an upstream of their own dialect
             // (see `encode_chunk` and `anthropic::StreamEncoder`).
             passthrough: match dialect {
@@ -680,6 +703,12 @@ impl Gateway {
             Ok(r) => r,
             Err(e) => return error_response(&e, dialect, request_id),
         };
+        // Counting generates nothing and is not billed, but a virtual key's allow-lists hold:
+        // it may not count on a model or provider it cannot use.
+        let allowed_providers = match self.authorize(head.presented.as_deref(), &request.model) {
+            Ok(a) => a,
+            Err(e) => return error_response(&e, dialect, request_id),
+        };
         let estimate = request.estimate_input_tokens();
         request.native = Some(NativeRequest {
             body: Bytes::copy_from_slice(&body),
@@ -689,6 +718,7 @@ impl Gateway {
         let opts = RequestOptions {
             request_id: Arc::clone(request_id),
             trace: Some(head.trace),
+            allowed_providers,
             passthrough: Passthrough::AnthropicMessages,
             ..RequestOptions::default()
         };
@@ -753,6 +783,7 @@ impl Gateway {
         let opts = RequestOptions {
             request_id: Arc::clone(request_id),
             trace: Some(trace),
+            allowed_providers: allowed_providers(&*permit),
             ..RequestOptions::default()
         };
         match self.engine.embed(&request, &opts).await {
@@ -894,6 +925,15 @@ fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The providers a permit's caller may reach, for [`RequestOptions::allowed_providers`] (empty:
+/// all; copied only for keys with an allow-list).
+fn allowed_providers(permit: &dyn Permit) -> Vec<String> {
+    permit
+        .allowed_providers()
+        .map(<[String]>::to_vec)
+        .unwrap_or_default()
 }
 
 static X_GATEWAY_PROVIDER: HeaderName = HeaderName::from_static("x-gateway-provider");

@@ -106,6 +106,17 @@ impl<'a> Req<'a> {
         })
         .await
     }
+
+    pub fn authorize(&self, gov: &Governance) -> Result<Option<Vec<String>>, Refusal> {
+        gov.authorize(&AdmissionRequest {
+            presented_key: self.key,
+            model: self.model,
+            providers: self.providers,
+            estimated_input_tokens: self.input,
+            max_output_tokens: self.output,
+            headroom: self.headroom,
+        })
+    }
 }
 
 pub fn usage(prompt: u64, completion: u64) -> gateway_core::types::Usage {
