@@ -113,6 +113,10 @@ pub(crate) fn open(path: &Path) -> rusqlite::Result<Connection> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // A page cache of 512 KiB instead of SQLite's 2 MiB: the writer appends, and what it reads
+    // back (index pages) the OS page cache keeps anyway. 1-2 MB less resident memory for the
+    // gateway, no measurable CPU.
+    conn.pragma_update(None, "cache_size", -512)?;
     // An older store: add the new columns before the schema's statements (they are all
     // `IF NOT EXISTS` or `IF EXISTS`, so they leave existing tables alone).
     migrate(&conn)?;
