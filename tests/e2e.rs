@@ -689,6 +689,58 @@ async fn key_failover_on_429_and_provider_fallback_on_5xx() {
     gw.stop().await;
 }
 
+/// `n` = 2 asks for two answers: a route over an OpenAI target (which gives them) and an
+/// Anthropic one (one answer per request) is served by the OpenAI target every time, the
+/// Anthropic upstream never called; asked of Claude alone, it is a 400 naming `n`.
+#[tokio::test]
+async fn several_answers_go_to_a_target_that_gives_them() {
+    let o = mock(&["sk-test-openai-1", "sk-test-openai-2"]).await;
+    let a = mock(&["sk-ant-test-1"]).await;
+    let toml = two_providers(&o, &a)
+        + r#"
+[[routes]]
+name = "both"
+strategy = "round_robin"
+targets = [{ provider = "ant", model = "claude-3-5-haiku-latest" }, { provider = "oai", model = "gpt-4o-mini" }]
+"#;
+    let gw = TestGateway::start(&toml).await;
+    let mut two = chat("both", "hi");
+    two["n"] = json!(2);
+    for _ in 0..4 {
+        let r = gw.post("/v1/chat/completions", &two).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-gateway-provider"), Some("oai"));
+        let choices = r.json()["choices"].as_array().unwrap().clone();
+        assert_eq!(choices.len(), 2, "{}", r.text());
+        assert_eq!(choices[1]["index"], 1);
+        assert_eq!(r.header("x-gateway-attempts"), Some("1"));
+    }
+    assert_eq!(a.requests(), 0, "the Anthropic upstream was never asked");
+    // One answer: both targets serve.
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let r = gw.post("/v1/chat/completions", &chat("both", "hi")).await;
+        seen.insert(r.header("x-gateway-provider").unwrap().to_owned());
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    // Nobody can: 400 in the caller's format, naming `n`.
+    let mut claude = chat("ant/claude-3-5-haiku-latest", "hi");
+    claude["n"] = json!(3);
+    let before = a.requests();
+    for stream in [false, true] {
+        claude["stream"] = json!(stream);
+        let r = gw.post("/v1/chat/completions", &claude).await;
+        assert_eq!(r.status, 400, "{}", r.text());
+        let e = &r.json()["error"];
+        assert_eq!(e["type"], "invalid_request_error");
+        assert_eq!(e["param"], "n");
+        assert_eq!(e["code"], "unsupported_parameter");
+        assert!(e["message"].as_str().unwrap().contains("anthropic"), "{e}");
+    }
+    assert_eq!(a.requests(), before);
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn caller_errors_are_not_failed_over() {
     let (gw, o, a) = setup().await;

@@ -394,6 +394,7 @@ impl Engine {
                 &fallbacks,
                 opts,
                 est,
+                Some(request),
                 |p, call| async move {
                     let r = p.chat(&call, request).await?;
                     Ok((r.body, r.rate_limit, None))
@@ -416,25 +417,32 @@ impl Engine {
         let fallbacks = merge_fallbacks(&request.fallbacks, &opts.fallbacks);
         let clock = Arc::clone(&self.clock);
         let out = self
-            .run(&request.model, &fallbacks, opts, est, |p, call| {
-                let clock = Arc::clone(&clock);
-                async move {
-                    let start = clock.now_nanos();
-                    let s = p.chat_stream(&call, request).await?;
-                    let mut chunks = s.chunks;
-                    match chunks.next().await {
-                        Some(Ok(first)) => {
-                            let ttft =
-                                Duration::from_nanos(clock.now_nanos().saturating_sub(start));
-                            Ok(((first, chunks), s.rate_limit, Some(ttft)))
+            .run(
+                &request.model,
+                &fallbacks,
+                opts,
+                est,
+                Some(request),
+                |p, call| {
+                    let clock = Arc::clone(&clock);
+                    async move {
+                        let start = clock.now_nanos();
+                        let s = p.chat_stream(&call, request).await?;
+                        let mut chunks = s.chunks;
+                        match chunks.next().await {
+                            Some(Ok(first)) => {
+                                let ttft =
+                                    Duration::from_nanos(clock.now_nanos().saturating_sub(start));
+                                Ok(((first, chunks), s.rate_limit, Some(ttft)))
+                            }
+                            Some(Err(e)) => Err(e),
+                            None => Err(ProviderError::Protocol(
+                                "stream ended before the first chunk".to_owned(),
+                            )),
                         }
-                        Some(Err(e)) => Err(e),
-                        None => Err(ProviderError::Protocol(
-                            "stream ended before the first chunk".to_owned(),
-                        )),
                     }
-                }
-            })
+                },
+            )
             .await?;
         let ttft = out.attempts.last().and_then(|a| a.ttft);
         let ((first, rest), served_by, attempts, route) =
@@ -475,6 +483,7 @@ impl Engine {
                 &fallbacks,
                 opts,
                 est,
+                None,
                 |p, call| async move {
                     let r = p.embed(&call, request).await?;
                     Ok((r.body, r.rate_limit, None))
@@ -694,6 +703,7 @@ impl Engine {
         fallbacks: &[String],
         opts: &RequestOptions,
         est_tokens: u64,
+        chat: Option<&ChatRequest>,
         mut call_fn: F,
     ) -> Result<Success<T>, Failure>
     where
@@ -734,6 +744,12 @@ impl Engine {
 
         while let Some((pi, model_id)) = plan.next_target(&snap, self.now(), &mut rng) {
             let p = &snap.providers[pi];
+            // A target that cannot do what the request asks is passed over before any key is
+            // picked: no attempt, no signal.
+            if let Some(Err(e)) = chat.map(|r| p.provider.supports(&model_id, r)) {
+                last_err = Some(e);
+                continue;
+            }
             let mut provider_attempts = 0u32;
             loop {
                 if attempts.len() as u32 >= retry.max_attempts {
@@ -1604,6 +1620,72 @@ mod tests {
             "the 429 did not rest the key"
         );
         assert!(engine.count_tokens(&req("nope"), &opts()).await.is_err());
+    }
+
+    /// A target that cannot do what the request asks (`n` = 2 on a one-answer API) is passed
+    /// over before a key is picked; when no target can, the answer is a 400 naming the field.
+    #[tokio::test(start_paused = true)]
+    async fn a_target_that_cannot_serve_the_request_is_passed_over_untouched() {
+        let single = Arc::new(FakeProvider::new());
+        single.single_answer();
+        let multi = Arc::new(FakeProvider::new());
+        let engine = Engine::new(EngineConfig {
+            providers: vec![
+                provider("single", &single, &["s"], StrategyKind::Adaptive),
+                provider("multi", &multi, &["m"], StrategyKind::Adaptive),
+            ],
+            routes: vec![route("r", &[("single", 1), ("multi", 1)], &[])],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let two = ChatRequest {
+            n: Some(2),
+            ..req("r")
+        };
+        for _ in 0..8 {
+            let out = engine.chat(&two, &opts()).await.unwrap();
+            assert_eq!(&*out.served_by.provider, "multi");
+            assert_eq!(
+                out.attempts.len(),
+                1,
+                "no attempt at the passed-over target"
+            );
+            let s = engine.chat_stream(&two, &opts()).await.unwrap();
+            assert_eq!(&*s.served_by.provider, "multi");
+        }
+        assert!(single.calls().is_empty());
+        assert_eq!(engine.health()[0].keys[0].signals.picks, 0);
+        // One answer: both serve.
+        let mut by = std::collections::HashSet::new();
+        for _ in 0..16 {
+            by.insert(
+                engine
+                    .chat(&req("r"), &opts())
+                    .await
+                    .unwrap()
+                    .served_by
+                    .provider,
+            );
+        }
+        assert_eq!(by.len(), 2, "{by:?}");
+        // Nobody can: 400, naming n.
+        let err = engine
+            .chat(
+                &ChatRequest {
+                    n: Some(3),
+                    ..req("single/m")
+                },
+                &opts(),
+            )
+            .await
+            .unwrap_err();
+        assert!(err.attempts.is_empty());
+        assert_eq!(err.error.http_status(), 400);
+        assert!(
+            matches!(&err.error, EngineError::Exhausted { last: ProviderError::Unsupported { param: Some(p), .. }, .. } if p == "n"),
+            "{:?}",
+            err.error
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -109,6 +109,16 @@ pub enum ProviderError {
         /// The provider's message.
         message: String,
     },
+    /// The request asks for something this provider's API cannot do (`n` above 1 on an API
+    /// with one answer per request, say): another target may, so failover moves on; nothing was
+    /// sent, and the provider's health is untouched.
+    #[error("{message}")]
+    Unsupported {
+        /// What is not supported, and by whom.
+        message: String,
+        /// The request field that asks for it.
+        param: Option<String>,
+    },
     /// The upstream sent something that is not its documented format.
     #[error("upstream sent an invalid response: {0}")]
     Protocol(String),
@@ -126,9 +136,9 @@ impl ProviderError {
                 RateLimitScope::Provider => FailoverScope::Provider,
             },
             ProviderError::Auth { .. } => FailoverScope::Key,
-            ProviderError::Overloaded { .. } | ProviderError::NotFound { .. } => {
-                FailoverScope::Provider
-            }
+            ProviderError::Overloaded { .. }
+            | ProviderError::NotFound { .. }
+            | ProviderError::Unsupported { .. } => FailoverScope::Provider,
             ProviderError::Server { .. }
             | ProviderError::Timeout
             | ProviderError::Connect(_)
@@ -159,6 +169,7 @@ impl ProviderError {
             ProviderError::Connect(_) => "connect_error",
             ProviderError::Auth { .. } => "auth_error",
             ProviderError::NotFound { .. }
+            | ProviderError::Unsupported { .. }
             | ProviderError::BadRequest { .. }
             | ProviderError::ContextLengthExceeded { .. }
             | ProviderError::ContentFiltered { .. } => "client_error",
@@ -171,7 +182,10 @@ impl ProviderError {
         matches!(
             self.scope(),
             FailoverScope::Transient | FailoverScope::Provider
-        ) && !matches!(self, ProviderError::NotFound { .. })
+        ) && !matches!(
+            self,
+            ProviderError::NotFound { .. } | ProviderError::Unsupported { .. }
+        )
     }
 }
 
@@ -228,6 +242,7 @@ impl EngineError {
                 ProviderError::RateLimited { .. } => 429,
                 ProviderError::Overloaded { .. } => 503,
                 ProviderError::NotFound { .. } => 404,
+                ProviderError::Unsupported { .. } => 400,
                 _ => 502,
             },
             EngineError::DeadlineExceeded { .. } => 504,

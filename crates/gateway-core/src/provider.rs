@@ -185,6 +185,15 @@ pub trait Provider: Send + Sync + 'static {
     /// The provider kind (`openai`, `anthropic`...), for logs and metrics.
     fn kind(&self) -> &str;
 
+    /// Whether this provider's API can do what `request` asks of `model`, checked before a key
+    /// is picked: an [`ProviderError::Unsupported`] moves failover to the next target without
+    /// an attempt (nothing is sent, no key or health signal is touched). The default supports
+    /// everything.
+    fn supports(&self, model: &str, request: &ChatRequest) -> Result<(), ProviderError> {
+        let _ = (model, request);
+        Ok(())
+    }
+
     /// A chat completion.
     async fn chat(
         &self,
@@ -199,21 +208,20 @@ pub trait Provider: Send + Sync + 'static {
         request: &ChatRequest,
     ) -> Result<ProviderStream, ProviderError>;
 
-    /// Embeddings. The default says the provider has none.
+    /// Embeddings. The default says the provider has none ([`ProviderError::Unsupported`]:
+    /// failover moves on to a target that has).
     async fn embed(
         &self,
         call: &Call,
         request: &EmbeddingRequest,
     ) -> Result<ProviderResponse<EmbeddingResponse>, ProviderError> {
         let _ = (call, request);
-        Err(ProviderError::BadRequest {
-            status: 400,
+        Err(ProviderError::Unsupported {
             message: format!(
                 "provider kind `{}` does not support embeddings",
                 self.kind()
             ),
             param: Some("model".to_owned()),
-            code: Some("unsupported".to_owned()),
         })
     }
 

@@ -31,6 +31,7 @@ pub struct FakeProvider {
     scripts: Mutex<HashMap<String, Vec<Step>>>,
     always: Mutex<HashMap<String, Step>>,
     calls: Mutex<Vec<(String, String)>>,
+    single_answer: std::sync::atomic::AtomicBool,
 }
 
 impl FakeProvider {
@@ -51,6 +52,12 @@ impl FakeProvider {
         if let Ok(mut s) = self.always.lock() {
             s.insert(key.to_owned(), step);
         }
+    }
+
+    /// Makes the fake an API with one answer per request: `n` above 1 is unsupported.
+    pub fn single_answer(&self) {
+        self.single_answer
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Every call so far as (key name, model).
@@ -99,6 +106,20 @@ fn response(model: &str, text: String) -> ChatResponse {
 impl Provider for FakeProvider {
     fn kind(&self) -> &str {
         "fake"
+    }
+
+    fn supports(&self, _model: &str, r: &ChatRequest) -> Result<(), ProviderError> {
+        if self
+            .single_answer
+            .load(std::sync::atomic::Ordering::Relaxed)
+            && r.n.is_some_and(|n| n > 1)
+        {
+            return Err(ProviderError::Unsupported {
+                message: "one answer per request".to_owned(),
+                param: Some("n".to_owned()),
+            });
+        }
+        Ok(())
     }
 
     async fn chat(

@@ -45,6 +45,8 @@ pub(crate) struct Prompt {
     /// Extended thinking asked for (Anthropic `thinking`): the answer starts with a thinking
     /// block.
     pub thinking: bool,
+    /// Answers asked for (OpenAI `n`); the non-streamed OpenAI answer has this many choices.
+    pub choices: u32,
 }
 
 impl Prompt {
@@ -58,6 +60,7 @@ impl Prompt {
             stream: false,
             include_usage: false,
             thinking: false,
+            choices: 1,
         }
     }
 }
@@ -88,6 +91,8 @@ pub(crate) struct Plan {
     pub seq: u64,
     /// Start with a thinking block ([`Prompt::thinking`]).
     pub thinking: bool,
+    /// [`Prompt::choices`]; `completion_tokens` counts them all.
+    pub choices: u32,
 }
 
 impl Plan {
@@ -195,12 +200,17 @@ pub(crate) fn plan(reply: &Reply, prompt: &Prompt, seq: u64) -> Plan {
         Output::Text { chunks, .. } => chunks.len(),
         Output::Tool { fragments, .. } => fragments.len(),
     };
+    let choices = prompt.choices.max(1);
     Plan {
         output,
         prompt_tokens,
-        completion_tokens: u64::try_from(completion_tokens).unwrap_or(1).max(1),
+        completion_tokens: u64::try_from(completion_tokens)
+            .unwrap_or(1)
+            .max(1)
+            .saturating_mul(u64::from(choices)),
         seq,
         thinking: prompt.thinking,
+        choices,
     }
 }
 

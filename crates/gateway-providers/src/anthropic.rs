@@ -129,6 +129,10 @@ impl Provider for AnthropicProvider {
         "anthropic"
     }
 
+    fn supports(&self, _model: &str, request: &ChatRequest) -> Result<(), ProviderError> {
+        crate::one_answer_only("anthropic", request)
+    }
+
     async fn chat(
         &self,
         call: &Call,

@@ -1285,6 +1285,10 @@ impl Provider for BedrockProvider {
         "bedrock"
     }
 
+    fn supports(&self, _model: &str, request: &ChatRequest) -> Result<(), ProviderError> {
+        crate::one_answer_only("bedrock", request)
+    }
+
     async fn chat(
         &self,
         call: &Call,

@@ -706,6 +706,10 @@ impl Provider for CohereProvider {
         "cohere"
     }
 
+    fn supports(&self, _model: &str, request: &ChatRequest) -> Result<(), ProviderError> {
+        crate::one_answer_only("cohere", request)
+    }
+
     async fn chat(
         &self,
         call: &Call,

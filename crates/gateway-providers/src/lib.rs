@@ -29,3 +29,24 @@ pub mod vertex;
 
 pub use http::{HttpClient, HttpConfig};
 pub use registry::{build_provider, kind_info, kinds, BuildError, KindInfo, ProviderSettings};
+
+/// For APIs that give one answer per request (Anthropic, Bedrock, Cohere, Claude on Vertex): a
+/// request for several (`n` above 1) is [`ProviderError::Unsupported`], so the engine passes the
+/// target over for one that can (an OpenAI-format or Gemini target), or answers 400 naming `n`,
+/// instead of silently answering once.
+///
+/// [`ProviderError::Unsupported`]: gateway_core::error::ProviderError::Unsupported
+pub fn one_answer_only(
+    kind: &str,
+    request: &gateway_core::types::ChatRequest,
+) -> Result<(), gateway_core::error::ProviderError> {
+    match request.n {
+        Some(n) if n > 1 => Err(gateway_core::error::ProviderError::Unsupported {
+            message: format!(
+                "`n` = {n} asks for several answers; the {kind} API gives one per request"
+            ),
+            param: Some("n".to_owned()),
+        }),
+        _ => Ok(()),
+    }
+}

@@ -509,6 +509,14 @@ impl Provider for VertexProvider {
         "vertex"
     }
 
+    fn supports(&self, model: &str, request: &ChatRequest) -> Result<(), ProviderError> {
+        if is_claude(model) {
+            crate::one_answer_only("Claude on Vertex", request)
+        } else {
+            Ok(())
+        }
+    }
+
     async fn chat(
         &self,
         call: &Call,

@@ -101,6 +101,9 @@ impl Provider for MockBacked {
     fn kind(&self) -> &str {
         "mock"
     }
+    fn supports(&self, model: &str, r: &ChatRequest) -> Result<(), ProviderError> {
+        self.inner.supports(model, r)
+    }
     async fn chat(
         &self,
         call: &Call,

@@ -193,6 +193,12 @@ fn from_provider(e: &ProviderError, status: u16) -> ApiError {
         ProviderError::NotFound { message } => {
             ApiError::new(404, ErrorKind::NotFound, strip_secrets(message)).code("model_not_found")
         }
+        ProviderError::Unsupported { message, param } => {
+            let mut a = ApiError::new(400, ErrorKind::InvalidRequest, message.clone())
+                .code("unsupported_parameter");
+            a.param.clone_from(param);
+            a
+        }
         other => {
             let kind = match status {
                 429 => ErrorKind::RateLimit,
@@ -226,7 +232,10 @@ impl From<&EngineError> for ApiError {
             EngineError::Caller(p) => from_provider(p, status),
             EngineError::Exhausted { attempts, last } => {
                 let mut a = from_provider(last, status);
-                if !matches!(last, ProviderError::NotFound { .. }) {
+                if !matches!(
+                    last,
+                    ProviderError::NotFound { .. } | ProviderError::Unsupported { .. }
+                ) {
                     a.message = format!(
                         "all {attempts} upstream attempt(s) failed; last error: {}",
                         a.message

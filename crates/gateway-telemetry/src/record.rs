@@ -124,6 +124,8 @@ pub fn attempt_status(a: &AttemptRecord) -> Option<u16> {
                 Some(400)
             }
             ProviderError::Protocol(_) => Some(200),
+            // Refused by the adapter: nothing was sent.
+            ProviderError::Unsupported { .. } => None,
             ProviderError::Timeout | ProviderError::Connect(_) | ProviderError::Cancelled => None,
         },
     }

@@ -68,6 +68,11 @@ pub(crate) fn parse_chat(body: &Value, model_override: Option<&str>) -> Prompt {
         _ => ToolChoice::Auto,
     };
     p.stream = body["stream"].as_bool().unwrap_or(false);
+    p.choices = body["n"]
+        .as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(1)
+        .clamp(1, 128);
     p.include_usage = body["stream_options"]["include_usage"]
         .as_bool()
         .unwrap_or(false);
@@ -151,7 +156,14 @@ pub(crate) fn chat_json(ctx: &Ctx<'_>, plan: &Plan) -> String {
     } else {
         body["service_tier"] = json!("default");
     }
-    body["choices"] = json!([choice]);
+    let choices: Vec<Value> = (0..plan.choices)
+        .map(|i| {
+            let mut c = choice.clone();
+            c["index"] = json!(i);
+            c
+        })
+        .collect();
+    body["choices"] = Value::Array(choices);
     body.to_string()
 }
 
