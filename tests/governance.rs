@@ -289,6 +289,47 @@ async fn a_provider_allow_list_decides_which_targets_serve() {
         assert!(member.iter().all(|p| p == "oai"), "{path}: {member:?}");
     }
 
+    // Listing models shows what the key may use.
+    let ids = |vk: &'static str| {
+        let gw = &gw;
+        async move {
+            let r = gw
+                .get("/v1/models", &[("authorization", &format!("Bearer {vk}"))])
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            let mut ids: Vec<String> = r.json()["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["id"].as_str().unwrap().to_owned())
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    assert_eq!(ids("vk-chat-only-0123456789").await, ["both"]);
+    assert_eq!(
+        ids("vk-pinned-0123456789").await,
+        ["both", "oai2/gpt-4o-mini"]
+    );
+    assert_eq!(
+        ids("vk-open-0123456789").await,
+        ["both", "oai/gpt-4o-mini", "oai2/gpt-4o-mini"]
+    );
+    let one = |vk: &'static str| {
+        let gw = &gw;
+        async move {
+            gw.get(
+                "/v1/models/oai/gpt-4o-mini",
+                &[("authorization", &format!("Bearer {vk}"))],
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(one("vk-open-0123456789").await, 200);
+    assert_eq!(one("vk-pinned-0123456789").await, 404);
+
     // Counting tokens honours both allow-lists.
     let count = |vk: &'static str, model: &'static str| {
         let gw = &gw;

@@ -285,7 +285,8 @@ impl Gateway {
                 }
             }
             (Method::GET, "/v1/models" | "/models") => {
-                let mut r = Response::new(full(openai::encode_models(&self.engine.models())));
+                let models = self.visible_models(req.headers());
+                let mut r = Response::new(full(openai::encode_models(&models)));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
@@ -295,7 +296,11 @@ impl Gateway {
             (Method::GET, p) if p.starts_with("/v1/models/") => {
                 let id = &p["/v1/models/".len()..];
                 let id = percent_decode(id);
-                match self.engine.models().into_iter().find(|m| m.id == id) {
+                match self
+                    .visible_models(req.headers())
+                    .into_iter()
+                    .find(|m| m.id == id)
+                {
                     Some(m) => json_response(200, &openai::model_json(&m)),
                     None => error_response(
                         &ApiError::new(
@@ -451,6 +456,20 @@ impl Gateway {
                 virtual_key: ext.admission.key_name(presented),
             })?;
         Ok(permit)
+    }
+
+    /// The models the caller may use: all of them, or with virtual keys those the presented
+    /// key's allow-lists admit (what an OpenAI key sees of `GET /v1/models`).
+    fn visible_models(&self, headers: &HeaderMap) -> Vec<gateway_core::types::ModelInfo> {
+        let models = self.engine.models();
+        if !self.ext.load().admission.enabled() {
+            return models;
+        }
+        let presented = presented_key(headers);
+        models
+            .into_iter()
+            .filter(|m| self.authorize(presented.as_deref(), &m.id).is_ok())
+            .collect()
     }
 
     /// [`Admission::authorize`]: whether the caller may use `model`, reserving nothing; the
