@@ -1,11 +1,12 @@
 //! A mock LLM provider server that speaks every provider's real wire format.
 //!
 //! One listener serves all dialects, chosen by path: OpenAI and OpenAI-compatible
-//! (`…/chat/completions`, `…/embeddings`, `/v1/models`), Azure OpenAI
-//! (`/openai/deployments/{d}/…?api-version=`), Anthropic (`/v1/messages`), Gemini AI Studio
-//! (`/v1beta/models/{m}:generateContent`), Vertex AI (`/v1/projects/…/publishers/google/models/{m}:…`
-//! with OAuth tokens from the mock's own `POST /token`), Bedrock (`/model/{id}/converse[-stream]`,
-//! and `/model/{id}/invoke[-with-response-stream]` with Claude's Anthropic body and events, SigV4
+//! (`…/chat/completions`, the Responses API `…/responses`, `…/embeddings`, `/v1/models`),
+//! Azure OpenAI (`/openai/deployments/{d}/…?api-version=`), Anthropic (`/v1/messages`), Gemini
+//! AI Studio (`/v1beta/models/{m}:generateContent`), Vertex AI
+//! (`/v1/projects/…/publishers/google/models/{m}:…` with OAuth tokens from the mock's own
+//! `POST /token`), Bedrock (`/model/{id}/converse[-stream]`, and
+//! `/model/{id}/invoke[-with-response-stream]` with Claude's Anthropic body and events, SigV4
 //! verified, binary eventstream) and Cohere v2 (`/v2/chat`, `/v2/embed`). `GET /v1/models`
 //! answers in Anthropic's shape when an `anthropic-version` header is sent, and
 //! `/v1/messages/count_tokens` and Gemini `:countTokens` are served too. The formats follow

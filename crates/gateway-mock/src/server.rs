@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::body::{MockBody, Step};
-use crate::dialect::{self, anthropic, bedrock, cohere, google, openai, Ctx, ErrorKind};
+use crate::dialect::{self, anthropic, bedrock, cohere, google, openai, responses, Ctx, ErrorKind};
 use crate::format::unix_now;
 use crate::plan::{self, chars_of, tokens_for_chars, Plan, Prompt};
 use crate::sigv4::{self, SigV4Error, SignedRequest};
@@ -82,6 +82,8 @@ pub(crate) async fn serve(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
     Chat,
+    /// OpenAI Responses API.
+    Responses,
     Embed,
     BatchEmbed,
     Models,
@@ -226,6 +228,9 @@ fn route(method: &Method, path: &str, query: Option<&str>, parts: &Parts) -> Rou
         }
         if path.ends_with("/chat/completions") {
             return provider(Dialect::OpenAi, Op::Chat);
+        }
+        if path.ends_with("/responses") {
+            return provider(Dialect::OpenAi, Op::Responses);
         }
         if path.ends_with("/embeddings") {
             return provider(Dialect::OpenAi, Op::Embed);
@@ -505,6 +510,9 @@ fn prepare(call: &Call, parts: &Parts, value: &Value) -> (Option<Prompt>, Option
             Some(openai::parse_chat(value, None)),
             openai::validate_chat(value),
         ),
+        (Dialect::OpenAi, Op::Responses) => {
+            (Some(responses::parse(value)), responses::validate(value))
+        }
         (Dialect::Azure, op) => {
             let has_version = parts.uri.query().is_some_and(|q| {
                 q.split('&')
@@ -558,9 +566,14 @@ fn prepare(call: &Call, parts: &Parts, value: &Value) -> (Option<Prompt>, Option
 }
 
 /// A body that is not valid JSON (or, for Bedrock streams, a frame with a bad CRC).
-fn malformed(d: Dialect, stream: bool, sse: bool) -> (String, MockBody) {
+fn malformed(d: Dialect, op: Op, stream: bool, sse: bool) -> (String, MockBody) {
     let sse_ct = "text/event-stream; charset=utf-8".to_owned();
     match (d, stream) {
+        (_, true) if op == Op::Responses => (sse_ct, MockBody::full(responses::MALFORMED_STREAM)),
+        (_, false) if op == Op::Responses => (
+            "application/json".to_owned(),
+            MockBody::full(responses::MALFORMED_BODY),
+        ),
         (Dialect::Bedrock, true) => (
             "application/vnd.amazon.eventstream".to_owned(),
             MockBody::full(bedrock::malformed_frame()),
@@ -686,9 +699,10 @@ async fn provider(
         return error_response(d, &e, seq, headers);
     }
 
-    let stream = prompt.as_ref().is_some_and(|p| p.stream) && call.op == Op::Chat;
+    let stream =
+        prompt.as_ref().is_some_and(|p| p.stream) && matches!(call.op, Op::Chat | Op::Responses);
     if faults.malformed {
-        let (ct, body) = malformed(d, stream, call.sse);
+        let (ct, body) = malformed(d, call.op, stream, call.sse);
         return respond(200, &ct, body, &headers);
     }
 
@@ -701,6 +715,7 @@ async fn provider(
         include_usage: prompt.as_ref().is_some_and(|p| p.include_usage),
         sse: call.sse,
         invoke: call.invoke,
+        responses: (call.op == Op::Responses).then_some(value),
     };
     let model_name = ctx.model.to_owned();
     let rendered: Result<String, ErrorKind> = match (call.op, &plan) {
@@ -725,7 +740,7 @@ async fn provider(
             Ok(anthropic::count_tokens_json(p))
         }
         (Op::CountTokens, _) => Ok(google::count_tokens_json(value)),
-        (Op::Chat, Some(p)) if stream => {
+        (Op::Chat | Op::Responses, Some(p)) if stream => {
             return stream_response(shared, &ctx, p, &faults, headers);
         }
         (Op::Chat, Some(p)) => Ok(match d {
@@ -736,7 +751,8 @@ async fn provider(
             Dialect::Bedrock => bedrock::chat_json(p),
             Dialect::Cohere => cohere::chat_json(p),
         }),
-        (Op::Chat, None) => Err(ErrorKind::NotFound(model_name)),
+        (Op::Responses, Some(p)) => Ok(responses::json_body(&ctx, p, value)),
+        (Op::Chat | Op::Responses, None) => Err(ErrorKind::NotFound(model_name)),
     };
     match rendered {
         Ok(body) => respond(200, "application/json", MockBody::full(body), &headers),
@@ -753,7 +769,10 @@ fn stream_response(
 ) -> Response<MockBody> {
     let d = ctx.dialect;
     let frames = match d {
-        Dialect::OpenAi | Dialect::Azure => openai::chat_stream(ctx, plan),
+        Dialect::OpenAi | Dialect::Azure => match ctx.responses {
+            Some(req) => responses::stream(ctx, plan, req),
+            None => openai::chat_stream(ctx, plan),
+        },
         Dialect::Anthropic => anthropic::chat_stream(ctx, plan),
         Dialect::Gemini | Dialect::Vertex => google::chat_stream(ctx, plan),
         Dialect::Bedrock if ctx.invoke => {

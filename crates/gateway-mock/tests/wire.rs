@@ -414,6 +414,524 @@ async fn tpm_limit_counts_prompt_and_completion_tokens() {
     assert_eq!(r.header("x-ratelimit-limit-tokens"), Some("20"));
 }
 
+// ---------------------------------------------------------------- OpenAI Responses
+
+/// The same text as `chat_body`, as instructions plus one user message item.
+fn responses_body(stream: bool) -> Value {
+    json!({
+        "model": "gpt-4o-mini",
+        "instructions": "Be terse.",
+        "input": [{
+            "role": "user",
+            "content": [{ "type": "input_text", "text": "Say hello to the gateway tests" }]
+        }],
+        "max_output_tokens": 64,
+        "previous_response_id": "resp_prev123",
+        "store": false,
+        "unknown_member": { "ignored": true },
+        "stream": stream
+    })
+}
+
+fn responses_tool_body(stream: bool) -> Value {
+    json!({
+        "model": "gpt-4o-mini",
+        "stream": stream,
+        "input": "Weather in Paris?",
+        "tools": [
+            { "type": "function", "name": "get_weather", "description": "Weather", "parameters": { "type": "object" } },
+            { "type": "function", "name": "get_time", "parameters": { "type": "object" } }
+        ]
+    })
+}
+
+fn responses_url(s: &MockServer) -> String {
+    format!("{}/responses", s.openai_base())
+}
+
+/// Stream events as (event name, data), checking that the data's `type` is the event name.
+fn response_events(r: &Resp) -> Vec<(String, Value)> {
+    sse(&r.text())
+        .into_iter()
+        .map(|(name, data)| {
+            let v: Value = serde_json::from_str(&data)
+                .unwrap_or_else(|e| panic!("event data is JSON ({e}): {data}"));
+            assert_eq!(v["type"], name.as_str(), "type matches the event name");
+            (name, v)
+        })
+        .collect()
+}
+
+fn names(events: &[(String, Value)]) -> Vec<&str> {
+    events.iter().map(|(n, _)| n.as_str()).collect()
+}
+
+#[tokio::test]
+async fn responses_non_stream_shape_and_usage_match_chat() {
+    let s = start(MockUpstream::new().key(KEY)).await;
+    let c = client();
+    let auth = bearer(KEY);
+    let r = post_json(
+        &c,
+        &responses_url(&s),
+        &[("authorization", &auth)],
+        &responses_body(false),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r
+        .header("content-type")
+        .unwrap_or_default()
+        .starts_with("application/json"));
+    for h in [
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-tokens",
+        "x-request-id",
+    ] {
+        assert!(r.header(h).is_some(), "missing header {h}");
+    }
+    let v = r.json();
+    let id = v["id"].as_str().expect("id");
+    assert!(id.starts_with("resp_"), "id {id}");
+    assert_eq!(v["object"], "response");
+    assert_eq!(v["status"], "completed");
+    assert!(v["created_at"].as_u64().is_some_and(|t| t > 1_700_000_000));
+    assert!(v["error"].is_null() && v["incomplete_details"].is_null());
+    assert_eq!(v["model"], "gpt-4o-mini");
+    assert_eq!(v["instructions"], "Be terse.", "echoed");
+    assert_eq!(v["max_output_tokens"], 64, "echoed");
+    assert_eq!(v["previous_response_id"], "resp_prev123", "echoed");
+    assert_eq!(v["tool_choice"], "auto");
+    assert_eq!(v["tools"], json!([]));
+    let output = v["output"].as_array().expect("output array");
+    assert_eq!(output.len(), 1);
+    let msg = &output[0];
+    assert_eq!(msg["type"], "message");
+    assert_eq!(msg["role"], "assistant");
+    assert_eq!(msg["status"], "completed");
+    assert!(msg["id"].as_str().is_some_and(|i| i.starts_with("msg_")));
+    assert_eq!(
+        msg["content"],
+        json!([{ "type": "output_text", "text": DEFAULT_REPLY, "annotations": [] }])
+    );
+    let u = &v["usage"];
+    assert_eq!(u["input_tokens"], chat_prompt_tokens());
+    assert_eq!(u["output_tokens"], words(DEFAULT_REPLY));
+    assert_eq!(
+        u["total_tokens"],
+        chat_prompt_tokens() + words(DEFAULT_REPLY)
+    );
+    assert_eq!(u["input_tokens_details"]["cached_tokens"], 0);
+    assert_eq!(u["output_tokens_details"]["reasoning_tokens"], 0);
+
+    // The same conversation through Chat Completions is planned the same.
+    let chat = post_json(
+        &c,
+        &format!("{}/chat/completions", s.openai_base()),
+        &[("authorization", &auth)],
+        &chat_body(false),
+    )
+    .await
+    .json();
+    assert_eq!(u["input_tokens"], chat["usage"]["prompt_tokens"]);
+    assert_eq!(u["output_tokens"], chat["usage"]["completion_tokens"]);
+    assert_eq!(u["total_tokens"], chat["usage"]["total_tokens"]);
+
+    // A string input counts like the message item.
+    let mut body = responses_body(false);
+    body["input"] = json!("Say hello to the gateway tests");
+    let v2 = post_json(&c, &responses_url(&s), &[("authorization", &auth)], &body)
+        .await
+        .json();
+    assert_eq!(v2["usage"], v["usage"]);
+    assert_ne!(v2["id"], v["id"], "ids are per request");
+
+    assert_eq!(s.requests(), 3);
+    assert_eq!(s.requests_for_key(KEY), 3);
+    assert_eq!(s.requests_for_dialect(Dialect::OpenAi), 3);
+    let rec = s.last_request().expect("recorded");
+    assert_eq!(rec.dialect, Dialect::OpenAi);
+    assert_eq!(rec.path, "/v1/responses");
+    assert_eq!(rec.body["input"], "Say hello to the gateway tests");
+}
+
+#[tokio::test]
+async fn responses_tool_call_when_tools_are_offered() {
+    let s = start(MockUpstream::new()).await;
+    let c = client();
+    let url = responses_url(&s);
+    let auth = [("authorization", "Bearer k")];
+    let v = post_json(&c, &url, &auth, &responses_tool_body(false))
+        .await
+        .json();
+    let output = v["output"].as_array().expect("output");
+    assert_eq!(output.len(), 1);
+    let call = &output[0];
+    assert_eq!(call["type"], "function_call");
+    assert_eq!(call["name"], "get_weather", "first tool by default");
+    assert_eq!(call["status"], "completed");
+    assert!(call["id"].as_str().is_some_and(|i| i.starts_with("fc_")));
+    assert!(call["call_id"]
+        .as_str()
+        .is_some_and(|i| i.starts_with("call_")));
+    let arguments = call["arguments"].as_str().expect("string arguments");
+    let args: Value = serde_json::from_str(arguments).expect("arguments are JSON text");
+    assert_eq!(args, json!({ "query": "Weather in Paris?" }));
+    assert_eq!(v["tools"][1]["name"], "get_time", "tools echoed");
+    let out_tokens = v["usage"]["output_tokens"].as_u64().expect("output_tokens");
+    assert!(out_tokens >= 2, "one token per argument fragment");
+    assert_eq!(
+        v["usage"]["total_tokens"].as_u64(),
+        v["usage"]["input_tokens"].as_u64().map(|i| i + out_tokens)
+    );
+
+    let mut named = responses_tool_body(false);
+    named["tool_choice"] = json!({ "type": "function", "name": "get_time" });
+    let v = post_json(&c, &url, &auth, &named).await.json();
+    assert_eq!(v["output"][0]["name"], "get_time", "named tool_choice wins");
+    assert_eq!(v["tool_choice"]["name"], "get_time", "tool_choice echoed");
+
+    let mut none = responses_tool_body(false);
+    none["tool_choice"] = json!("none");
+    let v = post_json(&c, &url, &auth, &none).await.json();
+    assert_eq!(v["output"][0]["type"], "message");
+    assert_eq!(v["output"][0]["content"][0]["text"], DEFAULT_REPLY);
+
+    let r = post_json(&c, &url, &auth, &responses_tool_body(true)).await;
+    let events = response_events(&r);
+    let n = names(&events);
+    assert_eq!(
+        n[..3],
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added"
+        ]
+    );
+    assert_eq!(
+        n[n.len() - 3..],
+        [
+            "response.function_call_arguments.done",
+            "response.output_item.done",
+            "response.completed"
+        ]
+    );
+    let deltas = &n[3..n.len() - 3];
+    assert!(deltas.len() >= 2, "arguments in fragments: {n:?}");
+    assert!(deltas
+        .iter()
+        .all(|d| *d == "response.function_call_arguments.delta"));
+    let added = &events[2].1["item"];
+    assert_eq!(added["type"], "function_call");
+    assert_eq!(added["arguments"], "");
+    assert_eq!(added["status"], "in_progress");
+    let item_id = added["id"].clone();
+    let streamed: String = events[3..n.len() - 3]
+        .iter()
+        .map(|(_, d)| {
+            assert_eq!(d["item_id"], item_id);
+            assert_eq!(d["output_index"], 0);
+            d["delta"].as_str().expect("delta")
+        })
+        .collect();
+    assert_eq!(streamed, r#"{"query":"Weather in Paris?"}"#);
+    assert_eq!(events[n.len() - 3].1["arguments"], streamed.as_str());
+    let done_item = &events[n.len() - 2].1["item"];
+    assert_eq!(done_item["status"], "completed");
+    assert_eq!(done_item["arguments"], streamed.as_str());
+    assert_eq!(events[n.len() - 1].1["response"]["output"][0], *done_item);
+}
+
+#[tokio::test]
+async fn responses_function_call_output_last_gives_tool_said() {
+    let s = start(MockUpstream::new()).await;
+    let c = client();
+    let mut body = responses_tool_body(false);
+    body["input"] = json!([
+        { "type": "message", "role": "user", "content": "Weather in Paris?" },
+        { "type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{\"query\":\"Paris\"}" },
+        { "type": "function_call_output", "call_id": "call_1", "output": "18C sunny" }
+    ]);
+    let auth = [("authorization", "Bearer k")];
+    let v = post_json(&c, &responses_url(&s), &auth, &body).await.json();
+    assert_eq!(v["output"][0]["type"], "message", "no second tool call");
+    assert_eq!(v["output"][0]["content"][0]["text"], "Tool said: 18C sunny");
+    assert_eq!(v["usage"]["output_tokens"], words("Tool said: 18C sunny"));
+    let chars = "Weather in Paris?".len()
+        + "get_weather".len()
+        + r#"{"query":"Paris"}"#.len()
+        + "18C sunny".len();
+    assert_eq!(v["usage"]["input_tokens"], (chars / 4) as u64);
+
+    body["stream"] = json!(true);
+    let r = post_json(&c, &responses_url(&s), &auth, &body).await;
+    let text: String = response_events(&r)
+        .iter()
+        .filter(|(n, _)| n == "response.output_text.delta")
+        .filter_map(|(_, d)| d["delta"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(text, "Tool said: 18C sunny");
+}
+
+#[tokio::test]
+async fn responses_stream_event_sequence() {
+    let s = start(MockUpstream::new()).await;
+    let c = client();
+    for path in [
+        "/v1/responses",
+        "/openai/v1/responses",
+        "/v1beta/openai/responses",
+    ] {
+        let r = post_json(
+            &c,
+            &format!("{}{path}", s.url()),
+            &[("authorization", "Bearer k")],
+            &responses_body(true),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        assert!(r
+            .header("content-type")
+            .unwrap_or_default()
+            .starts_with("text/event-stream"));
+        assert!(!r.text().contains("[DONE]"), "no [DONE]");
+        let events = response_events(&r);
+        let mut expected = vec![
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added",
+        ];
+        expected.extend(std::iter::repeat_n(
+            "response.output_text.delta",
+            words(DEFAULT_REPLY) as usize,
+        ));
+        expected.extend([
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed",
+        ]);
+        assert_eq!(names(&events), expected, "{path}");
+        for (i, (name, d)) in events.iter().enumerate() {
+            assert_eq!(d["sequence_number"], i as u64, "{name}");
+        }
+
+        let created = &events[0].1["response"];
+        assert_eq!(created["status"], "in_progress");
+        assert_eq!(created["output"], json!([]));
+        assert!(created["usage"].is_null());
+        assert_eq!(events[1].1["response"], *created);
+        let added = &events[2].1;
+        assert_eq!(added["output_index"], 0);
+        assert_eq!(added["item"]["type"], "message");
+        assert_eq!(added["item"]["status"], "in_progress");
+        assert_eq!(added["item"]["content"], json!([]));
+        let item_id = added["item"]["id"].clone();
+        let part = &events[3].1;
+        assert_eq!(part["item_id"], item_id);
+        assert_eq!(
+            (part["output_index"].clone(), part["content_index"].clone()),
+            (json!(0), json!(0))
+        );
+        assert_eq!(
+            part["part"],
+            json!({ "type": "output_text", "text": "", "annotations": [] })
+        );
+        let deltas = &events[4..events.len() - 4];
+        let text: String = deltas
+            .iter()
+            .map(|(_, d)| {
+                assert_eq!(d["item_id"], item_id);
+                assert_eq!(d["content_index"], 0);
+                assert_eq!(d["logprobs"], json!([]));
+                d["delta"].as_str().expect("delta")
+            })
+            .collect();
+        assert_eq!(text, DEFAULT_REPLY);
+        let n = events.len();
+        assert_eq!(events[n - 4].1["text"], DEFAULT_REPLY);
+        assert_eq!(events[n - 3].1["part"]["text"], DEFAULT_REPLY);
+        let item = &events[n - 2].1["item"];
+        assert_eq!(item["status"], "completed");
+        assert_eq!(item["id"], item_id);
+        assert_eq!(item["content"][0]["text"], DEFAULT_REPLY);
+
+        let done = &events[n - 1].1["response"];
+        assert_eq!(done["id"], created["id"]);
+        assert!(done["id"].as_str().is_some_and(|i| i.starts_with("resp_")));
+        assert_eq!(done["status"], "completed");
+        assert_eq!(done["output"], json!([item]));
+        assert_eq!(done["instructions"], "Be terse.");
+        assert_eq!(done["usage"]["input_tokens"], chat_prompt_tokens());
+        assert_eq!(done["usage"]["output_tokens"], words(DEFAULT_REPLY));
+        assert_eq!(
+            done["usage"]["total_tokens"],
+            chat_prompt_tokens() + words(DEFAULT_REPLY)
+        );
+    }
+}
+
+#[tokio::test]
+async fn responses_wrong_or_missing_key_is_401() {
+    let s = start(MockUpstream::new().key(KEY)).await;
+    let c = client();
+    let r = post_json(
+        &c,
+        &responses_url(&s),
+        &[("authorization", "Bearer sk-wrong-key-000000")],
+        &responses_body(false),
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    let e = &r.json()["error"];
+    assert_eq!(e["code"], "invalid_api_key");
+    assert_eq!(e["type"], "invalid_request_error");
+    assert!(e["param"].is_null() && e.get("param").is_some());
+    assert!(e["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("Incorrect API key") && !m.contains("sk-wrong-key-000000")));
+    assert_eq!(s.requests_for_key("sk-wrong-key-000000"), 1, "counted");
+
+    let r = post_json(&c, &responses_url(&s), &[], &responses_body(false)).await;
+    assert_eq!(r.status, 401);
+    assert!(r.json()["error"]["message"].is_string());
+
+    let auth = bearer(KEY);
+    let ok = post_json(
+        &c,
+        &responses_url(&s),
+        &[("authorization", &auth)],
+        &responses_body(false),
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(s.requests(), 3);
+}
+
+#[tokio::test]
+async fn responses_share_the_chat_limits_and_faults() {
+    let auth = bearer(KEY);
+    let limited = start(MockUpstream::new().key_limits(KEY, Some(1), None)).await;
+    let c = client();
+    let url = responses_url(&limited);
+    let ok = post_json(
+        &c,
+        &url,
+        &[("authorization", &auth)],
+        &responses_body(false),
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.header("x-ratelimit-limit-requests"), Some("1"));
+    let r = post_json(
+        &c,
+        &url,
+        &[("authorization", &auth)],
+        &responses_body(false),
+    )
+    .await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"]["code"], "rate_limit_exceeded");
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("0"));
+
+    let s = start(MockUpstream::new()).await;
+    let url = responses_url(&s);
+    let k = [("authorization", "Bearer k")];
+    let bad = post_json(&c, &url, &k, &json!({ "model": "m", "input": 3 })).await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["error"]["type"], "invalid_request_error");
+
+    s.set_faults(Faults {
+        error_rate: 1.0,
+        error_status: Some(503),
+        ..Faults::default()
+    });
+    let r = post_json(&c, &url, &k, &responses_body(false)).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"]["type"], "server_error");
+
+    s.set_faults(Faults {
+        rate_limit_always: true,
+        ..Faults::default()
+    });
+    let r = post_json(&c, &url, &k, &responses_body(false)).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), Some("1"));
+
+    s.set_faults(Faults {
+        quota_exhausted: true,
+        ..Faults::default()
+    });
+    let r = post_json(&c, &url, &k, &responses_body(false)).await;
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (429, json!("insufficient_quota"))
+    );
+
+    s.set_faults(Faults {
+        malformed: true,
+        ..Faults::default()
+    });
+    let r = post_json(&c, &url, &k, &responses_body(false)).await;
+    assert_eq!(r.status, 200);
+    assert!(serde_json::from_slice::<Value>(&r.body).is_err());
+    let r = post_json(&c, &url, &k, &responses_body(true)).await;
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("content-type")
+        .unwrap_or_default()
+        .starts_with("text/event-stream"));
+    let events = sse(&r.text());
+    assert!(!events.is_empty());
+    assert!(events
+        .iter()
+        .all(|(_, d)| serde_json::from_str::<Value>(d).is_err()));
+
+    s.set_faults(Faults {
+        disconnect_after_chunks: Some(2),
+        ..Faults::default()
+    });
+    let r = post_json(&c, &url, &k, &responses_body(true)).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body_error.is_some(), "connection dropped");
+    assert_eq!(
+        names(&response_events(&r)),
+        ["response.created", "response.in_progress"]
+    );
+
+    s.set_faults(Faults {
+        mid_stream_error_after: Some(3),
+        error_status: Some(503),
+        ..Faults::default()
+    });
+    let r = post_json(&c, &url, &k, &responses_body(true)).await;
+    let events = response_events(&r);
+    assert_eq!(events.len(), 4);
+    let (name, e) = &events[3];
+    assert_eq!(name, "error");
+    assert_eq!(e["sequence_number"], 3);
+    assert_eq!(e["code"], "server_error");
+    assert!(e["message"].is_string());
+
+    s.set_faults(Faults {
+        ttft_ms: Some(40),
+        chunk_delay_ms: Some(10),
+        ..Faults::default()
+    });
+    let t = Instant::now();
+    let r = post_json(&c, &url, &k, &responses_body(true)).await;
+    let n = response_events(&r).len() as u32;
+    // 40 ms before the first event, 10 ms between the others.
+    assert!(
+        t.elapsed() >= Duration::from_millis(40) + Duration::from_millis(10) * (n - 1),
+        "took {:?} for {n} events",
+        t.elapsed()
+    );
+    assert_eq!(s.requests(), 9, "every request counted");
+}
+
 // ---------------------------------------------------------------- Azure
 
 #[tokio::test]

@@ -9,6 +9,7 @@ pub(crate) mod bedrock;
 pub(crate) mod cohere;
 pub(crate) mod google;
 pub(crate) mod openai;
+pub(crate) mod responses;
 
 use std::time::Duration;
 
@@ -83,6 +84,8 @@ pub(crate) struct Ctx<'a> {
     pub sse: bool,
     /// Bedrock `InvokeModel`: Anthropic's body and events.
     pub invoke: bool,
+    /// OpenAI Responses API: the request, whose settings the answer echoes.
+    pub responses: Option<&'a serde_json::Value>,
 }
 
 /// Renders an error in the dialect's shape.
@@ -101,6 +104,9 @@ pub(crate) fn error(d: Dialect, e: &ErrorKind, seq: u64) -> ErrorResponse {
 /// The in-band error event sent mid-stream.
 pub(crate) fn stream_error(ctx: &Ctx<'_>, status: u16, sent: usize) -> Bytes {
     match ctx.dialect {
+        Dialect::OpenAi | Dialect::Azure if ctx.responses.is_some() => {
+            responses::stream_error(status, sent)
+        }
         Dialect::OpenAi | Dialect::Azure => openai::stream_error(status),
         Dialect::Anthropic => anthropic::stream_error(status),
         Dialect::Gemini | Dialect::Vertex => google::stream_error(status, ctx.sse, sent),

@@ -107,7 +107,7 @@ fn usage(plan: &Plan) -> Value {
     })
 }
 
-fn call_id(plan: &Plan) -> String {
+pub(super) fn call_id(plan: &Plan) -> String {
     format!("call_mock{:015}", plan.seq)
 }
 
@@ -334,7 +334,7 @@ pub(crate) fn models_json() -> String {
     .to_string()
 }
 
-fn server_message(status: u16) -> (&'static str, &'static str) {
+pub(super) fn server_message(status: u16) -> (&'static str, &'static str) {
     match status {
         503 => (
             "The engine is currently overloaded, please try again later.",
