@@ -741,6 +741,113 @@ targets = [{ provider = "ant", model = "claude-3-5-haiku-latest" }, { provider =
     gw.stop().await;
 }
 
+/// The OpenAI Responses API goes to OpenAI-format providers only, as the client wrote it (model
+/// rewritten, the gateway's `fallbacks` removed) and back as it came; other providers are passed
+/// over, and a model only they serve is a 400.
+#[tokio::test]
+async fn responses_pass_through_to_providers_that_speak_it() {
+    let o = mock(&["sk-test-openai-1", "sk-test-openai-2"]).await;
+    let a = mock(&["sk-ant-test-1"]).await;
+    let toml = two_providers(&o, &a)
+        + r#"
+[[routes]]
+name = "both"
+strategy = "round_robin"
+targets = [{ provider = "ant", model = "claude-3-5-haiku-latest" }, { provider = "oai", model = "gpt-4o-mini" }]
+"#;
+    let gw = TestGateway::start(&toml).await;
+    let body = json!({
+        "model": "both",
+        "instructions": "Be terse.",
+        "input": [{"role": "user", "content": [{"type": "input_text", "text": "hello"}]}],
+        "max_output_tokens": 64,
+        "store": false,
+        "metadata": {"team": "search"},
+        "some_future_member": {"kept": [1, 2.50, "x"]},
+        "fallbacks": null
+    });
+    for _ in 0..3 {
+        let r = gw.post("/v1/responses", &body).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-gateway-provider"), Some("oai"));
+        let v = r.json();
+        assert_eq!(v["object"], "response");
+        assert!(v["id"].as_str().unwrap().starts_with("resp_"), "{v}");
+        assert!(!v["output"][0]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .is_empty());
+        assert!(v["usage"]["input_tokens"].as_u64().unwrap() > 0);
+    }
+    // The upstream got the client's body: its model rewritten, `fallbacks` gone, the rest as
+    // written (numbers included).
+    let seen = o.last_request().unwrap();
+    assert_eq!(seen.path, "/v1/responses");
+    assert_eq!(seen.body["model"], "gpt-4o-mini");
+    assert!(seen.body.get("fallbacks").is_none(), "{}", seen.body);
+    assert_eq!(seen.body["some_future_member"], body["some_future_member"]);
+    assert_eq!(seen.body["metadata"], body["metadata"]);
+    assert_eq!(seen.body["input"], body["input"]);
+    assert!(seen
+        .header("authorization")
+        .unwrap()
+        .starts_with("Bearer sk-test-openai-"));
+
+    // Streamed: the upstream's events, named, in order, and nothing added.
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let r = gw.post("/v1/responses", &streamed).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    let names = r.sse_events();
+    assert_eq!(
+        names.first().map(String::as_str),
+        Some("response.created"),
+        "{names:?}"
+    );
+    assert_eq!(
+        names.last().map(String::as_str),
+        Some("response.completed"),
+        "{names:?}"
+    );
+    assert!(names.iter().any(|n| n == "response.output_text.delta"));
+    let data = r.sse_data();
+    assert!(!data.iter().any(|d| d == "[DONE]"));
+    let seqs: Vec<u64> = data
+        .iter()
+        .map(|d| {
+            serde_json::from_str::<Value>(d).unwrap()["sequence_number"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
+    assert_eq!(o.last_request().unwrap().body["stream"], true);
+
+    assert_eq!(
+        a.requests(),
+        0,
+        "the Anthropic provider never got a Responses request"
+    );
+    // A model only Anthropic serves: 400 naming the API, nothing sent.
+    let mut claude = body.clone();
+    claude["model"] = json!("ant/claude-3-5-haiku-latest");
+    let r = gw.post("/v1/responses", &claude).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "unsupported_parameter");
+    assert!(r.text().contains("Responses API"), "{}", r.text());
+    assert_eq!(a.requests(), 0);
+    // Bad input gets the OpenAI error shape.
+    let r = gw.post("/v1/responses", &json!({"input": "hi"})).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["param"], "model");
+    let r = gw
+        .post("/v1/responses", &json!({"model": "no-such", "input": "hi"}))
+        .await;
+    assert_eq!(r.status, 404);
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn caller_errors_are_not_failed_over() {
     let (gw, o, a) = setup().await;

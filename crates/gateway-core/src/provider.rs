@@ -147,6 +147,9 @@ pub enum Passthrough {
     /// Anthropic Messages: the message's JSON, and each chunk's whole SSE event text
     /// (`event: …\ndata: …\n\n`).
     AnthropicMessages,
+    /// OpenAI Responses ([`ChatRequest::is_responses`]): the response object's JSON, and each
+    /// chunk's whole SSE event text, as for Anthropic Messages.
+    OpenAiResponses,
 }
 
 /// A non-streaming answer plus what the headers said.
@@ -188,10 +191,10 @@ pub trait Provider: Send + Sync + 'static {
     /// Whether this provider's API can do what `request` asks of `model`, checked before a key
     /// is picked: an [`ProviderError::Unsupported`] moves failover to the next target without
     /// an attempt (nothing is sent, no key or health signal is touched). The default supports
-    /// everything.
+    /// every chat request except an OpenAI Responses one ([`responses_unsupported`]).
     fn supports(&self, model: &str, request: &ChatRequest) -> Result<(), ProviderError> {
-        let _ = (model, request);
-        Ok(())
+        let _ = model;
+        responses_unsupported(self.kind(), request)
     }
 
     /// A chat completion.
@@ -242,4 +245,17 @@ pub trait Provider: Send + Sync + 'static {
         let _ = call;
         Ok(Vec::new())
     }
+}
+
+/// [`ProviderError::Unsupported`] for an OpenAI Responses request ([`ChatRequest::is_responses`]):
+/// what [`Provider::supports`] answers for it by default. Providers that speak the Responses API
+/// accept it in their own `supports`.
+pub fn responses_unsupported(kind: &str, request: &ChatRequest) -> Result<(), ProviderError> {
+    if request.is_responses() {
+        return Err(ProviderError::Unsupported {
+            message: format!("provider kind `{kind}` does not serve the OpenAI Responses API"),
+            param: Some("model".to_owned()),
+        });
+    }
+    Ok(())
 }

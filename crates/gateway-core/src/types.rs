@@ -443,9 +443,31 @@ pub struct NativeRequest {
     /// Request headers of that format that change what the body means, lowercase names: for
     /// Anthropic Messages, `anthropic-beta` (the beta features the body's members belong to).
     pub headers: Vec<(String, String)>,
+    /// The API the body is written for.
+    pub api: NativeApi,
+}
+
+/// The API a [`NativeRequest`] is written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NativeApi {
+    /// Anthropic Messages. The request is decoded in full too ([`ChatRequest::messages`]...), so
+    /// any provider can serve it; Anthropic ones get the body itself.
+    #[default]
+    AnthropicMessages,
+    /// OpenAI Responses (`POST /v1/responses`). Only `model`, `stream`, `max_output_tokens` and
+    /// `fallbacks` are decoded: only providers that speak it can serve it (the rest are passed
+    /// over, see [`ChatRequest::is_responses`]).
+    OpenAiResponses,
 }
 
 impl ChatRequest {
+    /// Whether this is an OpenAI Responses request: its body is only in [`Self::native`].
+    pub fn is_responses(&self) -> bool {
+        self.native
+            .as_ref()
+            .is_some_and(|n| n.api == NativeApi::OpenAiResponses)
+    }
+
     /// The output limit the caller asked for, whichever field carried it.
     pub fn output_limit(&self) -> Option<u32> {
         self.max_completion_tokens.or(self.max_tokens)
@@ -453,6 +475,9 @@ impl ChatRequest {
 
     /// A cheap estimate of input tokens (about four bytes per token, plus per-message overhead).
     pub fn estimate_input_tokens(&self) -> u64 {
+        if let Some(n) = self.native.as_ref().filter(|_| self.is_responses()) {
+            return (n.body.len() as u64).div_ceil(4).max(1);
+        }
         let mut bytes = 0usize;
         for m in &self.messages {
             bytes += 16;

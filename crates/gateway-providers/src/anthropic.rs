@@ -1000,7 +1000,7 @@ fn skim_text_delta_span(data: &[u8]) -> Option<&[u8]> {
 }
 
 /// The `type` of an event's data, read with a skim (for an upstream that leaves out `event:`).
-fn skim_type(data: &[u8]) -> Option<&str> {
+pub(crate) fn skim_type(data: &[u8]) -> Option<&str> {
     let mut sk = Skim::new(data);
     let mut kind = None;
     sk.object(|sk, key| {
@@ -1016,7 +1016,7 @@ fn skim_type(data: &[u8]) -> Option<&str> {
 
 /// The SSE text of an event named `name` with `data`, as Anthropic writes it: `event:`, then
 /// each line of the data after `data: `, then a blank line.
-fn sse_text(name: &[u8], data: &[u8]) -> Bytes {
+pub(crate) fn sse_text(name: &[u8], data: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(name.len() + data.len() + 17);
     out.extend_from_slice(b"event: ");
     out.extend_from_slice(name);
@@ -1523,6 +1523,7 @@ mod tests {
                 ("anthropic-beta".into(), "context-1m-2025-08-07".into()),
                 ("x-other".into(), "not a beta".into()),
             ],
+            api: gateway_core::types::NativeApi::AnthropicMessages,
         };
         merge_betas(&mut headers, &native).expect("merged");
         let betas: Vec<&str> = headers

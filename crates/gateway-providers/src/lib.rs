@@ -21,6 +21,7 @@ pub mod headers;
 pub mod http;
 pub mod openai;
 pub mod registry;
+pub mod responses;
 pub mod signatures;
 mod skim;
 pub mod sse;
@@ -33,13 +34,15 @@ pub use registry::{build_provider, kind_info, kinds, BuildError, KindInfo, Provi
 /// For APIs that give one answer per request (Anthropic, Bedrock, Cohere, Claude on Vertex): a
 /// request for several (`n` above 1) is [`ProviderError::Unsupported`], so the engine passes the
 /// target over for one that can (an OpenAI-format or Gemini target), or answers 400 naming `n`,
-/// instead of silently answering once.
+/// instead of silently answering once. An OpenAI Responses request is unsupported too
+/// ([`gateway_core::provider::responses_unsupported`]).
 ///
 /// [`ProviderError::Unsupported`]: gateway_core::error::ProviderError::Unsupported
 pub fn one_answer_only(
     kind: &str,
     request: &gateway_core::types::ChatRequest,
 ) -> Result<(), gateway_core::error::ProviderError> {
+    gateway_core::provider::responses_unsupported(kind, request)?;
     match request.n {
         Some(n) if n > 1 => Err(gateway_core::error::ProviderError::Unsupported {
             message: format!(

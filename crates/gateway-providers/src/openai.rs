@@ -40,6 +40,7 @@ use crate::headers::rate_limit_info;
 use crate::http::{
     bearer, header_value, join_url, json_request, read_body, HttpClient, DEFAULT_MAX_BODY,
 };
+use crate::responses;
 use crate::skim::Skim;
 use crate::sse::{SseEvent, SseStream};
 use crate::stream::{decode_stream, response_to_chunks, StreamDecoder};
@@ -85,6 +86,7 @@ pub struct OpenAiConfig {
 pub struct OpenAiProvider {
     kind: Arc<str>,
     chat_url: String,
+    responses_url: String,
     embeddings_url: String,
     models_url: String,
     headers: Arc<[(HeaderName, HeaderValue)]>,
@@ -97,6 +99,7 @@ impl OpenAiProvider {
     pub fn new(config: OpenAiConfig, client: HttpClient) -> Self {
         OpenAiProvider {
             chat_url: join_url(&config.base_url, "/chat/completions"),
+            responses_url: join_url(&config.base_url, "/responses"),
             embeddings_url: join_url(&config.base_url, "/embeddings"),
             models_url: join_url(&config.base_url, "/models"),
             kind: config.kind.into(),
@@ -129,11 +132,31 @@ impl Provider for OpenAiProvider {
         &self.kind
     }
 
+    /// Everything, the Responses API included: a compatible server without it answers 404,
+    /// and failover moves on.
+    fn supports(&self, _model: &str, _request: &ChatRequest) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
     async fn chat(
         &self,
         call: &Call,
         request: &ChatRequest,
     ) -> Result<ProviderResponse<ChatResponse>, ProviderError> {
+        if request.is_responses() {
+            let body = responses::responses_body(request, &call.model, false)?;
+            let req = json_request(
+                Method::POST,
+                &self.responses_url,
+                &self.request_headers(call)?,
+                body,
+            )?;
+            let resp = self.client.fetch(req, call.timeout, classify).await?;
+            return Ok(ProviderResponse {
+                body: responses::parse_response(resp.body())?,
+                rate_limit: rate_limit_info(resp.headers()),
+            });
+        }
         let body = chat_body(request, &call.model, false, self.quirks)?;
         let req = json_request(
             Method::POST,
@@ -157,6 +180,23 @@ impl Provider for OpenAiProvider {
         call: &Call,
         request: &ChatRequest,
     ) -> Result<ProviderStream, ProviderError> {
+        if request.is_responses() {
+            let body = responses::responses_body(request, &call.model, true)?;
+            let mut req = json_request(
+                Method::POST,
+                &self.responses_url,
+                &self.request_headers(call)?,
+                body,
+            )?;
+            accept_event_stream(&mut req);
+            let resp = self.client.open_stream(req, call.timeout, classify).await?;
+            let rate_limit = rate_limit_info(resp.headers());
+            let events = SseStream::new(resp.into_body()).idle_timeout(call.timeout);
+            return Ok(ProviderStream {
+                chunks: decode_stream(events, responses::ResponsesStreamDecoder::default()),
+                rate_limit,
+            });
+        }
         let body = chat_body(request, &call.model, true, self.quirks)?;
         let mut req = json_request(
             Method::POST,

@@ -513,7 +513,7 @@ impl Provider for VertexProvider {
         if is_claude(model) {
             crate::one_answer_only("Claude on Vertex", request)
         } else {
-            Ok(())
+            gateway_core::provider::responses_unsupported("vertex", request)
         }
     }
 

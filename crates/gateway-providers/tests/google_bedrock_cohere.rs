@@ -819,6 +819,7 @@ async fn vertex_claude_passes_an_anthropic_clients_request_and_answer_through() 
     req.native = Some(gateway_core::types::NativeRequest {
         body: serde_json::to_vec(&client_body).expect("json").into(),
         headers: Vec::new(),
+        api: gateway_core::types::NativeApi::AnthropicMessages,
     });
     let direct = p.chat(&c, &req).await.expect("rawPredict").body;
     let raw: serde_json::Value =
@@ -923,6 +924,7 @@ async fn bedrock_claude_passes_an_anthropic_clients_request_and_answer_through()
             "anthropic-beta".into(),
             "interleaved-thinking-2025-05-14".into(),
         )],
+        api: gateway_core::types::NativeApi::AnthropicMessages,
     });
     let answer = p.chat(&c, &req).await.expect("invoke").body;
     let raw: serde_json::Value =

@@ -325,8 +325,20 @@ impl Gateway {
                 | "/openai/v1/chat/completions"
                 | "/v1/messages"
                 | "/anthropic/v1/messages"
-                | "/messages",
-            ) => self.chat(req, dialect, &request_id, started).await,
+                | "/messages"
+                | "/v1/responses"
+                | "/responses"
+                | "/openai/v1/responses",
+            ) => {
+                let api = if path.ends_with("/responses") {
+                    Api::Responses
+                } else if dialect == Dialect::Anthropic {
+                    Api::Messages
+                } else {
+                    Api::ChatCompletions
+                };
+                self.chat(req, api, &request_id, started).await
+            }
             (Method::POST, "/v1/messages/count_tokens" | "/anthropic/v1/messages/count_tokens") => {
                 Box::pin(self.count_tokens(req, &request_id)).await
             }
@@ -334,15 +346,17 @@ impl Gateway {
                 Box::pin(self.embeddings(req, &request_id, started)).await
             }
             (_, p) if p.starts_with("/admin/") || p == "/admin" => Box::pin(self.admin(req)).await,
-            (_, "/v1/chat/completions" | "/v1/messages" | "/v1/embeddings") => error_response(
-                &ApiError::new(
-                    405,
-                    ErrorKind::InvalidRequest,
-                    format!("method {method} not allowed on {path}"),
-                ),
-                dialect,
-                &request_id,
-            ),
+            (_, "/v1/chat/completions" | "/v1/messages" | "/v1/embeddings" | "/v1/responses") => {
+                error_response(
+                    &ApiError::new(
+                        405,
+                        ErrorKind::InvalidRequest,
+                        format!("method {method} not allowed on {path}"),
+                    ),
+                    dialect,
+                    &request_id,
+                )
+            }
             _ => error_response(
                 &ApiError::new(
                     404,
@@ -497,19 +511,22 @@ impl Gateway {
     async fn chat(
         self: &Arc<Self>,
         req: Request<Incoming>,
-        dialect: Dialect,
+        api: Api,
         request_id: &Arc<str>,
         started: Instant,
     ) -> Response<Body> {
+        let dialect = api.dialect();
         let (head, body) = Head::take(req);
         let trace = head.trace;
         let body = match self.read_declared(head.content_length, body).await {
             Ok(b) => b,
             Err(e) => return error_response(&e, dialect, request_id),
         };
-        let decoded = match dialect {
-            Dialect::OpenAi => openai::decode_chat(&body),
-            Dialect::Anthropic => anthropic::decode_request(&body),
+        let decoded = match api {
+            Api::ChatCompletions => openai::decode_chat(&body),
+            Api::Messages => anthropic::decode_request(&body),
+            // Its body rides along in `native`, copied (see below).
+            Api::Responses => openai::decode_responses(&body),
         };
         let mut request = match decoded {
             Ok(r) => r,
@@ -522,15 +539,16 @@ impl Gateway {
             request.native = Some(NativeRequest {
                 body: Bytes::copy_from_slice(&body),
                 headers: head.native_headers,
+                api: gateway_core::types::NativeApi::AnthropicMessages,
             });
         }
         let mut record = RequestRecord {
             request_id: String::from(&**request_id),
             started_at_ms: unix_ms(),
-            endpoint: if dialect == Dialect::Anthropic {
-                "messages"
-            } else {
-                "chat"
+            endpoint: match api {
+                Api::ChatCompletions => "chat",
+                Api::Messages => "messages",
+                Api::Responses => "responses",
             },
             requested_model: request.model.clone(),
             stream: request.stream,
@@ -562,19 +580,18 @@ impl Gateway {
             allowed_providers: allowed_providers(&*permit),
             // Clients get answers and chunks as they came from an upstream of their own dialect
             // (see `encode_chunk` and `anthropic::StreamEncoder`).
-            passthrough: match dialect {
-                Dialect::OpenAi => Passthrough::OpenAiChat,
-                Dialect::Anthropic => Passthrough::AnthropicMessages,
+            passthrough: match api {
+                Api::ChatCompletions => Passthrough::OpenAiChat,
+                Api::Messages => Passthrough::AnthropicMessages,
+                Api::Responses => Passthrough::OpenAiResponses,
             },
             ..RequestOptions::default()
         };
         if request.stream {
             // Boxed: its future is about three times the size of the rest of `chat`'s, and inline
             // it would be part of every connection's (see `handle`).
-            return Box::pin(
-                self.chat_stream(request, dialect, opts, permit, record, started, ext),
-            )
-            .await;
+            return Box::pin(self.chat_stream(request, api, opts, permit, record, started, ext))
+                .await;
         }
         match self.engine.chat(&request, &opts).await {
             Ok(out) => {
@@ -649,13 +666,14 @@ impl Gateway {
     async fn chat_stream(
         self: &Arc<Self>,
         request: ChatRequest,
-        dialect: Dialect,
+        api: Api,
         opts: RequestOptions,
         permit: Box<dyn Permit>,
         mut record: RequestRecord,
         started: Instant,
         ext: Arc<Extensions>,
     ) -> Response<Body> {
+        let dialect = api.dialect();
         let include_usage = request.wants_stream_usage();
         let est = request.estimate_input_tokens();
         match self.engine.chat_stream(&request, &opts).await {
@@ -673,6 +691,7 @@ impl Gateway {
                     dialect,
                     anthropic: (dialect == Dialect::Anthropic)
                         .then(|| anthropic::StreamEncoder::new(&request.model, est)),
+                    verbatim: api == Api::Responses,
                     include_usage,
                     state: SseState::First,
                     buf: Vec::new(),
@@ -732,6 +751,7 @@ impl Gateway {
         request.native = Some(NativeRequest {
             body: Bytes::copy_from_slice(&body),
             headers: head.native_headers,
+            api: gateway_core::types::NativeApi::AnthropicMessages,
         });
         drop(body);
         let opts = RequestOptions {
@@ -1147,12 +1167,36 @@ enum SseState {
     Done,
 }
 
+/// The API a chat-like request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    /// OpenAI `POST /v1/chat/completions`.
+    ChatCompletions,
+    /// Anthropic `POST /v1/messages`.
+    Messages,
+    /// OpenAI `POST /v1/responses`, passed through to providers that speak it.
+    Responses,
+}
+
+impl Api {
+    /// The format of its errors.
+    fn dialect(self) -> Dialect {
+        match self {
+            Api::Messages => Dialect::Anthropic,
+            Api::ChatCompletions | Api::Responses => Dialect::OpenAi,
+        }
+    }
+}
+
 /// The SSE body of a streamed answer, in the client's dialect (`S` is the engine's stream; tests
 /// give it a plain one).
 struct SseBody<S = EngineStream> {
     inner: S,
     dialect: Dialect,
     anthropic: Option<anthropic::StreamEncoder>,
+    /// Chunks are whole SSE events, written as they came, and nothing is added at the end (the
+    /// OpenAI Responses API).
+    verbatim: bool,
     include_usage: bool,
     state: SseState,
     buf: Vec<u8>,
@@ -1237,6 +1281,11 @@ where
                     }
                     match &mut this.anthropic {
                         Some(enc) => enc.chunk(&chunk, &mut this.buf),
+                        None if this.verbatim => {
+                            if let Some(raw) = &chunk.raw {
+                                this.buf.extend_from_slice(raw);
+                            }
+                        }
                         None => {
                             openai::encode_chunk(&chunk, this.include_usage, &mut this.buf);
                         }
@@ -1260,8 +1309,12 @@ where
                         message: msg.clone(),
                         ..err
                     };
-                    this.buf
-                        .extend_from_slice(&err.sse_event(this.dialect, &this.request_id));
+                    if this.verbatim {
+                        openai::responses_error_event(&err, &mut this.buf);
+                    } else {
+                        this.buf
+                            .extend_from_slice(&err.sse_event(this.dialect, &this.request_id));
+                    }
                     this.finish(502, Some(msg));
                     return this.emit();
                 }
@@ -1269,6 +1322,7 @@ where
                     this.state = SseState::Done;
                     match &mut this.anthropic {
                         Some(enc) => enc.finish(&mut this.buf),
+                        None if this.verbatim => {}
                         None => this.buf.extend_from_slice(openai::DONE),
                     }
                     this.finish(200, None);
@@ -1322,6 +1376,7 @@ mod tests {
                     inner: futures_util::stream::iter(chunks),
                     dialect: Dialect::OpenAi,
                     anthropic: None,
+                    verbatim: false,
                     include_usage: false,
                     state: SseState::First,
                     buf: Vec::new(),

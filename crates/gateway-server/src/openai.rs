@@ -3,7 +3,10 @@
 
 use base64::Engine as _;
 use bytes::Bytes;
-use gateway_core::types::{ChatChunk, ChatRequest, EmbeddingRequest, EmbeddingResponse, ModelInfo};
+use gateway_core::types::{
+    ChatChunk, ChatRequest, EmbeddingRequest, EmbeddingResponse, ModelInfo, NativeApi,
+    NativeRequest,
+};
 use serde_json::{json, Value};
 
 use crate::errors::ApiError;
@@ -36,6 +39,43 @@ fn unnamed_function(req: &ChatRequest) -> Option<usize> {
         .iter()
         .flatten()
         .position(|t| t.is_function() && t.function.name.is_empty())
+}
+
+/// What the gateway reads of a Responses request (`POST /v1/responses`); the rest goes upstream
+/// as it came.
+#[derive(serde::Deserialize)]
+struct ResponsesHead {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    max_output_tokens: Option<u32>,
+    #[serde(default)]
+    fallbacks: Option<Vec<String>>,
+}
+
+/// Decodes a Responses request: `model`, `stream`, `max_output_tokens` and the gateway's
+/// `fallbacks` are read; the body itself rides along in [`ChatRequest::native`]
+/// ([`NativeApi::OpenAiResponses`]), for the providers that speak the Responses API.
+pub fn decode_responses(body: &[u8]) -> Result<ChatRequest, ApiError> {
+    let head: ResponsesHead = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
+    let model = match head.model {
+        Some(m) if !m.is_empty() => m,
+        _ => return Err(ApiError::invalid("you must provide a model parameter").param("model")),
+    };
+    Ok(ChatRequest {
+        model,
+        stream: head.stream.unwrap_or(false),
+        max_tokens: head.max_output_tokens,
+        fallbacks: head.fallbacks.unwrap_or_default(),
+        native: Some(NativeRequest {
+            body: Bytes::copy_from_slice(body),
+            headers: Vec::new(),
+            api: NativeApi::OpenAiResponses,
+        }),
+        ..ChatRequest::default()
+    })
 }
 
 /// Decodes and validates a chat-completions body.
@@ -200,6 +240,21 @@ pub fn model_json(m: &ModelInfo) -> Value {
         "display_name": m.id,
         "created_at": "1970-01-01T00:00:00Z",
     })
+}
+
+/// A Responses stream's `error` event for a failure after the stream began (the SDKs raise
+/// it): `event: error` with the error's `code`, `message` and `param`.
+pub fn responses_error_event(err: &ApiError, out: &mut Vec<u8>) {
+    let data = json!({
+        "type": "error",
+        "code": err.code.as_deref().unwrap_or("upstream_error"),
+        "message": err.message,
+        "param": err.param,
+        "sequence_number": 0,
+    });
+    out.extend_from_slice(b"event: error\ndata: ");
+    out.extend_from_slice(data.to_string().as_bytes());
+    out.extend_from_slice(b"\n\n");
 }
 
 #[cfg(test)]

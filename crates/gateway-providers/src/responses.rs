@@ -1,0 +1,231 @@
+//! The OpenAI Responses API (`POST /v1/responses`), passed through.
+//!
+//! The gateway does not translate Responses requests: an OpenAI-format upstream gets the client's
+//! body with only `model` (and `stream`) rewritten and the gateway's `fallbacks` removed, and the
+//! answer, or every streamed event, goes back as it came. Only the usage is read, for budgets,
+//! rate limits and the request log (wire-formats §1.3).
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use gateway_core::types::{ChatChunk, ChatRequest, ChatResponse, PromptTokensDetails, Usage};
+use gateway_core::ProviderError;
+use serde::Deserialize;
+
+use crate::anthropic::{native_body, skim_type, sse_text};
+use crate::sse::SseEvent;
+use crate::stream::StreamDecoder;
+
+/// The upstream body of a Responses request ([`ChatRequest::is_responses`]): the client's, with
+/// `model` set to the upstream model id and `stream` as this call streams.
+pub fn responses_body(
+    request: &ChatRequest,
+    model: &str,
+    stream: bool,
+) -> Result<Bytes, ProviderError> {
+    let native = request
+        .native
+        .as_ref()
+        .ok_or_else(|| ProviderError::Protocol("a Responses request without its body".into()))?;
+    native_body(&native.body, model, stream)
+}
+
+#[derive(Deserialize)]
+struct Object {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    created_at: u64,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    output_tokens: u64,
+    #[serde(default)]
+    total_tokens: Option<u64>,
+    #[serde(default)]
+    input_tokens_details: Option<PromptTokensDetails>,
+}
+
+impl WireUsage {
+    fn canonical(self) -> Usage {
+        Usage {
+            prompt_tokens: self.input_tokens,
+            completion_tokens: self.output_tokens,
+            total_tokens: self
+                .total_tokens
+                .unwrap_or(self.input_tokens.saturating_add(self.output_tokens)),
+            prompt_tokens_details: self.input_tokens_details,
+            completion_tokens_details: None,
+        }
+    }
+}
+
+/// A non-streamed Responses answer: `raw` is the upstream's body, as it came; `id`, `model`,
+/// `created` and `usage` are read from it, nothing else.
+pub fn parse_response(body: &Bytes) -> Result<ChatResponse, ProviderError> {
+    let o: Object = serde_json::from_slice(body)
+        .map_err(|e| ProviderError::Protocol(format!("a Responses answer: {e}")))?;
+    Ok(ChatResponse {
+        id: o.id,
+        object: "response".to_owned(),
+        created: o.created_at,
+        model: o.model,
+        choices: Vec::new(),
+        usage: o.usage.map(WireUsage::canonical),
+        extra: serde_json::Map::new(),
+        raw: Some(body.clone()),
+    })
+}
+
+/// The events that end a Responses stream; each carries the whole response, usage included.
+const FINAL_EVENTS: [&str; 3] = [
+    "response.completed",
+    "response.incomplete",
+    "response.failed",
+];
+
+/// Passes a Responses event stream on as it came: each chunk's `raw` is one event's whole SSE
+/// text (`event: …\ndata: …\n\n`; the name is taken from the data's `type` when the upstream
+/// wrote no `event:` line), and the usage of the final event is read into the chunk that
+/// carries it. The stream is complete at `response.completed`, `response.incomplete`,
+/// `response.failed` or `error`; a body that ends before one of them is an error.
+#[derive(Debug, Default)]
+pub struct ResponsesStreamDecoder {
+    done: bool,
+}
+
+#[derive(Deserialize)]
+struct FinalEvent {
+    response: Object,
+}
+
+impl StreamDecoder<SseEvent> for ResponsesStreamDecoder {
+    fn event(
+        &mut self,
+        event: SseEvent,
+        out: &mut VecDeque<ChatChunk>,
+    ) -> Result<bool, ProviderError> {
+        let data = event.data;
+        let name: &[u8] = match &event.event {
+            Some(n) => n,
+            None => match skim_type(&data) {
+                Some(t) => t.as_bytes(),
+                None => return Ok(false),
+            },
+        };
+        let name_str = std::str::from_utf8(name).unwrap_or_default();
+        let last = FINAL_EVENTS.contains(&name_str);
+        let usage = if last {
+            serde_json::from_slice::<FinalEvent>(&data)
+                .ok()
+                .and_then(|f| f.response.usage)
+                .map(WireUsage::canonical)
+        } else {
+            None
+        };
+        let mut chunk = ChatChunk::new(String::new(), String::new(), 0);
+        chunk.usage = usage;
+        chunk.raw = Some(sse_text(name, &data));
+        out.push_back(chunk);
+        self.done = last || name_str == "error";
+        Ok(self.done)
+    }
+
+    fn end(&mut self, _out: &mut VecDeque<ChatChunk>) -> Result<(), ProviderError> {
+        if self.done {
+            return Ok(());
+        }
+        Err(ProviderError::Protocol(
+            "the Responses stream ended before response.completed".to_owned(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(name: Option<&str>, data: &str) -> SseEvent {
+        SseEvent {
+            event: name.map(|n| Bytes::copy_from_slice(n.as_bytes())),
+            data: Bytes::copy_from_slice(data.as_bytes()),
+            id: None,
+            run: false,
+        }
+    }
+
+    #[test]
+    fn events_pass_as_they_came_and_the_final_one_carries_usage() {
+        let mut d = ResponsesStreamDecoder::default();
+        let mut out = VecDeque::new();
+        assert!(!d
+            .event(
+                ev(
+                    Some("response.output_text.delta"),
+                    r#"{"type":"response.output_text.delta","delta":"Hi","sequence_number":3}"#
+                ),
+                &mut out
+            )
+            .unwrap());
+        // No `event:` line: the name comes from `type`.
+        let done = r#"{"type":"response.completed","sequence_number":4,"response":{"id":"resp_1","model":"m","usage":{"input_tokens":7,"input_tokens_details":{"cached_tokens":2},"output_tokens":3,"total_tokens":10}}}"#;
+        assert!(d.event(ev(None, done), &mut out).unwrap());
+        assert_eq!(
+            out[0].raw.as_deref(),
+            Some(&b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hi\",\"sequence_number\":3}\n\n"[..])
+        );
+        assert_eq!(out[0].usage, None);
+        assert_eq!(
+            out[1].raw.as_deref(),
+            Some(format!("event: response.completed\ndata: {done}\n\n").as_bytes())
+        );
+        let u = out[1].usage.unwrap();
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens, u.total_tokens),
+            (7, 3, 10)
+        );
+        assert_eq!(u.prompt_tokens_details.unwrap().cached_tokens, 2);
+        assert!(d.end(&mut out).is_ok());
+    }
+
+    #[test]
+    fn a_stream_cut_before_its_end_is_an_error() {
+        let mut d = ResponsesStreamDecoder::default();
+        let mut out = VecDeque::new();
+        d.event(
+            ev(Some("response.created"), r#"{"type":"response.created"}"#),
+            &mut out,
+        )
+        .unwrap();
+        assert!(d.end(&mut out).is_err());
+        // An `error` event ends it too, and goes to the client.
+        let mut d = ResponsesStreamDecoder::default();
+        assert!(d
+            .event(
+                ev(Some("error"), r#"{"type":"error","message":"boom"}"#),
+                &mut out
+            )
+            .unwrap());
+        assert!(d.end(&mut out).is_ok());
+    }
+
+    #[test]
+    fn the_answer_is_kept_whole_and_its_usage_read() {
+        let body = Bytes::from_static(
+            br#"{"id":"resp_9","object":"response","created_at":5,"model":"gpt-x","output":[],"usage":{"input_tokens":4,"output_tokens":6}}"#,
+        );
+        let r = parse_response(&body).unwrap();
+        assert_eq!(r.raw.as_ref(), Some(&body));
+        assert_eq!(r.id, "resp_9");
+        assert_eq!(r.usage.unwrap().total_tokens, 10);
+        assert!(parse_response(&Bytes::from_static(b"not json")).is_err());
+    }
+}
