@@ -6,7 +6,8 @@
 //! upstream model id; a model without an entry is its own deployment name.
 //!
 //! A base URL ending in `/openai/v1` selects the v1 API instead: `{base}/chat/completions` with the
-//! deployment as the body's `model`, and `api-version` only when configured.
+//! deployment as the body's `model`, and `api-version` only when configured. The Responses API
+//! (`/openai/v1/responses`) is the v1 API's whichever base URL is configured.
 //!
 //! Auth is `api-key: <key>`. A key configured as `Bearer <token>` (a Microsoft Entra token) is sent
 //! as `Authorization` instead.
@@ -38,6 +39,7 @@ use crate::openai::{
     parse_embeddings, parse_models, pass_chat_response, push_traceparent, unsupported_credential,
     Quirks,
 };
+use crate::responses;
 
 /// The `api-version` used when none is configured.
 pub const DEFAULT_API_VERSION: &str = "2024-10-21";
@@ -115,6 +117,21 @@ impl AzureProvider {
         url
     }
 
+    /// The Responses API's URL: it lives in the v1 API only (`{resource}/openai/v1/responses`,
+    /// the deployment as the body's `model`), whichever form the base URL has.
+    fn responses_url(&self) -> String {
+        let mut url = if self.v1 {
+            format!("{}/responses", self.base)
+        } else {
+            format!("{}/openai/v1/responses", self.base)
+        };
+        if let (true, Some(v)) = (self.v1, &self.api_version) {
+            url.push_str("?api-version=");
+            url.extend(utf8_percent_encode(v, SEGMENT));
+        }
+        url
+    }
+
     fn request_headers(
         &self,
         call: &Call,
@@ -143,11 +160,28 @@ impl Provider for AzureProvider {
         "azure"
     }
 
+    /// Everything, the Responses API included (v1 API).
+    fn supports(&self, _model: &str, _request: &ChatRequest) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
     async fn chat(
         &self,
         call: &Call,
         request: &ChatRequest,
     ) -> Result<ProviderResponse<ChatResponse>, ProviderError> {
+        if request.is_responses() {
+            let headers = self.request_headers(call)?;
+            return responses::fetch(
+                &self.client,
+                &self.responses_url(),
+                &headers,
+                request,
+                self.deployment(&call.model),
+                call.timeout,
+            )
+            .await;
+        }
         let body = chat_body(
             request,
             self.deployment(&call.model),
@@ -172,6 +206,18 @@ impl Provider for AzureProvider {
         call: &Call,
         request: &ChatRequest,
     ) -> Result<ProviderStream, ProviderError> {
+        if request.is_responses() {
+            let headers = self.request_headers(call)?;
+            return responses::open_stream(
+                &self.client,
+                &self.responses_url(),
+                &headers,
+                request,
+                self.deployment(&call.model),
+                call.timeout,
+            )
+            .await;
+        }
         let body = chat_body(
             request,
             self.deployment(&call.model),

@@ -144,18 +144,16 @@ impl Provider for OpenAiProvider {
         request: &ChatRequest,
     ) -> Result<ProviderResponse<ChatResponse>, ProviderError> {
         if request.is_responses() {
-            let body = responses::responses_body(request, &call.model, false)?;
-            let req = json_request(
-                Method::POST,
+            let headers = self.request_headers(call)?;
+            return responses::fetch(
+                &self.client,
                 &self.responses_url,
-                &self.request_headers(call)?,
-                body,
-            )?;
-            let resp = self.client.fetch(req, call.timeout, classify).await?;
-            return Ok(ProviderResponse {
-                body: responses::parse_response(resp.body())?,
-                rate_limit: rate_limit_info(resp.headers()),
-            });
+                &headers,
+                request,
+                &call.model,
+                call.timeout,
+            )
+            .await;
         }
         let body = chat_body(request, &call.model, false, self.quirks)?;
         let req = json_request(
@@ -181,21 +179,16 @@ impl Provider for OpenAiProvider {
         request: &ChatRequest,
     ) -> Result<ProviderStream, ProviderError> {
         if request.is_responses() {
-            let body = responses::responses_body(request, &call.model, true)?;
-            let mut req = json_request(
-                Method::POST,
+            let headers = self.request_headers(call)?;
+            return responses::open_stream(
+                &self.client,
                 &self.responses_url,
-                &self.request_headers(call)?,
-                body,
-            )?;
-            accept_event_stream(&mut req);
-            let resp = self.client.open_stream(req, call.timeout, classify).await?;
-            let rate_limit = rate_limit_info(resp.headers());
-            let events = SseStream::new(resp.into_body()).idle_timeout(call.timeout);
-            return Ok(ProviderStream {
-                chunks: decode_stream(events, responses::ResponsesStreamDecoder::default()),
-                rate_limit,
-            });
+                &headers,
+                request,
+                &call.model,
+                call.timeout,
+            )
+            .await;
         }
         let body = chat_body(request, &call.model, true, self.quirks)?;
         let mut req = json_request(

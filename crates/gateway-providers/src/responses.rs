@@ -6,15 +6,22 @@
 //! rate limits and the request log (wire-formats §1.3).
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use bytes::Bytes;
+use gateway_core::provider::{ProviderResponse, ProviderStream};
 use gateway_core::types::{ChatChunk, ChatRequest, ChatResponse, PromptTokensDetails, Usage};
 use gateway_core::ProviderError;
+use http::{HeaderName, HeaderValue, Method};
 use serde::Deserialize;
 
 use crate::anthropic::{native_body, skim_type, sse_text};
-use crate::sse::SseEvent;
-use crate::stream::StreamDecoder;
+use crate::classify::classify;
+use crate::headers::rate_limit_info;
+use crate::http::{json_request, HttpClient};
+use crate::openai::accept_event_stream;
+use crate::sse::{SseEvent, SseStream};
+use crate::stream::{decode_stream, StreamDecoder};
 
 /// The upstream body of a Responses request ([`ChatRequest::is_responses`]): the client's, with
 /// `model` set to the upstream model id and `stream` as this call streams.
@@ -28,6 +35,47 @@ pub fn responses_body(
         .as_ref()
         .ok_or_else(|| ProviderError::Protocol("a Responses request without its body".into()))?;
     native_body(&native.body, model, stream)
+}
+
+/// Sends a non-streamed Responses request for `model` (the upstream's model id or deployment)
+/// to `url` and reads the answer ([`parse_response`]).
+pub async fn fetch(
+    client: &HttpClient,
+    url: &str,
+    headers: &[(HeaderName, HeaderValue)],
+    request: &ChatRequest,
+    model: &str,
+    timeout: Duration,
+) -> Result<ProviderResponse<ChatResponse>, ProviderError> {
+    let body = responses_body(request, model, false)?;
+    let req = json_request(Method::POST, url, headers, body)?;
+    let resp = client.fetch(req, timeout, classify).await?;
+    Ok(ProviderResponse {
+        body: parse_response(resp.body())?,
+        rate_limit: rate_limit_info(resp.headers()),
+    })
+}
+
+/// Opens a streamed Responses request: its events pass on as they came
+/// ([`ResponsesStreamDecoder`]).
+pub async fn open_stream(
+    client: &HttpClient,
+    url: &str,
+    headers: &[(HeaderName, HeaderValue)],
+    request: &ChatRequest,
+    model: &str,
+    timeout: Duration,
+) -> Result<ProviderStream, ProviderError> {
+    let body = responses_body(request, model, true)?;
+    let mut req = json_request(Method::POST, url, headers, body)?;
+    accept_event_stream(&mut req);
+    let resp = client.open_stream(req, timeout, classify).await?;
+    let rate_limit = rate_limit_info(resp.headers());
+    let events = SseStream::new(resp.into_body()).idle_timeout(timeout);
+    Ok(ProviderStream {
+        chunks: decode_stream(events, ResponsesStreamDecoder::default()),
+        rate_limit,
+    })
 }
 
 #[derive(Deserialize)]

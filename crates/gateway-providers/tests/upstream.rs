@@ -233,6 +233,113 @@ async fn azure_url_key_and_version() {
     server.shutdown().await;
 }
 
+/// A Responses request as the server makes it: the client's body in `native`.
+fn responses_request(stream: bool) -> ChatRequest {
+    let body = json!({"model": "public-name", "input": "Say hello.", "store": false,
+                      "fallbacks": ["elsewhere"]});
+    ChatRequest {
+        model: "public-name".into(),
+        stream,
+        native: Some(gateway_core::types::NativeRequest {
+            body: serde_json::to_vec(&body).expect("json").into(),
+            headers: Vec::new(),
+            api: gateway_core::types::NativeApi::OpenAiResponses,
+        }),
+        ..ChatRequest::default()
+    }
+}
+
+/// The Responses API: OpenAI at `{base}/responses`, Azure at the v1 API's `/openai/v1/responses`
+/// with the deployment as the model, whichever base URL is configured; the answer and the
+/// events come back as the mock wrote them, with their usage read. Other kinds refuse it before
+/// sending anything.
+#[tokio::test]
+async fn responses_go_to_openai_and_azure_as_written() {
+    let server = mock(MockUpstream::new().key("sk-oai").key("az-key")).await;
+    let oai = provider(ProviderSettings::new("oai", "openai").with_base_url(server.openai_base()));
+    let mut s = ProviderSettings::new("az", "azure").with_base_url(server.url());
+    s.deployments = HashMap::from([("gpt-4o".to_owned(), "prod-4o".to_owned())]);
+    let az = provider(s);
+    let mut s =
+        ProviderSettings::new("az1", "azure").with_base_url(format!("{}/openai/v1", server.url()));
+    s.api_version = Some("preview".into());
+    let az_v1 = provider(s);
+    for (p, c, path, query, model) in [
+        (
+            &oai,
+            call("sk-oai", "gpt-4o-mini"),
+            "/v1/responses",
+            "",
+            "gpt-4o-mini",
+        ),
+        (
+            &az,
+            call("az-key", "gpt-4o"),
+            "/openai/v1/responses",
+            "",
+            "prod-4o",
+        ),
+        (
+            &az_v1,
+            call("az-key", "gpt-4o"),
+            "/openai/v1/responses",
+            "api-version=preview",
+            "gpt-4o",
+        ),
+    ] {
+        assert!(p.supports(&c.model, &responses_request(false)).is_ok());
+        let answer = p
+            .chat(&c, &responses_request(false))
+            .await
+            .expect("answer")
+            .body;
+        let raw: serde_json::Value =
+            serde_json::from_slice(answer.raw.as_deref().expect("raw")).expect("json");
+        assert_eq!(raw["object"], "response");
+        assert_eq!(raw["output"][0]["content"][0]["text"], DEFAULT_REPLY);
+        let usage = answer.usage.expect("usage");
+        assert_eq!(
+            usage.prompt_tokens,
+            raw["usage"]["input_tokens"].as_u64().expect("input")
+        );
+        let last = server.last_request().expect("recorded");
+        assert_eq!((last.path.as_str(), last.query.as_str()), (path, query));
+        assert_eq!(last.body["model"], model);
+        assert_eq!(last.body["store"], false);
+        assert!(last.body.get("fallbacks").is_none());
+        assert!(last.body.get("stream").is_none());
+
+        let s = p
+            .chat_stream(&c, &responses_request(true))
+            .await
+            .expect("stream");
+        let chunks: Vec<_> = s.chunks.map(|c| c.expect("no error item")).collect().await;
+        let text: Vec<u8> = chunks
+            .iter()
+            .flat_map(|c| c.raw.as_deref().expect("raw event").to_vec())
+            .collect();
+        let text = String::from_utf8(text).expect("utf-8");
+        assert!(
+            text.starts_with("event: response.created\ndata: "),
+            "{text}"
+        );
+        assert!(text.contains("event: response.completed\n"), "{text}");
+        assert!(chunks.last().expect("chunks").usage.is_some());
+        assert_eq!(
+            server.last_request().expect("recorded").body["stream"],
+            true
+        );
+    }
+    let before = server.requests();
+    let ant = provider(ProviderSettings::new("ant", "anthropic").with_base_url(server.url()));
+    let err = ant
+        .supports("claude-sonnet-4-5", &responses_request(false))
+        .expect_err("anthropic does not speak it");
+    assert!(matches!(err, ProviderError::Unsupported { .. }), "{err:?}");
+    assert_eq!(server.requests(), before);
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn anthropic_headers_max_tokens_and_system() {
     let server = mock(MockUpstream::new().key("sk-ant")).await;
