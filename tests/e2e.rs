@@ -56,6 +56,21 @@ fallbacks = ["ant/claude-3-5-haiku-latest"]
     )
 }
 
+/// [`setup`] plus a route `both` whose targets alternate between the Anthropic and the OpenAI
+/// provider.
+async fn setup_with_route_over_both() -> (TestGateway, MockServer, MockServer) {
+    let o = mock(&["sk-test-openai-1", "sk-test-openai-2"]).await;
+    let a = mock(&["sk-ant-test-1"]).await;
+    let toml = two_providers(&o, &a)
+        + r#"
+[[routes]]
+name = "both"
+strategy = "round_robin"
+targets = [{ provider = "ant", model = "claude-3-5-haiku-latest" }, { provider = "oai", model = "gpt-4o-mini" }]
+"#;
+    (TestGateway::start(&toml).await, o, a)
+}
+
 async fn setup() -> (TestGateway, MockServer, MockServer) {
     let o = mock(&["sk-test-openai-1", "sk-test-openai-2"]).await;
     let a = mock(&["sk-ant-test-1"]).await;
@@ -694,16 +709,7 @@ async fn key_failover_on_429_and_provider_fallback_on_5xx() {
 /// Anthropic upstream never called; asked of Claude alone, it is a 400 naming `n`.
 #[tokio::test]
 async fn several_answers_go_to_a_target_that_gives_them() {
-    let o = mock(&["sk-test-openai-1", "sk-test-openai-2"]).await;
-    let a = mock(&["sk-ant-test-1"]).await;
-    let toml = two_providers(&o, &a)
-        + r#"
-[[routes]]
-name = "both"
-strategy = "round_robin"
-targets = [{ provider = "ant", model = "claude-3-5-haiku-latest" }, { provider = "oai", model = "gpt-4o-mini" }]
-"#;
-    let gw = TestGateway::start(&toml).await;
+    let (gw, _o, a) = setup_with_route_over_both().await;
     let mut two = chat("both", "hi");
     two["n"] = json!(2);
     for _ in 0..4 {
@@ -746,16 +752,7 @@ targets = [{ provider = "ant", model = "claude-3-5-haiku-latest" }, { provider =
 /// over, and a model only they serve is a 400.
 #[tokio::test]
 async fn responses_pass_through_to_providers_that_speak_it() {
-    let o = mock(&["sk-test-openai-1", "sk-test-openai-2"]).await;
-    let a = mock(&["sk-ant-test-1"]).await;
-    let toml = two_providers(&o, &a)
-        + r#"
-[[routes]]
-name = "both"
-strategy = "round_robin"
-targets = [{ provider = "ant", model = "claude-3-5-haiku-latest" }, { provider = "oai", model = "gpt-4o-mini" }]
-"#;
-    let gw = TestGateway::start(&toml).await;
+    let (gw, o, a) = setup_with_route_over_both().await;
     let body = json!({
         "model": "both",
         "instructions": "Be terse.",
