@@ -198,6 +198,43 @@ def test_tool_round_trip_every_provider(gateway, provider):
     assert r.choices[0].message.content == "Tool said: 18C sunny"
 
 
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_legacy_function_calling_every_provider(gateway, provider):
+    """The deprecated `functions` / `function_call` / `role: function` API: read as tools for
+    every provider, answered in its own form, plain and streamed."""
+    model = f"{provider}/{MODEL[provider]}"
+    client = oai(gateway)
+    functions = [{"name": "get_weather", "description": "weather",
+                  "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}]
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    r = client.chat.completions.create(model=model, messages=messages, functions=functions)
+    choice = r.choices[0]
+    assert choice.finish_reason == "function_call"
+    assert choice.message.function_call.name == "get_weather"
+    assert choice.message.tool_calls is None
+    args = choice.message.function_call.arguments
+
+    stream = client.chat.completions.create(model=model, messages=messages, functions=functions,
+                                            function_call={"name": "get_weather"}, stream=True)
+    name, streamed_args, finish = None, "", None
+    for chunk in stream:
+        for c in chunk.choices:
+            fc = c.delta.function_call
+            if fc is not None:
+                name = fc.name or name
+                streamed_args += fc.arguments or ""
+            assert not c.delta.tool_calls
+            finish = c.finish_reason or finish
+    assert (name, finish) == ("get_weather", "function_call")
+    assert streamed_args == args
+
+    messages.append({"role": "assistant", "content": None,
+                     "function_call": {"name": "get_weather", "arguments": args}})
+    messages.append({"role": "function", "name": "get_weather", "content": "18C sunny"})
+    r = client.chat.completions.create(model=model, messages=messages, functions=functions)
+    assert r.choices[0].message.content == "Tool said: 18C sunny"
+
+
 @pytest.mark.parametrize("model", [f"ant/{MODEL['ant']}", f"bedi/{MODEL['bed']}"])
 def test_anthropic_sdk_extended_thinking_round_trip(gateway, model):
     """An Anthropic provider's (or Claude on Bedrock's, through InvokeModel) thinking blocks reach

@@ -523,12 +523,12 @@ impl Gateway {
             Err(e) => return error_response(&e, dialect, request_id),
         };
         let decoded = match api {
-            Api::ChatCompletions => openai::decode_chat(&body),
-            Api::Messages => anthropic::decode_request(&body),
+            Api::ChatCompletions => openai::decode_chat_legacy(&body),
+            Api::Messages => anthropic::decode_request(&body).map(|r| (r, false)),
             // Its body rides along in `native`, copied (see below).
-            Api::Responses => openai::decode_responses(&body),
+            Api::Responses => openai::decode_responses(&body).map(|r| (r, false)),
         };
-        let mut request = match decoded {
+        let (mut request, legacy_functions) = match decoded {
             Ok(r) => r,
             Err(e) => return error_response(&e, dialect, request_id),
         };
@@ -581,6 +581,8 @@ impl Gateway {
             // Clients get answers and chunks as they came from an upstream of their own dialect
             // (see `encode_chunk` and `anthropic::StreamEncoder`).
             passthrough: match api {
+                // A client of the legacy function API gets its answers rewritten.
+                Api::ChatCompletions if legacy_functions => Passthrough::Off,
                 Api::ChatCompletions => Passthrough::OpenAiChat,
                 Api::Messages => Passthrough::AnthropicMessages,
                 Api::Responses => Passthrough::OpenAiResponses,
@@ -590,8 +592,16 @@ impl Gateway {
         if request.stream {
             // Boxed: its future is about three times the size of the rest of `chat`'s, and inline
             // it would be part of every connection's (see `handle`).
-            return Box::pin(self.chat_stream(request, api, opts, permit, record, started, ext))
-                .await;
+            return Box::pin(self.chat_stream(
+                request,
+                (api, legacy_functions),
+                opts,
+                permit,
+                record,
+                started,
+                ext,
+            ))
+            .await;
         }
         match self.engine.chat(&request, &opts).await {
             Ok(out) => {
@@ -601,6 +611,11 @@ impl Gateway {
                     .cost(&out.served_by.provider, &out.served_by.model, &usage);
                 permit.settle(&usage, cost);
                 let body = match dialect {
+                    Dialect::OpenAi if legacy_functions => {
+                        let mut v = serde_json::to_value(&out.value).unwrap_or_default();
+                        openai::tools_to_legacy_functions(&mut v);
+                        Bytes::from(v.to_string())
+                    }
                     Dialect::OpenAi => match &out.value.raw {
                         // An OpenAI upstream's answer, as it came.
                         Some(raw) => raw.clone(),
@@ -666,7 +681,7 @@ impl Gateway {
     async fn chat_stream(
         self: &Arc<Self>,
         request: ChatRequest,
-        api: Api,
+        (api, legacy_functions): (Api, bool),
         opts: RequestOptions,
         permit: Box<dyn Permit>,
         mut record: RequestRecord,
@@ -692,6 +707,7 @@ impl Gateway {
                     anthropic: (dialect == Dialect::Anthropic)
                         .then(|| anthropic::StreamEncoder::new(&request.model, est)),
                     verbatim: api == Api::Responses,
+                    legacy_functions,
                     include_usage,
                     state: SseState::First,
                     buf: Vec::new(),
@@ -1197,6 +1213,8 @@ struct SseBody<S = EngineStream> {
     /// Chunks are whole SSE events, written as they came, and nothing is added at the end (the
     /// OpenAI Responses API).
     verbatim: bool,
+    /// The client uses the legacy function API: tool calls go out as `function_call`.
+    legacy_functions: bool,
     include_usage: bool,
     state: SseState,
     buf: Vec<u8>,
@@ -1285,6 +1303,9 @@ where
                             if let Some(raw) = &chunk.raw {
                                 this.buf.extend_from_slice(raw);
                             }
+                        }
+                        None if this.legacy_functions => {
+                            openai::encode_legacy_chunk(&chunk, this.include_usage, &mut this.buf);
                         }
                         None => {
                             openai::encode_chunk(&chunk, this.include_usage, &mut this.buf);
@@ -1377,6 +1398,7 @@ mod tests {
                     dialect: Dialect::OpenAi,
                     anthropic: None,
                     verbatim: false,
+                    legacy_functions: false,
                     include_usage: false,
                     state: SseState::First,
                     buf: Vec::new(),

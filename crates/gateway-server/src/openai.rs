@@ -80,20 +80,31 @@ pub fn decode_responses(body: &[u8]) -> Result<ChatRequest, ApiError> {
 
 /// Decodes and validates a chat-completions body.
 pub fn decode_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
+    decode_chat_legacy(body).map(|(req, _)| req)
+}
+
+/// [`decode_chat`], and whether the body used the legacy function-calling API (`functions`,
+/// `function_call`, `role: "function"`; deprecated by OpenAI, still accepted), which is read as
+/// tools ([`legacy_functions_to_tools`]): such a client wants its answers in the legacy form too
+/// ([`tools_to_legacy_functions`]).
+pub fn decode_chat_legacy(body: &[u8]) -> Result<(ChatRequest, bool), ApiError> {
     // The common case parses once; only a failure pays for a second look to name the problem.
     if let Ok(req) = serde_json::from_slice::<ChatRequest>(body) {
         if !req.model.is_empty()
             && !req.messages.is_empty()
             && req.temperature.is_none_or(|t| (0.0..=2.0).contains(&t))
             && unnamed_function(&req).is_none()
+            && !req.extra.contains_key("functions")
+            && !req.extra.contains_key("function_call")
         {
-            return Ok(req);
+            return Ok((req, false));
         }
     }
-    let value: Value = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
-    if !value.is_object() {
-        return Err(ApiError::invalid("request body must be a JSON object"));
-    }
+    let mut value: Value = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
+    let legacy = match value.as_object_mut() {
+        Some(obj) => legacy_functions_to_tools(obj),
+        None => return Err(ApiError::invalid("request body must be a JSON object")),
+    };
     match value.get("model") {
         Some(Value::String(s)) if !s.is_empty() => {}
         _ => return Err(ApiError::invalid("you must provide a model parameter").param("model")),
@@ -126,7 +137,119 @@ pub fn decode_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
             );
         }
     }
-    Ok(req)
+    Ok((req, legacy))
+}
+
+/// Rewrites the legacy function-calling API into tools, in place: `functions` → `tools`,
+/// `function_call` → `tool_choice`, an assistant turn's `function_call` → one `tool_calls` entry
+/// with a made-up id (`call_legacy_<turn>`), and a `function` turn → the `tool` turn answering
+/// the latest call of that name. Returns whether anything was legacy.
+pub fn legacy_functions_to_tools(req: &mut serde_json::Map<String, Value>) -> bool {
+    let mut legacy = false;
+    if let Some(functions) = req.remove("functions") {
+        legacy = true;
+        if !req.contains_key("tools") {
+            if let Value::Array(fs) = functions {
+                let tools = fs
+                    .into_iter()
+                    .map(|f| json!({"type": "function", "function": f}))
+                    .collect();
+                req.insert("tools".to_owned(), Value::Array(tools));
+                // The legacy API makes one call at a time.
+                req.entry("parallel_tool_calls").or_insert(json!(false));
+            }
+        }
+    }
+    if let Some(choice) = req.remove("function_call") {
+        legacy = true;
+        if !req.contains_key("tool_choice") {
+            let choice = match choice {
+                Value::Object(o) => {
+                    json!({"type": "function", "function": {"name": o.get("name")}})
+                }
+                other => other,
+            };
+            req.insert("tool_choice".to_owned(), choice);
+        }
+    }
+    if let Some(Value::Array(messages)) = req.get_mut("messages") {
+        let mut calls: Vec<(String, String)> = Vec::new();
+        for (i, m) in messages.iter_mut().enumerate() {
+            let Some(m) = m.as_object_mut() else { continue };
+            if let Some(call) = m.remove("function_call") {
+                legacy = true;
+                let name = call.get("name").and_then(Value::as_str).unwrap_or_default();
+                let id = format!("call_legacy_{i}");
+                calls.push((name.to_owned(), id.clone()));
+                m.insert(
+                    "tool_calls".to_owned(),
+                    json!([{"id": id, "type": "function", "function": call}]),
+                );
+            }
+            if m.get("role").and_then(Value::as_str) == Some("function") {
+                legacy = true;
+                let name = m.remove("name");
+                let name = name.as_ref().and_then(Value::as_str).unwrap_or_default();
+                let id = calls
+                    .iter()
+                    .rev()
+                    .find(|(n, _)| n == name)
+                    .map_or_else(|| format!("call_legacy_{name}"), |(_, id)| id.clone());
+                m.insert("role".to_owned(), json!("tool"));
+                m.insert("tool_call_id".to_owned(), json!(id));
+            }
+        }
+    }
+    legacy
+}
+
+/// Rewrites an answer (a `chat.completion` or one of its chunks, as JSON) for a client of the
+/// legacy function-calling API: each choice's first tool call becomes its `function_call` (in a
+/// chunk, `delta.function_call`) and the `tool_calls` finish reason `function_call`.
+pub fn tools_to_legacy_functions(answer: &mut Value) {
+    let Some(Value::Array(choices)) = answer.get_mut("choices") else {
+        return;
+    };
+    for c in choices {
+        let Some(c) = c.as_object_mut() else { continue };
+        if c.get("finish_reason").and_then(Value::as_str) == Some("tool_calls") {
+            c.insert("finish_reason".to_owned(), json!("function_call"));
+        }
+        for part in ["message", "delta"] {
+            let Some(Value::Object(m)) = c.get_mut(part) else {
+                continue;
+            };
+            if let Some(Value::Array(calls)) = m.remove("tool_calls") {
+                if let Some(f) = calls
+                    .into_iter()
+                    .next()
+                    .and_then(|mut t| t.get_mut("function").map(Value::take))
+                {
+                    m.insert("function_call".to_owned(), f);
+                }
+            }
+        }
+    }
+}
+
+/// [`encode_chunk`] for a client of the legacy function-calling API.
+pub fn encode_legacy_chunk(chunk: &ChatChunk, include_usage: bool, out: &mut Vec<u8>) -> bool {
+    if !include_usage && chunk.choices.is_empty() {
+        return false;
+    }
+    let Ok(mut v) = serde_json::to_value(chunk) else {
+        return false;
+    };
+    if !include_usage {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("usage");
+        }
+    }
+    tools_to_legacy_functions(&mut v);
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(v.to_string().as_bytes());
+    out.extend_from_slice(b"\n\n");
+    true
 }
 
 /// Decodes and validates an embeddings body.
@@ -261,6 +384,85 @@ pub fn responses_error_event(err: &ApiError, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use gateway_core::types::Embedding;
+
+    /// A legacy function-calling conversation reads as tools: calls get ids their results
+    /// answer (the latest call of the same name), the choice and the one-call-at-a-time rule
+    /// carry over; a modern body is not legacy.
+    #[test]
+    fn legacy_functions_read_as_tools() {
+        let body = json!({
+            "model": "m",
+            "functions": [{"name": "f", "parameters": {"type": "object"}}],
+            "function_call": {"name": "f"},
+            "messages": [
+                {"role": "user", "content": "go"},
+                {"role": "assistant", "content": null, "function_call": {"name": "f", "arguments": "{\"a\":1}"}},
+                {"role": "function", "name": "f", "content": "one"},
+                {"role": "assistant", "content": null, "function_call": {"name": "f", "arguments": "{}"}},
+                {"role": "function", "name": "f", "content": "two"}
+            ]
+        });
+        let (req, legacy) = decode_chat_legacy(body.to_string().as_bytes()).unwrap();
+        assert!(legacy);
+        let v = serde_json::to_value(&req).unwrap();
+        assert_eq!(
+            v["tools"][0],
+            json!({"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}})
+        );
+        assert_eq!(
+            v["tool_choice"],
+            json!({"type": "function", "function": {"name": "f"}})
+        );
+        assert_eq!(v["parallel_tool_calls"], false);
+        assert!(v.get("functions").is_none() && v.get("function_call").is_none());
+        let m = &v["messages"];
+        assert_eq!(m[1]["tool_calls"][0]["id"], "call_legacy_1");
+        assert_eq!(m[1]["tool_calls"][0]["function"]["arguments"], "{\"a\":1}");
+        assert_eq!(
+            (m[2]["role"].as_str(), m[2]["tool_call_id"].as_str()),
+            (Some("tool"), Some("call_legacy_1"))
+        );
+        assert_eq!(m[4]["tool_call_id"], "call_legacy_3");
+        let (_, legacy) = decode_chat_legacy(
+            br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}}]}"#,
+        )
+        .unwrap();
+        assert!(!legacy);
+        // `function_call: "auto"` alone is legacy too.
+        let (req, legacy) = decode_chat_legacy(
+            br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"function_call":"none"}"#,
+        )
+        .unwrap();
+        assert!(legacy);
+        assert_eq!(serde_json::to_value(&req).unwrap()["tool_choice"], "none");
+    }
+
+    #[test]
+    fn answers_go_back_in_the_legacy_form() {
+        let mut answer = json!({"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+            "role": "assistant", "content": null,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}}]});
+        tools_to_legacy_functions(&mut answer);
+        assert_eq!(answer["choices"][0]["finish_reason"], "function_call");
+        assert_eq!(
+            answer["choices"][0]["message"]["function_call"],
+            json!({"name": "f", "arguments": "{}"})
+        );
+        assert!(answer["choices"][0]["message"].get("tool_calls").is_none());
+        let mut chunk = json!({"choices": [{"index": 0, "finish_reason": null, "delta": {
+            "tool_calls": [{"index": 0, "function": {"arguments": "{\"q"}}]}}]});
+        tools_to_legacy_functions(&mut chunk);
+        assert_eq!(
+            chunk["choices"][0]["delta"],
+            json!({"function_call": {"arguments": "{\"q"}})
+        );
+        // Text answers are left alone.
+        let mut text =
+            json!({"choices": [{"finish_reason": "stop", "message": {"content": "hi"}}]});
+        let before = text.clone();
+        tools_to_legacy_functions(&mut text);
+        assert_eq!(text, before);
+    }
 
     #[test]
     fn validation_names_the_field() {
