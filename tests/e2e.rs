@@ -845,6 +845,61 @@ async fn responses_pass_through_to_providers_that_speak_it() {
     gw.stop().await;
 }
 
+/// A stored response lives in the account of the key that made it: a request continuing it
+/// (`previous_response_id`) goes to that key, streamed or not, while other requests keep being
+/// balanced over both keys.
+#[tokio::test]
+async fn a_continued_response_goes_to_the_key_that_made_it() {
+    let o = mock(&["sk-test-openai-1", "sk-test-openai-2"]).await;
+    let a = mock(&["sk-ant-test-1"]).await;
+    let toml = two_providers(&o, &a).replacen(
+        "kind = \"openai\"",
+        "kind = \"openai\"\nstrategy = \"round_robin\"",
+        1,
+    );
+    let gw = TestGateway::start(&toml).await;
+    let key_of_last = || {
+        o.last_request()
+            .unwrap()
+            .header("authorization")
+            .unwrap()
+            .to_owned()
+    };
+    for stream in [false, true] {
+        let first = json!({"model": "oai/gpt-4o-mini", "input": "hi", "stream": stream});
+        let r = gw.post("/v1/responses", &first).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let id = if stream {
+            let created: Value = serde_json::from_str(&r.sse_data()[0]).unwrap();
+            created["response"]["id"].as_str().unwrap().to_owned()
+        } else {
+            r.json()["id"].as_str().unwrap().to_owned()
+        };
+        let maker = key_of_last();
+        for _ in 0..4 {
+            let next =
+                json!({"model": "oai/gpt-4o-mini", "input": "more", "previous_response_id": id});
+            let r = gw.post("/v1/responses", &next).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert_eq!(key_of_last(), maker, "stream {stream}");
+        }
+    }
+    // Anything else is balanced as usual.
+    let mut keys = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let r = gw
+            .post(
+                "/v1/responses",
+                &json!({"model": "oai/gpt-4o-mini", "input": "x", "previous_response_id": "resp_unknown"}),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        keys.insert(key_of_last());
+    }
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn caller_errors_are_not_failed_over() {
     let (gw, o, a) = setup().await;

@@ -235,6 +235,20 @@ pub struct RequestOptions {
     /// The format in which the caller honours `raw` on answers and chunks (see
     /// [`Call::passthrough`]).
     pub passthrough: crate::provider::Passthrough,
+    /// Only this key of this provider may serve the request (state kept by the provider for
+    /// one account, such as a stored OpenAI response that `previous_response_id` continues).
+    /// Other providers of the plan are passed over; if that key rests, the request waits for it
+    /// rather than going elsewhere.
+    pub pinned_key: Option<PinnedKey>,
+}
+
+/// A provider's key, by name ([`RequestOptions::pinned_key`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedKey {
+    /// The provider's name.
+    pub provider: Arc<str>,
+    /// The key's name.
+    pub key: Arc<str>,
 }
 
 /// Who served a request.
@@ -744,6 +758,11 @@ impl Engine {
 
         while let Some((pi, model_id)) = plan.next_target(&snap, self.now(), &mut rng) {
             let p = &snap.providers[pi];
+            let pinned_key = match &opts.pinned_key {
+                Some(pin) if *pin.provider != *p.name => continue,
+                Some(pin) => Some(&*pin.key),
+                None => None,
+            };
             // A target that cannot do what the request asks is passed over before any key is
             // picked: no attempt, no signal.
             if let Some(Err(e)) = chat.map(|r| p.provider.supports(&model_id, r)) {
@@ -770,6 +789,7 @@ impl Engine {
                 let mut cands: SmallVec<[Candidate<'_>; 16]> = SmallVec::new();
                 for (ki, k) in p.keys.iter().enumerate() {
                     if !k.allows(&model_id)
+                        || pinned_key.is_some_and(|pk| pk != &*k.name)
                         || tried
                             .iter()
                             .any(|(tp, tk, tm)| *tp == pi && *tk == ki && **tm == *model_id)
@@ -1433,6 +1453,13 @@ pub struct EngineStream {
     usage: Option<Usage>,
 }
 
+impl EngineStream {
+    /// The first chunk, until the stream is polled.
+    pub fn first(&self) -> Option<&ChatChunk> {
+        self.first.as_ref()
+    }
+}
+
 impl std::fmt::Debug for EngineStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EngineStream").finish_non_exhaustive()
@@ -1686,6 +1713,45 @@ mod tests {
             "{:?}",
             err.error
         );
+    }
+
+    /// A pinned key serves every request, over the strategy and the route; when it rests, the
+    /// request waits for it instead of going to another key.
+    #[tokio::test(start_paused = true)]
+    async fn a_pinned_key_serves_and_is_waited_for() {
+        let fake = Arc::new(FakeProvider::new());
+        let other = Arc::new(FakeProvider::new());
+        let engine = Engine::new(EngineConfig {
+            providers: vec![
+                provider("p", &fake, &["a", "b"], StrategyKind::RoundRobin),
+                provider("q", &other, &["c"], StrategyKind::RoundRobin),
+            ],
+            routes: vec![route("r", &[("p", 1), ("q", 1)], &[])],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let pinned = RequestOptions {
+            pinned_key: Some(PinnedKey {
+                provider: Arc::from("p"),
+                key: Arc::from("b"),
+            }),
+            ..opts()
+        };
+        for _ in 0..6 {
+            let out = engine.chat(&req("r"), &pinned).await.unwrap();
+            assert_eq!((&*out.served_by.provider, &*out.served_by.key), ("p", "b"));
+        }
+        assert!(other.calls().is_empty());
+        fake.script("b", vec![Step::Fail(rate_limited(30))]);
+        let err = engine.chat(&req("r"), &pinned).await.unwrap_err();
+        assert_eq!(err.attempts.len(), 1, "key a was not tried");
+        let err = engine.chat(&req("r"), &pinned).await.unwrap_err();
+        assert!(
+            matches!(err.error, EngineError::AllRateLimited { .. }),
+            "{:?}",
+            err.error
+        );
+        assert!(fake.calls().iter().all(|(k, _)| k == "b"));
     }
 
     #[tokio::test(start_paused = true)]

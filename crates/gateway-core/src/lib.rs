@@ -25,8 +25,8 @@ pub mod types;
 
 pub use admission::{Admission, AdmissionRequest, AllowAll, Permit, Refusal};
 pub use engine::{
-    ConfigError, Engine, EngineConfig, EngineStream, Failure, KeyConfig, Outcome, ProviderConfig,
-    RequestOptions, RetryConfig, RouteConfig, ServedBy, TargetConfig,
+    ConfigError, Engine, EngineConfig, EngineStream, Failure, KeyConfig, Outcome, PinnedKey,
+    ProviderConfig, RequestOptions, RetryConfig, RouteConfig, ServedBy, TargetConfig,
 };
 pub use error::{EngineError, FailoverScope, ProviderError, RateLimitScope};
 pub use observe::{AttemptRecord, Observer, RequestRecord};

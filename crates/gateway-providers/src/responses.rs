@@ -142,8 +142,8 @@ const FINAL_EVENTS: [&str; 3] = [
 
 /// Passes a Responses event stream on as it came: each chunk's `raw` is one event's whole SSE
 /// text (`event: …\ndata: …\n\n`; the name is taken from the data's `type` when the upstream
-/// wrote no `event:` line), and the usage of the final event is read into the chunk that
-/// carries it. The stream is complete at `response.completed`, `response.incomplete`,
+/// wrote no `event:` line); the response's id and model are read into the chunk of
+/// `response.created` and of the final event, and the final event's usage into its chunk. The stream is complete at `response.completed`, `response.incomplete`,
 /// `response.failed` or `error`; a body that ends before one of them is an error.
 #[derive(Debug, Default)]
 pub struct ResponsesStreamDecoder {
@@ -171,16 +171,21 @@ impl StreamDecoder<SseEvent> for ResponsesStreamDecoder {
         };
         let name_str = std::str::from_utf8(name).unwrap_or_default();
         let last = FINAL_EVENTS.contains(&name_str);
-        let usage = if last {
+        // The first event names the response (for continuing it with the same key) and the
+        // last one carries the usage.
+        let object = if last || name_str == "response.created" {
             serde_json::from_slice::<FinalEvent>(&data)
                 .ok()
-                .and_then(|f| f.response.usage)
-                .map(WireUsage::canonical)
+                .map(|f| f.response)
         } else {
             None
         };
         let mut chunk = ChatChunk::new(String::new(), String::new(), 0);
-        chunk.usage = usage;
+        if let Some(o) = object {
+            chunk.id = o.id;
+            chunk.model = o.model;
+            chunk.usage = o.usage.filter(|_| last).map(WireUsage::canonical);
+        }
         chunk.raw = Some(sse_text(name, &data));
         out.push_back(chunk);
         self.done = last || name_str == "error";
@@ -214,6 +219,17 @@ mod tests {
     fn events_pass_as_they_came_and_the_final_one_carries_usage() {
         let mut d = ResponsesStreamDecoder::default();
         let mut out = VecDeque::new();
+        assert!(!d
+            .event(
+                ev(
+                    Some("response.created"),
+                    r#"{"type":"response.created","sequence_number":0,"response":{"id":"resp_1","model":"m","usage":null}}"#
+                ),
+                &mut out
+            )
+            .unwrap());
+        let created = out.pop_front().unwrap();
+        assert_eq!((created.id.as_str(), created.usage), ("resp_1", None));
         assert!(!d
             .event(
                 ev(

@@ -122,7 +122,12 @@ pub struct Gateway {
     ext: ArcSwap<Extensions>,
     reload_lock: tokio::sync::Mutex<()>,
     counter: AtomicU64,
+    /// The key behind each stored Responses answer (see [`crate::affinity`]).
+    responses: crate::affinity::ResponseAffinity,
 }
+
+/// Responses remembered for `previous_response_id` (about 100 bytes each).
+const RESPONSE_AFFINITY_CAPACITY: usize = 50_000;
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -173,6 +178,7 @@ impl Gateway {
             ext: ArcSwap::from_pointee(ext),
             reload_lock: tokio::sync::Mutex::new(()),
             counter: AtomicU64::new(0),
+            responses: crate::affinity::ResponseAffinity::new(RESPONSE_AFFINITY_CAPACITY),
         }))
     }
 
@@ -486,6 +492,36 @@ impl Gateway {
             .collect()
     }
 
+    /// For a Responses request: the key that must serve it (the one that made the stored
+    /// response it continues, while that key's provider serves the model), and whether its
+    /// answer is stored (`store` is not `false`), so its key is worth remembering.
+    fn responses_state(&self, request: &ChatRequest) -> (Option<gateway_core::PinnedKey>, bool) {
+        #[derive(serde::Deserialize)]
+        struct State {
+            #[serde(default)]
+            previous_response_id: Option<String>,
+            #[serde(default)]
+            store: Option<bool>,
+        }
+        let Some(state) = request
+            .native
+            .as_ref()
+            .and_then(|n| serde_json::from_slice::<State>(&n.body).ok())
+        else {
+            return (None, false);
+        };
+        let pinned = state
+            .previous_response_id
+            .and_then(|id| self.responses.lookup(&id))
+            .filter(|pin| {
+                self.engine
+                    .providers_for(&request.model)
+                    .iter()
+                    .any(|p| **p == *pin.provider)
+            });
+        (pinned, state.store != Some(false))
+    }
+
     /// [`Admission::authorize`]: whether the caller may use `model`, reserving nothing; the
     /// providers it may reach (empty: all).
     fn authorize(&self, presented: Option<&str>, model: &str) -> Result<Vec<String>, ApiError> {
@@ -574,10 +610,15 @@ impl Gateway {
             Err(r) => return refused(r, dialect, request_id, record, started, &ext),
         };
         record.virtual_key = permit.virtual_key().map(str::to_owned);
+        let (pinned_key, remember) = match api {
+            Api::Responses => self.responses_state(&request),
+            _ => (None, false),
+        };
         let opts = RequestOptions {
             request_id: Arc::clone(request_id),
             trace: Some(trace),
             allowed_providers: allowed_providers(&*permit),
+            pinned_key,
             // Clients get answers and chunks as they came from an upstream of their own dialect
             // (see `encode_chunk` and `anthropic::StreamEncoder`).
             passthrough: match api {
@@ -594,7 +635,11 @@ impl Gateway {
             // it would be part of every connection's (see `handle`).
             return Box::pin(self.chat_stream(
                 request,
-                (api, legacy_functions),
+                Shape {
+                    api,
+                    legacy_functions,
+                    remember,
+                },
                 opts,
                 permit,
                 record,
@@ -605,6 +650,13 @@ impl Gateway {
         }
         match self.engine.chat(&request, &opts).await {
             Ok(out) => {
+                if remember {
+                    self.responses.remember(
+                        &out.value.id,
+                        &out.served_by.provider,
+                        &out.served_by.key,
+                    );
+                }
                 let usage = out.value.usage.unwrap_or_default();
                 let cost = ext
                     .pricing
@@ -681,7 +733,11 @@ impl Gateway {
     async fn chat_stream(
         self: &Arc<Self>,
         request: ChatRequest,
-        (api, legacy_functions): (Api, bool),
+        Shape {
+            api,
+            legacy_functions,
+            remember,
+        }: Shape,
         opts: RequestOptions,
         permit: Box<dyn Permit>,
         mut record: RequestRecord,
@@ -693,6 +749,10 @@ impl Gateway {
         let est = request.estimate_input_tokens();
         match self.engine.chat_stream(&request, &opts).await {
             Ok(out) => {
+                if let Some(first) = out.value.first().filter(|_| remember) {
+                    self.responses
+                        .remember(&first.id, &out.served_by.provider, &out.served_by.key);
+                }
                 record.route = out.route.as_deref().map(str::to_owned);
                 record.provider = Some(String::from(&*out.served_by.provider));
                 record.model = Some(String::from(&*out.served_by.model));
@@ -1181,6 +1241,15 @@ enum SseState {
     Flush,
     Streaming,
     Done,
+}
+
+/// How a chat-like request is answered ([`Gateway::chat_stream`]'s view of it).
+struct Shape {
+    api: Api,
+    /// The client uses the legacy function API.
+    legacy_functions: bool,
+    /// Remember the key that serves it ([`crate::affinity`]).
+    remember: bool,
 }
 
 /// The API a chat-like request came in on.

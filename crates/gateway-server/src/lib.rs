@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod affinity;
 pub mod anthropic;
 pub mod app;
 pub mod assemble;
