@@ -181,16 +181,17 @@ fn route(method: &Method, path: &str, query: Option<&str>, parts: &Parts) -> Rou
             let Some((id, action)) = rest.split_once('/') else {
                 return Route::NotFound;
             };
-            let (stream, invoke) = match action {
-                "converse" => (false, false),
-                "converse-stream" => (true, false),
-                "invoke" => (false, true),
-                "invoke-with-response-stream" => (true, true),
+            let (op, stream, invoke) = match action {
+                "converse" => (Op::Chat, false, false),
+                "converse-stream" => (Op::Chat, true, false),
+                "invoke" => (Op::Chat, false, true),
+                "invoke-with-response-stream" => (Op::Chat, true, true),
+                "count-tokens" => (Op::CountTokens, false, false),
                 _ => return Route::NotFound,
             };
             return Route::Provider(Call {
                 dialect: Dialect::Bedrock,
-                op: Op::Chat,
+                op,
                 path_model: Some(percent_decode_str(id).decode_utf8_lossy().into_owned()),
                 path_stream: stream,
                 sse: false,
@@ -557,6 +558,21 @@ fn prepare(call: &Call, parts: &Parts, value: &Value) -> (Option<Prompt>, Option
             Some(bedrock::parse(value, model, call.path_stream)),
             bedrock::validate(value),
         ),
+        // CountTokens: `{"input": {"converse": {messages, system...}}}` is counted as that
+        // Converse request would be.
+        (Dialect::Bedrock, Op::CountTokens) => match value["input"].get("converse") {
+            Some(converse) => (
+                Some(bedrock::parse(converse, model, false)),
+                bedrock::validate(converse),
+            ),
+            None => (
+                None,
+                Some(ErrorKind::BadRequest(
+                    "input: one of converse or invokeModel is required (this mock counts converse)"
+                        .to_owned(),
+                )),
+            ),
+        },
         (Dialect::Cohere, Op::Chat) => (
             Some(openai::parse_chat(value, None)),
             cohere::validate(value),
@@ -738,6 +754,9 @@ async fn provider(
         (Op::BatchEmbed, _) => google::batch_embed_json(value),
         (Op::CountTokens, Some(p)) if d == Dialect::Anthropic => {
             Ok(anthropic::count_tokens_json(p))
+        }
+        (Op::CountTokens, Some(p)) if d == Dialect::Bedrock => {
+            Ok(serde_json::json!({ "inputTokens": p.prompt_tokens }).to_string())
         }
         (Op::CountTokens, _) => Ok(google::count_tokens_json(value)),
         (Op::Chat | Op::Responses, Some(p)) if stream => {

@@ -1323,6 +1323,40 @@ impl Provider for BedrockProvider {
         })
     }
 
+    /// Bedrock's `CountTokens` (`/model/{id}/count-tokens`), asked with the request as
+    /// Converse would send it (`messages`, `system`, `toolConfig`,
+    /// `additionalModelRequestFields`). Only some models count (Claude, not Nova, not
+    /// inference profiles); the others' `ValidationException` makes the gateway estimate.
+    async fn count_tokens(
+        &self,
+        call: &Call,
+        request: &ChatRequest,
+    ) -> Result<Option<u64>, ProviderError> {
+        let mut names = ToolNames::default();
+        let Value::Object(mut converse) = encode_request(request, &mut names)? else {
+            return Ok(None);
+        };
+        converse.retain(|k, _| {
+            matches!(
+                k.as_str(),
+                "messages" | "system" | "toolConfig" | "additionalModelRequestFields"
+            )
+        });
+        let body = serde_json::to_vec(&json!({ "input": { "converse": converse } }))
+            .map_err(|e| ProviderError::Protocol(format!("encoding the count request: {e}")))?;
+        let url = self.url(&call.model, "count-tokens");
+        let req = self.request(call, &url, Bytes::from(body), "application/json")?;
+        let resp = self.http.fetch(req, call.timeout, classify_error).await?;
+        #[derive(Deserialize)]
+        struct Counted {
+            #[serde(rename = "inputTokens")]
+            input_tokens: u64,
+        }
+        let counted: Counted = serde_json::from_slice(resp.body())
+            .map_err(|e| ProviderError::Protocol(format!("bedrock count: {e}")))?;
+        Ok(Some(counted.input_tokens))
+    }
+
     async fn chat_stream(
         &self,
         call: &Call,

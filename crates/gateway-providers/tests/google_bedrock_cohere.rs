@@ -605,6 +605,33 @@ async fn bedrock_sigv4_is_accepted_and_paths_are_encoded() {
     );
 }
 
+/// Bedrock counts tokens itself (`CountTokens`, signed like any call): the request as
+/// Converse would send it, under `input.converse`, without inference settings.
+#[tokio::test]
+async fn bedrock_counts_tokens_with_count_tokens() {
+    let server = server().await;
+    let p = (cases()[2].build)(&server);
+    let c = call(aws(AWS_SECRET), BEDROCK_MODEL);
+    let n = p.count_tokens(&c, &hello()).await.expect("counted");
+    // The mock: a token per four characters of the text ("Be terse." + "Say hello.").
+    assert_eq!(n, Some((9 + 10) / 4));
+    let rec = server.last_request().expect("recorded");
+    assert_eq!(
+        rec.path,
+        "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/count-tokens"
+    );
+    let converse = &rec.body["input"]["converse"];
+    assert_eq!(converse["messages"][0]["content"][0]["text"], "Say hello.");
+    assert_eq!(converse["system"][0]["text"], "Be terse.");
+    assert!(converse.get("inferenceConfig").is_none(), "{converse}");
+    // A refused count is an error (the gateway then estimates).
+    let err = p
+        .count_tokens(&call(aws("wrong-secret"), BEDROCK_MODEL), &hello())
+        .await
+        .expect_err("bad signature");
+    assert!(matches!(err, ProviderError::Auth { .. }), "{err:?}");
+}
+
 #[tokio::test]
 async fn cohere_embeddings() {
     let server = server().await;
