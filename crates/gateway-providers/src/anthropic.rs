@@ -208,9 +208,7 @@ impl Provider for AnthropicProvider {
             body,
         )?;
         let resp = self.client.fetch(req, call.timeout, classify).await?;
-        let counted: CountedTokens = serde_json::from_slice(resp.body())
-            .map_err(|e| ProviderError::Protocol(format!("invalid token count: {e}")))?;
-        Ok(Some(counted.input_tokens))
+        parse_count(resp.body()).map(Some)
     }
 
     async fn list_models(&self, call: &Call) -> Result<Vec<ModelInfo>, ProviderError> {
@@ -229,6 +227,13 @@ impl Provider for AnthropicProvider {
 #[derive(Deserialize)]
 struct CountedTokens {
     input_tokens: u64,
+}
+
+/// The `input_tokens` of a `count_tokens` answer.
+pub(crate) fn parse_count(body: &[u8]) -> Result<u64, ProviderError> {
+    serde_json::from_slice::<CountedTokens>(body)
+        .map(|c| c.input_tokens)
+        .map_err(|e| ProviderError::Protocol(format!("invalid token count: {e}")))
 }
 
 /// Members of a Messages body that `count_tokens` takes (it refuses the others).

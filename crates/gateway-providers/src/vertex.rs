@@ -558,6 +558,42 @@ impl Provider for VertexProvider {
         })
     }
 
+    /// Claude models count on Vertex's Anthropic `count-tokens:rawPredict` (the Anthropic count
+    /// body, `model` the Vertex model id; the client's own body when it wrote one); Gemini models
+    /// are estimated by the gateway.
+    async fn count_tokens(
+        &self,
+        call: &Call,
+        request: &ChatRequest,
+    ) -> Result<Option<u64>, ProviderError> {
+        if !is_claude(&call.model) {
+            return Ok(None);
+        }
+        let (key, project) = self.account(call)?;
+        let body = match anthropic::native(call, request) {
+            Some(native) => anthropic::native_body(&native.body, &call.model, false)?,
+            None => to_bytes(&anthropic::count_tokens_body(
+                request,
+                &call.model,
+                &self.signatures,
+            ))?,
+        };
+        let url = join_url(
+            &self.base_url,
+            &format!(
+                "/v1/projects/{project}/locations/{}/publishers/anthropic/models/count-tokens:rawPredict",
+                self.location
+            ),
+        );
+        let resp = self
+            .with_token(call, &key, |headers, timeout| {
+                let req = json_request(Method::POST, &url, &headers, body.clone());
+                async move { self.client.fetch(req?, timeout, classify_claude).await }
+            })
+            .await?;
+        anthropic::parse_count(resp.body()).map(Some)
+    }
+
     async fn chat_stream(
         &self,
         call: &Call,

@@ -765,6 +765,58 @@ data: {"type":"message_stop"}"#,
     .await
 }
 
+/// Claude on Vertex counts with the Anthropic publisher's `count-tokens:rawPredict`: the count
+/// body with the Vertex model id, a bearer token; Gemini models are left to the estimate.
+#[tokio::test]
+async fn vertex_counts_claude_tokens_with_count_tokens() {
+    let tokens = MockUpstream::new().start().await.expect("mock starts");
+    let seen = Seen::default();
+    let base = stand_in(Arc::clone(&seen), |path| {
+        if path.ends_with("/count-tokens:rawPredict") {
+            ("application/json", br#"{"input_tokens":42}"#.to_vec())
+        } else {
+            ("application/json", b"{}".to_vec())
+        }
+    })
+    .await;
+    let p = VertexProvider::new(
+        &VertexConfig {
+            project: Some("proj".into()),
+            location: "us-east5".into(),
+            base_url: Some(base),
+        },
+        client(),
+    );
+    let sa = || {
+        Credential::ServiceAccount(Secret::new(gateway_mock::test_service_account(
+            &tokens.token_uri(),
+        )))
+    };
+    let c = call(sa(), "claude-sonnet-4-5@20250929");
+    assert_eq!(
+        p.count_tokens(&c, &hello()).await.expect("counted"),
+        Some(42)
+    );
+    let (path, body, auth) = seen.lock().expect("lock").last().cloned().expect("seen");
+    assert_eq!(
+        path,
+        "/v1/projects/proj/locations/us-east5/publishers/anthropic/models/count-tokens:rawPredict"
+    );
+    assert_eq!(body["model"], "claude-sonnet-4-5@20250929");
+    assert_eq!(body["messages"][0]["content"], "Say hello.");
+    assert_eq!(body["system"], "Be terse.");
+    assert!(body.get("max_tokens").is_none(), "{body}");
+    assert!(auth.starts_with("Bearer "), "{auth}");
+    let before = seen.lock().expect("lock").len();
+    assert_eq!(
+        p.count_tokens(&call(sa(), "gemini-2.0-flash"), &hello())
+            .await
+            .expect("no count"),
+        None
+    );
+    assert_eq!(seen.lock().expect("lock").len(), before);
+}
+
 /// What a stand-in saw: path, JSON body, authorization.
 type Seen = Arc<std::sync::Mutex<Vec<(String, serde_json::Value, String)>>>;
 
