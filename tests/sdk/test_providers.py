@@ -268,13 +268,18 @@ def test_anthropic_sdk_extended_thinking_round_trip(gateway, model):
 
 
 def test_anthropic_sdk_count_tokens(gateway):
-    """Anthropic and Bedrock providers count for themselves (the mock: a token per four
+    """Anthropic, Gemini and Bedrock providers count for themselves (the mock: a token per four
     characters); a provider that cannot count gets the gateway's estimate, marked as one."""
     client = ant(gateway)
     messages = [{"role": "user", "content": "hello there, how many tokens is this?"}]
     counted = client.messages.with_raw_response.count_tokens(
         model=f"ant/{MODEL['ant']}", system="Be terse.", messages=messages)
     assert counted.parse().input_tokens == (9 + 37) // 4
+    assert counted.headers.get("x-gateway-estimate") is None
+    # Gemini counts too (countTokens; the mock counts the contents, not the system instruction).
+    counted = client.messages.with_raw_response.count_tokens(
+        model=f"gem/{MODEL['gem']}", system="Be terse.", messages=messages)
+    assert counted.parse().input_tokens == 37 // 4
     assert counted.headers.get("x-gateway-estimate") is None
     # Bedrock counts too (CountTokens, with the request as Converse would send it).
     counted = client.messages.with_raw_response.count_tokens(

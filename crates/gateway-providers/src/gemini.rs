@@ -1051,6 +1051,34 @@ pub struct WireModel {
 // ---------------------------------------------------------------------------------------------
 
 /// The path of a model: `models/{id}` unless the id already names a collection (`tunedModels/...`).
+/// The `countTokens` body for `request`: `{"generateContentRequest": {model, contents,
+/// systemInstruction, tools...}}`, without generation settings.
+pub fn count_tokens_body(
+    request: &ChatRequest,
+    model: &str,
+    signatures: &SignatureStore,
+) -> Result<Value, ProviderError> {
+    let mut inner = encode_request(request, model, signatures)?;
+    if let Value::Object(o) = &mut inner {
+        o.remove("generationConfig");
+        o.remove("safetySettings");
+        o.insert("model".to_owned(), Value::String(model_path(model)));
+    }
+    Ok(serde_json::json!({ "generateContentRequest": inner }))
+}
+
+/// The `totalTokens` of a `countTokens` answer.
+pub(crate) fn parse_count(body: &[u8]) -> Result<u64, ProviderError> {
+    #[derive(Deserialize)]
+    struct Counted {
+        #[serde(rename = "totalTokens", default)]
+        total_tokens: u64,
+    }
+    serde_json::from_slice::<Counted>(body)
+        .map(|c| c.total_tokens)
+        .map_err(|e| ProviderError::Protocol(format!("gemini token count: {e}")))
+}
+
 pub(crate) fn model_path(model: &str) -> String {
     if model.contains('/') {
         model.to_owned()
@@ -1147,6 +1175,23 @@ impl Provider for GeminiProvider {
             body: decode_response(wire, &call.model, unix_now(), &self.signatures),
             rate_limit: RateLimitInfo::default(),
         })
+    }
+
+    /// Gemini's `countTokens`, asked with the whole `generateContentRequest` (system
+    /// instruction and tools count too).
+    async fn count_tokens(
+        &self,
+        call: &Call,
+        request: &ChatRequest,
+    ) -> Result<Option<u64>, ProviderError> {
+        let body = to_bytes(&count_tokens_body(request, &call.model, &self.signatures)?)?;
+        let url = self.url(&call.model, "countTokens");
+        let req = json_request(Method::POST, &url, &self.headers(call)?, body)?;
+        let resp = self
+            .client
+            .fetch(req, call.timeout, classify_ai_studio)
+            .await?;
+        parse_count(resp.body()).map(Some)
     }
 
     async fn chat_stream(

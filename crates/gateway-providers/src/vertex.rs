@@ -559,17 +559,29 @@ impl Provider for VertexProvider {
     }
 
     /// Claude models count on Vertex's Anthropic `count-tokens:rawPredict` (the Anthropic count
-    /// body, `model` the Vertex model id; the client's own body when it wrote one); Gemini models
-    /// are estimated by the gateway.
+    /// body, `model` the Vertex model id; the client's own body when it wrote one), Gemini
+    /// models on `:countTokens` (contents, system instruction and tools).
     async fn count_tokens(
         &self,
         call: &Call,
         request: &ChatRequest,
     ) -> Result<Option<u64>, ProviderError> {
-        if !is_claude(&call.model) {
-            return Ok(None);
-        }
         let (key, project) = self.account(call)?;
+        if !is_claude(&call.model) {
+            let mut body = encode_request(request, &call.model, &self.signatures)?;
+            if let Value::Object(o) = &mut body {
+                o.retain(|k, _| matches!(k.as_str(), "contents" | "systemInstruction" | "tools"));
+            }
+            let body = to_bytes(&body)?;
+            let url = self.url(&project, &call.model, "countTokens");
+            let resp = self
+                .with_token(call, &key, |headers, timeout| {
+                    let req = json_request(Method::POST, &url, &headers, body.clone());
+                    async move { self.client.fetch(req?, timeout, classify_vertex).await }
+                })
+                .await?;
+            return crate::gemini::parse_count(resp.body()).map(Some);
+        }
         let body = match anthropic::native(call, request) {
             Some(native) => anthropic::native_body(&native.body, &call.model, false)?,
             None => to_bytes(&anthropic::count_tokens_body(

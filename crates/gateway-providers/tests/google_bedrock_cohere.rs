@@ -807,14 +807,36 @@ async fn vertex_counts_claude_tokens_with_count_tokens() {
     assert_eq!(body["system"], "Be terse.");
     assert!(body.get("max_tokens").is_none(), "{body}");
     assert!(auth.starts_with("Bearer "), "{auth}");
-    let before = seen.lock().expect("lock").len();
-    assert_eq!(
-        p.count_tokens(&call(sa(), "gemini-2.0-flash"), &hello())
-            .await
-            .expect("no count"),
-        None
-    );
-    assert_eq!(seen.lock().expect("lock").len(), before);
+}
+
+/// Gemini models count with `countTokens`: AI Studio with the whole `generateContentRequest`,
+/// Vertex with its contents, system instruction and tools.
+#[tokio::test]
+async fn gemini_models_count_tokens_with_count_tokens() {
+    let server = server().await;
+    for case in &cases()[..2] {
+        let p = (case.build)(&server);
+        let c = call((case.good)(&server), case.model);
+        let n = p.count_tokens(&c, &hello()).await.expect("counted");
+        // The mock counts the contents: "Say hello." is 10 characters, a token per four.
+        assert_eq!(n, Some(10 / 4), "{}", case.name);
+        let rec = server.last_request().expect("recorded");
+        assert!(
+            rec.path.ends_with("/models/gemini-2.5-flash:countTokens"),
+            "{}",
+            rec.path
+        );
+        let body = if case.name == "gemini" {
+            let inner = &rec.body["generateContentRequest"];
+            assert_eq!(inner["model"], "models/gemini-2.5-flash");
+            inner.clone()
+        } else {
+            rec.body.clone()
+        };
+        assert_eq!(body["contents"][0]["parts"][0]["text"], "Say hello.");
+        assert_eq!(body["systemInstruction"]["parts"][0]["text"], "Be terse.");
+        assert!(body.get("generationConfig").is_none(), "{body}");
+    }
 }
 
 /// What a stand-in saw: path, JSON body, authorization.
