@@ -11,7 +11,9 @@
 //! [`HttpConfig::proxy`] takes `http://[user:pass@]host:port`. `https://` destinations go through an
 //! HTTP `CONNECT` tunnel (TLS is end to end); `http://` destinations are sent to the proxy in absolute
 //! form with `Proxy-Authorization` when credentials are given. Loopback destinations (`localhost`,
-//! `127.0.0.0/8`, `::1`) bypass the proxy. There is no `NO_PROXY` list and no SOCKS support.
+//! `127.0.0.0/8`, `::1`) bypass the proxy, and so do those [`HttpConfig::no_proxy`] lists (the
+//! `NO_PROXY` convention: `*`, host names matching themselves and their subdomains, IP addresses
+//! and CIDR ranges). There is no SOCKS support.
 //!
 //! ```
 //! use gateway_providers::http::join_url;
@@ -67,6 +69,10 @@ pub struct HttpConfig {
     pub connect_timeout: Duration,
     /// An outbound HTTP proxy, `http://[user:pass@]host:port`.
     pub proxy: Option<String>,
+    /// Destinations that bypass the proxy: `*` (all), a host name (`example.com` and a leading-dot
+    /// `.example.com` both match it and its subdomains), an IP address, or a CIDR range
+    /// (`10.0.0.0/8`, `fd00::/8`).
+    pub no_proxy: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -76,6 +82,7 @@ impl Default for HttpConfig {
             pool_idle_timeout: Duration::from_secs(90),
             connect_timeout: Duration::from_secs(10),
             proxy: None,
+            no_proxy: Vec::new(),
         }
     }
 }
@@ -113,7 +120,7 @@ impl HttpClient {
             .proxy
             .as_deref()
             .filter(|p| !p.trim().is_empty())
-            .map(Proxy::parse)
+            .map(|p| Proxy::parse(p, &config.no_proxy))
             .transpose()?
             .map(Arc::new);
 
@@ -159,7 +166,7 @@ impl HttpClient {
         if let Some(proxy) = &self.proxy {
             if let Some(auth) = &proxy.authorization {
                 if req.uri().scheme() == Some(&http::uri::Scheme::HTTP)
-                    && !req.uri().host().is_some_and(is_loopback_host)
+                    && !req.uri().host().is_some_and(|h| proxy.bypasses(h))
                 {
                     req.headers_mut().insert(PROXY_AUTHORIZATION, auth.clone());
                 }
@@ -393,10 +400,97 @@ struct Proxy {
     authorization: Option<HeaderValue>,
     /// For logs: the URL without credentials.
     display: String,
+    /// Destinations that go direct ([`HttpConfig::no_proxy`]).
+    bypass: Vec<Bypass>,
+}
+
+/// One [`HttpConfig::no_proxy`] entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Bypass {
+    All,
+    /// A host name, lowercase, without a leading dot: it and its subdomains.
+    Domain(String),
+    /// An address and the number of leading bits that must match.
+    Net(IpAddr, u8),
+}
+
+impl Bypass {
+    fn parse(entry: &str) -> Result<Option<Self>, HttpConfigError> {
+        let e = entry.trim();
+        if e.is_empty() {
+            return Ok(None);
+        }
+        if e == "*" {
+            return Ok(Some(Bypass::All));
+        }
+        let bad = || HttpConfigError::Proxy(format!("no_proxy: `{e}` is not a host, IP or CIDR"));
+        if let Some((ip, bits)) = e.split_once('/') {
+            let ip: IpAddr = ip.parse().map_err(|_| bad())?;
+            let bits: u8 = bits.parse().map_err(|_| bad())?;
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            if bits > max {
+                return Err(bad());
+            }
+            return Ok(Some(Bypass::Net(ip, bits)));
+        }
+        let bare = e.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            let bits = if ip.is_ipv4() { 32 } else { 128 };
+            return Ok(Some(Bypass::Net(ip, bits)));
+        }
+        let domain = e.trim_start_matches("*.").trim_start_matches('.');
+        if domain.is_empty() || domain.contains(['/', ' ', ':']) {
+            return Err(bad());
+        }
+        Ok(Some(Bypass::Domain(domain.to_ascii_lowercase())))
+    }
+
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            Bypass::All => true,
+            Bypass::Domain(d) => {
+                let h = host.trim_end_matches('.');
+                h.eq_ignore_ascii_case(d)
+                    || (h.len() > d.len()
+                        && h.as_bytes()[h.len() - d.len() - 1] == b'.'
+                        && h.as_bytes()[h.len() - d.len()..].eq_ignore_ascii_case(d.as_bytes()))
+            }
+            Bypass::Net(net, bits) => host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| in_net(ip, *net, *bits)),
+        }
+    }
+}
+
+/// Whether `ip` is in `net`/`bits` (an IPv4 address never matches an IPv6 range, or the reverse).
+fn in_net(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
+    fn prefix(a: &[u8], b: &[u8], bits: u8) -> bool {
+        let (whole, rest) = (usize::from(bits / 8), bits % 8);
+        a[..whole] == b[..whole]
+            && (rest == 0 || (a[whole] ^ b[whole]) & (0xffu8 << (8 - rest)) == 0)
+    }
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => prefix(&a.octets(), &b.octets(), bits),
+        (IpAddr::V6(a), IpAddr::V6(b)) => prefix(&a.octets(), &b.octets(), bits),
+        _ => false,
+    }
 }
 
 impl Proxy {
-    fn parse(raw: &str) -> Result<Self, HttpConfigError> {
+    /// Whether a connection to `host` goes direct: loopback, or listed in `no_proxy`.
+    fn bypasses(&self, host: &str) -> bool {
+        is_loopback_host(host) || self.bypass.iter().any(|b| b.matches(host))
+    }
+
+    fn parse(raw: &str, no_proxy: &[String]) -> Result<Self, HttpConfigError> {
+        let mut bypass = Vec::new();
+        for entry in no_proxy.iter().flat_map(|e| e.split(',')) {
+            if let Some(b) = Bypass::parse(entry)? {
+                bypass.push(b);
+            }
+        }
         let uri: Uri = raw
             .trim()
             .parse()
@@ -430,6 +524,7 @@ impl Proxy {
             uri,
             authorization,
             display,
+            bypass,
         })
     }
 }
@@ -454,7 +549,7 @@ impl tower_service::Service<Uri> for Connector {
 
     fn call(&mut self, dst: Uri) -> Self::Future {
         let proxy = match &self.proxy {
-            Some(p) if !dst.host().is_some_and(is_loopback_host) => Arc::clone(p),
+            Some(p) if !dst.host().is_some_and(|h| p.bypasses(h)) => Arc::clone(p),
             _ => {
                 let fut = tower_service::Service::call(&mut self.http, dst);
                 return Box::pin(async move {
@@ -638,7 +733,7 @@ mod tests {
 
     #[test]
     fn proxy_parsing() {
-        let p = Proxy::parse("http://user:p%40ss@proxy.local:3128").expect("valid proxy");
+        let p = Proxy::parse("http://user:p%40ss@proxy.local:3128", &[]).expect("valid proxy");
         assert_eq!(p.display, "http://proxy.local:3128");
         let auth = p
             .authorization
@@ -648,12 +743,72 @@ mod tests {
             auth.to_str().ok(),
             Some(format!("Basic {expected}").as_str())
         );
-        assert!(Proxy::parse("socks5://h:1").is_err());
+        assert!(Proxy::parse("socks5://h:1", &[]).is_err());
         assert!(
             is_loopback_host("localhost")
                 && is_loopback_host("[::1]")
                 && is_loopback_host("127.0.0.9")
         );
         assert!(!is_loopback_host("example.com"));
+    }
+
+    /// `no_proxy`: hosts and their subdomains (not lookalikes), IPs, CIDR ranges of both
+    /// families, `*`, comma-separated entries; loopback always goes direct; bad entries are
+    /// refused at start.
+    #[test]
+    fn no_proxy_entries() {
+        let p = Proxy::parse(
+            "http://proxy.local:3128",
+            &[
+                ".corp.example, models.internal".to_owned(),
+                "10.0.0.0/8".to_owned(),
+                "192.168.1.7".to_owned(),
+                "fd00::/8".to_owned(),
+            ],
+        )
+        .expect("valid");
+        for direct in [
+            "corp.example",
+            "api.corp.example",
+            "A.CORP.EXAMPLE.",
+            "models.internal",
+            "10.1.2.3",
+            "192.168.1.7",
+            "[fd12::1]",
+            "localhost",
+            "127.0.0.1",
+        ] {
+            assert!(p.bypasses(direct), "{direct}");
+        }
+        for proxied in [
+            "notcorp.example",
+            "corp.example.com",
+            "api.openai.com",
+            "11.0.0.1",
+            "192.168.1.8",
+            "[fe80::1]",
+            "héllo.corp",
+        ] {
+            assert!(!p.bypasses(proxied), "{proxied}");
+        }
+        let all = Proxy::parse("http://p:1", &["*".to_owned()]).expect("valid");
+        assert!(all.bypasses("api.anthropic.com"));
+        assert!(Proxy::parse("http://p:1", &["10.0.0.0/33".to_owned()]).is_err());
+        assert!(Proxy::parse("http://p:1", &["http://x/y".to_owned()]).is_err());
+        assert!(in_net(
+            "10.255.0.1".parse().unwrap(),
+            "10.0.0.0".parse().unwrap(),
+            8
+        ));
+        assert!(!in_net(
+            "10.255.0.1".parse().unwrap(),
+            "10.0.0.0".parse().unwrap(),
+            9
+        ));
+        assert!(in_net(
+            "1.2.3.4".parse().unwrap(),
+            "0.0.0.0".parse().unwrap(),
+            0
+        ));
     }
 }

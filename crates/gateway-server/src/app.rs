@@ -159,6 +159,7 @@ impl Gateway {
             pool_idle_timeout: Duration::from_millis(s.pool_idle_timeout_ms),
             connect_timeout: Duration::from_millis(s.connect_timeout_ms),
             proxy: s.upstream_proxy.clone(),
+            no_proxy: s.upstream_no_proxy.clone(),
         })
         .map_err(|e| StartError::Http(e.to_string()))?;
         let mocks = MockPool::default();

@@ -102,6 +102,11 @@ pub struct ServerSection {
     /// Outbound HTTP proxy for upstream calls.
     #[serde(default)]
     pub upstream_proxy: Option<String>,
+    /// Upstream hosts that bypass `upstream_proxy`: `*`, host names (with their subdomains), IP
+    /// addresses, CIDR ranges (the `NO_PROXY` convention; an entry may hold several, comma
+    /// separated). Loopback always goes direct.
+    #[serde(default)]
+    pub upstream_no_proxy: Vec<String>,
     /// Threads of the async runtime that serves requests; [`default_worker_threads`] when unset.
     /// Read at start only.
     #[serde(default)]
@@ -185,6 +190,7 @@ impl Default for ServerSection {
             pool_idle_timeout_ms: default_pool_idle(),
             connect_timeout_ms: default_connect(),
             upstream_proxy: None,
+            upstream_no_proxy: Vec::new(),
             worker_threads: None,
         }
     }
