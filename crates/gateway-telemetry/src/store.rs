@@ -511,18 +511,59 @@ fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
-fn latency(mut v: Vec<f64>) -> Latency {
-    v.sort_by(f64::total_cmp);
-    Latency {
-        p50_ms: percentile(&v, 0.50),
-        p99_ms: percentile(&v, 0.99),
+/// Latencies kept per aggregate for the percentiles of `/admin/stats`: every one up to this
+/// many, then a uniform sample of this size (a window of an hour at thousands of requests a
+/// second would otherwise hold tens of millions of them in memory).
+const LATENCY_SAMPLES: usize = 10_000;
+
+/// A uniform random sample of at most [`LATENCY_SAMPLES`] values (reservoir sampling): all of
+/// them, exact percentiles, while there are fewer.
+struct Reservoir {
+    seen: u64,
+    samples: Vec<f64>,
+    rng: fastrand::Rng,
+}
+
+impl Default for Reservoir {
+    fn default() -> Self {
+        Reservoir {
+            seen: 0,
+            samples: Vec::new(),
+            // Fixed seed: the same window gives the same answer.
+            rng: fastrand::Rng::with_seed(0x5eed),
+        }
+    }
+}
+
+impl Reservoir {
+    fn push(&mut self, v: f64) {
+        self.seen += 1;
+        if self.samples.len() < LATENCY_SAMPLES {
+            self.samples.push(v);
+        } else {
+            let i = self.rng.u64(..self.seen);
+            if let Some(slot) = usize::try_from(i)
+                .ok()
+                .and_then(|i| self.samples.get_mut(i))
+            {
+                *slot = v;
+            }
+        }
+    }
+
+    fn latency(mut self) -> Latency {
+        self.samples.sort_by(f64::total_cmp);
+        Latency {
+            p50_ms: percentile(&self.samples, 0.50),
+            p99_ms: percentile(&self.samples, 0.99),
+        }
     }
 }
 
 #[derive(Default)]
 struct Acc {
     stats: UpstreamStats,
-    latencies: Vec<f64>,
+    latencies: Reservoir,
 }
 
 impl Acc {
@@ -551,7 +592,7 @@ impl Acc {
             s.error_rate = s.errors as f64 / s.requests as f64;
             s.rate_limited_rate = s.rate_limited as f64 / s.requests as f64;
         }
-        s.latency = latency(self.latencies);
+        s.latency = self.latencies.latency();
         s
     }
 }
@@ -626,7 +667,7 @@ pub(crate) fn stats(conn: &Connection, since_ms: u64, until_ms: u64) -> rusqlite
         .collect();
 
     let mut requests = RequestStats::default();
-    let mut durations = Vec::new();
+    let mut durations = Reservoir::default();
     {
         let mut stmt = conn.prepare(
             "SELECT status, duration_ms, prompt_tokens, completion_tokens, cached_tokens, cost_usd,
@@ -653,7 +694,7 @@ pub(crate) fn stats(conn: &Connection, since_ms: u64, until_ms: u64) -> rusqlite
     if requests.requests > 0 {
         requests.error_rate = requests.errors as f64 / requests.requests as f64;
     }
-    requests.latency = latency(durations);
+    requests.latency = durations.latency();
     Ok(Stats {
         since_ms,
         until_ms,
@@ -665,6 +706,33 @@ pub(crate) fn stats(conn: &Connection, since_ms: u64, until_ms: u64) -> rusqlite
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Percentiles are exact up to [`LATENCY_SAMPLES`] values; past it, memory stays bounded and
+    /// the sample stays uniform (a shuffled 0..100,000 gives a median near 50,000, which a
+    /// sample biased to the first or last values would not).
+    #[test]
+    fn latency_percentiles_exact_then_sampled() {
+        let mut r = Reservoir::default();
+        for v in (1..=200).rev() {
+            r.push(f64::from(v));
+        }
+        let l = r.latency();
+        assert_eq!((l.p50_ms, l.p99_ms), (Some(100.0), Some(198.0)));
+
+        let mut values: Vec<u32> = (0..100_000).collect();
+        fastrand::Rng::with_seed(1).shuffle(&mut values);
+        let mut r = Reservoir::default();
+        for v in values {
+            r.push(f64::from(v));
+        }
+        assert_eq!(r.samples.len(), LATENCY_SAMPLES);
+        let l = r.latency();
+        let p50 = l.p50_ms.unwrap();
+        let p99 = l.p99_ms.unwrap();
+        assert!((47_000.0..53_000.0).contains(&p50), "{p50}");
+        assert!((98_000.0..100_000.0).contains(&p99), "{p99}");
+        assert_eq!(Reservoir::default().latency().p50_ms, None);
+    }
 
     /// The first schema, whose rows kept the whole entry as JSON.
     const OLD_SCHEMA: &str = "
