@@ -284,9 +284,21 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
+/// How long a gauge no render refreshed stays in the output (see [`Metrics::new`]).
+const GAUGE_IDLE: std::time::Duration = std::time::Duration::from_secs(120);
+
 impl Metrics {
     pub(crate) fn new() -> Self {
-        let builder = PrometheusBuilder::new();
+        Self::with_gauge_idle(GAUGE_IDLE)
+    }
+
+    /// [`Metrics::new`], with gauges that no render refreshed for `gauge_idle` left out.
+    fn with_gauge_idle(gauge_idle: std::time::Duration) -> Self {
+        // The key and provider gauges are set from the engine's health before every render, so
+        // only the series of keys and providers a reload removed go stale: after a while they
+        // leave the output instead of showing a key that no longer exists.
+        let builder = PrometheusBuilder::new()
+            .idle_timeout(metrics_util::MetricKindMask::GAUGE, Some(gauge_idle));
         // `set_buckets` only fails on an empty list.
         let builder = match builder.set_buckets(LATENCY_BUCKETS) {
             Ok(b) => b,
@@ -581,4 +593,33 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A gauge that renders no longer refresh (a key a reload removed) leaves the output after
+    /// the idle time; the refreshed ones and every counter stay.
+    #[test]
+    fn gauges_of_removed_keys_leave_the_output() {
+        let m = Metrics::with_gauge_idle(std::time::Duration::from_millis(200));
+        let key = |k: &'static str| vec![label("provider", "p"), label("key", k)];
+        m.gauge(names::KEY_STATE, key("kept"), 1.0);
+        m.gauge(names::KEY_STATE, key("removed"), 1.0);
+        let out = m.render();
+        assert!(
+            out.contains("key=\"kept\"") && out.contains("key=\"removed\""),
+            "{out}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        m.gauge(names::KEY_STATE, key("kept"), 0.0);
+        let out = m.render();
+        assert!(
+            out.contains("gateway_key_state{provider=\"p\",key=\"kept\"} 0"),
+            "{out}"
+        );
+        assert!(!out.contains("key=\"removed\""), "{out}");
+        assert!(out.contains(names::LOG_DROPPED), "counters stay: {out}");
+    }
 }
