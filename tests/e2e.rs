@@ -900,6 +900,94 @@ async fn a_continued_response_goes_to_the_key_that_made_it() {
     gw.stop().await;
 }
 
+/// A stored response is reached through the gateway at the key that made it: retrieve, list
+/// its input items, cancel, delete; an id the gateway did not make, or has forgotten after a
+/// delete, is a 404.
+#[tokio::test]
+async fn stored_responses_are_reached_at_the_key_that_made_them() {
+    let o = mock(&["sk-test-openai-1", "sk-test-openai-2"]).await;
+    let a = mock(&["sk-ant-test-1"]).await;
+    let toml = two_providers(&o, &a).replacen(
+        "kind = \"openai\"",
+        "kind = \"openai\"\nstrategy = \"round_robin\"",
+        1,
+    );
+    let gw = TestGateway::start(&toml).await;
+    let key_of_last = || {
+        o.last_request()
+            .unwrap()
+            .header("authorization")
+            .unwrap()
+            .to_owned()
+    };
+    let mut made = Vec::new();
+    for _ in 0..2 {
+        let r = gw
+            .post(
+                "/v1/responses",
+                &json!({"model": "oai/gpt-4o-mini", "input": "hi"}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        made.push((r.json()["id"].as_str().unwrap().to_owned(), key_of_last()));
+    }
+    assert_ne!(made[0].1, made[1].1, "the round robin used both keys");
+    for (id, key) in &made {
+        for _ in 0..2 {
+            let r = gw.get(&format!("/v1/responses/{id}"), &[]).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert_eq!(r.json()["id"], id.as_str());
+            assert_eq!(&key_of_last(), key);
+            assert_eq!(
+                o.last_request().unwrap().path,
+                format!("/v1/responses/{id}")
+            );
+        }
+        let r = gw
+            .get(&format!("/v1/responses/{id}/input_items?limit=5"), &[])
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["object"], "list");
+        let seen = o.last_request().unwrap();
+        assert_eq!(
+            (seen.path.as_str(), seen.query.as_str()),
+            (
+                format!("/v1/responses/{id}/input_items").as_str(),
+                "limit=5"
+            )
+        );
+        assert_eq!(&key_of_last(), key);
+    }
+    let (id, key) = &made[0];
+    let r = gw
+        .request(
+            "POST",
+            &format!("/v1/responses/{id}/cancel"),
+            &[],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["status"], "cancelled");
+    let r = gw
+        .request("DELETE", &format!("/v1/responses/{id}"), &[], Vec::new())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["deleted"], true);
+    assert_eq!(&key_of_last(), key);
+    let before = o.requests();
+    for path in [
+        format!("/v1/responses/{id}"),
+        "/v1/responses/resp_never_made".to_owned(),
+    ] {
+        let r = gw.get(&path, &[]).await;
+        assert_eq!(r.status, 404, "{}", r.text());
+        assert_eq!(r.json()["error"]["code"], "response_not_found");
+    }
+    assert_eq!(o.requests(), before, "nothing was asked upstream");
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn caller_errors_are_not_failed_over() {
     let (gw, o, a) = setup().await;

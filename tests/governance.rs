@@ -368,6 +368,43 @@ async fn a_provider_allow_list_decides_which_targets_serve() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A stored response is reachable only with the virtual key that asked for it.
+#[tokio::test]
+async fn a_stored_response_belongs_to_its_virtual_key() {
+    let (gw, services, dir) = start(PINNED).await;
+    let auth = |vk: &'static str| [("authorization", format!("Bearer {vk}"))];
+    let r = gw
+        .request(
+            "POST",
+            "/v1/responses",
+            &[
+                ("content-type", "application/json"),
+                ("authorization", "Bearer vk-open-0123456789"),
+            ],
+            serde_json::to_vec(&json!({"model": "oai/gpt-4o-mini", "input": "hi"})).unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/responses/{id}");
+    let get = |vk: &'static str| {
+        let (gw, path) = (&gw, &path);
+        async move {
+            let h = auth(vk);
+            gw.get(path, &[(h[0].0, h[0].1.as_str())]).await.status
+        }
+    };
+    assert_eq!(get("vk-open-0123456789").await, 200);
+    assert_eq!(
+        get("vk-member-0123456789").await,
+        404,
+        "another key's response"
+    );
+    assert_eq!(gw.get(&path, &[]).await.status, 401);
+    drop(services);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test]
 async fn admin_made_keys_work_and_show_usage() {
     let (gw, services, dir) = start(KEYS).await;

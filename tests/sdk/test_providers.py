@@ -299,6 +299,13 @@ def test_openai_sdk_responses_api(gateway):
                                 max_output_tokens=64)
     assert r.status == "completed" and r.output_text
     assert r.usage.input_tokens > 0 and r.usage.output_tokens > 0
+    # The stored answer, through the key that made it.
+    got = client.responses.retrieve(r.id)
+    assert got.id == r.id and got.output_text
+    assert list(client.responses.input_items.list(r.id)) == []
+    client.responses.delete(r.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(r.id)
 
     tools = [{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}]
     call = client.responses.create(model=f"oai/{MODEL['oai']}", input="weather in Paris", tools=tools)

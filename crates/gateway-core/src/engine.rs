@@ -595,6 +595,50 @@ impl Engine {
         out
     }
 
+    /// Calls `f` with the provider and the key `pin` names, once: for requests about state that
+    /// key's account holds (a stored response), which no other key could serve. Like counting
+    /// tokens, it is not a request for a model: no signal, window or key state changes.
+    /// [`ProviderError::NotFound`] when the provider or the key is no longer configured.
+    pub async fn with_pinned_key<T, F, Fut>(
+        &self,
+        pin: &PinnedKey,
+        request_id: Arc<str>,
+        f: F,
+    ) -> Result<T, ProviderError>
+    where
+        F: FnOnce(Arc<dyn Provider>, Call) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ProviderError>>,
+    {
+        let snap = self.snapshot.load_full();
+        let found = snap
+            .providers
+            .iter()
+            .find(|p| *p.name == *pin.provider)
+            .and_then(|p| p.keys.iter().find(|k| *k.name == *pin.key).map(|k| (p, k)));
+        let Some((p, key)) = found else {
+            return Err(ProviderError::NotFound {
+                message: format!(
+                    "key `{}` of provider `{}` is no longer configured",
+                    pin.key, pin.provider
+                ),
+            });
+        };
+        let call = Call {
+            credential: Arc::clone(&key.credential),
+            key_name: Arc::clone(&key.name),
+            model: Arc::from(""),
+            timeout: p.timeout,
+            request_id,
+            traceparent: None,
+            passthrough: crate::provider::Passthrough::Off,
+        };
+        let timeout = p.timeout;
+        match tokio::time::timeout(timeout, f(Arc::clone(&p.provider), call)).await {
+            Ok(r) => r,
+            Err(_) => Err(ProviderError::Timeout),
+        }
+    }
+
     /// Routes and directly addressable models.
     pub fn models(&self) -> Vec<ModelInfo> {
         let snap = self.snapshot.load();

@@ -240,6 +240,20 @@ pub trait Provider: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// A call about a response the provider stored (OpenAI Responses: retrieve, delete, cancel,
+    /// list its input items), answered as it came. The default says the provider stores none.
+    async fn stored_response(
+        &self,
+        call: &Call,
+        op: &StoredResponseOp,
+    ) -> Result<ProviderResponse<bytes::Bytes>, ProviderError> {
+        let _ = (call, op);
+        Err(ProviderError::Unsupported {
+            message: format!("provider kind `{}` does not store responses", self.kind()),
+            param: None,
+        })
+    }
+
     /// The models this provider serves. The default is none known.
     async fn list_models(&self, call: &Call) -> Result<Vec<ModelInfo>, ProviderError> {
         let _ = call;
@@ -258,4 +272,28 @@ pub fn responses_unsupported(kind: &str, request: &ChatRequest) -> Result<(), Pr
         });
     }
     Ok(())
+}
+
+/// What [`Provider::stored_response`] is asked to do with the response `id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponseOp {
+    /// The response's id (`resp_...`).
+    pub id: String,
+    /// The operation.
+    pub kind: StoredResponseKind,
+    /// The client's query string, without `?` (empty when none): passed on.
+    pub query: String,
+}
+
+/// The operations on a stored response (OpenAI: `/v1/responses/{id}...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredResponseKind {
+    /// `GET /responses/{id}`.
+    Retrieve,
+    /// `DELETE /responses/{id}`.
+    Delete,
+    /// `POST /responses/{id}/cancel` (a background response).
+    Cancel,
+    /// `GET /responses/{id}/input_items`.
+    InputItems,
 }

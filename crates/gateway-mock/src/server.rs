@@ -84,10 +84,21 @@ enum Op {
     Chat,
     /// OpenAI Responses API.
     Responses,
+    /// A stored Responses answer (`/responses/{id}`...), its id in `Call::path_model`.
+    StoredResponse(StoredOp),
     Embed,
     BatchEmbed,
     Models,
     CountTokens,
+}
+
+/// What is asked of a stored Responses answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StoredOp {
+    Retrieve,
+    Delete,
+    Cancel,
+    InputItems,
 }
 
 #[derive(Debug)]
@@ -233,6 +244,9 @@ fn route(method: &Method, path: &str, query: Option<&str>, parts: &Parts) -> Rou
         if path.ends_with("/responses") {
             return provider(Dialect::OpenAi, Op::Responses);
         }
+        if let Some(r) = stored_response_route(path, StoredOp::Cancel, "/cancel") {
+            return r;
+        }
         if path.ends_with("/embeddings") {
             return provider(Dialect::OpenAi, Op::Embed);
         }
@@ -240,7 +254,31 @@ fn route(method: &Method, path: &str, query: Option<&str>, parts: &Parts) -> Rou
     if get && path.ends_with("/models") {
         return provider(Dialect::OpenAi, Op::Models);
     }
+    if get {
+        if let Some(r) = stored_response_route(path, StoredOp::InputItems, "/input_items")
+            .or_else(|| stored_response_route(path, StoredOp::Retrieve, ""))
+        {
+            return r;
+        }
+    }
+    if method == Method::DELETE {
+        if let Some(r) = stored_response_route(path, StoredOp::Delete, "") {
+            return r;
+        }
+    }
     Route::NotFound
+}
+
+/// `…/responses/{id}{suffix}`: a call about a stored Responses answer.
+fn stored_response_route(path: &str, op: StoredOp, suffix: &str) -> Option<Route> {
+    let (_, rest) = path.split_once("/responses/")?;
+    let id = rest.strip_suffix(suffix)?;
+    if id.is_empty() || id.contains('/') {
+        return None;
+    }
+    let mut call = Call::new(Dialect::OpenAi, Op::StoredResponse(op));
+    call.path_model = Some(percent_decode_str(id).decode_utf8_lossy().into_owned());
+    Some(Route::Provider(call))
 }
 
 fn respond(
@@ -735,6 +773,17 @@ async fn provider(
     };
     let model_name = ctx.model.to_owned();
     let rendered: Result<String, ErrorKind> = match (call.op, &plan) {
+        (Op::StoredResponse(op), _) => Ok(responses::stored_json(
+            &ctx,
+            call.path_model.as_deref().unwrap_or_default(),
+            &shared.config.reply.text,
+            op == StoredOp::Cancel,
+            match op {
+                StoredOp::Retrieve | StoredOp::Cancel => responses::Stored::Response,
+                StoredOp::Delete => responses::Stored::Deleted,
+                StoredOp::InputItems => responses::Stored::InputItems,
+            },
+        )),
         (Op::Models, _) => Ok(match d {
             Dialect::Anthropic => anthropic::models_json(),
             Dialect::Gemini | Dialect::Vertex => google::models_json(),

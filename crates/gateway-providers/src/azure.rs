@@ -251,6 +251,22 @@ impl Provider for AzureProvider {
         })
     }
 
+    async fn stored_response(
+        &self,
+        call: &Call,
+        op: &gateway_core::StoredResponseOp,
+    ) -> Result<ProviderResponse<Bytes>, ProviderError> {
+        let headers = self.request_headers(call)?;
+        responses::stored(
+            &self.client,
+            &self.responses_url(),
+            &headers,
+            op,
+            call.timeout,
+        )
+        .await
+    }
+
     /// The configured deployments' model names; when none are configured, the resource's
     /// `/openai/models` list.
     async fn list_models(&self, call: &Call) -> Result<Vec<ModelInfo>, ProviderError> {

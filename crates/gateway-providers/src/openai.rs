@@ -226,6 +226,22 @@ impl Provider for OpenAiProvider {
         })
     }
 
+    async fn stored_response(
+        &self,
+        call: &Call,
+        op: &gateway_core::StoredResponseOp,
+    ) -> Result<ProviderResponse<Bytes>, ProviderError> {
+        let headers = self.request_headers(call)?;
+        responses::stored(
+            &self.client,
+            &self.responses_url,
+            &headers,
+            op,
+            call.timeout,
+        )
+        .await
+    }
+
     async fn list_models(&self, call: &Call) -> Result<Vec<ModelInfo>, ProviderError> {
         let req = json_request(
             Method::GET,

@@ -9,7 +9,9 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
-use gateway_core::provider::{ProviderResponse, ProviderStream};
+use gateway_core::provider::{
+    ProviderResponse, ProviderStream, StoredResponseKind, StoredResponseOp,
+};
 use gateway_core::types::{ChatChunk, ChatRequest, ChatResponse, PromptTokensDetails, Usage};
 use gateway_core::ProviderError;
 use http::{HeaderName, HeaderValue, Method};
@@ -75,6 +77,64 @@ pub async fn open_stream(
     Ok(ProviderStream {
         chunks: decode_stream(events, ResponsesStreamDecoder::default()),
         rate_limit,
+    })
+}
+
+/// Characters escaped in a response id put in a path segment.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'_')
+    .remove(b'-')
+    .remove(b'.');
+
+/// The URL of `op` under `responses_url` (which may carry a query of its own, such as Azure's
+/// `api-version`): `{responses}/{id}`, `/cancel` or `/input_items`, and the client's query.
+pub fn stored_url(responses_url: &str, op: &StoredResponseOp) -> String {
+    let (path, own_query) = responses_url
+        .split_once('?')
+        .map_or((responses_url, ""), |(p, q)| (p, q));
+    let mut url = format!(
+        "{path}/{}",
+        percent_encoding::utf8_percent_encode(&op.id, SEGMENT)
+    );
+    match op.kind {
+        StoredResponseKind::Cancel => url.push_str("/cancel"),
+        StoredResponseKind::InputItems => url.push_str("/input_items"),
+        StoredResponseKind::Retrieve | StoredResponseKind::Delete => {}
+    }
+    let queries: Vec<&str> = [own_query, op.query.as_str()]
+        .into_iter()
+        .filter(|q| !q.is_empty())
+        .collect();
+    if !queries.is_empty() {
+        url.push('?');
+        url.push_str(&queries.join("&"));
+    }
+    url
+}
+
+/// Sends `op` about a stored response and hands its answer back as it came.
+pub async fn stored(
+    client: &HttpClient,
+    responses_url: &str,
+    headers: &[(HeaderName, HeaderValue)],
+    op: &StoredResponseOp,
+    timeout: Duration,
+) -> Result<ProviderResponse<Bytes>, ProviderError> {
+    let method = match op.kind {
+        StoredResponseKind::Retrieve | StoredResponseKind::InputItems => Method::GET,
+        StoredResponseKind::Delete => Method::DELETE,
+        StoredResponseKind::Cancel => Method::POST,
+    };
+    let req = json_request(
+        method,
+        &stored_url(responses_url, op),
+        headers,
+        Bytes::new(),
+    )?;
+    let resp = client.fetch(req, timeout, classify).await?;
+    Ok(ProviderResponse {
+        rate_limit: rate_limit_info(resp.headers()),
+        body: resp.into_body(),
     })
 }
 
@@ -279,6 +339,38 @@ mod tests {
             )
             .unwrap());
         assert!(d.end(&mut out).is_ok());
+    }
+
+    #[test]
+    fn stored_response_urls() {
+        let op = |kind, query: &str| StoredResponseOp {
+            id: "resp_1a".into(),
+            kind,
+            query: query.into(),
+        };
+        assert_eq!(
+            stored_url(
+                "http://h/v1/responses",
+                &op(StoredResponseKind::Retrieve, "")
+            ),
+            "http://h/v1/responses/resp_1a"
+        );
+        assert_eq!(
+            stored_url(
+                "http://h/openai/v1/responses?api-version=preview",
+                &op(StoredResponseKind::InputItems, "limit=5")
+            ),
+            "http://h/openai/v1/responses/resp_1a/input_items?api-version=preview&limit=5"
+        );
+        assert_eq!(
+            stored_url("http://h/v1/responses", &op(StoredResponseKind::Cancel, "")),
+            "http://h/v1/responses/resp_1a/cancel"
+        );
+        let odd = StoredResponseOp {
+            id: "a/b?c".into(),
+            ..op(StoredResponseKind::Delete, "")
+        };
+        assert_eq!(stored_url("http://h/r", &odd), "http://h/r/a%2Fb%3Fc");
     }
 
     #[test]

@@ -21,8 +21,17 @@ pub struct ResponseAffinity {
 
 #[derive(Debug, Default)]
 struct Inner {
-    by_id: HashMap<Box<str>, PinnedKey>,
+    by_id: HashMap<Box<str>, Made>,
     order: VecDeque<Box<str>>,
+}
+
+/// Who made a response: the key, and the virtual key that asked for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Made {
+    /// The provider key that made it.
+    pub key: PinnedKey,
+    /// The virtual key of the request, if virtual keys were in force.
+    pub owner: Option<Arc<str>>,
 }
 
 impl ResponseAffinity {
@@ -34,19 +43,22 @@ impl ResponseAffinity {
         }
     }
 
-    /// Records that `provider`'s key `key` made response `id`.
-    pub fn remember(&self, id: &str, provider: &Arc<str>, key: &Arc<str>) {
+    /// Records that `provider`'s key `key` made response `id`, asked for by `owner`.
+    pub fn remember(&self, id: &str, provider: &Arc<str>, key: &Arc<str>, owner: Option<&str>) {
         if id.is_empty() || self.capacity == 0 {
             return;
         }
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
-        let pin = PinnedKey {
-            provider: Arc::clone(provider),
-            key: Arc::clone(key),
+        let made = Made {
+            key: PinnedKey {
+                provider: Arc::clone(provider),
+                key: Arc::clone(key),
+            },
+            owner: owner.map(Arc::from),
         };
-        if inner.by_id.insert(id.into(), pin).is_none() {
+        if inner.by_id.insert(id.into(), made).is_none() {
             inner.order.push_back(id.into());
         }
         while inner.order.len() > self.capacity {
@@ -58,7 +70,21 @@ impl ResponseAffinity {
 
     /// The key that made response `id`, if remembered.
     pub fn lookup(&self, id: &str) -> Option<PinnedKey> {
+        self.made(id).map(|m| m.key)
+    }
+
+    /// Who made response `id`, if remembered.
+    pub fn made(&self, id: &str) -> Option<Made> {
         self.inner.lock().ok()?.by_id.get(id).cloned()
+    }
+
+    /// Forgets response `id` (it was deleted).
+    pub fn forget(&self, id: &str) {
+        if let Ok(mut inner) = self.inner.lock() {
+            if inner.by_id.remove(id).is_some() {
+                inner.order.retain(|o| &**o != id);
+            }
+        }
     }
 }
 
@@ -70,15 +96,26 @@ mod tests {
     fn remembers_the_newest_and_forgets_the_oldest() {
         let a = ResponseAffinity::new(2);
         let (p, k1, k2) = (Arc::from("oai"), Arc::from("k1"), Arc::from("k2"));
-        a.remember("resp_1", &p, &k1);
-        a.remember("resp_2", &p, &k2);
-        a.remember("resp_2", &p, &k2);
+        a.remember("resp_1", &p, &k1, None);
+        a.remember("resp_2", &p, &k2, Some("team-a"));
+        a.remember("resp_2", &p, &k2, Some("team-a"));
         assert_eq!(a.lookup("resp_1").map(|k| k.key), Some(Arc::clone(&k1)));
-        a.remember("resp_3", &p, &k1);
+        assert_eq!(
+            a.made("resp_2").and_then(|m| m.owner).as_deref(),
+            Some("team-a")
+        );
+        a.remember("resp_3", &p, &k1, None);
         assert_eq!(a.lookup("resp_1"), None, "the oldest went");
         assert_eq!(a.lookup("resp_2").map(|k| k.key), Some(k2));
-        assert_eq!(a.lookup("resp_3").map(|k| k.provider), Some(p));
-        a.remember("", &Arc::from("x"), &Arc::from("y"));
+        assert_eq!(a.lookup("resp_3").map(|k| k.provider), Some(Arc::clone(&p)));
+        a.remember("", &Arc::from("x"), &Arc::from("y"), None);
         assert_eq!(a.lookup(""), None);
+        a.forget("resp_3");
+        assert_eq!(a.lookup("resp_3"), None);
+        a.remember("resp_4", &p, &k1, None);
+        assert!(
+            a.lookup("resp_2").is_some(),
+            "a forgotten id frees its place"
+        );
     }
 }

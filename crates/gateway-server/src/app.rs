@@ -263,7 +263,8 @@ impl Gateway {
         // included; inference endpoints are checked with their limits by admission).
         let gated = path.starts_with("/v1/models")
             || path == "/models"
-            || path.ends_with("/messages/count_tokens");
+            || path.ends_with("/messages/count_tokens")
+            || path.starts_with("/v1/responses/");
         if gated {
             if let Some(e) = self.unauthorized(req.headers()) {
                 let mut r = error_response(&e, dialect, &request_id);
@@ -353,6 +354,9 @@ impl Gateway {
                 Box::pin(self.embeddings(req, &request_id, started)).await
             }
             (_, p) if p.starts_with("/admin/") || p == "/admin" => Box::pin(self.admin(req)).await,
+            (_, p) if p.starts_with("/v1/responses/") => {
+                Box::pin(self.stored_response(req, &request_id)).await
+            }
             (_, "/v1/chat/completions" | "/v1/messages" | "/v1/embeddings" | "/v1/responses") => {
                 error_response(
                     &ApiError::new(
@@ -656,6 +660,7 @@ impl Gateway {
                         &out.value.id,
                         &out.served_by.provider,
                         &out.served_by.key,
+                        permit.virtual_key(),
                     );
                 }
                 let usage = out.value.usage.unwrap_or_default();
@@ -751,8 +756,12 @@ impl Gateway {
         match self.engine.chat_stream(&request, &opts).await {
             Ok(out) => {
                 if let Some(first) = out.value.first().filter(|_| remember) {
-                    self.responses
-                        .remember(&first.id, &out.served_by.provider, &out.served_by.key);
+                    self.responses.remember(
+                        &first.id,
+                        &out.served_by.provider,
+                        &out.served_by.key,
+                        permit.virtual_key(),
+                    );
                 }
                 record.route = out.route.as_deref().map(str::to_owned);
                 record.provider = Some(String::from(&*out.served_by.provider));
@@ -796,6 +805,94 @@ impl Gateway {
                 resp
             }
             Err(f) => self.fail(f, dialect, &opts.request_id, record, started, &ext),
+        }
+    }
+
+    /// `GET` and `DELETE /v1/responses/{id}`, `POST …/{id}/cancel`, `GET …/{id}/input_items`:
+    /// sent to the key that made the response ([`crate::affinity`]; only that key's account
+    /// holds it), answered as it came. With virtual keys, only the key that asked for the
+    /// response may reach it; any other, and an id this gateway does not know, gets a 404.
+    async fn stored_response(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        request_id: &Arc<str>,
+    ) -> Response<Body> {
+        use gateway_core::{StoredResponseKind as Kind, StoredResponseOp};
+        let dialect = Dialect::OpenAi;
+        let path = req.uri().path();
+        let rest = path.strip_prefix("/v1/responses/").unwrap_or_default();
+        let (id, kind) = match (req.method(), rest.split_once('/')) {
+            (&Method::GET, None) => (rest, Kind::Retrieve),
+            (&Method::DELETE, None) => (rest, Kind::Delete),
+            (&Method::POST, Some((id, "cancel"))) => (id, Kind::Cancel),
+            (&Method::GET, Some((id, "input_items"))) => (id, Kind::InputItems),
+            _ => {
+                return error_response(
+                    &ApiError::new(
+                        404,
+                        ErrorKind::NotFound,
+                        format!("no route for {} {path}", req.method()),
+                    ),
+                    dialect,
+                    request_id,
+                )
+            }
+        };
+        let id = percent_decode(id);
+        let not_found = || {
+            error_response(
+                &ApiError::new(
+                    404,
+                    ErrorKind::NotFound,
+                    format!(
+                        "No response with id '{id}' was made through this gateway by this key (or it is no longer remembered)"
+                    ),
+                )
+                .code("response_not_found")
+                .param("response_id"),
+                dialect,
+                request_id,
+            )
+        };
+        let Some(made) = self.responses.made(&id) else {
+            return not_found();
+        };
+        let ext = self.ext.load_full();
+        if ext.admission.enabled() {
+            let caller = ext
+                .admission
+                .key_name(presented_key(req.headers()).as_deref());
+            if caller.as_deref() != made.owner.as_deref() {
+                return not_found();
+            }
+        }
+        let op = StoredResponseOp {
+            id: id.clone(),
+            kind,
+            query: req.uri().query().unwrap_or_default().to_owned(),
+        };
+        drop(req);
+        let answer = self
+            .engine
+            .with_pinned_key(&made.key, Arc::clone(request_id), |p, call| async move {
+                p.stored_response(&call, &op).await
+            })
+            .await;
+        match answer {
+            Ok(r) => {
+                if kind == Kind::Delete {
+                    self.responses.forget(&id);
+                }
+                bytes_response(200, r.body)
+            }
+            Err(e) => error_response(
+                &ApiError::from(&gateway_core::EngineError::Exhausted {
+                    attempts: 1,
+                    last: e,
+                }),
+                dialect,
+                request_id,
+            ),
         }
     }
 

@@ -132,6 +132,13 @@ impl Provider for MockBacked {
     ) -> Result<Option<u64>, ProviderError> {
         self.inner.count_tokens(call, r).await
     }
+    async fn stored_response(
+        &self,
+        call: &Call,
+        op: &gateway_core::StoredResponseOp,
+    ) -> Result<ProviderResponse<bytes::Bytes>, ProviderError> {
+        self.inner.stored_response(call, op).await
+    }
     async fn list_models(&self, call: &Call) -> Result<Vec<ModelInfo>, ProviderError> {
         self.inner.list_models(call).await
     }

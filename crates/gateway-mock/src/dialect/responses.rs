@@ -72,6 +72,56 @@ pub(crate) fn parse(body: &Value) -> Prompt {
     p
 }
 
+/// What a call about a stored answer returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stored {
+    /// The response object (retrieve, cancel).
+    Response,
+    /// `response.deleted`.
+    Deleted,
+    /// An empty list of input items.
+    InputItems,
+}
+
+/// The answer about stored response `id`. The mock keeps no responses: any id is taken to be a
+/// completed answer with the configured reply (`cancelled` after a cancel).
+pub(crate) fn stored_json(
+    ctx: &Ctx<'_>,
+    id: &str,
+    reply: &str,
+    cancelled: bool,
+    what: Stored,
+) -> String {
+    match what {
+        Stored::Deleted => {
+            json!({"id": id, "object": "response.deleted", "deleted": true}).to_string()
+        }
+        Stored::InputItems => json!({
+            "object": "list", "data": [], "first_id": null, "last_id": null, "has_more": false
+        })
+        .to_string(),
+        Stored::Response => json!({
+            "id": id,
+            "object": "response",
+            "created_at": ctx.created,
+            "status": if cancelled { "cancelled" } else { "completed" },
+            "error": null,
+            "incomplete_details": null,
+            "model": "mock",
+            "output": [{
+                "type": "message", "id": format!("msg_{id}"), "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": reply, "annotations": []}]
+            }],
+            "parallel_tool_calls": true,
+            "tool_choice": "auto",
+            "tools": [],
+            "usage": null
+        })
+        .to_string(),
+    }
+}
+
 /// Validates a Responses request.
 pub(crate) fn validate(body: &Value) -> Option<ErrorKind> {
     if !body.is_object() {
