@@ -900,6 +900,72 @@ async fn a_continued_response_goes_to_the_key_that_made_it() {
     gw.stop().await;
 }
 
+/// OpenAI's legacy Completions API goes to OpenAI-format providers as written (model rewritten,
+/// the gateway's members removed) and back as it came; a stream always asks upstream for its
+/// usage, and the client gets the usage chunk only when it asked for it.
+#[tokio::test]
+async fn legacy_completions_pass_through() {
+    let (gw, o, a) = setup_with_route_over_both().await;
+    let body = json!({"model": "both", "prompt": "def add(a, b):", "suffix": "\n", "max_tokens": 16,
+                      "temperature": 0.2, "fallbacks": null});
+    for _ in 0..2 {
+        let r = gw.post("/v1/completions", &body).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-gateway-provider"), Some("oai"));
+        let v = r.json();
+        assert_eq!(v["object"], "text_completion");
+        assert!(!v["choices"][0]["text"].as_str().unwrap().is_empty());
+        assert!(v["usage"]["total_tokens"].as_u64().unwrap() > 0);
+    }
+    let seen = o.last_request().unwrap();
+    assert_eq!(seen.path, "/v1/completions");
+    assert_eq!(seen.body["model"], "gpt-4o-mini");
+    assert_eq!(seen.body["suffix"], "\n");
+    assert!(seen.body.get("fallbacks").is_none());
+    assert_eq!(a.requests(), 0);
+
+    for asked in [false, true] {
+        let mut streamed = body.clone();
+        streamed["stream"] = json!(true);
+        if asked {
+            streamed["stream_options"] = json!({"include_usage": true});
+        }
+        let r = gw.post("/v1/completions", &streamed).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let data = r.sse_data();
+        assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+        let chunks: Vec<Value> = data[..data.len() - 1]
+            .iter()
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        let usage_chunks = chunks.iter().filter(|c| c["usage"].is_object()).count();
+        assert_eq!(usage_chunks, usize::from(asked), "asked {asked}: {data:?}");
+        let text: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["text"].as_str())
+            .collect();
+        assert!(!text.is_empty());
+        let up = o.last_request().unwrap();
+        assert_eq!(up.body["stream_options"], json!({"include_usage": true}));
+        assert_eq!(up.body["stream"], true);
+    }
+    // Only OpenAI-format providers serve it.
+    let r = gw
+        .post(
+            "/v1/completions",
+            &json!({"model": "ant/claude-3-5-haiku-latest", "prompt": "x"}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("Completions API"), "{}", r.text());
+    let r = gw.post("/v1/completions", &json!({"model": "both"})).await;
+    assert_eq!(
+        (r.status, r.json()["error"]["param"].as_str()),
+        (400, Some("prompt"))
+    );
+    gw.stop().await;
+}
+
 /// A stored response is reached through the gateway at the key that made it: retrieve, list
 /// its input items, cancel, delete; an id the gateway did not make, or has forgotten after a
 /// delete, is a 404.

@@ -326,3 +326,21 @@ def test_openai_sdk_responses_api(gateway):
 
     with pytest.raises(openai.BadRequestError):
         client.responses.create(model=f"ant/{MODEL['ant']}", input="hi")
+
+
+def test_openai_sdk_legacy_completions(gateway):
+    """OpenAI's legacy Completions API through an OpenAI-format provider, plain and streamed."""
+    client = oai(gateway)
+    r = client.completions.create(model=f"oai/{MODEL['oai']}", prompt="def add(a, b):", max_tokens=16)
+    assert r.object == "text_completion" and r.choices[0].text
+    assert r.usage.total_tokens > 0
+    text, usage = "", None
+    for chunk in client.completions.create(model=f"oai/{MODEL['oai']}", prompt="def add(a, b):",
+                                           stream=True, stream_options={"include_usage": True}):
+        if chunk.choices:
+            text += chunk.choices[0].text
+        if chunk.usage:
+            usage = chunk.usage
+    assert text == r.choices[0].text and usage is not None and usage.completion_tokens > 0
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model=f"ant/{MODEL['ant']}", prompt="x")

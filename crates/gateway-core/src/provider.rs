@@ -150,6 +150,9 @@ pub enum Passthrough {
     /// OpenAI Responses ([`ChatRequest::is_responses`]): the response object's JSON, and each
     /// chunk's whole SSE event text, as for Anthropic Messages.
     OpenAiResponses,
+    /// OpenAI's legacy Completions: the `text_completion` JSON, and each chunk's whole SSE event
+    /// text (`data: …\n\n`, the final `data: [DONE]` included).
+    OpenAiCompletions,
 }
 
 /// A non-streaming answer plus what the headers said.
@@ -261,17 +264,19 @@ pub trait Provider: Send + Sync + 'static {
     }
 }
 
-/// [`ProviderError::Unsupported`] for an OpenAI Responses request ([`ChatRequest::is_responses`]):
-/// what [`Provider::supports`] answers for it by default. Providers that speak the Responses API
-/// accept it in their own `supports`.
+/// [`ProviderError::Unsupported`] for a request only OpenAI-format providers serve (Responses,
+/// legacy Completions; [`ChatRequest::openai_only`]): what [`Provider::supports`] answers for it
+/// by default. Providers that speak those APIs accept it in their own `supports`.
 pub fn responses_unsupported(kind: &str, request: &ChatRequest) -> Result<(), ProviderError> {
-    if request.is_responses() {
-        return Err(ProviderError::Unsupported {
-            message: format!("provider kind `{kind}` does not serve the OpenAI Responses API"),
-            param: Some("model".to_owned()),
-        });
-    }
-    Ok(())
+    let api = match request.openai_only() {
+        Some(crate::types::NativeApi::OpenAiResponses) => "the OpenAI Responses API",
+        Some(_) => "OpenAI's legacy Completions API",
+        None => return Ok(()),
+    };
+    Err(ProviderError::Unsupported {
+        message: format!("provider kind `{kind}` does not serve {api}"),
+        param: Some("model".to_owned()),
+    })
 }
 
 /// What [`Provider::stored_response`] is asked to do with the response `id`.

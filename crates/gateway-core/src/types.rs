@@ -456,16 +456,27 @@ pub enum NativeApi {
     AnthropicMessages,
     /// OpenAI Responses (`POST /v1/responses`). Only `model`, `stream`, `max_output_tokens` and
     /// `fallbacks` are decoded: only providers that speak it can serve it (the rest are passed
-    /// over, see [`ChatRequest::is_responses`]).
+    /// over, see [`ChatRequest::openai_only`]).
     OpenAiResponses,
+    /// OpenAI's legacy Completions (`POST /v1/completions`, a `prompt` to continue; what vLLM,
+    /// Ollama and fill-in-the-middle clients use). Decoded and served like
+    /// [`NativeApi::OpenAiResponses`].
+    OpenAiCompletions,
 }
 
 impl ChatRequest {
     /// Whether this is an OpenAI Responses request: its body is only in [`Self::native`].
     pub fn is_responses(&self) -> bool {
+        self.openai_only() == Some(NativeApi::OpenAiResponses)
+    }
+
+    /// The OpenAI API this request is written for when only OpenAI-format providers can serve
+    /// it (Responses, legacy Completions): its body is only in [`Self::native`].
+    pub fn openai_only(&self) -> Option<NativeApi> {
         self.native
             .as_ref()
-            .is_some_and(|n| n.api == NativeApi::OpenAiResponses)
+            .map(|n| n.api)
+            .filter(|a| matches!(a, NativeApi::OpenAiResponses | NativeApi::OpenAiCompletions))
     }
 
     /// The output limit the caller asked for, whichever field carried it.
@@ -475,7 +486,11 @@ impl ChatRequest {
 
     /// A cheap estimate of input tokens (about four bytes per token, plus per-message overhead).
     pub fn estimate_input_tokens(&self) -> u64 {
-        if let Some(n) = self.native.as_ref().filter(|_| self.is_responses()) {
+        if let Some(n) = self
+            .native
+            .as_ref()
+            .filter(|_| self.openai_only().is_some())
+        {
             return (n.body.len() as u64).div_ceil(4).max(1);
         }
         let mut bytes = 0usize;

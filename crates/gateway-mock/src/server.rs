@@ -26,7 +26,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::body::{MockBody, Step};
-use crate::dialect::{self, anthropic, bedrock, cohere, google, openai, responses, Ctx, ErrorKind};
+use crate::dialect::{
+    self, anthropic, bedrock, cohere, completions, google, openai, responses, Ctx, ErrorKind,
+};
 use crate::format::unix_now;
 use crate::plan::{self, chars_of, tokens_for_chars, Plan, Prompt};
 use crate::sigv4::{self, SigV4Error, SignedRequest};
@@ -84,6 +86,8 @@ enum Op {
     Chat,
     /// OpenAI Responses API.
     Responses,
+    /// OpenAI's legacy Completions API.
+    Completions,
     /// A stored Responses answer (`/responses/{id}`...), its id in `Call::path_model`.
     StoredResponse(StoredOp),
     Embed,
@@ -240,6 +244,9 @@ fn route(method: &Method, path: &str, query: Option<&str>, parts: &Parts) -> Rou
         }
         if path.ends_with("/chat/completions") {
             return provider(Dialect::OpenAi, Op::Chat);
+        }
+        if path.ends_with("/completions") {
+            return provider(Dialect::OpenAi, Op::Completions);
         }
         if path.ends_with("/responses") {
             return provider(Dialect::OpenAi, Op::Responses);
@@ -552,6 +559,10 @@ fn prepare(call: &Call, parts: &Parts, value: &Value) -> (Option<Prompt>, Option
         (Dialect::OpenAi, Op::Responses) => {
             (Some(responses::parse(value)), responses::validate(value))
         }
+        (Dialect::OpenAi, Op::Completions) => (
+            Some(completions::parse(value)),
+            completions::validate(value),
+        ),
         (Dialect::Azure, op) => {
             let has_version = parts.uri.query().is_some_and(|q| {
                 q.split('&')
@@ -753,8 +764,8 @@ async fn provider(
         return error_response(d, &e, seq, headers);
     }
 
-    let stream =
-        prompt.as_ref().is_some_and(|p| p.stream) && matches!(call.op, Op::Chat | Op::Responses);
+    let stream = prompt.as_ref().is_some_and(|p| p.stream)
+        && matches!(call.op, Op::Chat | Op::Responses | Op::Completions);
     if faults.malformed {
         let (ct, body) = malformed(d, call.op, stream, call.sse);
         return respond(200, &ct, body, &headers);
@@ -770,6 +781,7 @@ async fn provider(
         sse: call.sse,
         invoke: call.invoke,
         responses: (call.op == Op::Responses).then_some(value),
+        completions: call.op == Op::Completions,
     };
     let model_name = ctx.model.to_owned();
     let rendered: Result<String, ErrorKind> = match (call.op, &plan) {
@@ -808,9 +820,10 @@ async fn provider(
             Ok(serde_json::json!({ "inputTokens": p.prompt_tokens }).to_string())
         }
         (Op::CountTokens, _) => Ok(google::count_tokens_json(value)),
-        (Op::Chat | Op::Responses, Some(p)) if stream => {
+        (Op::Chat | Op::Responses | Op::Completions, Some(p)) if stream => {
             return stream_response(shared, &ctx, p, &faults, headers);
         }
+        (Op::Completions, Some(p)) => Ok(completions::json_body(&ctx, p)),
         (Op::Chat, Some(p)) => Ok(match d {
             Dialect::OpenAi | Dialect::Azure => openai::chat_json(&ctx, p),
             Dialect::Anthropic => anthropic::chat_json(&ctx, p),
@@ -820,7 +833,7 @@ async fn provider(
             Dialect::Cohere => cohere::chat_json(p),
         }),
         (Op::Responses, Some(p)) => Ok(responses::json_body(&ctx, p, value)),
-        (Op::Chat | Op::Responses, None) => Err(ErrorKind::NotFound(model_name)),
+        (Op::Chat | Op::Responses | Op::Completions, None) => Err(ErrorKind::NotFound(model_name)),
     };
     match rendered {
         Ok(body) => respond(200, "application/json", MockBody::full(body), &headers),
@@ -839,6 +852,7 @@ fn stream_response(
     let frames = match d {
         Dialect::OpenAi | Dialect::Azure => match ctx.responses {
             Some(req) => responses::stream(ctx, plan, req),
+            None if ctx.completions => completions::stream(ctx, plan),
             None => openai::chat_stream(ctx, plan),
         },
         Dialect::Anthropic => anthropic::chat_stream(ctx, plan),

@@ -349,8 +349,20 @@ pub(crate) fn rewrite_native(
     lead: &[u8],
     stream: bool,
 ) -> Result<Bytes, ProviderError> {
+    rewrite_native_without(body, lead, stream, &[])
+}
+
+/// [`rewrite_native`], leaving out the client's `also` members too (the lead writes them).
+pub(crate) fn rewrite_native_without(
+    body: &[u8],
+    lead: &[u8],
+    stream: bool,
+    also: &[&[u8]],
+) -> Result<Bytes, ProviderError> {
     let skip = |key: &[u8]| {
-        matches!(key, b"model" | b"stream" | b"anthropic_version") || GATEWAY_MEMBERS.contains(&key)
+        matches!(key, b"model" | b"stream" | b"anthropic_version")
+            || GATEWAY_MEMBERS.contains(&key)
+            || also.contains(&key)
     };
     let mut out = Vec::with_capacity(body.len() + lead.len() + 16);
     out.push(b'{');

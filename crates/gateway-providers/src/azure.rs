@@ -160,8 +160,11 @@ impl Provider for AzureProvider {
         "azure"
     }
 
-    /// Everything, the Responses API included (v1 API).
-    fn supports(&self, _model: &str, _request: &ChatRequest) -> Result<(), ProviderError> {
+    /// Everything, the Responses API included (v1 API), but the legacy Completions API.
+    fn supports(&self, _model: &str, request: &ChatRequest) -> Result<(), ProviderError> {
+        if request.openai_only() == Some(gateway_core::types::NativeApi::OpenAiCompletions) {
+            return gateway_core::provider::responses_unsupported("azure", request);
+        }
         Ok(())
     }
 

@@ -14,6 +14,7 @@ pub mod azure;
 pub mod bedrock;
 pub mod classify;
 pub mod cohere;
+pub mod completions;
 mod escape;
 pub mod eventstream;
 pub mod gemini;

@@ -35,6 +35,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 use crate::classify::{classify, classify_stream_error};
+use crate::completions;
 use crate::escape;
 use crate::headers::rate_limit_info;
 use crate::http::{
@@ -86,6 +87,7 @@ pub struct OpenAiConfig {
 pub struct OpenAiProvider {
     kind: Arc<str>,
     chat_url: String,
+    completions_url: String,
     responses_url: String,
     embeddings_url: String,
     models_url: String,
@@ -100,6 +102,7 @@ impl OpenAiProvider {
         OpenAiProvider {
             chat_url: join_url(&config.base_url, "/chat/completions"),
             responses_url: join_url(&config.base_url, "/responses"),
+            completions_url: join_url(&config.base_url, "/completions"),
             embeddings_url: join_url(&config.base_url, "/embeddings"),
             models_url: join_url(&config.base_url, "/models"),
             kind: config.kind.into(),
@@ -155,6 +158,20 @@ impl Provider for OpenAiProvider {
             )
             .await;
         }
+        if request.openai_only().is_some() {
+            let (body, _) = completions::completions_body(request, &call.model, false)?;
+            let req = json_request(
+                Method::POST,
+                &self.completions_url,
+                &self.request_headers(call)?,
+                body,
+            )?;
+            let resp = self.client.fetch(req, call.timeout, classify).await?;
+            return Ok(ProviderResponse {
+                body: completions::parse_completion(resp.body())?,
+                rate_limit: rate_limit_info(resp.headers()),
+            });
+        }
         let body = chat_body(request, &call.model, false, self.quirks)?;
         let req = json_request(
             Method::POST,
@@ -189,6 +206,24 @@ impl Provider for OpenAiProvider {
                 call.timeout,
             )
             .await;
+        }
+        if request.openai_only().is_some() {
+            let (body, wants_usage) = completions::completions_body(request, &call.model, true)?;
+            let mut req = json_request(
+                Method::POST,
+                &self.completions_url,
+                &self.request_headers(call)?,
+                body,
+            )?;
+            accept_event_stream(&mut req);
+            let resp = self.client.open_stream(req, call.timeout, classify).await?;
+            let rate_limit = rate_limit_info(resp.headers());
+            let events = SseStream::new(resp.into_body()).idle_timeout(call.timeout);
+            let decoder = completions::CompletionsStreamDecoder::new(wants_usage);
+            return Ok(ProviderStream {
+                chunks: decode_stream(events, decoder),
+                rate_limit,
+            });
         }
         let body = chat_body(request, &call.model, true, self.quirks)?;
         let mut req = json_request(

@@ -336,10 +336,15 @@ impl Gateway {
                 | "/messages"
                 | "/v1/responses"
                 | "/responses"
-                | "/openai/v1/responses",
+                | "/openai/v1/responses"
+                | "/v1/completions"
+                | "/completions"
+                | "/openai/v1/completions",
             ) => {
                 let api = if path.ends_with("/responses") {
                     Api::Responses
+                } else if path.ends_with("/completions") && !path.ends_with("/chat/completions") {
+                    Api::Completions
                 } else if dialect == Dialect::Anthropic {
                     Api::Messages
                 } else {
@@ -357,17 +362,22 @@ impl Gateway {
             (_, p) if p.starts_with("/v1/responses/") => {
                 Box::pin(self.stored_response(req, &request_id)).await
             }
-            (_, "/v1/chat/completions" | "/v1/messages" | "/v1/embeddings" | "/v1/responses") => {
-                error_response(
-                    &ApiError::new(
-                        405,
-                        ErrorKind::InvalidRequest,
-                        format!("method {method} not allowed on {path}"),
-                    ),
-                    dialect,
-                    &request_id,
-                )
-            }
+            (
+                _,
+                "/v1/chat/completions"
+                | "/v1/messages"
+                | "/v1/embeddings"
+                | "/v1/responses"
+                | "/v1/completions",
+            ) => error_response(
+                &ApiError::new(
+                    405,
+                    ErrorKind::InvalidRequest,
+                    format!("method {method} not allowed on {path}"),
+                ),
+                dialect,
+                &request_id,
+            ),
             _ => error_response(
                 &ApiError::new(
                     404,
@@ -568,6 +578,7 @@ impl Gateway {
             Api::Messages => anthropic::decode_request(&body).map(|r| (r, false)),
             // Its body rides along in `native`, copied (see below).
             Api::Responses => openai::decode_responses(&body).map(|r| (r, false)),
+            Api::Completions => openai::decode_completions(&body).map(|r| (r, false)),
         };
         let (mut request, legacy_functions) = match decoded {
             Ok(r) => r,
@@ -590,6 +601,7 @@ impl Gateway {
                 Api::ChatCompletions => "chat",
                 Api::Messages => "messages",
                 Api::Responses => "responses",
+                Api::Completions => "completions",
             },
             requested_model: request.model.clone(),
             stream: request.stream,
@@ -632,6 +644,7 @@ impl Gateway {
                 Api::ChatCompletions => Passthrough::OpenAiChat,
                 Api::Messages => Passthrough::AnthropicMessages,
                 Api::Responses => Passthrough::OpenAiResponses,
+                Api::Completions => Passthrough::OpenAiCompletions,
             },
             ..RequestOptions::default()
         };
@@ -776,7 +789,11 @@ impl Gateway {
                     dialect,
                     anthropic: (dialect == Dialect::Anthropic)
                         .then(|| anthropic::StreamEncoder::new(&request.model, est)),
-                    verbatim: api == Api::Responses,
+                    verbatim: match api {
+                        Api::Responses => Verbatim::Responses,
+                        Api::Completions => Verbatim::Completions,
+                        Api::ChatCompletions | Api::Messages => Verbatim::No,
+                    },
                     legacy_functions,
                     include_usage,
                     state: SseState::First,
@@ -1359,6 +1376,19 @@ enum Api {
     Messages,
     /// OpenAI `POST /v1/responses`, passed through to providers that speak it.
     Responses,
+    /// OpenAI's legacy `POST /v1/completions`, passed through likewise.
+    Completions,
+}
+
+/// Whether, and how, an SSE body writes its chunks as they came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verbatim {
+    /// Encoded in the client's dialect.
+    No,
+    /// OpenAI Responses events; a failure is a Responses `error` event.
+    Responses,
+    /// Legacy Completions events, `[DONE]` included; a failure is an `{"error": …}` event.
+    Completions,
 }
 
 impl Api {
@@ -1366,7 +1396,7 @@ impl Api {
     fn dialect(self) -> Dialect {
         match self {
             Api::Messages => Dialect::Anthropic,
-            Api::ChatCompletions | Api::Responses => Dialect::OpenAi,
+            Api::ChatCompletions | Api::Responses | Api::Completions => Dialect::OpenAi,
         }
     }
 }
@@ -1377,9 +1407,9 @@ struct SseBody<S = EngineStream> {
     inner: S,
     dialect: Dialect,
     anthropic: Option<anthropic::StreamEncoder>,
-    /// Chunks are whole SSE events, written as they came, and nothing is added at the end (the
-    /// OpenAI Responses API).
-    verbatim: bool,
+    /// Chunks are whole SSE events, written as they came (with their end), for the APIs passed
+    /// through whole.
+    verbatim: Verbatim,
     /// The client uses the legacy function API: tool calls go out as `function_call`.
     legacy_functions: bool,
     include_usage: bool,
@@ -1466,7 +1496,7 @@ where
                     }
                     match &mut this.anthropic {
                         Some(enc) => enc.chunk(&chunk, &mut this.buf),
-                        None if this.verbatim => {
+                        None if this.verbatim != Verbatim::No => {
                             if let Some(raw) = &chunk.raw {
                                 this.buf.extend_from_slice(raw);
                             }
@@ -1497,7 +1527,7 @@ where
                         message: msg.clone(),
                         ..err
                     };
-                    if this.verbatim {
+                    if this.verbatim == Verbatim::Responses {
                         openai::responses_error_event(&err, &mut this.buf);
                     } else {
                         this.buf
@@ -1510,7 +1540,7 @@ where
                     this.state = SseState::Done;
                     match &mut this.anthropic {
                         Some(enc) => enc.finish(&mut this.buf),
-                        None if this.verbatim => {}
+                        None if this.verbatim != Verbatim::No => {}
                         None => this.buf.extend_from_slice(openai::DONE),
                     }
                     this.finish(200, None);
@@ -1564,7 +1594,7 @@ mod tests {
                     inner: futures_util::stream::iter(chunks),
                     dialect: Dialect::OpenAi,
                     anthropic: None,
-                    verbatim: false,
+                    verbatim: Verbatim::No,
                     legacy_functions: false,
                     include_usage: false,
                     state: SseState::First,

@@ -78,6 +78,47 @@ pub fn decode_responses(body: &[u8]) -> Result<ChatRequest, ApiError> {
     })
 }
 
+/// What the gateway reads of a legacy Completions request (`POST /v1/completions`).
+#[derive(serde::Deserialize)]
+struct CompletionsHead {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    fallbacks: Option<Vec<String>>,
+    #[serde(default)]
+    prompt: Option<serde::de::IgnoredAny>,
+}
+
+/// Decodes a legacy Completions request: `model`, `stream`, `max_tokens` and `fallbacks` are
+/// read, `prompt` must be there; the body rides along in [`ChatRequest::native`]
+/// ([`NativeApi::OpenAiCompletions`]).
+pub fn decode_completions(body: &[u8]) -> Result<ChatRequest, ApiError> {
+    let head: CompletionsHead = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
+    let model = match head.model {
+        Some(m) if !m.is_empty() => m,
+        _ => return Err(ApiError::invalid("you must provide a model parameter").param("model")),
+    };
+    if head.prompt.is_none() {
+        return Err(ApiError::invalid("you must provide a prompt").param("prompt"));
+    }
+    Ok(ChatRequest {
+        model,
+        stream: head.stream.unwrap_or(false),
+        max_tokens: head.max_tokens,
+        fallbacks: head.fallbacks.unwrap_or_default(),
+        native: Some(NativeRequest {
+            body: Bytes::copy_from_slice(body),
+            headers: Vec::new(),
+            api: NativeApi::OpenAiCompletions,
+        }),
+        ..ChatRequest::default()
+    })
+}
+
 /// Decodes and validates a chat-completions body.
 pub fn decode_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
     decode_chat_legacy(body).map(|(req, _)| req)

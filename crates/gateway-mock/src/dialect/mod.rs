@@ -7,6 +7,7 @@
 pub(crate) mod anthropic;
 pub(crate) mod bedrock;
 pub(crate) mod cohere;
+pub(crate) mod completions;
 pub(crate) mod google;
 pub(crate) mod openai;
 pub(crate) mod responses;
@@ -86,6 +87,8 @@ pub(crate) struct Ctx<'a> {
     pub invoke: bool,
     /// OpenAI Responses API: the request, whose settings the answer echoes.
     pub responses: Option<&'a serde_json::Value>,
+    /// OpenAI's legacy Completions API.
+    pub completions: bool,
 }
 
 /// Renders an error in the dialect's shape.

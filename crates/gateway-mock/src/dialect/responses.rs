@@ -370,6 +370,7 @@ mod tests {
             sse: true,
             invoke: false,
             responses: Some(req),
+            completions: false,
         }
     }
 
