@@ -888,6 +888,13 @@ impl Gateway {
             kind,
             query: req.uri().query().unwrap_or_default().to_owned(),
         };
+        // `GET …?stream=true` replays a background response's events: read whole, then sent on
+        // as the event stream it is.
+        let events = kind == Kind::Retrieve
+            && op
+                .query
+                .split('&')
+                .any(|p| p.eq_ignore_ascii_case("stream=true"));
         drop(req);
         let answer = self
             .engine
@@ -900,7 +907,14 @@ impl Gateway {
                 if kind == Kind::Delete {
                     self.responses.forget(&id);
                 }
-                bytes_response(200, r.body)
+                let mut resp = bytes_response(200, r.body);
+                if events {
+                    resp.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/event-stream"),
+                    );
+                }
+                resp
             }
             Err(e) => error_response(
                 &ApiError::from(&gateway_core::EngineError::Exhausted {
