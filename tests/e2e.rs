@@ -1025,6 +1025,14 @@ async fn stored_responses_are_reached_at_the_key_that_made_them() {
         assert_eq!(&key_of_last(), key);
     }
     let (id, key) = &made[0];
+    // Replaying a background response's events: the query goes upstream, the answer is an
+    // event stream.
+    let r = gw
+        .get(&format!("/v1/responses/{id}?stream=true"), &[])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    assert_eq!(o.last_request().unwrap().query, "stream=true");
     let r = gw
         .request(
             "POST",
