@@ -71,6 +71,28 @@ targets = [{ provider = "ant", model = "claude-3-5-haiku-latest" }, { provider =
     (TestGateway::start(&toml).await, o, a)
 }
 
+/// [`setup`] with the OpenAI provider's two keys taken in turn (`round_robin`).
+async fn setup_round_robin_keys() -> (TestGateway, MockServer, MockServer) {
+    let o = mock(&["sk-test-openai-1", "sk-test-openai-2"]).await;
+    let a = mock(&["sk-ant-test-1"]).await;
+    let toml = two_providers(&o, &a).replacen(
+        "kind = \"openai\"",
+        "kind = \"openai\"\nstrategy = \"round_robin\"",
+        1,
+    );
+    (TestGateway::start(&toml).await, o, a)
+}
+
+/// The `authorization` of the last request `upstream` received: which key served it.
+fn key_of_last(upstream: &MockServer) -> String {
+    upstream
+        .last_request()
+        .unwrap()
+        .header("authorization")
+        .unwrap()
+        .to_owned()
+}
+
 async fn setup() -> (TestGateway, MockServer, MockServer) {
     let o = mock(&["sk-test-openai-1", "sk-test-openai-2"]).await;
     let a = mock(&["sk-ant-test-1"]).await;
@@ -850,21 +872,8 @@ async fn responses_pass_through_to_providers_that_speak_it() {
 /// balanced over both keys.
 #[tokio::test]
 async fn a_continued_response_goes_to_the_key_that_made_it() {
-    let o = mock(&["sk-test-openai-1", "sk-test-openai-2"]).await;
-    let a = mock(&["sk-ant-test-1"]).await;
-    let toml = two_providers(&o, &a).replacen(
-        "kind = \"openai\"",
-        "kind = \"openai\"\nstrategy = \"round_robin\"",
-        1,
-    );
-    let gw = TestGateway::start(&toml).await;
-    let key_of_last = || {
-        o.last_request()
-            .unwrap()
-            .header("authorization")
-            .unwrap()
-            .to_owned()
-    };
+    let (gw, o, _a) = setup_round_robin_keys().await;
+    let key_of_last = || key_of_last(&o);
     for stream in [false, true] {
         let first = json!({"model": "oai/gpt-4o-mini", "input": "hi", "stream": stream});
         let r = gw.post("/v1/responses", &first).await;
@@ -971,21 +980,8 @@ async fn legacy_completions_pass_through() {
 /// delete, is a 404.
 #[tokio::test]
 async fn stored_responses_are_reached_at_the_key_that_made_them() {
-    let o = mock(&["sk-test-openai-1", "sk-test-openai-2"]).await;
-    let a = mock(&["sk-ant-test-1"]).await;
-    let toml = two_providers(&o, &a).replacen(
-        "kind = \"openai\"",
-        "kind = \"openai\"\nstrategy = \"round_robin\"",
-        1,
-    );
-    let gw = TestGateway::start(&toml).await;
-    let key_of_last = || {
-        o.last_request()
-            .unwrap()
-            .header("authorization")
-            .unwrap()
-            .to_owned()
-    };
+    let (gw, o, _a) = setup_round_robin_keys().await;
+    let key_of_last = || key_of_last(&o);
     let mut made = Vec::new();
     for _ in 0..2 {
         let r = gw
