@@ -769,14 +769,14 @@ async fn several_answers_go_to_a_target_that_gives_them() {
     gw.stop().await;
 }
 
-/// The OpenAI Responses API goes to OpenAI-format providers only, as the client wrote it (model
-/// rewritten, the gateway's `fallbacks` removed) and back as it came; other providers are passed
-/// over, and a model only they serve is a 400.
+/// The OpenAI Responses API reaches an OpenAI-format provider as the client wrote it (model
+/// rewritten, the gateway's `fallbacks` removed) and comes back as it came; a request that
+/// cannot be read as chat (here, one continuing a stored response) is refused by the others.
 #[tokio::test]
 async fn responses_pass_through_to_providers_that_speak_it() {
     let (gw, o, a) = setup_with_route_over_both().await;
     let body = json!({
-        "model": "both",
+        "model": "oai/gpt-4o-mini",
         "instructions": "Be terse.",
         "input": [{"role": "user", "content": [{"type": "input_text", "text": "hello"}]}],
         "max_output_tokens": 64,
@@ -843,18 +843,20 @@ async fn responses_pass_through_to_providers_that_speak_it() {
     assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
     assert_eq!(o.last_request().unwrap().body["stream"], true);
 
-    assert_eq!(
-        a.requests(),
-        0,
-        "the Anthropic provider never got a Responses request"
-    );
-    // A model only Anthropic serves: 400 naming the API, nothing sent.
+    assert_eq!(a.requests(), 0);
+    // Continuing a stored response needs the provider that stored it: a model only Anthropic
+    // serves is a 400 naming the API, nothing sent.
     let mut claude = body.clone();
     claude["model"] = json!("ant/claude-3-5-haiku-latest");
+    claude["previous_response_id"] = json!("resp_abc");
     let r = gw.post("/v1/responses", &claude).await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "unsupported_parameter");
-    assert!(r.text().contains("Responses API"), "{}", r.text());
+    assert!(
+        r.text().contains("OpenAI Responses request"),
+        "{}",
+        r.text()
+    );
     assert_eq!(a.requests(), 0);
     // Bad input gets the OpenAI error shape.
     let r = gw.post("/v1/responses", &json!({"input": "hi"})).await;
@@ -906,6 +908,126 @@ async fn a_continued_response_goes_to_the_key_that_made_it() {
         keys.insert(key_of_last());
     }
     assert_eq!(keys.len(), 2, "{keys:?}");
+    gw.stop().await;
+}
+
+/// A Responses request reaches a provider that does not speak the API (Anthropic here) read as
+/// chat, and its answer, streamed or not, comes back as a Responses object and events: so a
+/// route can balance and fail over Responses traffic across every kind.
+#[tokio::test]
+async fn responses_are_translated_for_other_providers() {
+    let (gw, o, a) = setup_with_route_over_both().await;
+    let body = json!({
+        "model": "ant/claude-3-5-haiku-latest",
+        "instructions": "Be terse.",
+        "input": [{"role": "user", "content": [{"type": "input_text", "text": "hello"}]}],
+        "max_output_tokens": 64,
+        "metadata": {"team": "search"}
+    });
+    let r = gw.post("/v1/responses", &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-gateway-provider"), Some("ant"));
+    let v = r.json();
+    assert_eq!(
+        (v["object"].as_str(), v["status"].as_str()),
+        (Some("response"), Some("completed"))
+    );
+    assert!(v["id"].as_str().unwrap().starts_with("resp_"));
+    let text = v["output"][0]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(!text.is_empty());
+    assert!(v["usage"]["input_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(v["metadata"], json!({"team": "search"}));
+    let seen = a.last_request().unwrap();
+    assert_eq!(seen.path, "/v1/messages");
+    assert_eq!(seen.body["system"], "Be terse.");
+    assert_eq!(seen.body["max_tokens"], 64);
+    assert!(
+        seen.body["messages"][0]["content"]
+            .to_string()
+            .contains("hello"),
+        "{}",
+        seen.body
+    );
+
+    // Streamed: Responses events, numbered, the text rebuilt from the deltas, usage at the end.
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let r = gw.post("/v1/responses", &streamed).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let names = r.sse_events();
+    assert_eq!(
+        names,
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added"
+        ]
+        .into_iter()
+        .chain(std::iter::repeat_n(
+            "response.output_text.delta",
+            names.len() - 8
+        ))
+        .chain([
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed"
+        ])
+        .collect::<Vec<_>>()
+    );
+    let data: Vec<Value> = r
+        .sse_data()
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    for (i, d) in data.iter().enumerate() {
+        assert_eq!(d["sequence_number"], i as u64);
+        assert_eq!(d["type"], names[i].as_str());
+    }
+    let deltas: String = data.iter().filter_map(|d| d["delta"].as_str()).collect();
+    assert_eq!(deltas, text);
+    let done = &data[data.len() - 1]["response"];
+    assert_eq!(done["output"][0]["content"][0]["text"], text.as_str());
+    assert!(done["usage"]["output_tokens"].as_u64().unwrap() > 0);
+
+    // A function call round trip, flat tools and items.
+    let tools =
+        json!([{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]);
+    let r = gw
+        .post(
+            "/v1/responses",
+            &json!({"model": "ant/claude-3-5-haiku-latest", "input": "weather in Paris", "tools": tools}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let call = r.json()["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["type"] == "function_call")
+        .cloned()
+        .unwrap();
+    assert_eq!(call["name"], "get_weather");
+    let r = gw
+        .post(
+            "/v1/responses",
+            &json!({"model": "ant/claude-3-5-haiku-latest", "tools": tools, "input": [
+                {"role": "user", "content": "weather in Paris"},
+                {"type": "function_call", "call_id": call["call_id"], "name": "get_weather", "arguments": call["arguments"]},
+                {"type": "function_call_output", "call_id": call["call_id"], "output": "18C sunny"}
+            ]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["output"][0]["content"][0]["text"],
+        "Tool said: 18C sunny"
+    );
+    assert_eq!(o.requests(), 0, "all of it through Anthropic");
     gw.stop().await;
 }
 

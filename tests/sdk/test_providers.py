@@ -324,8 +324,40 @@ def test_openai_sdk_responses_api(gateway):
     assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
     assert final.output_text == r.output_text and final.usage.output_tokens > 0
 
+    # Continuing a stored response needs an OpenAI-format provider.
     with pytest.raises(openai.BadRequestError):
-        client.responses.create(model=f"ant/{MODEL['ant']}", input="hi")
+        client.responses.create(model=f"ant/{MODEL['ant']}", input="hi", previous_response_id=r.id)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_openai_sdk_responses_api_every_provider(gateway, provider):
+    """The Responses API through every kind: OpenAI-format ones pass it through, the others get
+    it as chat and answer with Responses objects and events the SDK accepts."""
+    client = oai(gateway)
+    model = f"{provider}/{MODEL[provider]}"
+    r = client.responses.create(model=model, instructions="Be terse.", input="hi", max_output_tokens=64)
+    assert r.status == "completed" and r.output_text
+    assert r.usage.output_tokens > 0
+    with client.responses.stream(model=model, input="hi") as s:
+        kinds = [e.type for e in s]
+        final = s.get_final_response()
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert final.output_text == r.output_text
+
+    tools = [{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}]
+    call = client.responses.create(model=model, input="weather in Paris", tools=tools)
+    fc = [o for o in call.output if o.type == "function_call"][0]
+    assert fc.name == "get_weather"
+    with client.responses.stream(model=model, input="weather in Paris", tools=tools) as s:
+        streamed = s.get_final_response()
+    sfc = [o for o in streamed.output if o.type == "function_call"][0]
+    assert (sfc.name, sfc.arguments) == (fc.name, fc.arguments)
+    done = client.responses.create(model=model, tools=tools, input=[
+        {"role": "user", "content": "weather in Paris"},
+        {"type": "function_call", "call_id": fc.call_id, "name": fc.name, "arguments": fc.arguments},
+        {"type": "function_call_output", "call_id": fc.call_id, "output": "18C sunny"},
+    ])
+    assert done.output_text == "Tool said: 18C sunny"
 
 
 def test_openai_sdk_legacy_completions(gateway):

@@ -264,12 +264,17 @@ pub trait Provider: Send + Sync + 'static {
     }
 }
 
-/// [`ProviderError::Unsupported`] for a request only OpenAI-format providers serve (Responses,
-/// legacy Completions; [`ChatRequest::openai_only`]): what [`Provider::supports`] answers for it
-/// by default. Providers that speak those APIs accept it in their own `supports`.
+/// [`ProviderError::Unsupported`] for a request only OpenAI-format providers serve (legacy
+/// Completions, and a Responses request the server could not read as chat messages;
+/// [`ChatRequest::openai_only`]): what [`Provider::supports`] answers for it by default.
+/// Providers that speak those APIs accept it in their own `supports`.
 pub fn responses_unsupported(kind: &str, request: &ChatRequest) -> Result<(), ProviderError> {
     let api = match request.openai_only() {
-        Some(crate::types::NativeApi::OpenAiResponses) => "the OpenAI Responses API",
+        // Translated into chat messages by the server: any provider can serve it.
+        Some(crate::types::NativeApi::OpenAiResponses) if !request.messages.is_empty() => {
+            return Ok(())
+        }
+        Some(crate::types::NativeApi::OpenAiResponses) => "this OpenAI Responses request",
         Some(_) => "OpenAI's legacy Completions API",
         None => return Ok(()),
     };

@@ -668,7 +668,7 @@ impl Gateway {
         }
         match self.engine.chat(&request, &opts).await {
             Ok(out) => {
-                if remember {
+                if remember && out.value.raw.is_some() {
                     self.responses.remember(
                         &out.value.id,
                         &out.served_by.provider,
@@ -682,6 +682,15 @@ impl Gateway {
                     .cost(&out.served_by.provider, &out.served_by.model, &usage);
                 permit.settle(&usage, cost);
                 let body = match dialect {
+                    // A Responses request served by a provider that does not speak it.
+                    Dialect::OpenAi if api == Api::Responses && out.value.raw.is_none() => {
+                        let client = request
+                            .native
+                            .as_ref()
+                            .and_then(|n| serde_json::from_slice::<serde_json::Value>(&n.body).ok())
+                            .unwrap_or_default();
+                        Bytes::from(crate::responses::from_chat(&client, &out.value).to_string())
+                    }
                     Dialect::OpenAi if legacy_functions => {
                         let mut v = serde_json::to_value(&out.value).unwrap_or_default();
                         openai::tools_to_legacy_functions(&mut v);
@@ -768,7 +777,8 @@ impl Gateway {
         let est = request.estimate_input_tokens();
         match self.engine.chat_stream(&request, &opts).await {
             Ok(out) => {
-                if let Some(first) = out.value.first().filter(|_| remember) {
+                // Only a stored answer (an OpenAI-format provider's, as it came) is worth it.
+                if let Some(first) = out.value.first().filter(|f| remember && f.raw.is_some()) {
                     self.responses.remember(
                         &first.id,
                         &out.served_by.provider,
@@ -789,6 +799,17 @@ impl Gateway {
                     dialect,
                     anthropic: (dialect == Dialect::Anthropic)
                         .then(|| anthropic::StreamEncoder::new(&request.model, est)),
+                    responses: (api == Api::Responses).then(|| {
+                        crate::responses::StreamEncoder::new(
+                            request
+                                .native
+                                .as_ref()
+                                .and_then(|n| {
+                                    serde_json::from_slice::<serde_json::Value>(&n.body).ok()
+                                })
+                                .unwrap_or_default(),
+                        )
+                    }),
                     verbatim: match api {
                         Api::Responses => Verbatim::Responses,
                         Api::Completions => Verbatim::Completions,
@@ -1424,6 +1445,10 @@ struct SseBody<S = EngineStream> {
     /// Chunks are whole SSE events, written as they came (with their end), for the APIs passed
     /// through whole.
     verbatim: Verbatim,
+    /// A Responses client served by a provider that does not speak it: its chunks are written
+    /// as Responses events (chunks that came as they are, from an OpenAI-format provider, go
+    /// as they came).
+    responses: Option<crate::responses::StreamEncoder>,
     /// The client uses the legacy function API: tool calls go out as `function_call`.
     legacy_functions: bool,
     include_usage: bool,
@@ -1511,8 +1536,10 @@ where
                     match &mut this.anthropic {
                         Some(enc) => enc.chunk(&chunk, &mut this.buf),
                         None if this.verbatim != Verbatim::No => {
-                            if let Some(raw) = &chunk.raw {
-                                this.buf.extend_from_slice(raw);
+                            match (&chunk.raw, &mut this.responses) {
+                                (Some(raw), _) => this.buf.extend_from_slice(raw),
+                                (None, Some(enc)) => enc.chunk(&chunk, &mut this.buf),
+                                (None, None) => {}
                             }
                         }
                         None if this.legacy_functions => {
@@ -1554,7 +1581,11 @@ where
                     this.state = SseState::Done;
                     match &mut this.anthropic {
                         Some(enc) => enc.finish(&mut this.buf),
-                        None if this.verbatim != Verbatim::No => {}
+                        None if this.verbatim != Verbatim::No => {
+                            if let Some(enc) = &mut this.responses {
+                                enc.finish(&mut this.buf);
+                            }
+                        }
                         None => this.buf.extend_from_slice(openai::DONE),
                     }
                     this.finish(200, None);
@@ -1609,6 +1640,7 @@ mod tests {
                     dialect: Dialect::OpenAi,
                     anthropic: None,
                     verbatim: Verbatim::No,
+                    responses: None,
                     legacy_functions: false,
                     include_usage: false,
                     state: SseState::First,

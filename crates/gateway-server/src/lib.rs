@@ -15,6 +15,7 @@ pub mod assemble;
 pub mod config;
 pub mod errors;
 pub mod openai;
+pub mod responses;
 pub mod serve;
 
 pub use app::{Extensions, Gateway};

@@ -57,13 +57,20 @@ struct ResponsesHead {
 
 /// Decodes a Responses request: `model`, `stream`, `max_output_tokens` and the gateway's
 /// `fallbacks` are read; the body itself rides along in [`ChatRequest::native`]
-/// ([`NativeApi::OpenAiResponses`]), for the providers that speak the Responses API.
+/// ([`NativeApi::OpenAiResponses`]), for the providers that speak the Responses API, and what
+/// it asks is read as chat messages when it can be ([`crate::responses::to_chat`]), for the
+/// others.
 pub fn decode_responses(body: &[u8]) -> Result<ChatRequest, ApiError> {
     let head: ResponsesHead = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
     let model = match head.model {
         Some(m) if !m.is_empty() => m,
         _ => return Err(ApiError::invalid("you must provide a model parameter").param("model")),
     };
+    // Read as chat too, when it can be, for the providers that do not speak it.
+    let chat = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| crate::responses::to_chat(&v))
+        .unwrap_or_default();
     Ok(ChatRequest {
         model,
         stream: head.stream.unwrap_or(false),
@@ -74,7 +81,7 @@ pub fn decode_responses(body: &[u8]) -> Result<ChatRequest, ApiError> {
             headers: Vec::new(),
             api: NativeApi::OpenAiResponses,
         }),
-        ..ChatRequest::default()
+        ..chat
     })
 }
 
