@@ -684,11 +684,7 @@ impl Gateway {
                 let body = match dialect {
                     // A Responses request served by a provider that does not speak it.
                     Dialect::OpenAi if api == Api::Responses && out.value.raw.is_none() => {
-                        let client = request
-                            .native
-                            .as_ref()
-                            .and_then(|n| serde_json::from_slice::<serde_json::Value>(&n.body).ok())
-                            .unwrap_or_default();
+                        let client = crate::responses::client_body(&request);
                         Bytes::from(crate::responses::from_chat(&client, &out.value).to_string())
                     }
                     Dialect::OpenAi if legacy_functions => {
@@ -804,17 +800,11 @@ impl Gateway {
                             request
                                 .native
                                 .as_ref()
-                                .and_then(|n| {
-                                    serde_json::from_slice::<serde_json::Value>(&n.body).ok()
-                                })
+                                .map(|n| n.body.clone())
                                 .unwrap_or_default(),
                         )
                     }),
-                    verbatim: match api {
-                        Api::Responses => Verbatim::Responses,
-                        Api::Completions => Verbatim::Completions,
-                        Api::ChatCompletions | Api::Messages => Verbatim::No,
-                    },
+                    verbatim: matches!(api, Api::Responses | Api::Completions),
                     legacy_functions,
                     include_usage,
                     state: SseState::First,
@@ -1415,17 +1405,6 @@ enum Api {
     Completions,
 }
 
-/// Whether, and how, an SSE body writes its chunks as they came.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verbatim {
-    /// Encoded in the client's dialect.
-    No,
-    /// OpenAI Responses events; a failure is a Responses `error` event.
-    Responses,
-    /// Legacy Completions events, `[DONE]` included; a failure is an `{"error": …}` event.
-    Completions,
-}
-
 impl Api {
     /// The format of its errors.
     fn dialect(self) -> Dialect {
@@ -1443,11 +1422,10 @@ struct SseBody<S = EngineStream> {
     dialect: Dialect,
     anthropic: Option<anthropic::StreamEncoder>,
     /// Chunks are whole SSE events, written as they came (with their end), for the APIs passed
-    /// through whole.
-    verbatim: Verbatim,
-    /// A Responses client served by a provider that does not speak it: its chunks are written
-    /// as Responses events (chunks that came as they are, from an OpenAI-format provider, go
-    /// as they came).
+    /// through whole (Responses, legacy Completions).
+    verbatim: bool,
+    /// A Responses client: chunks an OpenAI-format provider sent go as they came, the others are
+    /// written as Responses events, and so is a failure after the stream began.
     responses: Option<crate::responses::StreamEncoder>,
     /// The client uses the legacy function API: tool calls go out as `function_call`.
     legacy_functions: bool,
@@ -1535,13 +1513,11 @@ where
                     }
                     match &mut this.anthropic {
                         Some(enc) => enc.chunk(&chunk, &mut this.buf),
-                        None if this.verbatim != Verbatim::No => {
-                            match (&chunk.raw, &mut this.responses) {
-                                (Some(raw), _) => this.buf.extend_from_slice(raw),
-                                (None, Some(enc)) => enc.chunk(&chunk, &mut this.buf),
-                                (None, None) => {}
-                            }
-                        }
+                        None if this.verbatim => match (&chunk.raw, &mut this.responses) {
+                            (Some(raw), _) => this.buf.extend_from_slice(raw),
+                            (None, Some(enc)) => enc.chunk(&chunk, &mut this.buf),
+                            (None, None) => {}
+                        },
                         None if this.legacy_functions => {
                             openai::encode_legacy_chunk(&chunk, this.include_usage, &mut this.buf);
                         }
@@ -1568,7 +1544,7 @@ where
                         message: msg.clone(),
                         ..err
                     };
-                    if this.verbatim == Verbatim::Responses {
+                    if this.responses.is_some() {
                         openai::responses_error_event(&err, &mut this.buf);
                     } else {
                         this.buf
@@ -1581,7 +1557,7 @@ where
                     this.state = SseState::Done;
                     match &mut this.anthropic {
                         Some(enc) => enc.finish(&mut this.buf),
-                        None if this.verbatim != Verbatim::No => {
+                        None if this.verbatim => {
                             if let Some(enc) = &mut this.responses {
                                 enc.finish(&mut this.buf);
                             }
@@ -1639,7 +1615,7 @@ mod tests {
                     inner: futures_util::stream::iter(chunks),
                     dialect: Dialect::OpenAi,
                     anthropic: None,
-                    verbatim: Verbatim::No,
+                    verbatim: false,
                     responses: None,
                     legacy_functions: false,
                     include_usage: false,

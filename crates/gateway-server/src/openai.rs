@@ -7,6 +7,7 @@ use gateway_core::types::{
     ChatChunk, ChatRequest, EmbeddingRequest, EmbeddingResponse, ModelInfo, NativeApi,
     NativeRequest,
 };
+use serde::Deserialize as _;
 use serde_json::{json, Value};
 
 use crate::errors::ApiError;
@@ -61,16 +62,11 @@ struct ResponsesHead {
 /// it asks is read as chat messages when it can be ([`crate::responses::to_chat`]), for the
 /// others.
 pub fn decode_responses(body: &[u8]) -> Result<ChatRequest, ApiError> {
-    let head: ResponsesHead = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
-    let model = match head.model {
-        Some(m) if !m.is_empty() => m,
-        _ => return Err(ApiError::invalid("you must provide a model parameter").param("model")),
-    };
+    let value: Value = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
+    let head = ResponsesHead::deserialize(&value).map_err(|e| json_error(&e))?;
+    let model = required_model(head.model)?;
     // Read as chat too, when it can be, for the providers that do not speak it.
-    let chat = serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| crate::responses::to_chat(&v))
-        .unwrap_or_default();
+    let chat = crate::responses::to_chat(&value).unwrap_or_default();
     Ok(ChatRequest {
         model,
         stream: head.stream.unwrap_or(false),
@@ -83,6 +79,14 @@ pub fn decode_responses(body: &[u8]) -> Result<ChatRequest, ApiError> {
         }),
         ..chat
     })
+}
+
+/// The `model` a request must name.
+fn required_model(model: Option<String>) -> Result<String, ApiError> {
+    match model {
+        Some(m) if !m.is_empty() => Ok(m),
+        _ => Err(ApiError::invalid("you must provide a model parameter").param("model")),
+    }
 }
 
 /// What the gateway reads of a legacy Completions request (`POST /v1/completions`).
@@ -105,10 +109,7 @@ struct CompletionsHead {
 /// ([`NativeApi::OpenAiCompletions`]).
 pub fn decode_completions(body: &[u8]) -> Result<ChatRequest, ApiError> {
     let head: CompletionsHead = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
-    let model = match head.model {
-        Some(m) if !m.is_empty() => m,
-        _ => return Err(ApiError::invalid("you must provide a model parameter").param("model")),
-    };
+    let model = required_model(head.model)?;
     if head.prompt.is_none() {
         return Err(ApiError::invalid("you must provide a prompt").param("prompt"));
     }

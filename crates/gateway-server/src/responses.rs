@@ -179,6 +179,16 @@ fn input_item(item: &Value, messages: &mut Vec<Value>) -> Option<()> {
     Some(())
 }
 
+/// The client's Responses body, read back from [`ChatRequest::native`] (`Null` when there is
+/// none): what an answer written by the gateway echoes.
+pub fn client_body(request: &ChatRequest) -> Value {
+    request
+        .native
+        .as_ref()
+        .and_then(|n| serde_json::from_slice(&n.body).ok())
+        .unwrap_or_default()
+}
+
 /// The settings of the request a Responses object echoes.
 fn echo(request: &Value) -> Map<String, Value> {
     let mut m = Map::new();
@@ -320,6 +330,9 @@ struct Call {
 
 /// Writes a chat stream as Responses events (`event: …` with `sequence_number`s from 0).
 pub struct StreamEncoder {
+    /// The client's body, read when the first chunk needs translating (a stream an
+    /// OpenAI-format provider serves passes as it came and never needs it).
+    body: bytes::Bytes,
     request: Value,
     seq: u64,
     started: bool,
@@ -337,10 +350,11 @@ pub struct StreamEncoder {
 }
 
 impl StreamEncoder {
-    /// An encoder for the answer to `request` (the client's body, whose settings it echoes).
-    pub fn new(request: Value) -> Self {
+    /// An encoder for the answer to the client's Responses `body`, whose settings it echoes.
+    pub fn new(body: bytes::Bytes) -> Self {
         StreamEncoder {
-            request,
+            body,
+            request: Value::Null,
             seq: 0,
             started: false,
             id: String::new(),
@@ -445,6 +459,7 @@ impl StreamEncoder {
     pub fn chunk(&mut self, chunk: &ChatChunk, out: &mut Vec<u8>) {
         if !self.started {
             self.started = true;
+            self.request = serde_json::from_slice(&self.body).unwrap_or_default();
             self.id = format!("resp_{}", chunk.id);
             self.created = chunk.created;
             self.model = chunk.model.clone();
@@ -658,7 +673,8 @@ mod tests {
     /// count up, and `response.completed` carries both items and the usage.
     #[test]
     fn streams_become_responses_events() {
-        let mut enc = StreamEncoder::new(json!({"model": "m", "input": "x"}));
+        let mut enc =
+            StreamEncoder::new(bytes::Bytes::from_static(br#"{"model":"m","input":"x"}"#));
         let mut out = Vec::new();
         enc.chunk(&chunk(vec![delta(Some("Hel"), None, None)], None), &mut out);
         enc.chunk(&chunk(vec![delta(Some("lo"), None, None)], None), &mut out);
