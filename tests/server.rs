@@ -331,3 +331,124 @@ async fn provider_secrets_never_reach_logs_or_clients() {
     let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
     assert!(!logs.contains(secret), "secret in logs:\n{logs}");
 }
+
+/// A TLS upstream on 127.0.0.1 that offers h2 and http/1.1 by ALPN, answers every request with a
+/// chat completion, and records the HTTP version of each request it served.
+async fn tls_upstream(
+    dir: &std::path::Path,
+) -> (u16, std::path::PathBuf, Arc<Mutex<Vec<http::Version>>>) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let acceptor = serve::tls_acceptor(&cert_path, &key_path).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, log) = (acceptor.clone(), Arc::clone(&log));
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(move |req: http::Request<_>| {
+                    log.lock().unwrap().push(req.version());
+                    let body = json!({
+                        "id": "chatcmpl-tls", "object": "chat.completion", "created": 1,
+                        "model": "m",
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": "over tls upstream"}}],
+                        "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+                    });
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from(body.to_string())))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (port, cert_path, seen)
+}
+
+fn tls_upstream_config(port: u16, server_extra: &str) -> String {
+    format!(
+        r#"
+[server]
+{server_extra}
+[[providers]]
+name = "p"
+kind = "openai"
+base_url = "https://localhost:{port}/v1"
+[[providers.keys]]
+name = "k"
+secret = "sk-tls-up"
+"#
+    )
+}
+
+#[tokio::test]
+async fn upstream_tls_trusts_the_ca_file_and_speaks_http1_unless_http2_is_asked() {
+    let dir = std::env::temp_dir().join(format!("gw-up-tls-{}", std::process::id()));
+    let (port, ca, seen) = tls_upstream(&dir).await;
+    let ca_line = format!("upstream_ca_file = {:?}", ca.display().to_string());
+
+    // Without the CA the self-signed upstream is not trusted: the request fails, nothing served.
+    let gw = TestGateway::start(&tls_upstream_config(port, "")).await;
+    let r = gw.post("/v1/chat/completions", &chat("p/m", "hi")).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(seen.lock().unwrap().is_empty());
+    gw.stop().await;
+
+    // With it, the default is HTTP/1.1 even though the upstream offers h2: one connection per
+    // request in flight, never a queue behind an HTTP/2 stream limit.
+    let gw = TestGateway::start(&tls_upstream_config(port, &ca_line)).await;
+    for _ in 0..2 {
+        let r = gw.post("/v1/chat/completions", &chat("p/m", "hi")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(
+            r.json()["choices"][0]["message"]["content"],
+            "over tls upstream"
+        );
+    }
+    assert_eq!(
+        std::mem::take(&mut *seen.lock().unwrap()),
+        vec![http::Version::HTTP_11; 2]
+    );
+    gw.stop().await;
+
+    // Opted in, ALPN picks h2.
+    let gw = TestGateway::start(&tls_upstream_config(
+        port,
+        &format!("{ca_line}\nupstream_http2 = true"),
+    ))
+    .await;
+    let r = gw.post("/v1/chat/completions", &chat("p/m", "hi")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(*seen.lock().unwrap(), vec![http::Version::HTTP_2]);
+    gw.stop().await;
+
+    // A file with no certificate in it stops the start, naming the field.
+    let empty = dir.join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let cfg = Config::from_toml(&tls_upstream_config(
+        port,
+        &format!("upstream_ca_file = {:?}", empty.display().to_string()),
+    ))
+    .unwrap();
+    match Gateway::new(cfg, None, Extensions::default()).await {
+        Ok(_) => panic!("a CA file without a certificate was accepted"),
+        Err(e) => assert!(e.to_string().contains("server.upstream_ca_file"), "{e}"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -73,6 +73,15 @@ pub struct HttpConfig {
     /// `.example.com` both match it and its subdomains), an IP address, or a CIDR range
     /// (`10.0.0.0/8`, `fd00::/8`).
     pub no_proxy: Vec<String>,
+    /// Offer HTTP/2 in TLS ALPN. Off by default: the client then keeps one HTTP/2 connection per
+    /// host and does not open another when the server's `SETTINGS_MAX_CONCURRENT_STREAMS` is
+    /// reached (hyper#3623), so requests past that many in flight (typically 100–256) wait for
+    /// a stream to end, which for LLM streams can be minutes. HTTP/1.1 opens a connection per
+    /// request in flight and never queues.
+    pub http2: bool,
+    /// Certificates (DER) trusted for upstream TLS besides the public web roots: a private CA of
+    /// an internal endpoint or a TLS-inspecting proxy.
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl Default for HttpConfig {
@@ -83,6 +92,8 @@ impl Default for HttpConfig {
             connect_timeout: Duration::from_secs(10),
             proxy: None,
             no_proxy: Vec::new(),
+            http2: false,
+            extra_roots: Vec::new(),
         }
     }
 }
@@ -133,12 +144,26 @@ impl HttpClient {
             http,
             proxy: proxy.clone(),
         };
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for cert in &config.extra_roots {
+            roots.add(cert.clone())?;
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
+            .with_tls_config(tls)
             .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(connector);
+            .enable_http1();
+        let https = if config.http2 {
+            https.enable_http2().wrap_connector(connector)
+        } else {
+            https.wrap_connector(connector)
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
             .pool_idle_timeout(config.pool_idle_timeout)

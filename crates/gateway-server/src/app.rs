@@ -160,6 +160,12 @@ impl Gateway {
             connect_timeout: Duration::from_millis(s.connect_timeout_ms),
             proxy: s.upstream_proxy.clone(),
             no_proxy: s.upstream_no_proxy.clone(),
+            http2: s.upstream_http2,
+            extra_roots: match &s.upstream_ca_file {
+                Some(path) => crate::serve::pem_certificates(path)
+                    .map_err(|e| StartError::Http(format!("server.upstream_ca_file: {e}")))?,
+                None => Vec::new(),
+            },
         })
         .map_err(|e| StartError::Http(e.to_string()))?;
         let mocks = MockPool::default();

@@ -107,6 +107,12 @@ pub struct ServerSection {
     /// separated). Loopback always goes direct.
     #[serde(default)]
     pub upstream_no_proxy: Vec<String>,
+    /// Offer HTTP/2 to TLS upstreams (ALPN). Off: see [`gateway_providers::HttpConfig::http2`].
+    #[serde(default)]
+    pub upstream_http2: bool,
+    /// PEM file of certificates trusted for upstream TLS besides the public web roots.
+    #[serde(default)]
+    pub upstream_ca_file: Option<PathBuf>,
     /// Threads of the async runtime that serves requests; [`default_worker_threads`] when unset.
     /// Read at start only.
     #[serde(default)]
@@ -191,6 +197,8 @@ impl Default for ServerSection {
             connect_timeout_ms: default_connect(),
             upstream_proxy: None,
             upstream_no_proxy: Vec::new(),
+            upstream_http2: false,
+            upstream_ca_file: None,
             worker_threads: None,
         }
     }

@@ -29,12 +29,7 @@ pub enum ServeError {
 
 /// Loads a rustls acceptor from PEM files.
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServeError> {
-    let certs = rustls_pemfile::certs(&mut BufReader::new(
-        std::fs::File::open(cert)
-            .map_err(|e| ServeError::Tls(format!("{}: {e}", cert.display())))?,
-    ))
-    .collect::<Result<Vec<_>, _>>()
-    .map_err(|e| ServeError::Tls(format!("{}: {e}", cert.display())))?;
+    let certs = pem_certificates(cert)?;
     let key = rustls_pemfile::private_key(&mut BufReader::new(
         std::fs::File::open(key).map_err(|e| ServeError::Tls(format!("{}: {e}", key.display())))?,
     ))
@@ -50,6 +45,22 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServeError> 
     .map_err(|e| ServeError::Tls(e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Reads the certificates of a PEM file; none found is an error.
+pub fn pem_certificates(
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ServeError> {
+    let fail = |e: &dyn std::fmt::Display| ServeError::Tls(format!("{}: {e}", path.display()));
+    let certs = rustls_pemfile::certs(&mut BufReader::new(
+        std::fs::File::open(path).map_err(|e| fail(&e))?,
+    ))
+    .collect::<Result<Vec<_>, _>>()
+    .map_err(|e| fail(&e))?;
+    if certs.is_empty() {
+        return Err(fail(&"no certificate found"));
+    }
+    Ok(certs)
 }
 
 /// Serves `gateway` on `listener` until `shutdown` resolves, then drains for at most `grace`.
