@@ -149,6 +149,39 @@ async fn virtual_keys_are_required_and_refusals_have_each_dialects_shape() {
         )
         .await;
     assert_eq!(r.status, 403, "{}", r.text());
+    // A fallback named in the body passes the same allow-list.
+    let mut with_fallback = chat("oai/gpt-4o-mini", "hi");
+    with_fallback["fallbacks"] = json!(["oai/other-model"]);
+    let r = gw
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            &[
+                ("content-type", "application/json"),
+                ("authorization", "Bearer vk-team-a-0123456789"),
+            ],
+            serde_json::to_vec(&with_fallback).unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(
+        r.text().contains("fallback 'oai/other-model'"),
+        "{}",
+        r.text()
+    );
+    with_fallback["fallbacks"] = json!(["gpt-4o-mini"]);
+    let r = gw
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            &[
+                ("content-type", "application/json"),
+                ("authorization", "Bearer vk-team-a-0123456789"),
+            ],
+            serde_json::to_vec(&with_fallback).unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "an allowed fallback: {}", r.text());
 
     // rpm: the third request in a minute is refused with retry-after.
     let slow = [
@@ -174,7 +207,8 @@ async fn virtual_keys_are_required_and_refusals_have_each_dialects_shape() {
     assert_eq!(r.status, 429, "{}", r.text());
     assert!(r.header("retry-after").is_some());
 
-    // Budget: the first request spends more than the budget; the next is refused with 402.
+    // Budget: the first request is admitted (the budget is not spent, though its estimate is
+    // larger than what is left) and spends more than the budget; the next is refused with 402.
     let tiny = [
         ("content-type", "application/json"),
         ("authorization", "Bearer vk-tiny-0123456789"),
@@ -182,11 +216,18 @@ async fn virtual_keys_are_required_and_refusals_have_each_dialects_shape() {
     let first = gw
         .request("POST", "/v1/chat/completions", &tiny, body.clone())
         .await;
-    let second = gw
+    assert_eq!(first.status, 200, "{}", first.text());
+    let refused = gw
         .request("POST", "/v1/chat/completions", &tiny, body.clone())
         .await;
-    let refused = if first.status == 402 { first } else { second };
     assert_eq!(refused.status, 402, "{}", refused.text());
+    assert!(
+        refused.json()["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("is spent") && m.contains("resets at")),
+        "{}",
+        refused.text()
+    );
     assert_eq!(refused.json()["error"]["type"], "budget_exceeded");
     assert_eq!(refused.header("x-should-retry"), Some("false"));
 
@@ -442,7 +483,10 @@ async fn admin_made_keys_work_and_show_usage() {
         !usage.text().contains(&secret),
         "the secret is shown only once"
     );
-    assert!(usage.text().contains("spend_usd"), "{}", usage.text());
+    let spent = usage.json()["spend_usd"].as_f64();
+    assert!(spent.is_some_and(|usd| usd > 0.0), "{}", usage.text());
+    assert_eq!(usage.json()["usage"]["spend_usd"].as_f64(), spent);
+    assert_eq!(usage.json()["requests_this_minute"], 1, "{}", usage.text());
     let list = gw.get("/admin/virtual-keys", &auth).await;
     assert!(
         !list.text().contains("vk-team-a-0123456789"),
@@ -450,7 +494,7 @@ async fn admin_made_keys_work_and_show_usage() {
         list.text()
     );
     // Metrics and logs see the virtual key's name.
-    services.telemetry.flush().await;
+    // No flush here: the log API reads its own writes.
     let logs = gw.get("/admin/logs?virtual_key=made", &auth).await;
     assert_eq!(logs.status, 200, "{}", logs.text());
     assert_eq!(

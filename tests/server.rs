@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use gateway_mock::{MockServer, MockUpstream};
 use gateway_server::{serve, Config, Extensions, Gateway};
-use gateway_tests::{chat, TestGateway};
+use gateway_tests::{chat, messages, TestGateway};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -224,6 +224,16 @@ async fn request_ids_are_kept_or_generated() {
         e.header("x-request-id").is_some(),
         "errors carry the id too"
     );
+    assert_eq!(
+        e.header("request-id"),
+        None,
+        "request-id is Anthropic's header"
+    );
+    // The Anthropic API also answers `request-id`, which its SDK reads.
+    let m = gw.post_anthropic(&messages("p/m", "hi")).await;
+    assert_eq!(m.status, 200, "{}", m.text());
+    let id = m.header("x-request-id").expect("an id");
+    assert_eq!(m.header("request-id"), Some(id));
     gw.stop().await;
 }
 

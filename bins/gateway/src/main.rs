@@ -90,7 +90,7 @@ async fn run(config: Config, config_path: Option<PathBuf>, check: bool) -> anyho
     let addr = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%addr, "gateway-server listening");
-    println!(
+    let banner = format!(
         "gateway-server listening on {scheme}://{addr} ({})",
         config_path
             .as_deref()
@@ -98,6 +98,12 @@ async fn run(config: Config, config_path: Option<PathBuf>, check: bool) -> anyho
                 .display()
                 .to_string())
     );
+    if config.logging.stdout.as_deref() == Some("json") {
+        // stdout carries only the JSON request lines.
+        eprintln!("{banner}");
+    } else {
+        println!("{banner}");
+    }
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
     serve::serve(
         Arc::clone(&gateway),
@@ -107,5 +113,12 @@ async fn run(config: Config, config_path: Option<PathBuf>, check: bool) -> anyho
         grace,
     )
     .await?;
+    // Settled spend and queued request logs and spans are written before the process exits.
+    if tokio::time::timeout(Duration::from_secs(10), services.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown: telemetry and governance did not flush within 10 s");
+    }
     Ok(())
 }

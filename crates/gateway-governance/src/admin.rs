@@ -168,6 +168,13 @@ impl Governance {
                 }
                 if let Value::Object(o) = &mut v {
                     if let Some(Value::Object(own)) = usage.first() {
+                        // The key's own usage also at the top (`spend_usd`, `remaining_usd`,
+                        // `requests_this_minute`, …), where a reader looks first.
+                        for (field, value) in own {
+                            if !o.contains_key(field) {
+                                o.insert(field.clone(), value.clone());
+                            }
+                        }
                         o.insert("usage".into(), Value::Object(own.clone()));
                     }
                     for (l, u) in levels.iter().zip(&usage).skip(1) {

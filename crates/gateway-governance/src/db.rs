@@ -41,6 +41,8 @@ pub(crate) struct Loaded {
     pub keys: Vec<StoredKey>,
     /// Spend of periods that have not ended.
     pub spend: Vec<SpendRow>,
+    /// Whether a key was ever made through the admin API in this database.
+    pub api_keys_made: bool,
 }
 
 type Reply = oneshot::Sender<Result<(), String>>;
@@ -122,9 +124,23 @@ pub(crate) fn open(path: &Path, now_ms: i64) -> Result<(Connection, Loaded), Gov
              spend_usd REAL NOT NULL,
              PRIMARY KEY (kind, name, period, period_start)
          );
+         CREATE TABLE IF NOT EXISTS meta (
+             name TEXT PRIMARY KEY,
+             value TEXT NOT NULL
+         );
          PRAGMA user_version = 1;",
     )?;
-    let mut loaded = Loaded::default();
+    let mut loaded = Loaded {
+        api_keys_made: conn
+            .query_row(
+                "SELECT value FROM meta WHERE name = 'api_keys_made'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?
+            .is_some(),
+        ..Loaded::default()
+    };
     {
         let mut stmt = conn.prepare(
             "SELECT spec, secret_sha256, created_ms, updated_ms FROM virtual_keys ORDER BY name",
@@ -299,6 +315,11 @@ fn insert_key(conn: &Connection, k: &StoredKey) -> Result<(), String> {
     if exists.is_some() {
         return Err(format!("virtual key {:?} already exists", k.spec.name));
     }
+    conn.execute(
+        "INSERT OR REPLACE INTO meta (name, value) VALUES ('api_keys_made', '1')",
+        [],
+    )
+    .map_err(|e| e.to_string())?;
     conn.execute(
         "INSERT INTO virtual_keys (name, secret_sha256, spec, created_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![k.spec.name, hex::encode(k.digest), spec_json(k)?, k.created_ms, k.updated_ms],

@@ -1,7 +1,7 @@
 //! [`Governance`]: the `Admission`, `Pricing` and `AdminRoutes` implementation.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +41,10 @@ pub struct Governance {
     batch_headroom: AtomicU64,
     store: Option<String>,
     keys_version: AtomicU64,
+    /// A key was made through the admin API in this store at some point: virtual keys stay
+    /// required after the last one is deleted (a revoked secret must not start working again
+    /// because it was the last key).
+    api_keys_made: AtomicBool,
 }
 
 impl std::fmt::Debug for Governance {
@@ -93,6 +97,8 @@ impl Governance {
             Counters::Redis(r) => r.load_keys().await.map_err(GovernanceError::Store)?,
             Counters::Embedded(_) => (0, loaded.keys),
         };
+        // Redis bumps its key-set version on every change made through the API.
+        let api_keys_made = loaded.api_keys_made || keys_version > 0;
         let api: BTreeMap<_, _> = api_keys
             .into_iter()
             .map(|k| (k.spec.name.clone(), k))
@@ -114,6 +120,7 @@ impl Governance {
             batch_headroom: AtomicU64::new(valid.batch_headroom.to_bits()),
             store: config.store.clone(),
             keys_version: AtomicU64::new(keys_version),
+            api_keys_made: AtomicBool::new(api_keys_made),
         });
         if matches!(gov.counters, Counters::Redis(_)) {
             let weak = Arc::downgrade(&gov);
@@ -152,6 +159,9 @@ impl Governance {
         self.registry
             .rcu(|current| Registry::build(current.config.clone(), api.clone()));
         self.keys_version.store(version, Ordering::Release);
+        if version > 0 {
+            self.api_keys_made.store(true, Ordering::Release);
+        }
         Ok(())
     }
 
@@ -159,7 +169,9 @@ impl Governance {
         match &self.counters {
             Counters::Redis(r) => r.insert_key(&k).await,
             Counters::Embedded(_) => self.db.insert_key(k).await,
-        }
+        }?;
+        self.api_keys_made.store(true, Ordering::Release);
+        Ok(())
     }
 
     pub(crate) async fn store_update_key(&self, k: StoredKey) -> Result<(), String> {
@@ -208,9 +220,11 @@ impl Governance {
         self.pricing.load_full()
     }
 
-    /// Whether any virtual key exists (when none does, every request is admitted).
+    /// Whether virtual keys are required: some exist, or one was made through the admin API in
+    /// this store at some point (deleting the last key does not open the gateway). When not,
+    /// every request is admitted.
     pub fn has_virtual_keys(&self) -> bool {
-        !self.registry.load().keys.is_empty()
+        self.api_keys_made.load(Ordering::Acquire) || !self.registry.load().keys.is_empty()
     }
 
     fn batch_headroom(&self) -> f64 {
@@ -282,7 +296,7 @@ impl Admission for Governance {
 
     async fn admit(&self, request: &AdmissionRequest<'_>) -> Result<Box<dyn Permit>, Refusal> {
         let registry = self.registry.load_full();
-        let Some(entry) = check(&registry, request)? else {
+        let Some(entry) = check(&registry, self.has_virtual_keys(), request)? else {
             return Ok(Box::new(GovernedPermit {
                 key: None,
                 providers: None,
@@ -327,17 +341,19 @@ impl Admission for Governance {
 
     fn authorize(&self, request: &AdmissionRequest<'_>) -> Result<Option<Vec<String>>, Refusal> {
         let registry = self.registry.load();
-        Ok(check(&registry, request)?.and_then(|e| e.providers.as_deref().map(<[String]>::to_vec)))
+        Ok(check(&registry, self.has_virtual_keys(), request)?
+            .and_then(|e| e.providers.as_deref().map(<[String]>::to_vec)))
     }
 }
 
 /// Who is calling and whether they may use `request.model` through `request.providers`: the
-/// key's entry, or `None` when no virtual key exists (everything is open).
+/// key's entry, or `None` when virtual keys are not required (everything is open).
 fn check<'r>(
     registry: &'r Registry,
+    required: bool,
     request: &AdmissionRequest<'_>,
 ) -> Result<Option<&'r Arc<KeyEntry>>, Refusal> {
-    if registry.keys.is_empty() {
+    if !required {
         return Ok(None);
     }
     let presented = request

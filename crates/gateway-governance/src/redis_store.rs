@@ -110,7 +110,7 @@ for i = 1, n do
     local spent = tonumber(redis.call('GET', key(i, 4)) or '0')
     local reserved = 0
     for _, v in ipairs(redis.call('HVALS', key(i, 3))) do reserved = reserved + tonumber(v) end
-    if spent + 1e-9 >= budget or spent + reserved + cost > budget + 1e-9 then
+    if spent + 1e-9 >= budget or (reserved > 1e-9 and spent + reserved + cost > budget + 1e-9) then
       return {'budget', tostring(i), tostring(spent), tostring(reserved)}
     end
   end

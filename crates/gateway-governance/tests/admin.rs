@@ -173,11 +173,7 @@ async fn bad_requests_and_config_keys_are_refused_clearly() {
         (r#"{"name": "x", "rmp": 3}"#, 400, "unknown field `rmp`"),
         (r#"{"name": "has space"}"#, 400, "virtual_key.name"),
         (r#"{"name": "from-file"}"#, 409, "already exists"),
-        (
-            r#"{"name": "x", "secret": "short"}"#,
-            400,
-            "virtual_key.secret",
-        ),
+        (r#"{"name": "x", "secret": ""}"#, 400, "virtual_key.secret"),
     ];
     for (body, status, message) in cases {
         let (got, v) = call(&gov, "POST", "/admin/virtual-keys", body).await;
@@ -299,5 +295,40 @@ async fn api_keys_persist_across_restarts_and_only_their_hash_is_stored() {
     }
     let (_, v) = call(&gov, "GET", "/admin/virtual-keys/keep", "").await;
     assert_eq!(v["usage"]["spend_usd"], 1.0, "{v}");
+    assert_eq!(
+        v["spend_usd"], 1.0,
+        "the key's own usage is also at the top: {v}"
+    );
     assert_eq!(v["created_at"], "2026-11-24T10:00:00Z");
+}
+
+#[tokio::test]
+async fn deleting_the_last_key_keeps_keys_required_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = clock();
+    let gov = open(config(&dir, vec![]), &c).await;
+    use gateway_core::admission::Admission;
+    assert!(!gov.enabled(), "no key made yet: open");
+    expect_ok(Req::new(None).admit(&gov).await, "open gateway");
+
+    let (status, v) = call(&gov, "POST", "/admin/virtual-keys", r#"{"name": "only"}"#).await;
+    assert_eq!(status, 201, "{v}");
+    let s = v["secret"].as_str().unwrap().to_string();
+    expect_ok(Req::new(Some(&s)).admit(&gov).await, "the key works");
+    let (status, v) = call(&gov, "DELETE", "/admin/virtual-keys/only", "").await;
+    assert_eq!(status, 200, "{v}");
+    for (k, what) in [(Some(s.as_str()), "revoked secret"), (None, "no key")] {
+        let r = expect_refused(Req::new(k).admit(&gov).await, what);
+        assert!(matches!(r, Refusal::Unauthorized(_)), "{what}: {r:?}");
+    }
+    gov.flush().await.unwrap();
+    drop(gov);
+
+    let gov = open(config(&dir, vec![]), &c).await;
+    assert!(gov.enabled(), "still required after a restart");
+    let r = expect_refused(
+        Req::new(Some(&s)).admit(&gov).await,
+        "revoked after restart",
+    );
+    assert!(matches!(r, Refusal::Unauthorized(_)), "{r:?}");
 }

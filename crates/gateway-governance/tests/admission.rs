@@ -645,7 +645,7 @@ async fn reload_keeps_api_keys_and_usage_and_applies_new_limits() {
     let (status, created) = admin("POST", "/admin/virtual-keys", br#"{"name": "made"}"#).await;
     assert_eq!(status, 201, "{created}");
     let made = created["secret"].as_str().unwrap().to_string();
-    expect_ok(Req::new(Some(&secret("k"))).admit(&gov).await, "k").settle(&usage(1, 1), 0.75);
+    expect_ok(Req::new(Some(&secret("k"))).admit(&gov).await, "k").settle(&usage(1, 1), 1.0);
     let mut next = cfg.clone();
     next.virtual_keys[0].rpm = Some(1);
     next.virtual_keys.push(key("new"));
@@ -663,7 +663,7 @@ async fn reload_keeps_api_keys_and_usage_and_applies_new_limits() {
             .tokens(200, 200)
             .admit(&gov)
             .await,
-        "spend kept: 0.75 + 0.40 > 1",
+        "spend kept: $1 of $1 spent",
     );
     assert!(matches!(r, Refusal::BudgetExceeded { .. }), "{r:?}");
     // An invalid configuration is refused and the old one stays.

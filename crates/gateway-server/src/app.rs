@@ -274,9 +274,7 @@ impl Gateway {
         if gated {
             if let Some(e) = self.unauthorized(req.headers()) {
                 let mut r = error_response(&e, dialect, &request_id);
-                if let Ok(v) = HeaderValue::from_str(&request_id) {
-                    r.headers_mut().insert("x-request-id", v);
-                }
+                set_request_id(r.headers_mut(), &request_id, dialect);
                 return r;
             }
         }
@@ -394,9 +392,7 @@ impl Gateway {
                 &request_id,
             ),
         };
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
-            resp.headers_mut().insert("x-request-id", v);
-        }
+        set_request_id(resp.headers_mut(), &request_id, dialect);
         resp
     }
 
@@ -471,12 +467,36 @@ impl Gateway {
         &self,
         presented: Option<&str>,
         model: &str,
+        fallbacks: &[String],
         est_input: u64,
         max_output: u64,
     ) -> Result<Box<dyn Permit>, Refused> {
         let ext = self.ext.load_full();
         if !ext.admission.enabled() {
             return Ok(gateway_core::admission::no_permit());
+        }
+        // The request's own fallbacks are models it may end up served by: each must pass the
+        // same allow-lists as the model it names, or a key limited to one route could reach any
+        // model by naming it as a fallback of a primary that fails.
+        for fallback in fallbacks {
+            let providers = self.engine.providers_for(fallback);
+            let refs: Vec<&str> = providers.iter().map(String::as_str).collect();
+            if let Err(r) = ext.admission.authorize(&AdmissionRequest {
+                presented_key: presented,
+                model: fallback,
+                providers: &refs,
+                estimated_input_tokens: 0,
+                max_output_tokens: 0,
+                headroom: 1.0,
+            }) {
+                let mut error = ApiError::from(&r);
+                error.message = format!("fallback '{fallback}': {}", error.message);
+                return Err(Refused {
+                    error,
+                    reason: r.reason(),
+                    virtual_key: ext.admission.key_name(presented),
+                });
+            }
         }
         let providers = self.engine.providers_for(model);
         let refs: Vec<&str> = providers.iter().map(String::as_str).collect();
@@ -624,6 +644,7 @@ impl Gateway {
             .admit(
                 head.presented.as_deref(),
                 &request.model,
+                &request.fallbacks,
                 est_input,
                 max_output,
             )
@@ -1032,6 +1053,7 @@ impl Gateway {
             .admit(
                 head.presented.as_deref(),
                 &request.model,
+                &request.fallbacks,
                 request.input.estimate_tokens(),
                 0,
             )
@@ -1575,6 +1597,17 @@ where
                 }
             }
         }
+    }
+}
+
+/// The request id on a response: `x-request-id`, and for the Anthropic API also `request-id`,
+/// the header Anthropic sends and its SDK reads (`_request_id`).
+fn set_request_id(headers: &mut HeaderMap, id: &str, dialect: Dialect) {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        if dialect == Dialect::Anthropic {
+            headers.insert("request-id", v.clone());
+        }
+        headers.insert("x-request-id", v);
     }
 }
 

@@ -381,6 +381,9 @@ fn store_error(e: &rusqlite::Error) -> (u16, Value) {
     )
 }
 
+/// How long a read of the request log waits for queued records to be written first.
+const READ_FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[async_trait]
 impl AdminRoutes for Telemetry {
     async fn handle(
@@ -402,6 +405,10 @@ impl AdminRoutes for Telemetry {
                 json!({"error": {"message": format!("method {method} not allowed on {path}"), "type": "invalid_request_error"}}),
             ));
         }
+        // Read your writes: records of requests that just ended may still be queued for the
+        // writer (which rests between batches at idle priority). Bounded, so a stuck writer
+        // cannot hold the admin API.
+        let _ = tokio::time::timeout(READ_FLUSH_WAIT, self.logs.flush()).await;
         if path == "/admin/stats" {
             let (since, until) = match admin::stats_window(query) {
                 Ok(w) => w,
