@@ -458,7 +458,13 @@ async fn anthropic_clients_of_claude_on_bedrock_through_invoke_model() {
         .start()
         .await
         .unwrap();
+    // The second provider gives the secret access key as `secret`, like other kinds' keys.
     let provider = |name: &str, invoke: bool| {
+        let field = if invoke {
+            "secret_access_key"
+        } else {
+            "secret"
+        };
         format!(
             r#"
 [[providers]]
@@ -470,7 +476,7 @@ claude_invoke = {invoke}
 [[providers.keys]]
 name = "k"
 access_key_id = "AKIDEXAMPLE"
-secret_access_key = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
+{field} = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
 "#,
             m.url()
         )
@@ -1480,5 +1486,52 @@ secret = "any"
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-gateway-estimate"), None, "{}", r.text());
     assert_eq!(r.json()["input_tokens"], 37 / 4, "the mock's count");
+    gw.stop().await;
+}
+
+/// Kinds whose paths carry their API version take the host root, but a base written with the
+/// version (as OpenAI bases are) works too: no `/v1/v1/messages`.
+#[tokio::test]
+async fn a_versioned_base_url_of_a_host_root_kind_is_not_doubled() {
+    let m = mock(&["sk-ant-v1", "co-v2", "AIza-v1beta"]).await;
+    let gw = TestGateway::start(&format!(
+        r#"
+[[providers]]
+name = "ant"
+kind = "anthropic"
+base_url = "{base}/v1/"
+[[providers.keys]]
+name = "k"
+secret = "sk-ant-v1"
+[[providers]]
+name = "co"
+kind = "cohere"
+base_url = "{base}/v2"
+[[providers.keys]]
+name = "k"
+secret = "co-v2"
+[[providers]]
+name = "gem"
+kind = "gemini"
+base_url = "{base}/v1beta"
+[[providers.keys]]
+name = "k"
+secret = "AIza-v1beta"
+"#,
+        base = m.url()
+    ))
+    .await;
+    for (model, path) in [
+        ("ant/claude-3-5-haiku-latest", "/v1/messages"),
+        ("co/command-r", "/v2/chat"),
+        (
+            "gem/gemini-2.0-flash",
+            "/v1beta/models/gemini-2.0-flash:generateContent",
+        ),
+    ] {
+        let r = gw.post("/v1/chat/completions", &chat(model, "hi")).await;
+        assert_eq!(r.status, 200, "{model}: {}", r.text());
+        assert_eq!(m.last_request().unwrap().path, path, "{model}");
+    }
     gw.stop().await;
 }

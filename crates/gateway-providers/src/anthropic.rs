@@ -84,10 +84,11 @@ impl AnthropicProvider {
             HeaderValue::from_static(ANTHROPIC_VERSION),
         )];
         headers.extend(config.headers);
+        let base = crate::http::without_version(&config.base_url, &["v1"]);
         AnthropicProvider {
-            messages_url: join_url(&config.base_url, "/v1/messages"),
-            count_tokens_url: join_url(&config.base_url, "/v1/messages/count_tokens"),
-            models_url: join_url(&config.base_url, "/v1/models?limit=1000"),
+            messages_url: join_url(base, "/v1/messages"),
+            count_tokens_url: join_url(base, "/v1/messages/count_tokens"),
+            models_url: join_url(base, "/v1/models?limit=1000"),
             headers: headers.into(),
             client,
             thinking: Arc::new(SignatureStore::new()),

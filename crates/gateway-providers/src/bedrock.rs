@@ -608,6 +608,13 @@ impl BedrockStream {
     pub fn on_frame(&mut self, frame: &Frame) -> Result<Vec<ChatChunk>, ProviderError> {
         frame_error(frame)?;
         let event = frame.header_str(":event-type").unwrap_or_default();
+        if !matches!(
+            event,
+            "messageStart" | "contentBlockStart" | "contentBlockDelta" | "messageStop" | "metadata"
+        ) {
+            // An event this decoder does not read: whatever its payload, nothing to do.
+            return Ok(Vec::new());
+        }
         let payload: Value = serde_json::from_slice(&frame.payload).map_err(|e| {
             ProviderError::Protocol(format!("bedrock `{event}` event is not JSON: {e}"))
         })?;
@@ -1762,6 +1769,19 @@ mod tests {
             r#"{"usage":{"inputTokens":412,"outputTokens":57,"totalTokens":469,"cacheReadInputTokens":100},"metrics":{"latencyMs":812}}"#,
         ),
     ];
+
+    #[test]
+    fn events_the_decoder_does_not_read_need_no_json() {
+        let mut conv = BedrockStream::new("r", "m", 1, names_with("f"));
+        for (kind, payload) in [("contentBlockStop", ""), ("someNewEvent", "\u{1}binary")] {
+            let chunks = conv
+                .on_frame(&event(kind, payload))
+                .expect("ignored, not an error");
+            assert!(chunks.is_empty(), "{kind}: {chunks:?}");
+        }
+        let bad = conv.on_frame(&event("contentBlockDelta", "not json"));
+        assert!(matches!(bad, Err(ProviderError::Protocol(_))), "{bad:?}");
+    }
 
     #[test]
     fn stream_assembles_to_the_same_message_as_the_response() {

@@ -675,6 +675,7 @@ impl CohereProvider {
             .as_deref()
             .filter(|b| !b.trim().is_empty())
             .unwrap_or(DEFAULT_BASE_URL);
+        let base = crate::http::without_version(base, &["v1", "v2"]);
         CohereProvider {
             chat_url: join_url(base, "/v2/chat").into(),
             embed_url: join_url(base, "/v2/embed").into(),

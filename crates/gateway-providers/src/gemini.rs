@@ -1124,7 +1124,7 @@ impl GeminiProvider {
             .filter(|b| !b.trim().is_empty())
             .unwrap_or(DEFAULT_BASE_URL);
         GeminiProvider {
-            base_url: base.trim_end_matches('/').into(),
+            base_url: crate::http::without_version(base, &["v1beta", "v1"]).into(),
             client,
             signatures: Arc::new(SignatureStore::new()),
         }

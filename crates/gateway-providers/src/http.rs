@@ -313,6 +313,21 @@ pub fn join_url(base: &str, path: &str) -> String {
     out
 }
 
+/// A base URL without a trailing API version segment among `versions` (`https://host/v1` →
+/// `https://host`), for kinds whose paths carry the version themselves: a base copied with the
+/// version, as OpenAI-format bases are written, must not become `/v1/v1/messages`.
+pub fn without_version<'a>(base: &'a str, versions: &[&str]) -> &'a str {
+    let trimmed = base.trim_end_matches('/');
+    match trimmed.rsplit_once('/') {
+        Some((root, last))
+            if versions.contains(&last) && root.contains("://") && !root.ends_with('/') =>
+        {
+            root
+        }
+        _ => trimmed,
+    }
+}
+
 /// Checks that a configured base URL is an absolute `http(s)://host[...]` URL without query or
 /// fragment. Returns a human-readable reason when it is not.
 pub fn validate_base_url(base: &str) -> Result<(), String> {
@@ -739,6 +754,22 @@ mod tests {
             "http://127.0.0.1:8080/v1/messages"
         );
         assert_eq!(join_url("http://h/x//", ""), "http://h/x");
+        assert_eq!(
+            without_version("https://api.anthropic.com/v1/", &["v1"]),
+            "https://api.anthropic.com"
+        );
+        assert_eq!(
+            without_version("http://127.0.0.1:9/proxy/v1", &["v1"]),
+            "http://127.0.0.1:9/proxy"
+        );
+        assert_eq!(
+            without_version("http://127.0.0.1:9", &["v1"]),
+            "http://127.0.0.1:9"
+        );
+        assert_eq!(
+            without_version("http://h/v1beta", &["v1"]),
+            "http://h/v1beta"
+        );
     }
 
     #[test]

@@ -562,9 +562,38 @@ pub fn chat_body_value(
         if let Some(seed) = obj.remove("seed") {
             obj.insert("random_seed".into(), seed);
         }
+        if let Some(limit) = obj.remove("max_completion_tokens") {
+            obj.entry("max_tokens").or_insert(limit);
+        }
+        // Mistral answers 422 to a field it does not know (`extra_forbidden`), among them
+        // OpenAI's `stream_options`, `user`, `logprobs`, `logit_bias`: its stream carries usage
+        // in the last chunk without being asked.
+        obj.retain(|field, _| MISTRAL_FIELDS.contains(&field.as_str()));
     }
     Ok(body)
 }
+
+/// The fields of Mistral's chat completion request.
+const MISTRAL_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "stream",
+    "stop",
+    "random_seed",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "presence_penalty",
+    "frequency_penalty",
+    "n",
+    "prediction",
+    "parallel_tool_calls",
+    "prompt_mode",
+    "safe_prompt",
+];
 
 fn mistral_message_ids(m: &mut Map<String, Value>) {
     if let Some(Value::String(id)) = m.get_mut("tool_call_id") {
@@ -1014,7 +1043,12 @@ fn chunk_members<'a>(
             return Some(());
         }
         sk.array(|sk| {
-            let (index, finish_reason, _) = skim_choice(sk, b"delta", spans)?;
+            let (index, finish_reason, has_delta) = skim_choice(sk, b"delta", spans)?;
+            // A choice without `delta` (Azure's content-filter annotations) goes through the
+            // full decode, which writes `"delta": {}`: SDKs read `choices[0].delta` unguarded.
+            if !has_delta {
+                return None;
+            }
             decoded.push(ChunkChoice {
                 index,
                 delta: Delta::default(),

@@ -233,6 +233,32 @@ fn mistral_quirks() {
 }
 
 #[test]
+fn mistral_gets_only_the_fields_it_knows() {
+    // Mistral answers 422 to unknown fields: a stream must not carry `stream_options` (its last
+    // chunk has the usage anyway), nor OpenAI-only fields such as `user` or `logit_bias`.
+    let mut req = rich_request();
+    req.stream = true;
+    req.max_tokens = None;
+    req.max_completion_tokens = Some(77);
+    let body =
+        chat_body_value(&req, "mistral-large", true, Quirks::for_kind("mistral")).expect("body");
+    let mut fields: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort_unstable();
+    expect![[r#"["max_tokens", "messages", "model", "parallel_tool_calls", "random_seed", "stop", "stream", "temperature", "tool_choice", "tools", "top_p"]"#]]
+        .assert_eq(&format!("{fields:?}"));
+    assert_eq!(
+        body["max_tokens"], 77,
+        "max_completion_tokens becomes max_tokens"
+    );
+    assert_eq!(body["stream"], true);
+}
+
+#[test]
 fn anthropic_request_body() {
     let body = messages_body(&rich_request(), "claude-sonnet-4-5", false);
     expect![[r#"
@@ -1006,14 +1032,16 @@ async fn stream_chunks_pass_as_they_came_and_agree_with_the_full_decode() {
         raw_agrees(OPENAI_TOOL_STREAM).await,
         [true, true, true, false, false, false, false, true, false]
     );
-    // Escapes in content, several choices, Azure's extra fields: still raw, byte for byte.
+    // Escapes in content, several choices, Azure's extra fields: still raw, byte for byte...
     let plain = concat!(
         "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":3,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"line\\n\\\"q\\\" \\u00e9\"},\"finish_reason\":null,\"content_filter_results\":{}},{\"index\":1,\"delta\":{\"content\":\"b\"}}]}\n\n",
         "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":3,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"refusal\":null,\"reasoning_content\":\"why\"},\"finish_reason\":null}]}\n\n",
         "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":3,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"},{\"index\":1,\"finish_reason\":\"content_filter\"}]}\n\n",
         "data: [DONE]\n\n",
     );
-    assert_eq!(raw_agrees(plain).await, [true, true, true]);
+    // ...except a choice without `delta` (Azure's content-filter annotation): decoded, so the
+    // client gets `"delta": {}`, which SDKs read unguarded.
+    assert_eq!(raw_agrees(plain).await, [true, true, false]);
     // What needs normalising takes the full decode: a `reasoning` object, the role `model`, an
     // unusual finish reason, usage on a choice chunk (held back to the end), Groq's usage.
     let odd = concat!(

@@ -211,9 +211,14 @@ pub async fn engine_config(
                     None
                 }
             },
-            (None, "vertex") => {
+            (None, "vertex")
+                if !p
+                    .keys
+                    .iter()
+                    .any(|k| k.secret.as_deref().is_some_and(|s| !s.is_empty())) =>
+            {
                 problems.push(format!(
-                    "{field}.credentials_file: required for kind `vertex`"
+                    "{field}.credentials_file: required for kind `vertex` unless every key's `secret` holds the service-account JSON"
                 ));
                 None
             }
@@ -227,7 +232,11 @@ pub async fn engine_config(
             let credential = if is_mock {
                 Credential::ApiKey(Secret::new(mock_secret(&p.name, k)))
             } else if family == "bedrock" && k.access_key_id.is_some() {
-                match (&k.access_key_id, &k.secret_access_key) {
+                // The secret access key in `secret_access_key`, or in `secret` like other kinds.
+                match (
+                    &k.access_key_id,
+                    k.secret_access_key.as_ref().or(k.secret.as_ref()),
+                ) {
                     (Some(id), Some(secret)) if !id.is_empty() && !secret.is_empty() => {
                         Credential::Aws {
                             access_key_id: id.clone(),
@@ -241,7 +250,7 @@ pub async fn engine_config(
                     }
                     _ => {
                         problems.push(format!(
-                            "{kf}: bedrock keys need access_key_id and secret_access_key"
+                            "{kf}: bedrock keys need access_key_id and secret_access_key (or secret)"
                         ));
                         Credential::None
                     }
@@ -252,7 +261,14 @@ pub async fn engine_config(
                         Credential::ServiceAccount(Secret::new(s.as_str()))
                     }
                     (_, Some(sa)) => Credential::ServiceAccount(Secret::new(sa.as_str())),
-                    _ => Credential::None,
+                    (_, None) => {
+                        if p.credentials_file.is_none() {
+                            problems.push(format!(
+                                "{kf}.secret: the service-account JSON, or set {field}.credentials_file"
+                            ));
+                        }
+                        Credential::None
+                    }
                 }
             } else {
                 match &k.secret {
