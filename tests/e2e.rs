@@ -1535,3 +1535,50 @@ secret = "AIza-v1beta"
     }
     gw.stop().await;
 }
+
+/// A key the upstream refuses (401) is taken out for a while. The next request finds no usable
+/// key: that is the gateway being out of service (503), not the caller being rate limited (429).
+#[tokio::test]
+async fn keys_out_of_service_answer_503_not_429() {
+    let m = mock(&["sk-the-right-one"]).await;
+    let gw = TestGateway::start(&format!(
+        r#"
+[[providers]]
+name = "oai"
+kind = "openai"
+base_url = "{}"
+[[providers.keys]]
+name = "revoked"
+secret = "sk-revoked-upstream"
+"#,
+        m.openai_base()
+    ))
+    .await;
+    let first = gw
+        .post("/v1/chat/completions", &chat("oai/gpt-4o-mini", "hi"))
+        .await;
+    assert_eq!(first.status, 502, "{}", first.text());
+    let next = gw
+        .post("/v1/chat/completions", &chat("oai/gpt-4o-mini", "hi"))
+        .await;
+    assert_eq!(next.status, 503, "{}", next.text());
+    assert_eq!(
+        next.json()["error"]["code"],
+        "upstream_unavailable",
+        "{}",
+        next.text()
+    );
+    let wait: u64 = next.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        wait > 60,
+        "a long wait, so SDKs do not retry at once: {wait}"
+    );
+    let ant = gw.post_anthropic(&messages("oai/gpt-4o-mini", "hi")).await;
+    assert_eq!(ant.status, 503, "{}", ant.text());
+    assert_eq!(ant.json()["error"]["type"], "api_error");
+    assert!(
+        !next.text().contains("sk-revoked-upstream")
+            && !first.text().contains("sk-revoked-upstream")
+    );
+    gw.stop().await;
+}

@@ -791,6 +791,8 @@ impl Engine {
         let mut tried: SmallVec<[(usize, usize, Arc<str>); 8]> = SmallVec::new();
         let mut last_err: Option<ProviderError> = None;
         let mut earliest_back: Option<u64> = None;
+        // When the earliest key ejected or disabled (not resting) comes back.
+        let mut earliest_out: Option<u64> = None;
         let mut prev_provider: Option<Arc<str>> = None;
 
         let fail =
@@ -858,8 +860,12 @@ impl Engine {
                 let Some(choice) = p.strategy.pick(&cands, &ctx, &mut rng).or_else(|| {
                     // Nothing usable: strategies without health (round robin, weighted) never
                     // return None here; for the others, remember when a key comes back.
-                    if let Some(b) = crate::strategy::earliest_return(&cands, now) {
+                    let (limited, out) = crate::strategy::earliest_returns(&cands, now);
+                    if let Some(b) = limited {
                         earliest_back = Some(earliest_back.map_or(b, |e| e.min(b)));
+                    }
+                    if let Some(b) = out {
+                        earliest_out = Some(earliest_out.map_or(b, |e| e.min(b)));
                     }
                     None
                 }) else {
@@ -1053,15 +1059,22 @@ impl Engine {
             }
         }
         let n = attempts.len() as u32;
+        let until = |at: u64| {
+            Duration::from_nanos(at.saturating_sub(self.now())).max(Duration::from_millis(1))
+        };
         let error = match (last_err, earliest_back) {
             // Nothing was tried because everything is resting: say when to come back.
             (None, Some(back)) | (Some(ProviderError::RateLimited { .. }), Some(back)) => {
                 EngineError::AllRateLimited {
-                    retry_after: Duration::from_nanos(back.saturating_sub(self.now()))
-                        .max(Duration::from_millis(1)),
+                    retry_after: until(back),
                 }
             }
             (Some(last), _) => EngineError::Exhausted { attempts: n, last },
+            // Nothing was tried because every key is out of service (a refused credential, an
+            // exhausted quota, ejected after failures): not the caller's rate limit.
+            (None, None) if earliest_out.is_some() => EngineError::Unavailable {
+                retry_after: until(earliest_out.unwrap_or_default()),
+            },
             (None, None) => EngineError::Exhausted {
                 attempts: n,
                 last: ProviderError::Connect("no usable key for this model".to_owned()),

@@ -204,6 +204,13 @@ pub enum EngineError {
         /// The earliest time one comes back.
         retry_after: Duration,
     },
+    /// Every candidate is out of service (ejected after failures, or disabled: a refused
+    /// credential, an exhausted quota), none merely resting.
+    #[error("every upstream key for this model is out of service; one returns in {retry_after:?}")]
+    Unavailable {
+        /// When the earliest one may be tried again.
+        retry_after: Duration,
+    },
     /// The caller's own error, as the provider reported it (never retried).
     #[error(transparent)]
     Caller(ProviderError),
@@ -233,6 +240,7 @@ impl EngineError {
             EngineError::UnknownModel(_) => 404,
             EngineError::InvalidRequest(_) => 400,
             EngineError::AllRateLimited { .. } => 429,
+            EngineError::Unavailable { .. } => 503,
             EngineError::Caller(e) => match e {
                 ProviderError::BadRequest { status, .. } => *status,
                 _ => 400,
@@ -253,7 +261,8 @@ impl EngineError {
     /// Wait hint for a `retry-after` header.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            EngineError::AllRateLimited { retry_after } => Some(*retry_after),
+            EngineError::AllRateLimited { retry_after }
+            | EngineError::Unavailable { retry_after } => Some(*retry_after),
             EngineError::Exhausted { last, .. } => last.retry_after(),
             _ => None,
         }

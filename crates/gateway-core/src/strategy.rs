@@ -331,6 +331,26 @@ pub fn earliest_return(candidates: &[Candidate<'_>], now: u64) -> Option<u64> {
     candidates.iter().filter_map(|c| c.back_at(now)).min()
 }
 
+/// [`earliest_return`] split by why candidates are out: `(rate limited, out of service)`. The
+/// first is resting after a rate limit or over configured limits (the client should retry
+/// then); the second is ejected after failures or disabled (a refused credential, an exhausted
+/// quota), which is not the client's rate limit and not worth a short retry.
+pub fn earliest_returns(candidates: &[Candidate<'_>], now: u64) -> (Option<u64>, Option<u64>) {
+    let (mut limited, mut out): (Option<u64>, Option<u64>) = (None, None);
+    let earliest = |slot: &mut Option<u64>, at: u64| *slot = Some(slot.map_or(at, |s| s.min(at)));
+    for c in candidates {
+        match c.signals.availability(now) {
+            crate::signals::Availability::Ejected { until } => earliest(&mut out, until),
+            _ => {
+                if let Some(at) = c.back_at(now) {
+                    earliest(&mut limited, at);
+                }
+            }
+        }
+    }
+    (limited, out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,6 +418,10 @@ mod tests {
         s[2].rest_until(500);
         assert_eq!(Health.pick(&c, &ctx(10), &mut rng), None);
         assert_eq!(earliest_return(&c, 10), Some(500));
+        assert_eq!(earliest_returns(&c, 10), (Some(500), Some(1_000)));
+        s[0].rest_until(2_000);
+        s[2].disable_until(800);
+        assert_eq!(earliest_returns(&c, 10), (Some(2_000), Some(800)));
     }
 
     #[test]

@@ -229,6 +229,15 @@ impl From<&EngineError> for ApiError {
                 "every upstream key for this model is rate limited; retry later",
             )
             .code("rate_limit_exceeded"),
+            EngineError::Unavailable { retry_after } => ApiError::new(
+                503,
+                ErrorKind::Upstream,
+                format!(
+                    "every upstream key for this model is out of service (credential refused, quota exhausted, or ejected after failures); the first may be tried again in {} s",
+                    retry_after.as_secs().max(1)
+                ),
+            )
+            .code("upstream_unavailable"),
             EngineError::Caller(p) => from_provider(p, status),
             EngineError::Exhausted { attempts, last } => {
                 let mut a = from_provider(last, status);
