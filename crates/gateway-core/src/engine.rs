@@ -1858,7 +1858,8 @@ mod tests {
             }
             other => panic!("expected AllRateLimited, got {other:?}"),
         }
-        assert_eq!(err2.error.http_status(), 429);
+        assert_eq!(err2.error.http_status(), 503, "not the caller's rate limit");
+        assert!(err2.error.is_rate_limited());
     }
 
     #[tokio::test(start_paused = true)]

@@ -239,7 +239,9 @@ impl EngineError {
         match self {
             EngineError::UnknownModel(_) => 404,
             EngineError::InvalidRequest(_) => 400,
-            EngineError::AllRateLimited { .. } => 429,
+            // Every candidate failed or rests: the gateway is out of capacity for this model,
+            // a 503 (429 is kept for the caller's own limits, which admission enforces).
+            EngineError::AllRateLimited { .. } => 503,
             EngineError::Unavailable { .. } => 503,
             EngineError::Caller(e) => match e {
                 ProviderError::BadRequest { status, .. } => *status,
@@ -247,8 +249,7 @@ impl EngineError {
             },
             EngineError::Exhausted { last, .. } => match last {
                 ProviderError::Timeout => 504,
-                ProviderError::RateLimited { .. } => 429,
-                ProviderError::Overloaded { .. } => 503,
+                ProviderError::RateLimited { .. } | ProviderError::Overloaded { .. } => 503,
                 ProviderError::NotFound { .. } => 404,
                 ProviderError::Unsupported { .. } => 400,
                 _ => 502,
@@ -256,6 +257,19 @@ impl EngineError {
             EngineError::DeadlineExceeded { .. } => 504,
             EngineError::Cancelled => 499,
         }
+    }
+
+    /// Whether the request failed because every candidate was rate limited (resting, or its
+    /// last attempt answered 429).
+    pub fn is_rate_limited(&self) -> bool {
+        matches!(
+            self,
+            EngineError::AllRateLimited { .. }
+                | EngineError::Exhausted {
+                    last: ProviderError::RateLimited { .. },
+                    ..
+                }
+        )
     }
 
     /// Wait hint for a `retry-after` header.

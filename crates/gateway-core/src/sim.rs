@@ -699,7 +699,14 @@ pub async fn run_mix(
                     Seen {
                         at,
                         elapsed,
-                        result: Err(f.error.http_status()),
+                        // Refusals for rate limits count as the client's 429s here, whatever
+                        // status a server gives them (this gateway: 503 `upstream_rate_limited`,
+                        // keeping 429 for virtual keys' own limits).
+                        result: Err(if f.error.is_rate_limited() {
+                            429
+                        } else {
+                            f.error.http_status()
+                        }),
                         attempts: f.attempts.len(),
                         first_failed: true,
                         upstream_429,

@@ -34,7 +34,7 @@ pub enum ErrorKind {
     RateLimit,
     /// 500/502.
     Upstream,
-    /// 503/529.
+    /// 503.
     Overloaded,
     /// 504.
     Timeout,
@@ -116,13 +116,11 @@ impl ApiError {
         }
     }
 
-    /// The HTTP status for a dialect (Anthropic's overloaded is 529).
-    pub fn status_for(&self, dialect: Dialect) -> u16 {
-        if dialect == Dialect::Anthropic && self.kind == ErrorKind::Overloaded {
-            529
-        } else {
-            self.status
-        }
+    /// The HTTP status for a dialect: the same for both. Anthropic's own overload status, 529,
+    /// is not used: when the gateway gives up on every candidate it answers 502/503/504, and a
+    /// 503 with `overloaded_error` is what Anthropic's SDK reads as overloaded too.
+    pub fn status_for(&self, _dialect: Dialect) -> u16 {
+        self.status
     }
 
     /// The JSON body in the dialect's shape.
@@ -223,12 +221,15 @@ impl From<&EngineError> for ApiError {
             .code("model_not_found")
             .param("model"),
             EngineError::InvalidRequest(m) => ApiError::new(403, ErrorKind::Permission, m.clone()),
-            EngineError::AllRateLimited { .. } => ApiError::new(
-                429,
-                ErrorKind::RateLimit,
-                "every upstream key for this model is rate limited; retry later",
+            EngineError::AllRateLimited { retry_after } => ApiError::new(
+                503,
+                ErrorKind::Overloaded,
+                format!(
+                    "every upstream key for this model is rate limited; the first resets in {} s",
+                    retry_after.as_secs().max(1)
+                ),
             )
-            .code("rate_limit_exceeded"),
+            .code("upstream_rate_limited"),
             EngineError::Unavailable { retry_after } => ApiError::new(
                 503,
                 ErrorKind::Upstream,
@@ -309,7 +310,10 @@ mod tests {
         assert_eq!(a["type"], "error");
         assert_eq!(a["error"]["type"], "invalid_request_error");
         let over = ApiError::new(503, ErrorKind::Overloaded, "busy");
-        assert_eq!(over.status_for(Dialect::Anthropic), 529);
+        assert_eq!(over.status_for(Dialect::Anthropic), 503);
+        let a: serde_json::Value =
+            serde_json::from_slice(&over.body(Dialect::Anthropic, "r1")).unwrap();
+        assert_eq!(a["error"]["type"], "overloaded_error");
         assert_eq!(over.status_for(Dialect::OpenAi), 503);
     }
 
