@@ -11,12 +11,14 @@
 //!
 //! - caller errors are returned at once;
 //! - key-scoped errors (429 of one key, 401) rest or disable that key and try another key;
-//! - transient errors (5xx, timeouts, connection errors) try another key of the same provider after
-//!   a backoff with jitter, at most `max_retries` times, then the next target;
+//! - transient errors (5xx, timeouts, connection errors) are retried at the same provider after a
+//!   backoff with jitter, at most `max_retries` times, then the next target: on another key when
+//!   one is left, else on a key that failed only transiently (a provider with one key retries it);
 //! - provider-scoped errors (overloaded, account-wide throttling, unknown model) go to the next target.
 //!
-//! No (provider, key, model) candidate is tried twice, attempts are bounded by `max_attempts` and the
-//! request deadline. Streams fail over until their first chunk; after that an error ends the stream.
+//! A (provider, key, model) candidate is tried again only after a transient error and only when no
+//! untried key is left; attempts are bounded by `max_retries`, `max_attempts` and the request
+//! deadline. Streams fail over until their first chunk; after that an error ends the stream.
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
@@ -788,7 +790,9 @@ impl Engine {
             .now()
             .saturating_add(retry.request_timeout.as_nanos() as u64);
         let mut attempts: Vec<AttemptRecord> = Vec::new();
-        let mut tried: SmallVec<[(usize, usize, Arc<str>); 8]> = SmallVec::new();
+        // Candidates tried for this request: (provider, key, model, whether its failures so far
+        // were all transient, so it may be tried again when no untried key is left).
+        let mut tried: SmallVec<[(usize, usize, Arc<str>, bool); 8]> = SmallVec::new();
         let mut last_err: Option<ProviderError> = None;
         let mut earliest_back: Option<u64> = None;
         // When the earliest key ejected or disabled (not resting) comes back.
@@ -830,25 +834,40 @@ impl Engine {
                         route,
                     ));
                 }
-                // Candidates: keys that allow the model and were not tried for it.
+                // Candidates: keys that allow the model and were not tried for it; when none is
+                // left after a transient error, those whose failures were all transient.
                 let mut idx: SmallVec<[usize; 16]> = SmallVec::new();
                 let mut cands: SmallVec<[Candidate<'_>; 16]> = SmallVec::new();
-                for (ki, k) in p.keys.iter().enumerate() {
-                    if !k.allows(&model_id)
-                        || pinned_key.is_some_and(|pk| pk != &*k.name)
-                        || tried
-                            .iter()
-                            .any(|(tp, tk, tm)| *tp == pi && *tk == ki && **tm == *model_id)
-                    {
-                        continue;
+                let retrying = last_err
+                    .as_ref()
+                    .is_some_and(|e| e.scope() == FailoverScope::Transient)
+                    && provider_attempts > 0;
+                for again in [false, true] {
+                    if again && (!cands.is_empty() || !retrying) {
+                        break;
                     }
-                    idx.push(ki);
-                    cands.push(Candidate {
-                        weight: k.weight,
-                        signals: &k.signals,
-                        rpm: k.rpm,
-                        tpm: k.tpm,
-                    });
+                    for (ki, k) in p.keys.iter().enumerate() {
+                        if !k.allows(&model_id) || pinned_key.is_some_and(|pk| pk != &*k.name) {
+                            continue;
+                        }
+                        let seen = tried.iter().find(|(tp, tk, tm, _)| {
+                            *tp == pi && *tk == ki && **tm == *model_id
+                        });
+                        let eligible = match seen {
+                            None => !again,
+                            Some((_, _, _, transient_only)) => again && *transient_only,
+                        };
+                        if !eligible {
+                            continue;
+                        }
+                        idx.push(ki);
+                        cands.push(Candidate {
+                            weight: k.weight,
+                            signals: &k.signals,
+                            rpm: k.rpm,
+                            tpm: k.tpm,
+                        });
+                    }
                 }
                 if cands.is_empty() {
                     break;
@@ -873,7 +892,16 @@ impl Engine {
                 };
                 let ki = idx[choice];
                 let key = &p.keys[ki];
-                tried.push((pi, ki, Arc::clone(&model_id)));
+                let slot = match tried
+                    .iter()
+                    .position(|(tp, tk, tm, _)| *tp == pi && *tk == ki && **tm == *model_id)
+                {
+                    Some(i) => i,
+                    None => {
+                        tried.push((pi, ki, Arc::clone(&model_id), true));
+                        tried.len() - 1
+                    }
+                };
 
                 // Backoff before another attempt at the same provider after a transient error.
                 if provider_attempts > 0
@@ -963,6 +991,9 @@ impl Engine {
                     }
                     Err(err) => {
                         let scope = err.scope();
+                        if scope != FailoverScope::Transient {
+                            tried[slot].3 = false;
+                        }
                         // Health bookkeeping by class.
                         match &err {
                             ProviderError::RateLimited {
@@ -1949,6 +1980,52 @@ mod tests {
             t0.elapsed() >= Duration::from_millis(50),
             "backoff before the retry"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_provider_with_one_key_retries_it_after_a_transient_error() {
+        let fake = Arc::new(FakeProvider::new());
+        fake.script(
+            "only",
+            vec![
+                Step::Fail(server_error()),
+                Step::Fail(ProviderError::Timeout),
+                Step::Reply("third time".to_owned()),
+            ],
+        );
+        let mut p = provider("p", &fake, &["only"], StrategyKind::RoundRobin);
+        p.max_retries = 2;
+        let engine = Engine::new(EngineConfig {
+            providers: vec![p],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let t0 = tokio::time::Instant::now();
+        let out = engine.chat(&req("p/m"), &opts()).await.unwrap();
+        assert_eq!(out.attempts.len(), 3, "one try and max_retries = 2 retries");
+        assert!(out.attempts[1].is_retry && out.attempts[2].is_retry);
+        assert!(t0.elapsed() >= Duration::from_millis(50), "backoff between");
+        assert_eq!(fake.calls().len(), 3);
+
+        // max_retries bounds it; a key-scoped failure (401) is not retried.
+        fake.always("only", Step::Fail(server_error()));
+        let err = engine.chat(&req("p/m"), &opts()).await.unwrap_err();
+        assert_eq!(err.attempts.len(), 3);
+        let fake = Arc::new(FakeProvider::new());
+        fake.always(
+            "only",
+            Step::Fail(ProviderError::Auth {
+                status: 401,
+                message: "no".to_owned(),
+            }),
+        );
+        let engine = Engine::new(EngineConfig {
+            providers: vec![provider("p", &fake, &["only"], StrategyKind::RoundRobin)],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let err = engine.chat(&req("p/m"), &opts()).await.unwrap_err();
+        assert_eq!(err.attempts.len(), 1, "a refused key is not retried");
     }
 
     #[tokio::test(start_paused = true)]
