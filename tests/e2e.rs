@@ -1582,3 +1582,80 @@ secret = "sk-revoked-upstream"
     );
     gw.stop().await;
 }
+
+/// An upstream on 127.0.0.1 that answers every request with `status` and an OpenAI error whose
+/// message quotes the whole key it was sent, as a careless provider (or proxy) might.
+async fn key_quoting_upstream(status: u16) -> String {
+    use http_body_util::Full;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: http::Request<_>| {
+                    let key = req
+                        .headers()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .trim_start_matches("Bearer ")
+                        .to_owned();
+                    let body = json!({"error": {
+                        "message": format!("Key {key} was refused (key={key})"),
+                        "type": "invalid_request_error", "code": null}});
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .status(status)
+                                .header("content-type", "application/json")
+                                .body(Full::new(bytes::Bytes::from(body.to_string())))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}/v1")
+}
+
+/// Whatever the shape of a provider key, an upstream message quoting it never carries it to the
+/// client, the request log or the admin API.
+#[tokio::test]
+async fn a_key_quoted_by_the_upstream_never_reaches_the_client() {
+    for status in [401, 500, 400] {
+        let base = key_quoting_upstream(status).await;
+        let gw = TestGateway::start(&format!(
+            r#"
+[server]
+admin_token = "adm"
+[[providers]]
+name = "odd"
+kind = "openai"
+base_url = "{base}"
+[[providers.keys]]
+name = "k"
+secret = "test-key-1"
+"#
+        ))
+        .await;
+        let r = gw.post("/v1/chat/completions", &chat("odd/m", "hi")).await;
+        assert!(r.status >= 400, "{status}: {}", r.text());
+        assert!(
+            r.text().contains("was refused"),
+            "the reason is kept: {}",
+            r.text()
+        );
+        assert!(!r.text().contains("test-key-1"), "{status}: {}", r.text());
+        let a = gw.post_anthropic(&messages("odd/m", "hi")).await;
+        assert!(!a.text().contains("test-key-1"), "{status}: {}", a.text());
+        let health = gw
+            .get("/admin/health", &[("authorization", "Bearer adm")])
+            .await;
+        assert!(!health.text().contains("test-key-1"), "{}", health.text());
+        gw.stop().await;
+    }
+}

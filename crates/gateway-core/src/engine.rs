@@ -466,6 +466,7 @@ impl Engine {
         let stream = EngineStream {
             first: Some(first),
             rest,
+            credential: out.credential,
             guards: Some(StreamGuards {
                 key: out.key_guard,
                 target: out.target_guard,
@@ -635,8 +636,9 @@ impl Engine {
             passthrough: crate::provider::Passthrough::Off,
         };
         let timeout = p.timeout;
+        let credential = Arc::clone(&key.credential);
         match tokio::time::timeout(timeout, f(Arc::clone(&p.provider), call)).await {
-            Ok(r) => r,
+            Ok(r) => r.map_err(|e| e.redacted(&credential)),
             Err(_) => Err(ProviderError::Timeout),
         }
     }
@@ -850,9 +852,9 @@ impl Engine {
                         if !k.allows(&model_id) || pinned_key.is_some_and(|pk| pk != &*k.name) {
                             continue;
                         }
-                        let seen = tried.iter().find(|(tp, tk, tm, _)| {
-                            *tp == pi && *tk == ki && **tm == *model_id
-                        });
+                        let seen = tried
+                            .iter()
+                            .find(|(tp, tk, tm, _)| *tp == pi && *tk == ki && **tm == *model_id);
                         let eligible = match seen {
                             None => !again,
                             Some((_, _, _, transient_only)) => again && *transient_only,
@@ -986,10 +988,13 @@ impl Engine {
                             key_guard,
                             target_guard,
                             key_signals: Arc::clone(&key.signals),
+                            credential: Arc::clone(&key.credential),
                             health,
                         });
                     }
                     Err(err) => {
+                        // Whatever the upstream quoted of the key it was sent stays here.
+                        let err = err.redacted(&key.credential);
                         let scope = err.scope();
                         if scope != FailoverScope::Transient {
                             tried[slot].3 = false;
@@ -1136,6 +1141,8 @@ struct Success<T> {
     key_guard: InFlight,
     target_guard: InFlight,
     key_signals: Arc<Signals>,
+    /// The serving key's credential, to keep it out of a stream's later errors.
+    credential: Arc<Credential>,
     health: HealthConfig,
 }
 
@@ -1537,6 +1544,7 @@ impl StreamGuards {
 pub struct EngineStream {
     first: Option<ChatChunk>,
     rest: ChunkStream,
+    credential: Arc<Credential>,
     guards: Option<StreamGuards>,
     usage: Option<Usage>,
 }
@@ -1577,6 +1585,7 @@ impl Stream for EngineStream {
                 Poll::Ready(Some(Ok(chunk)))
             }
             Poll::Ready(Some(Err(e))) => {
+                let e = e.redacted(&this.credential);
                 if let Some(g) = this.guards.take() {
                     let outcome = if e.is_provider_failure() {
                         AttemptOutcome::Failure

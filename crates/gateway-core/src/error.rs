@@ -128,6 +128,33 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
+    /// The error with every secret of `credential` taken out of its messages (see
+    /// [`Credential::redact`]).
+    ///
+    /// [`Credential::redact`]: crate::provider::Credential::redact
+    pub fn redacted(mut self, credential: &crate::provider::Credential) -> ProviderError {
+        let clean = |m: &mut String| {
+            if let std::borrow::Cow::Owned(r) = credential.redact(m) {
+                *m = r;
+            }
+        };
+        match &mut self {
+            ProviderError::RateLimited { message, .. }
+            | ProviderError::Overloaded { message, .. }
+            | ProviderError::Server { message, .. }
+            | ProviderError::Auth { message, .. }
+            | ProviderError::NotFound { message }
+            | ProviderError::BadRequest { message, .. }
+            | ProviderError::ContextLengthExceeded { message }
+            | ProviderError::ContentFiltered { message }
+            | ProviderError::Unsupported { message, .. }
+            | ProviderError::Connect(message)
+            | ProviderError::Protocol(message) => clean(message),
+            ProviderError::Timeout | ProviderError::Cancelled => {}
+        }
+        self
+    }
+
     /// What failover may do.
     pub fn scope(&self) -> FailoverScope {
         match self {

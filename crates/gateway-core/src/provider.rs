@@ -83,6 +83,34 @@ pub enum Credential {
 }
 
 impl Credential {
+    /// `text` with every secret of this credential replaced by `***`: upstream error messages
+    /// may quote the key they were sent ("Incorrect API key provided: …"), whatever its shape.
+    /// Values shorter than 4 characters are left alone (they would match anywhere).
+    pub fn redact<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        let mut out = std::borrow::Cow::Borrowed(text);
+        let mut hide = |secret: &str| {
+            if secret.len() >= 4 && out.contains(secret) {
+                out = std::borrow::Cow::Owned(out.replace(secret, "***"));
+            }
+        };
+        match self {
+            Credential::None | Credential::ServiceAccount(_) => {}
+            Credential::ApiKey(key) => hide(key.expose()),
+            Credential::Aws {
+                access_key_id,
+                secret_access_key,
+                session_token,
+            } => {
+                hide(secret_access_key.expose());
+                if let Some(t) = session_token {
+                    hide(t.expose());
+                }
+                hide(access_key_id);
+            }
+        }
+        out
+    }
+
     /// The API key, if this is one.
     pub fn api_key(&self) -> Option<&Secret> {
         match self {
@@ -306,4 +334,43 @@ pub enum StoredResponseKind {
     Cancel,
     /// `GET /responses/{id}/input_items`.
     InputItems,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_every_secret_of_a_credential() {
+        let key = Credential::ApiKey(Secret::new("test-key-1"));
+        assert_eq!(key.redact("bad test-key-1, test-key-1"), "bad ***, ***");
+        assert!(matches!(
+            key.redact("nothing here"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        let aws = Credential::Aws {
+            access_key_id: "AKIDEXAMPLE".to_owned(),
+            secret_access_key: Secret::new("wJalrXUtnFEMI"),
+            session_token: Some(Secret::new("FwoGZXIvYXdz")),
+        };
+        assert_eq!(
+            aws.redact("id AKIDEXAMPLE secret wJalrXUtnFEMI token FwoGZXIvYXdz"),
+            "id *** secret *** token ***"
+        );
+        let short = Credential::ApiKey(Secret::new("abc"));
+        assert_eq!(
+            short.redact("abc abc"),
+            "abc abc",
+            "too short to hide safely"
+        );
+        let err = ProviderError::Auth {
+            status: 401,
+            message: "key test-key-1 refused".to_owned(),
+        }
+        .redacted(&key);
+        assert_eq!(
+            err.to_string(),
+            "upstream refused the credential (401): key *** refused"
+        );
+    }
 }
