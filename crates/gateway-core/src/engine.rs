@@ -792,9 +792,7 @@ impl Engine {
             .now()
             .saturating_add(retry.request_timeout.as_nanos() as u64);
         let mut attempts: Vec<AttemptRecord> = Vec::new();
-        // Candidates tried for this request: (provider, key, model, whether its failures so far
-        // were all transient, so it may be tried again when no untried key is left).
-        let mut tried: SmallVec<[(usize, usize, Arc<str>, bool); 8]> = SmallVec::new();
+        let mut tried: SmallVec<[Tried; 8]> = SmallVec::new();
         let mut last_err: Option<ProviderError> = None;
         let mut earliest_back: Option<u64> = None;
         // When the earliest key ejected or disabled (not resting) comes back.
@@ -1132,6 +1130,10 @@ fn merge_fallbacks(a: &[String], b: &[String]) -> Vec<String> {
     }
     v
 }
+
+/// A candidate tried for a request: (provider, key, model, whether its failures so far were all
+/// transient, so it may be tried again when no untried key is left).
+type Tried = (usize, usize, Arc<str>, bool);
 
 struct Success<T> {
     value: T,
