@@ -130,3 +130,54 @@ def test_anthropic_errors(gateway):
     with pytest.raises(anthropic.NotFoundError):
         ant(gateway).messages.create(model="no-such-model", max_tokens=10,
                                      messages=[{"role": "user", "content": "hi"}])
+
+
+def test_config_file_json_lines_and_flush_on_shutdown(tmp_path):
+    """`--config=FILE` with a host-name listen address; with `[logging] stdout = "json"` stdout
+    holds only request lines (the banner goes to stderr), and a request made just before SIGTERM
+    is written before the process exits."""
+    port = free_port()
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(f"""
+[server]
+listen = "localhost:{port}"
+data_dir = "{tmp_path / 'data'}"
+[logging]
+stdout = "json"
+[[providers]]
+name = "m"
+kind = "mock"
+dialect = "openai"
+models = ["gpt-4o-mini"]
+[[providers.keys]]
+name = "k"
+[[virtual_keys]]
+name = "short"
+secret = "vk-1"
+""")
+    proc = subprocess.Popen([BINARY, f"--config={cfg}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()
+                assert time.time() < deadline, "gateway did not start"
+                time.sleep(0.1)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="vk-1", max_retries=0)
+        r = client.chat.completions.create(model="m/gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        assert r.choices[0].message.content
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="vk-2", max_retries=0) \
+                .chat.completions.create(model="m/gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    lines = [line for line in out.decode().splitlines() if line.strip()]
+    import json
+    records = [json.loads(line) for line in lines]
+    assert [rec["status"] for rec in records] == [200, 401], records
+    assert records[0]["virtual_key"] == "short"
+    assert "listening on" in err.decode()

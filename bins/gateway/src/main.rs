@@ -25,7 +25,15 @@ fn main() -> anyhow::Result<()> {
     let mut config_path: Option<PathBuf> = None;
     let mut listen: Option<String> = None;
     let mut check = false;
-    let mut args = std::env::args().skip(1);
+    // `--flag value` and `--flag=value` alike.
+    let mut args = std::env::args()
+        .skip(1)
+        .flat_map(|a| match a.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => {
+                vec![flag.to_owned(), value.to_owned()]
+            }
+            _ => vec![a],
+        });
     while let Some(a) = args.next() {
         match a.as_str() {
             "-c" | "--config" => {

@@ -1204,7 +1204,11 @@ impl<'s> Plan<'s> {
                 plan.push_name(snap, f, 1);
             }
         } else if let Some(t) = split_direct(snap, model) {
-            plan.queue.push(t);
+            // A provider none of whose keys may serve the model does not serve it: 404 (or its
+            // fallbacks), not an upstream failure after no attempt.
+            if snap.providers[t.0].keys.iter().any(|k| k.allows(&t.1)) {
+                plan.queue.push(t);
+            }
         } else if let Some(ps) = snap.bare_models.get(model) {
             let m: Arc<str> = Arc::from(model);
             for p in ps {
@@ -2061,6 +2065,40 @@ mod tests {
         let bad_calls = fake.calls().iter().filter(|(k, _)| k == "bad").count();
         assert!(bad_calls <= 1, "a refused key leaves rotation: {bad_calls}");
         assert_eq!(engine.health()[0].keys[0].state, "ejected");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_direct_model_no_key_allows_is_unknown() {
+        let fake = Arc::new(FakeProvider::new());
+        let mut p = provider("p", &fake, &["a"], StrategyKind::RoundRobin);
+        p.keys[0].models = Some(vec!["m1".to_owned()]);
+        let engine = Engine::new(EngineConfig {
+            providers: vec![p, provider("q", &fake, &["z"], StrategyKind::RoundRobin)],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let err = engine.chat(&req("p/m2"), &opts()).await.unwrap_err();
+        assert!(
+            matches!(err.error, EngineError::UnknownModel(_)),
+            "{:?}",
+            err.error
+        );
+        assert_eq!(err.error.http_status(), 404);
+        assert!(fake.calls().is_empty());
+        // Its fallbacks still serve it.
+        let mut r = req("p/m2");
+        r.fallbacks = vec!["q/m2".to_owned()];
+        let out = engine.chat(&r, &opts()).await.unwrap();
+        assert_eq!(&*out.served_by.provider, "q");
+        assert_eq!(
+            &*engine
+                .chat(&req("p/m1"), &opts())
+                .await
+                .unwrap()
+                .served_by
+                .key,
+            "a"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -453,7 +453,12 @@ pub async fn engine_config(
     if s.max_body_bytes == 0 {
         problems.push("server.max_body_bytes: must be positive".to_owned());
     }
-    if s.listen.parse::<std::net::SocketAddr>().is_err() {
+    // An address, or a host name and port (`localhost:8080`, resolved when binding).
+    let host_port = s
+        .listen
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if s.listen.parse::<std::net::SocketAddr>().is_err() && !host_port {
         problems.push(format!(
             "server.listen: `{}` is not an address like 127.0.0.1:8080",
             s.listen
