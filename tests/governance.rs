@@ -244,6 +244,12 @@ async fn virtual_keys_are_required_and_refusals_have_each_dialects_shape() {
         );
         assert!(metrics.contains(&line), "{line} missing in:\n{metrics}");
     }
+    // ... and the requests themselves under the model they asked for.
+    let refused_request = "gateway_requests_total{route=\"none\",model=\"oai/gpt-4o-mini\",status=\"429\",virtual_key=\"slow\"} 1";
+    assert!(
+        metrics.contains(refused_request),
+        "{refused_request} missing in:\n{metrics}"
+    );
 
     services.shutdown().await;
     gw.stop().await;

@@ -566,6 +566,11 @@ impl Engine {
         Ok(counted.ok().and_then(Result::ok).flatten())
     }
 
+    /// Whether a model name is a route.
+    pub fn is_route(&self, model: &str) -> bool {
+        self.snapshot.load().routes.contains_key(model)
+    }
+
     /// Whether a model name resolves to something this gateway serves.
     pub fn resolves(&self, model: &str) -> bool {
         let snap = self.snapshot.load();

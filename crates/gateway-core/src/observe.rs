@@ -160,6 +160,9 @@ pub struct RequestRecord {
     /// Why admission refused the request (`unauthorized`, `forbidden`, `rate_limited`,
     /// `budget_exceeded`, `unavailable`), when it did.
     pub refusal: Option<&'static str>,
+    /// The requested model names a route, provider model or served model of this gateway, though
+    /// nothing was attempted (a refusal): it may label metrics like a served one.
+    pub known_model: bool,
 }
 
 /// Sees attempts and requests. Must not block.

@@ -519,6 +519,15 @@ impl Gateway {
         Ok(permit)
     }
 
+    /// Marks a refused request's model as this gateway's (a route, or served) so its metrics
+    /// carry the model and route it asked for; a name the gateway does not serve stays `other`.
+    fn name_refused_model(&self, record: &mut RequestRecord) {
+        if self.engine.is_route(&record.requested_model) {
+            record.route = Some(record.requested_model.clone());
+        }
+        record.known_model = self.engine.resolves(&record.requested_model);
+    }
+
     /// The models the caller may use: all of them, or with virtual keys those the presented
     /// key's allow-lists admit (what an OpenAI key sees of `GET /v1/models`).
     fn visible_models(&self, headers: &HeaderMap) -> Vec<gateway_core::types::ModelInfo> {
@@ -651,7 +660,10 @@ impl Gateway {
             .await
         {
             Ok(p) => p,
-            Err(r) => return refused(r, dialect, request_id, record, started, &ext),
+            Err(r) => {
+                self.name_refused_model(&mut record);
+                return refused(r, dialect, request_id, record, started, &ext);
+            }
         };
         record.virtual_key = permit.virtual_key().map(str::to_owned);
         let (pinned_key, remember) = match api {
@@ -1060,7 +1072,10 @@ impl Gateway {
             .await
         {
             Ok(p) => p,
-            Err(r) => return refused(r, dialect, request_id, record, started, &ext),
+            Err(r) => {
+                self.name_refused_model(&mut record);
+                return refused(r, dialect, request_id, record, started, &ext);
+            }
         };
         record.virtual_key = permit.virtual_key().map(str::to_owned);
         let opts = RequestOptions {

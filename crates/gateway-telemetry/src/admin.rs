@@ -97,18 +97,19 @@ pub(crate) fn log_query(query: &str) -> Result<LogQuery, String> {
     };
     for (k, v) in pairs(query) {
         let nonempty = || (!v.is_empty()).then(|| v.clone());
+        let instant = |name: &str| {
+            parse_instant(&v).ok_or_else(|| {
+                format!("`{name}` must be unix seconds or milliseconds, or RFC 3339, got `{v}`")
+            })
+        };
         match k.as_str() {
-            "since" => {
-                q.since_ms = Some(parse_time(&v).ok_or_else(|| {
-                    format!("`since` must be unix milliseconds or RFC 3339, got `{v}`")
-                })?);
+            "since" | "from" | "start" | "start_time" | "after" => {
+                q.since_ms = Some(instant("since")?);
             }
-            "until" => {
-                q.until_ms = Some(parse_time(&v).ok_or_else(|| {
-                    format!("`until` must be unix milliseconds or RFC 3339, got `{v}`")
-                })?);
+            "until" | "to" | "end" | "end_time" | "before" => {
+                q.until_ms = Some(instant("until")?);
             }
-            "virtual_key" => q.virtual_key = nonempty(),
+            "virtual_key" | "key" | "vk" => q.virtual_key = nonempty(),
             "provider" => q.provider = nonempty(),
             "model" => q.model = nonempty(),
             "request_id" => q.request_id = nonempty(),
@@ -117,16 +118,33 @@ pub(crate) fn log_query(query: &str) -> Result<LogQuery, String> {
                     format!("`status` must be a code (429), a class (5xx) or `error`, got `{v}`")
                 })?);
             }
-            "limit" => {
+            "limit" | "n" => {
                 let n: usize = v
                     .parse()
                     .map_err(|_| format!("`limit` must be a number, got `{v}`"))?;
                 q.limit = n.clamp(1, MAX_LIMIT);
             }
-            _ => return Err(format!("unknown parameter `{k}`")),
+            _ => {
+                return Err(format!(
+                    "unknown parameter `{k}` (filters: since, until, virtual_key, provider, model, status, request_id, limit)"
+                ))
+            }
         }
     }
     Ok(q)
+}
+
+/// A point in time: RFC 3339, or a unix time in seconds or milliseconds, with a fraction or not
+/// (`1714564800`, `1714564800.25` and `1714564800000` are the same second: values below 10^11
+/// are seconds, which reach the year 5138, and milliseconds start in 1973).
+fn parse_instant(v: &str) -> Option<u64> {
+    let t = v.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        let x: f64 = t.parse().ok()?;
+        let ms = if x < 1e11 { x * 1000.0 } else { x };
+        return (ms.is_finite() && ms >= 0.0).then_some(ms as u64);
+    }
+    parse_time(t)
 }
 
 /// Parses `GET /admin/stats` parameters into `(since_ms, until_ms)`.
@@ -182,7 +200,21 @@ mod tests {
             log_query("status=error").unwrap().status,
             Some(StatusFilter::Error)
         );
-        for bad in ["since=yesterday", "status=abc", "limit=x", "colour=red"] {
+        // Unix seconds (whole or with a fraction, as Python's time.time() gives them) and the
+        // usual other names of the filters.
+        let q = log_query("from=1714564800.5&to=1714564900&key=k&n=3").unwrap();
+        assert_eq!(q.since_ms, Some(1_714_564_800_500));
+        assert_eq!(q.until_ms, Some(1_714_564_900_000));
+        assert_eq!(q.virtual_key.as_deref(), Some("k"));
+        assert_eq!(q.limit, 3);
+        assert_eq!(log_query("start=0").unwrap().since_ms, Some(0));
+        for bad in [
+            "since=yesterday",
+            "status=abc",
+            "limit=x",
+            "colour=red",
+            "since=1.2.3",
+        ] {
             assert!(log_query(bad).is_err(), "{bad} must be refused");
         }
     }

@@ -455,7 +455,8 @@ impl Metrics {
 
     /// Counts one finished client request.
     pub(crate) fn on_finish(&self, r: &RequestRecord) {
-        let reached = !r.attempts.is_empty() || r.route.is_some() || r.provider.is_some();
+        let reached =
+            !r.attempts.is_empty() || r.route.is_some() || r.provider.is_some() || r.known_model;
         let model = if reached {
             bounded_str(&r.requested_model)
         } else {
