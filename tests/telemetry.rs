@@ -465,3 +465,50 @@ async fn content_logging_keeps_prompts_and_answers_scrubbed() {
         .contains("\"type\":\"message\""));
     gw.stop().await;
 }
+
+/// Every client request has its record and its count, the ones refused for their body too.
+#[tokio::test]
+async fn bad_bodies_are_logged_and_counted() {
+    let s = setup().await;
+    let gw = &s.gw;
+    let headers = [("content-type", "application/json")];
+    let r = gw
+        .request("POST", "/v1/chat/completions", &headers, "{not json")
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let big = format!(r#"{{"model":"chat","input":"{}"}}"#, "x".repeat(11 << 20));
+    let r = gw.request("POST", "/v1/embeddings", &headers, big).await;
+    assert_eq!(r.status, 413, "{}", r.text());
+    let r = gw
+        .request("POST", "/v1/messages", &headers, r#"{"model":"chat"}"#)
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+
+    let logs = gw.get("/admin/logs?status=4xx", &[ADMIN]).await.json();
+    let got: Vec<(String, u64)> = logs["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["endpoint"].as_str().unwrap().to_owned(),
+                e["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("messages".to_owned(), 400),
+            ("embeddings".to_owned(), 413),
+            ("chat".to_owned(), 400)
+        ],
+        "{logs}"
+    );
+    let metrics = gw.get("/metrics", &[]).await.text();
+    for status in ["400", "413"] {
+        let line = format!("gateway_requests_total{{route=\"none\",model=\"other\",status=\"{status}\",virtual_key=\"none\"}}");
+        assert!(metrics.contains(&line), "{line} missing in:\n{metrics}");
+    }
+    s.gw.stop().await;
+}

@@ -519,6 +519,33 @@ impl Gateway {
         Ok(permit)
     }
 
+    /// Answers a request whose body could not be read or decoded (400, 413), with its record:
+    /// every client request is logged and counted, bad input included.
+    fn bad_input(
+        &self,
+        e: &ApiError,
+        endpoint: &'static str,
+        head: &Head,
+        dialect: Dialect,
+        request_id: &str,
+        started: Instant,
+    ) -> Response<Body> {
+        let ext = self.ext.load();
+        let record = RequestRecord {
+            request_id: request_id.to_owned(),
+            started_at_ms: unix_ms().saturating_sub(started.elapsed().as_millis() as u64),
+            endpoint,
+            virtual_key: ext.admission.key_name(head.presented.as_deref()),
+            status: e.status_for(dialect),
+            error: Some(e.message.clone()),
+            duration: started.elapsed(),
+            trace: Some(head.trace),
+            ..RequestRecord::default()
+        };
+        ext.observer.on_finish(&record);
+        error_response(e, dialect, request_id)
+    }
+
     /// Marks a refused request's model as this gateway's (a route, or served) so its metrics
     /// carry the model and route it asked for; a name the gateway does not serve stays `other`.
     fn name_refused_model(&self, record: &mut RequestRecord) {
@@ -604,9 +631,15 @@ impl Gateway {
         let dialect = api.dialect();
         let (head, body) = Head::take(req);
         let trace = head.trace;
+        let endpoint = match api {
+            Api::ChatCompletions => "chat",
+            Api::Messages => "messages",
+            Api::Responses => "responses",
+            Api::Completions => "completions",
+        };
         let body = match self.read_declared(head.content_length, body).await {
             Ok(b) => b,
-            Err(e) => return error_response(&e, dialect, request_id),
+            Err(e) => return self.bad_input(&e, endpoint, &head, dialect, request_id, started),
         };
         let decoded = match api {
             Api::ChatCompletions => openai::decode_chat_legacy(&body),
@@ -617,7 +650,7 @@ impl Gateway {
         };
         let (mut request, legacy_functions) = match decoded {
             Ok(r) => r,
-            Err(e) => return error_response(&e, dialect, request_id),
+            Err(e) => return self.bad_input(&e, endpoint, &head, dialect, request_id, started),
         };
         if dialect == Dialect::Anthropic {
             // An Anthropic upstream gets the client's body as it came (cache breakpoints,
@@ -632,12 +665,7 @@ impl Gateway {
         let mut record = RequestRecord {
             request_id: String::from(&**request_id),
             started_at_ms: unix_ms(),
-            endpoint: match api {
-                Api::ChatCompletions => "chat",
-                Api::Messages => "messages",
-                Api::Responses => "responses",
-                Api::Completions => "completions",
-            },
+            endpoint,
             requested_model: request.model.clone(),
             stream: request.stream,
             trace: Some(trace),
@@ -1043,11 +1071,11 @@ impl Gateway {
         let (head, body) = Head::take(req);
         let body = match self.read_declared(head.content_length, body).await {
             Ok(b) => b,
-            Err(e) => return error_response(&e, dialect, request_id),
+            Err(e) => return self.bad_input(&e, "embeddings", &head, dialect, request_id, started),
         };
         let request = match openai::decode_embeddings(&body) {
             Ok(r) => r,
-            Err(e) => return error_response(&e, dialect, request_id),
+            Err(e) => return self.bad_input(&e, "embeddings", &head, dialect, request_id, started),
         };
         let ext = self.ext.load_full();
         let trace = head.trace;
