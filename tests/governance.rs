@@ -595,3 +595,123 @@ rpm = 10
         s.shutdown().await;
     }
 }
+
+/// An OpenAI-compatible upstream that never reports usage, streamed or not (some servers ignore
+/// `stream_options.include_usage`).
+async fn usage_less_upstream() -> String {
+    use http_body_util::{BodyExt, Full};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                        let text = "x".repeat(400);
+                        let (ctype, out) = if v["stream"] == true {
+                            let mut sse = String::new();
+                            for _ in 0..20 {
+                                sse += &format!(
+                                    "data: {}\n\n",
+                                    json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini", "choices": [{"index": 0, "delta": {"content": "word "}, "finish_reason": null}]})
+                                );
+                            }
+                            sse += &format!(
+                                "data: {}\n\ndata: [DONE]\n\n",
+                                json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+                            );
+                            ("text/event-stream", sse)
+                        } else {
+                            ("application/json", json!({"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+                            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}]}).to_string())
+                        };
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .header("content-type", ctype)
+                                .body(Full::new(bytes::Bytes::from(out)))
+                                .unwrap(),
+                        )
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}/v1")
+}
+
+/// A provider that reports no usage is charged an estimate: budgets move, streams included.
+#[tokio::test]
+async fn answers_without_usage_are_charged_an_estimate() {
+    let base = usage_less_upstream().await;
+    let dir = std::env::temp_dir().join(format!(
+        "gw-gov-nousage-{}-{}",
+        std::process::id(),
+        fastrand_name()
+    ));
+    let toml = format!(
+        r#"
+[server]
+admin_token = "adm"
+data_dir = "{}"
+[[providers]]
+name = "raw"
+kind = "openai"
+base_url = "{base}"
+[[providers.keys]]
+name = "k"
+secret = "sk-raw-0123456789"
+[[virtual_keys]]
+name = "metered"
+secret = "vk-metered-0123456789"
+budget_usd = 10.0
+"#,
+        dir.display()
+    );
+    let config = Config::from_toml(&toml).unwrap();
+    let services = Services::start(&config).await.unwrap();
+    let gw = TestGateway::start_with(&toml, services.extensions(), None).await;
+    services.attach(&gw.gateway);
+    let h = [
+        ("content-type", "application/json"),
+        ("authorization", "Bearer vk-metered-0123456789"),
+    ];
+    let spend = |v: serde_json::Value| v["spend_usd"].as_f64().unwrap();
+    let admin = [("authorization", "Bearer adm")];
+    let r = gw
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            &h,
+            serde_json::to_vec(&chat("raw/gpt-4o-mini", "hi")).unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let after_plain = spend(gw.get("/admin/virtual-keys/metered", &admin).await.json());
+    // 400 characters of answer, about 100 tokens at $0.60 per million.
+    assert!(after_plain >= 100.0 * 0.6e-6, "{after_plain}");
+    let mut body = chat("raw/gpt-4o-mini", "hi");
+    body["stream"] = json!(true);
+    let r = gw
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            &h,
+            serde_json::to_vec(&body).unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let after_stream = spend(gw.get("/admin/virtual-keys/metered", &admin).await.json());
+    // 21 events, about a token each.
+    assert!(
+        after_stream - after_plain >= 20.0 * 0.6e-6,
+        "{after_plain} -> {after_stream}"
+    );
+    services.shutdown().await;
+    gw.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -743,7 +743,11 @@ impl Gateway {
                         permit.virtual_key(),
                     );
                 }
-                let usage = out.value.usage.unwrap_or_default();
+                // A provider that reports no usage is charged an estimate, never nothing.
+                let usage = out
+                    .value
+                    .usage
+                    .unwrap_or_else(|| estimated_usage(est_input, answer_chars(&out.value)));
                 let cost = ext
                     .pricing
                     .cost(&out.served_by.provider, &out.served_by.model, &usage);
@@ -886,7 +890,9 @@ impl Gateway {
                         started,
                         provider: Arc::clone(&provider),
                         model: Arc::clone(&model),
+                        estimated_input: est,
                     }),
+                    events: 0,
                 };
                 let mut resp = Response::new(StreamBody::new(body).boxed_unsync());
                 let h = resp.headers_mut();
@@ -1114,7 +1120,10 @@ impl Gateway {
         };
         match self.engine.embed(&request, &opts).await {
             Ok(out) => {
-                let usage = out.value.usage.unwrap_or_default();
+                let usage = out
+                    .value
+                    .usage
+                    .unwrap_or_else(|| estimated_usage(request.input.estimate_tokens(), 0));
                 let cost = ext
                     .pricing
                     .cost(&out.served_by.provider, &out.served_by.model, &usage);
@@ -1371,11 +1380,15 @@ struct StreamFinish {
     started: Instant,
     provider: Arc<str>,
     model: Arc<str>,
+    /// The admission's estimate of the input tokens, charged when the provider reports none.
+    estimated_input: u64,
 }
 
 impl StreamFinish {
-    fn done(mut self, usage: Option<Usage>, status: u16, error: Option<String>) {
-        let u = usage.unwrap_or_default();
+    /// Settles and records the stream; `events` is how many upstream events it carried, the
+    /// output estimate (about a token each) when the provider reported no usage.
+    fn done(mut self, usage: Option<Usage>, events: u64, status: u16, error: Option<String>) {
+        let u = usage.unwrap_or_else(|| Usage::new(self.estimated_input, events, 0));
         let cost = self.ext.pricing.cost(&self.provider, &self.model, &u);
         self.permit.settle(&u, cost);
         self.record.usage = usage;
@@ -1384,6 +1397,32 @@ impl StreamFinish {
         self.record.error = error;
         self.record.duration = self.started.elapsed();
         self.ext.observer.on_finish(&self.record);
+    }
+}
+
+/// Usage for settling when the provider reported none: the admission's input estimate, and the
+/// answer at about four characters a token.
+fn estimated_usage(input: u64, answer_chars: usize) -> Usage {
+    Usage::new(input, (answer_chars as u64).div_ceil(4), 0)
+}
+
+/// The characters of an answer's text and tool arguments; of its whole raw body when it came
+/// as it was and its text was not decoded (a little more than the text: the JSON around it).
+fn answer_chars(r: &gateway_core::types::ChatResponse) -> usize {
+    let decoded: usize = r
+        .choices
+        .iter()
+        .map(|c| {
+            c.message.content_text().len()
+                + c.message.tool_calls.as_ref().map_or(0, |calls| {
+                    calls.iter().map(|t| t.function.arguments.len()).sum()
+                })
+        })
+        .sum();
+    if decoded == 0 {
+        r.raw.as_ref().map_or(0, Bytes::len)
+    } else {
+        decoded
     }
 }
 
@@ -1504,6 +1543,8 @@ struct SseBody<S = EngineStream> {
     state: SseState,
     buf: Vec<u8>,
     usage: Option<Usage>,
+    /// Upstream events seen (a run of pass-through events counts each).
+    events: u64,
     request_id: String,
     finish: Option<StreamFinish>,
     /// Everything sent so far, kept for the request log with `[logging] content` on.
@@ -1530,7 +1571,7 @@ impl<S> SseBody<S> {
             all.push_str(&String::from_utf8_lossy(&self.buf));
             *answer = all;
         }
-        f.done(self.usage, status, error);
+        f.done(self.usage, self.events, status, error);
     }
 }
 
@@ -1582,6 +1623,9 @@ where
                     if let Some(u) = chunk.usage {
                         this.usage = Some(u);
                     }
+                    this.events += chunk.raw.as_deref().map_or(1, |raw| {
+                        memchr::memmem::find_iter(raw, b"data:").count() as u64
+                    });
                     match &mut this.anthropic {
                         Some(enc) => enc.chunk(&chunk, &mut this.buf),
                         None if this.verbatim => match (&chunk.raw, &mut this.responses) {
@@ -1704,6 +1748,7 @@ mod tests {
                     state: SseState::First,
                     buf: Vec::new(),
                     usage: None,
+                    events: 0,
                     request_id: "req".into(),
                     finish: None,
                     sent: None,
