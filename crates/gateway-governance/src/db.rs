@@ -35,9 +35,29 @@ pub(crate) struct SpendRow {
     pub usd: f64,
 }
 
+/// The rate-limit windows of one level (rpm, tpm, the current minute's counts), saved so that
+/// a restart within the minute does not hand out a fresh burst.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct WindowRow {
+    pub kind: Kind,
+    pub name: String,
+    /// The rpm limiter's theoretical arrival time, unix nanoseconds (0: none).
+    pub rpm_tat_ns: u64,
+    /// The tpm bucket's level and when it was last brought up to date (unix ms), if any.
+    pub tpm: Option<(f64, i64)>,
+    /// The UTC minute (unix ms / 60,000) the counts below belong to.
+    pub minute: i64,
+    pub minute_requests: u64,
+    pub minute_tokens: u64,
+    /// When this was saved (unix ms).
+    pub saved_ms: i64,
+}
+
 /// What the database held at start.
 #[derive(Debug, Default)]
 pub(crate) struct Loaded {
+    /// Rate-limit windows saved less than a minute before the start.
+    pub windows: Vec<WindowRow>,
     pub keys: Vec<StoredKey>,
     /// Spend of periods that have not ended.
     pub spend: Vec<SpendRow>,
@@ -49,6 +69,7 @@ type Reply = oneshot::Sender<Result<(), String>>;
 
 pub(crate) enum DbOp {
     AddSpend(Vec<SpendRow>),
+    SaveWindows(Vec<WindowRow>),
     InsertKey(StoredKey, Reply),
     UpdateKey(StoredKey, Reply),
     DeleteKey(String, Reply),
@@ -71,6 +92,13 @@ impl DbHandle {
             tracing::error!(
                 "governance database thread has stopped: settled spend was not persisted"
             );
+        }
+    }
+
+    /// Queues rate-limit windows to save; never blocks.
+    pub fn save_windows(&self, rows: Vec<WindowRow>) {
+        if !rows.is_empty() {
+            let _ = self.tx.send(DbOp::SaveWindows(rows));
         }
     }
 
@@ -123,6 +151,18 @@ pub(crate) fn open(path: &Path, now_ms: i64) -> Result<(Connection, Loaded), Gov
              period_end INTEGER,
              spend_usd REAL NOT NULL,
              PRIMARY KEY (kind, name, period, period_start)
+         );
+         CREATE TABLE IF NOT EXISTS windows (
+             kind TEXT NOT NULL,
+             name TEXT NOT NULL,
+             rpm_tat_ns INTEGER NOT NULL,
+             tpm_level REAL,
+             tpm_ms INTEGER,
+             minute INTEGER NOT NULL,
+             minute_requests INTEGER NOT NULL,
+             minute_tokens INTEGER NOT NULL,
+             saved_ms INTEGER NOT NULL,
+             PRIMARY KEY (kind, name)
          );
          CREATE TABLE IF NOT EXISTS meta (
              name TEXT PRIMARY KEY,
@@ -209,7 +249,67 @@ pub(crate) fn open(path: &Path, now_ms: i64) -> Result<(Connection, Loaded), Gov
             });
         }
     }
+    {
+        let mut stmt = conn.prepare(
+            "SELECT kind, name, rpm_tat_ns, tpm_level, tpm_ms, minute, minute_requests,
+                    minute_tokens, saved_ms
+             FROM windows WHERE saved_ms > ?1",
+        )?;
+        let rows = stmt.query_map([now_ms - 60_000], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                WindowRow {
+                    kind: Kind::Key,
+                    name: r.get(1)?,
+                    rpm_tat_ns: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                    tpm: match (r.get::<_, Option<f64>>(3)?, r.get::<_, Option<i64>>(4)?) {
+                        (Some(level), Some(ms)) => Some((level, ms)),
+                        _ => None,
+                    },
+                    minute: r.get(5)?,
+                    minute_requests: u64::try_from(r.get::<_, i64>(6)?).unwrap_or(0),
+                    minute_tokens: u64::try_from(r.get::<_, i64>(7)?).unwrap_or(0),
+                    saved_ms: r.get(8)?,
+                },
+            ))
+        })?;
+        for row in rows {
+            let (kind, mut w) = row?;
+            w.kind = match kind.as_str() {
+                "key" => Kind::Key,
+                "team" => Kind::Team,
+                "customer" => Kind::Customer,
+                _ => continue,
+            };
+            loaded.windows.push(w);
+        }
+    }
     Ok((conn, loaded))
+}
+
+fn save_windows(conn: &mut Connection, rows: &[WindowRow]) -> Result<(), rusqlite::Error> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT OR REPLACE INTO windows (kind, name, rpm_tat_ns, tpm_level, tpm_ms, minute,
+                 minute_requests, minute_tokens, saved_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        for w in rows {
+            stmt.execute(params![
+                w.kind.as_str(),
+                w.name,
+                i64::try_from(w.rpm_tat_ns).unwrap_or(i64::MAX),
+                w.tpm.map(|(level, _)| level),
+                w.tpm.map(|(_, ms)| ms),
+                w.minute,
+                i64::try_from(w.minute_requests).unwrap_or(i64::MAX),
+                i64::try_from(w.minute_tokens).unwrap_or(i64::MAX),
+                w.saved_ms,
+            ])?;
+        }
+    }
+    tx.commit()
 }
 
 /// Starts the database thread.
@@ -250,6 +350,11 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<DbOp>) {
                                 .map(|_| ())
                                 .map_err(|e| e.to_string());
                             let _ = reply.send(r);
+                        }
+                        DbOp::SaveWindows(rows) => {
+                            if let Err(e) = save_windows(&mut conn, &rows) {
+                                tracing::warn!(error = %e, "could not save rate-limit windows");
+                            }
                         }
                         DbOp::Flush(reply) => {
                             let _ = reply.send(Ok(()));

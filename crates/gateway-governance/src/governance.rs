@@ -25,6 +25,9 @@ use crate::store::{Counters, Embedded, Reservation};
 /// tpm and budget reservations. Settlement corrects the reservation to the actual usage.
 pub const DEFAULT_OUTPUT_ESTIMATE: u64 = 1024;
 
+/// How often the embedded store saves rate-limit windows that changed.
+const WINDOW_SAVE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How long a batch key is told to wait when capacity is short.
 pub const BATCH_RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -91,6 +94,7 @@ impl Governance {
                 clock.clone(),
                 db.clone(),
                 loaded.spend,
+                loaded.windows,
             ))),
         };
         let (keys_version, api_keys) = match &counters {
@@ -122,6 +126,20 @@ impl Governance {
             keys_version: AtomicU64::new(keys_version),
             api_keys_made: AtomicBool::new(api_keys_made),
         });
+        if let Counters::Embedded(e) = &gov.counters {
+            // Rate-limit windows are saved every second while they change (and at shutdown by
+            // `flush`), so a restart within the minute does not hand out a fresh burst.
+            let weak = Arc::downgrade(e);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(WINDOW_SAVE);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(e) = weak.upgrade() else { break };
+                    e.save_windows();
+                }
+            });
+        }
         if matches!(gov.counters, Counters::Redis(_)) {
             let weak = Arc::downgrade(&gov);
             tokio::spawn(async move {

@@ -30,7 +30,7 @@ use governor::{Quota, RateLimiter};
 
 use crate::clock::{GovernorClock, WallClock};
 use crate::config::{Kind, Limits};
-use crate::db::{DbHandle, SpendRow};
+use crate::db::{DbHandle, SpendRow, WindowRow};
 use crate::period::{rfc3339, Period};
 use crate::redis_store::RedisStore;
 
@@ -115,8 +115,9 @@ impl Counters {
     }
 
     pub async fn flush(&self) {
-        if let Counters::Redis(r) = self {
-            r.flush().await;
+        match self {
+            Counters::Redis(r) => r.flush().await,
+            Counters::Embedded(e) => e.save_windows(),
         }
     }
 }
@@ -217,16 +218,19 @@ impl Rpm {
     /// A limiter for `limit` per minute. `previous` carries the old limiter's backlog over, so
     /// changing a limit keeps the share of the minute already used instead of granting a new burst.
     fn new(limit: u32, clock: &Arc<dyn WallClock>, previous: Option<&Rpm>) -> Option<Rpm> {
+        Rpm::resumed(limit, clock, previous.map_or(0, Rpm::tat_ns))
+    }
+
+    /// A limiter for `limit` per minute whose backlog runs until `tat_ns` (unix nanoseconds, the
+    /// theoretical arrival time of an earlier limiter; 0 for none).
+    fn resumed(limit: u32, clock: &Arc<dyn WallClock>, tat_ns: u64) -> Option<Rpm> {
         let burst = std::num::NonZeroU32::new(limit)?;
         let state = RevertibleState::default();
         let gclock = GovernorClock(clock.clone());
         let origin = governor::clock::Clock::now(&gclock).as_u64();
-        if let Some(prev) = previous {
-            let tat = prev.state.0.load(Ordering::Acquire);
-            if tat != 0 {
-                let backlog = (prev.origin + tat).saturating_sub(origin);
-                state.0.store(backlog.max(1), Ordering::Release);
-            }
+        if tat_ns != 0 {
+            let backlog = tat_ns.saturating_sub(origin);
+            state.0.store(backlog.max(1), Ordering::Release);
         }
         let limiter = RateLimiter::new(Quota::per_minute(burst), state.clone(), gclock);
         Some(Rpm {
@@ -235,6 +239,14 @@ impl Rpm {
             limiter,
             origin,
         })
+    }
+
+    /// The theoretical arrival time, unix nanoseconds (0 before the first request).
+    fn tat_ns(&self) -> u64 {
+        match self.state.0.load(Ordering::Acquire) {
+            0 => 0,
+            tat => self.origin + tat,
+        }
     }
 }
 
@@ -267,14 +279,32 @@ struct Entity {
     minute: i64,
     minute_requests: u64,
     minute_tokens: u64,
+    /// The windows saved before a restart, taken up by the first [`Entity::sync`].
+    saved: Option<WindowRow>,
 }
 
 impl Entity {
+    /// A level's entity, resuming the windows saved before a restart, if any.
+    fn resumed(saved: Option<WindowRow>) -> Entity {
+        let mut e = Entity::default();
+        if let Some(w) = saved {
+            e.minute = w.minute;
+            e.minute_requests = w.minute_requests;
+            e.minute_tokens = w.minute_tokens;
+            e.saved = Some(w);
+        }
+        e
+    }
+
     /// Brings the limiters in line with the level's current limits.
     fn sync(&mut self, limits: &Limits, clock: &Arc<dyn WallClock>, now_ms: i64) {
+        let saved = self.saved.take();
         match limits.rpm {
             Some(l) if self.rpm.as_ref().map(|r| r.limit) != Some(l) => {
-                self.rpm = Rpm::new(l, clock, self.rpm.as_ref())
+                self.rpm = match (&self.rpm, &saved) {
+                    (None, Some(w)) => Rpm::resumed(l, clock, w.rpm_tat_ns),
+                    _ => Rpm::new(l, clock, self.rpm.as_ref()),
+                }
             }
             None => self.rpm = None,
             _ => {}
@@ -287,11 +317,17 @@ impl Entity {
                 b.level = b.level.min(cap as f64);
             }
             (Some(cap), t) => {
-                *t = Some(Bucket {
+                let mut b = Bucket {
                     cap,
                     level: cap as f64,
                     last_ms: now_ms,
-                })
+                };
+                if let Some((level, last_ms)) = saved.as_ref().and_then(|w| w.tpm) {
+                    b.level = level.min(cap as f64);
+                    b.last_ms = last_ms.min(now_ms);
+                    b.refill(now_ms);
+                }
+                *t = Some(b);
             }
         }
         let minute = now_ms.div_euclid(60_000);
@@ -309,6 +345,10 @@ type LevelId = (Kind, Arc<str>);
 #[derive(Default)]
 struct State {
     entities: HashMap<LevelId, Entity>,
+    /// Windows saved before a restart for levels not seen since.
+    saved: HashMap<LevelId, WindowRow>,
+    /// Whether windows changed since they were last saved.
+    dirty: bool,
     /// Per level: (period, period start, USD) of the periods that have not ended.
     spend: HashMap<LevelId, Vec<(Period, i64, f64)>>,
     next_id: u64,
@@ -348,8 +388,16 @@ pub(crate) struct Embedded {
 }
 
 impl Embedded {
-    pub fn new(clock: Arc<dyn WallClock>, db: DbHandle, spend: Vec<SpendRow>) -> Embedded {
+    pub fn new(
+        clock: Arc<dyn WallClock>,
+        db: DbHandle,
+        spend: Vec<SpendRow>,
+        windows: Vec<WindowRow>,
+    ) -> Embedded {
         let mut state = State::default();
+        for w in windows {
+            state.saved.insert((w.kind, Arc::from(w.name.as_str())), w);
+        }
         for row in spend {
             let Ok(period) = Period::parse((row.period != "lifetime").then_some(row.period)) else {
                 continue;
@@ -380,10 +428,13 @@ impl Embedded {
         let now = self.clock.now_ms();
         let mut guard = self.lock();
         let st = &mut *guard;
+        st.dirty = true;
         for l in levels {
+            let id = (l.kind, l.name.clone());
+            let saved = &mut st.saved;
             st.entities
-                .entry((l.kind, l.name.clone()))
-                .or_default()
+                .entry(id)
+                .or_insert_with_key(|id| Entity::resumed(saved.remove(id)))
                 .sync(&l.limits, &self.clock, now);
         }
         // 1. budgets
@@ -472,6 +523,35 @@ impl Embedded {
         })
     }
 
+    /// Hands the windows that changed to the database thread (Redis keeps its own).
+    pub fn save_windows(&self) {
+        self.db.save_windows(self.windows_to_save());
+    }
+
+    /// The rate-limit windows changed since the last call, to save; nothing when none did.
+    pub fn windows_to_save(&self) -> Vec<WindowRow> {
+        let now = self.clock.now_ms();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        if !std::mem::take(&mut st.dirty) {
+            return Vec::new();
+        }
+        st.entities
+            .iter()
+            .filter(|(_, e)| e.rpm.is_some() || e.tpm.is_some() || e.minute_requests > 0)
+            .map(|((kind, name), e)| WindowRow {
+                kind: *kind,
+                name: name.to_string(),
+                rpm_tat_ns: e.rpm.as_ref().map_or(0, Rpm::tat_ns),
+                tpm: e.tpm.map(|b| (b.level, b.last_ms)),
+                minute: e.minute,
+                minute_requests: e.minute_requests,
+                minute_tokens: e.minute_tokens,
+                saved_ms: now,
+            })
+            .collect()
+    }
+
     /// Settles (`Some((tokens, cost))`) or releases (`None`) a reservation.
     fn finish(&self, r: &Reservation, actual: Option<(u64, f64)>) {
         let now = self.clock.now_ms();
@@ -479,6 +559,7 @@ impl Embedded {
         {
             let mut guard = self.lock();
             let st = &mut *guard;
+            st.dirty = true;
             for (l, &taken) in r.levels.iter().zip(&r.taken) {
                 if let Some(e) = st.entities.get_mut(&(l.kind, l.name.clone())) {
                     e.sync(&l.limits, &self.clock, now);

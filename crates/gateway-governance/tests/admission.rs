@@ -679,3 +679,58 @@ async fn reload_keeps_api_keys_and_usage_and_applies_new_limits() {
         "old config still in force",
     );
 }
+
+#[tokio::test]
+async fn rate_limit_windows_survive_a_restart_within_the_minute() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = clock();
+    let spec = LimitsSpec {
+        rpm: Some(2),
+        tpm: Some(1_000),
+        ..key("k")
+    };
+    let cfg = config(&dir, vec![spec]);
+    let gov = open(cfg.clone(), &c).await;
+    let s = secret("k");
+    for _ in 0..2 {
+        expect_ok(
+            Req::new(Some(&s)).tokens(300, 100).admit(&gov).await,
+            "within rpm",
+        )
+        .settle(&usage(300, 100), 0.0);
+    }
+    assert!(matches!(
+        expect_refused(Req::new(Some(&s)).admit(&gov).await, "third"),
+        Refusal::RateLimited { .. }
+    ));
+    gov.flush().await.unwrap();
+    drop(gov);
+
+    // A restart 10 s later: the rpm burst is not handed out again, nor the tokens.
+    c.advance(Duration::from_secs(10));
+    let gov = open(cfg.clone(), &c).await;
+    let r = expect_refused(
+        Req::new(Some(&s)).admit(&gov).await,
+        "rpm kept across a restart",
+    );
+    assert!(
+        matches!(&r, Refusal::RateLimited { message, .. } if message.contains("requests-per-minute")),
+        "{r:?}"
+    );
+    let (_, v) =
+        gateway_core::extend::AdminRoutes::handle(&*gov, "GET", "/admin/virtual-keys/k", "", b"")
+            .await
+            .unwrap();
+    assert_eq!(v["requests_this_minute"], 2, "{v}");
+    assert!(
+        v["tpm_available"].as_i64().unwrap() < 500,
+        "800 tokens used 10 s ago, refilled at 1000 a minute: {v}"
+    );
+    gov.flush().await.unwrap();
+    drop(gov);
+
+    // Saved windows older than a minute are not read: a fresh start.
+    c.advance(Duration::from_secs(61));
+    let gov = open(cfg, &c).await;
+    expect_ok(Req::new(Some(&s)).admit(&gov).await, "a minute later");
+}
