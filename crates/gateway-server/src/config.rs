@@ -428,10 +428,15 @@ pub struct LoggingSection {
 /// `[telemetry]`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct TelemetrySection {
-    /// OTLP/HTTP endpoint for traces.
+    /// OTLP/HTTP endpoint for traces (else `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, then
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`).
     #[serde(default)]
     pub otlp_endpoint: Option<String>,
-    /// Service name on spans.
+    /// `http/protobuf` (default) or `http/json` (else `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, then
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL`).
+    #[serde(default)]
+    pub otlp_protocol: Option<String>,
+    /// Service name on spans (else `OTEL_SERVICE_NAME`, then `ai-gateway`).
     #[serde(default)]
     pub service_name: Option<String>,
 }

@@ -82,11 +82,33 @@ impl Services {
                 .telemetry
                 .otlp_endpoint
                 .clone()
+                .or_else(|| {
+                    otel_env(&[
+                        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                        "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    ])
+                })
                 .filter(|e| !e.is_empty()),
+            otlp_protocol: config
+                .telemetry
+                .otlp_protocol
+                .clone()
+                .or_else(|| {
+                    otel_env(&[
+                        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                        "OTEL_EXPORTER_OTLP_PROTOCOL",
+                    ])
+                })
+                .unwrap_or_default()
+                .parse()
+                .map_err(|e| {
+                    config::ConfigError::Invalid(vec![format!("telemetry.otlp_protocol: {e}")])
+                })?,
             service_name: config
                 .telemetry
                 .service_name
                 .clone()
+                .or_else(|| otel_env(&["OTEL_SERVICE_NAME"]))
                 .unwrap_or_else(|| "ai-gateway".to_owned()),
         })
         .map_err(|e| config::ConfigError::Invalid(vec![format!("telemetry: {e}")]))?;
@@ -130,4 +152,11 @@ impl Services {
         }
         self.telemetry.flush().await;
     }
+}
+
+/// The first of the OpenTelemetry environment variables that is set and not empty.
+fn otel_env(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .find_map(|n| std::env::var(n).ok().filter(|v| !v.trim().is_empty()))
 }

@@ -90,8 +90,39 @@ pub struct TelemetryConfig {
     /// OTLP/HTTP endpoint for traces (`http://collector:4318`; `/v1/traces` is appended unless
     /// the URL already ends with it). No traces when unset.
     pub otlp_endpoint: Option<String>,
+    /// The OTLP encoding: protobuf (the default, as in the OTLP specification) or JSON.
+    pub otlp_protocol: OtlpProtocol,
     /// `service.name` of the exported spans.
     pub service_name: String,
+}
+
+/// How spans go to the OTLP endpoint (OTLP over HTTP; gRPC is not built in).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// `http/protobuf`.
+    #[default]
+    HttpProtobuf,
+    /// `http/json`.
+    HttpJson,
+}
+
+impl std::str::FromStr for OtlpProtocol {
+    type Err = String;
+
+    /// The names of `OTEL_EXPORTER_OTLP_PROTOCOL`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "http/protobuf" | "" => Ok(OtlpProtocol::HttpProtobuf),
+            "http/json" => Ok(OtlpProtocol::HttpJson),
+            "grpc" => Err(
+                "`grpc` is not supported: send OTLP over HTTP (`http/protobuf` or `http/json`, a collector's port 4318)"
+                    .to_owned(),
+            ),
+            other => Err(format!(
+                "unknown OTLP protocol `{other}` (`http/protobuf` or `http/json`)"
+            )),
+        }
+    }
 }
 
 impl Default for TelemetryConfig {
@@ -105,6 +136,7 @@ impl Default for TelemetryConfig {
             queue_capacity: 10_000,
             writer_priority: WriterPriority::default(),
             otlp_endpoint: None,
+            otlp_protocol: OtlpProtocol::default(),
             service_name: "ai-gateway".to_owned(),
         }
     }
@@ -222,6 +254,7 @@ impl Telemetry {
         {
             Some(endpoint) => Some(TraceExporter::start(
                 endpoint,
+                config.otlp_protocol,
                 &config.service_name,
                 metrics.spans_dropped.clone(),
                 metrics.trace_export_errors.clone(),

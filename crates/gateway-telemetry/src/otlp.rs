@@ -76,6 +76,7 @@ impl TraceExporter {
     /// Builds the OTLP exporter and spawns its thread.
     pub(crate) fn start(
         endpoint: &str,
+        protocol: crate::OtlpProtocol,
         service_name: &str,
         dropped: Counter,
         errors: Counter,
@@ -83,7 +84,10 @@ impl TraceExporter {
         let url = traces_url(endpoint);
         let mut exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
-            .with_protocol(Protocol::HttpBinary)
+            .with_protocol(match protocol {
+                crate::OtlpProtocol::HttpProtobuf => Protocol::HttpBinary,
+                crate::OtlpProtocol::HttpJson => Protocol::HttpJson,
+            })
             .with_endpoint(url.clone())
             .with_timeout(Duration::from_secs(10))
             .build()

@@ -47,6 +47,8 @@ pub struct ReceivedSpan {
     pub status_code: i32,
     /// Status description.
     pub status_message: String,
+    /// Whether it came as OTLP/JSON (else protobuf).
+    pub json: bool,
 }
 
 impl ReceivedSpan {
@@ -106,6 +108,7 @@ pub fn flatten(req: &ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
                         .status
                         .as_ref()
                         .map_or_else(String::new, |st| st.message.clone()),
+                    json: false,
                 });
             }
         }
@@ -132,6 +135,10 @@ async fn handle(
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let ok = req.method() == hyper::Method::POST && req.uri().path() == "/v1/traces";
+    let json = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     let body = req
         .into_body()
         .collect()
@@ -139,13 +146,23 @@ async fn handle(
         .map(|c| c.to_bytes())
         .unwrap_or_default();
     let decoded = ok
-        .then(|| ExportTraceServiceRequest::decode(body))
-        .and_then(Result::ok);
+        .then(|| {
+            if json {
+                serde_json::from_slice::<ExportTraceServiceRequest>(&body).ok()
+            } else {
+                ExportTraceServiceRequest::decode(body).ok()
+            }
+        })
+        .flatten();
     let mut resp = Response::new(Full::new(Bytes::new()));
     match decoded {
         Some(r) => {
             if let Ok(mut s) = spans.lock() {
-                s.extend(flatten(&r));
+                let mut received = flatten(&r);
+                for span in &mut received {
+                    span.json = json;
+                }
+                s.extend(received);
             }
             resp.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,

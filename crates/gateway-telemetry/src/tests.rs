@@ -586,6 +586,7 @@ async fn spans_reach_the_collector_as_a_request_span_with_attempt_children() {
     t.flush().await;
     let spans = rx.wait_for(3, Duration::from_secs(10)).await;
     assert_eq!(spans.len(), 3, "{spans:#?}");
+    assert!(spans.iter().all(|s| !s.json), "protobuf by default");
     let root = spans
         .iter()
         .find(|s| s.span_id == "1111222233334444")
@@ -786,4 +787,44 @@ async fn a_normal_priority_writer_is_left_alone() {
     })
     .unwrap();
     assert_eq!(t.log_writer_priority(), WriterPriority::Normal);
+}
+
+#[tokio::test]
+async fn spans_go_as_otlp_json_when_asked() {
+    assert_eq!("http/json".parse(), Ok(crate::OtlpProtocol::HttpJson));
+    assert_eq!(
+        "http/protobuf".parse(),
+        Ok(crate::OtlpProtocol::HttpProtobuf)
+    );
+    assert!("grpc".parse::<crate::OtlpProtocol>().is_err());
+    let rx = OtlpReceiver::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let t = Telemetry::start(TelemetryConfig {
+        otlp_endpoint: Some(rx.endpoint()),
+        otlp_protocol: crate::OtlpProtocol::HttpJson,
+        service_name: "gw-json".to_owned(),
+        ..config(&dir)
+    })
+    .unwrap();
+    let mut a = attempt("oai", "k1", None);
+    a.span_id = Some(0xaaaa_0000_0000_0009);
+    let mut r = finished("json", vec![a], 200);
+    r.trace = Some(TraceContext {
+        trace_id: 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736,
+        span_id: 0x1111_2222_3333_4444,
+        parent_span_id: None,
+        sampled: true,
+    });
+    run(&t, &r);
+    t.flush().await;
+    let spans = rx.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    assert!(spans.iter().all(|s| s.json), "sent as OTLP/JSON");
+    let root = spans
+        .iter()
+        .find(|s| s.span_id == "1111222233334444")
+        .unwrap();
+    assert_eq!(root.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(root.service_name.as_deref(), Some("gw-json"));
+    assert!(spans.iter().any(|s| s.span_id == "aaaa000000000009"));
 }
