@@ -211,9 +211,15 @@ pub(crate) struct RedisStore {
     clock: Arc<dyn WallClock>,
     admit: Script,
     jobs: mpsc::UnboundedSender<Job>,
+    /// Settlements queued and not yet applied.
+    pending: Arc<AtomicU64>,
     prefix: String,
     next_id: AtomicU64,
 }
+
+/// How long an admission refused for concurrency, tokens or budget waits for this instance's
+/// queued settlements before it asks again.
+const SETTLE_WAIT: Duration = Duration::from_millis(200);
 
 fn keys_of(l: &Level, now_ms: i64) -> [String; 5] {
     let base = format!("gw:{}:{}", l.kind.as_str(), l.name);
@@ -239,15 +245,17 @@ impl RedisStore {
         let mut nonce = [0u8; 8];
         getrandom::getrandom(&mut nonce).map_err(|e| GovernanceError::Random(e.to_string()))?;
         let (jobs, rx) = mpsc::unbounded_channel();
+        let pending = Arc::new(AtomicU64::new(0));
         let store = Arc::new(RedisStore {
             conn: conn.clone(),
             clock: clock.clone(),
             admit: Script::new(ADMIT),
             jobs,
+            pending: Arc::clone(&pending),
             prefix: hex::encode(nonce),
             next_id: AtomicU64::new(0),
         });
-        tokio::spawn(settler(conn, clock, rx));
+        tokio::spawn(settler(conn, clock, rx, pending));
         Ok(store)
     }
 
@@ -257,6 +265,32 @@ impl RedisStore {
         tokens: u64,
         cost: f64,
     ) -> Result<Reservation, Refusal> {
+        // Settlements go to Redis after the response: a client's next request can arrive before
+        // its previous one gave back its concurrency slot, tokens or reserved dollars. Refused for
+        // one of those while some of ours were queued when it started: apply them, ask again.
+        let queued = self.pending.load(Ordering::Acquire);
+        match self.admit_once(levels, tokens, cost).await {
+            Err((refusal, true)) if queued > 0 || self.pending.load(Ordering::Acquire) > 0 => {
+                let _ = tokio::time::timeout(SETTLE_WAIT, self.flush()).await;
+                self.admit_once(levels, tokens, cost)
+                    .await
+                    .map_err(|(r, _)| match r {
+                        Refusal::Unavailable(_) => refusal,
+                        r => r,
+                    })
+            }
+            other => other.map_err(|(r, _)| r),
+        }
+    }
+
+    /// One admission; a refusal says whether settling the reservations in flight could lift it
+    /// (concurrency, tokens, budget; not rpm, whose cells are not given back).
+    async fn admit_once(
+        &self,
+        levels: &[Level],
+        tokens: u64,
+        cost: f64,
+    ) -> Result<Reservation, (Refusal, bool)> {
         let now = self.clock.now_ms();
         let id = format!(
             "{}-{}",
@@ -285,10 +319,12 @@ impl RedisStore {
                 .arg(l.limits.budget_usd.unwrap_or(-1.0));
         }
         let mut conn = self.conn.clone();
-        let answer: Vec<String> = inv
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| Refusal::Unavailable(format!("governance store unavailable: {e}")))?;
+        let answer: Vec<String> = inv.invoke_async(&mut conn).await.map_err(|e| {
+            (
+                Refusal::Unavailable(format!("governance store unavailable: {e}")),
+                false,
+            )
+        })?;
         let level_at = |i: Option<&String>| -> Option<&Level> {
             let i: usize = i?.parse().ok()?;
             levels.get(i.checked_sub(1)?)
@@ -301,13 +337,16 @@ impl RedisStore {
                 taken,
                 cost,
             }),
-            (Some("budget"), Some(l)) => Err(budget_refusal(
-                l,
-                l.limits.budget_usd.unwrap_or(0.0),
-                num(answer.get(2)),
-                num(answer.get(3)),
-                cost,
-                now,
+            (Some("budget"), Some(l)) => Err((
+                budget_refusal(
+                    l,
+                    l.limits.budget_usd.unwrap_or(0.0),
+                    num(answer.get(2)),
+                    num(answer.get(3)),
+                    cost,
+                    now,
+                ),
+                true,
             )),
             (Some(what), Some(l)) => {
                 let wait = Duration::from_millis(num(answer.get(2)).max(1.0) as u64);
@@ -319,11 +358,12 @@ impl RedisStore {
                     "tpm" => format!("tokens-per-minute ({})", l.limits.tpm.unwrap_or(0)),
                     _ => format!("requests-per-minute ({})", l.limits.rpm.unwrap_or(0)),
                 };
-                Err(rate_limited(l, &label, wait))
+                Err((rate_limited(l, &label, wait), what != "rpm"))
             }
-            _ => Err(Refusal::Unavailable(format!(
-                "governance store answered {answer:?}"
-            ))),
+            _ => Err((
+                Refusal::Unavailable(format!("governance store answered {answer:?}")),
+                false,
+            )),
         }
     }
 
@@ -406,7 +446,9 @@ impl RedisStore {
     }
 
     pub fn finish(&self, r: Reservation, actual: Option<(u64, f64)>) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
         if self.jobs.send(Job::Finish(r, actual)).is_err() {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
             tracing::error!("governance settlement task has stopped: a reservation stays until its lease expires");
         }
     }
@@ -461,6 +503,7 @@ async fn settler(
     mut conn: ConnectionManager,
     clock: Arc<dyn WallClock>,
     mut rx: mpsc::UnboundedReceiver<Job>,
+    pending: Arc<AtomicU64>,
 ) {
     let script = Script::new(FINISH);
     while let Some(job) = rx.recv().await {
@@ -504,5 +547,6 @@ async fn settler(
                 }
             }
         }
+        pending.fetch_sub(1, Ordering::AcqRel);
     }
 }

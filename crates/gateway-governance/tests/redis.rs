@@ -303,3 +303,33 @@ async fn keys_made_on_one_instance_work_on_the_others() {
     );
     assert!(matches!(r, Refusal::Unauthorized(_)), "{r:?}");
 }
+
+/// Settlements reach Redis after the response; a client's next request may come first. A refusal
+/// that settling could lift waits for this instance's queued settlements and asks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_request_does_not_race_the_previous_ones_settlement() {
+    let Some(server) = redis().await else { return };
+    let c = clock();
+    let spec = LimitsSpec {
+        max_concurrent: Some(1),
+        tpm: Some(500),
+        ..key("k")
+    };
+    let (govs, _dirs) = instances(&server, vec![spec], &c).await;
+    let s = secret("k");
+    for i in 0..50 {
+        let p = expect_ok(
+            Req::new(Some(&s)).tokens(200, 200).admit(&govs[0]).await,
+            &format!("request {i}: the previous one has settled"),
+        );
+        p.settle(&usage(1, 1), 0.0);
+    }
+    // rpm is not given back by settling: no wait for it (and no false refusal either).
+    let held = expect_ok(Req::new(Some(&s)).admit(&govs[0]).await, "held");
+    let r = expect_refused(Req::new(Some(&s)).admit(&govs[0]).await, "one in flight");
+    assert!(
+        matches!(&r, Refusal::RateLimited { message, .. } if message.contains("concurrency")),
+        "{r:?}"
+    );
+    drop(held);
+}
