@@ -207,6 +207,9 @@ pub struct Snapshot {
     provider_index: HashMap<String, usize>,
     routes: HashMap<String, RouteEntry>,
     bare_models: HashMap<String, Vec<usize>>,
+    /// Bare models that several providers serve, balanced over them like a route (adaptive,
+    /// each provider weighted by its keys' weights) rather than sent to the first listed.
+    bare_routes: HashMap<String, RouteEntry>,
     health: HealthConfig,
     retry: RetryConfig,
 }
@@ -1214,6 +1217,10 @@ impl<'s> Plan<'s> {
             if snap.providers[t.0].keys.iter().any(|k| k.allows(&t.1)) {
                 plan.queue.push(t);
             }
+        } else if let Some(r) = snap.bare_routes.get(model) {
+            // Balanced like a route, but not one: no route name in metrics and logs.
+            plan.route_entry = Some(r);
+            plan.route_tried = SmallVec::from_elem(false, r.targets.len());
         } else if let Some(ps) = snap.bare_models.get(model) {
             let m: Arc<str> = Arc::from(model);
             for p in ps {
@@ -1512,11 +1519,39 @@ fn build_snapshot(
             },
         );
     }
+    let bare_routes = bare_models
+        .iter()
+        .filter(|(_, ps)| ps.len() > 1)
+        .map(|(m, ps)| {
+            let targets = ps
+                .iter()
+                .map(|&pi| TargetEntry {
+                    provider: pi,
+                    model: Arc::from(m.as_str()),
+                    weight: providers[pi]
+                        .keys
+                        .iter()
+                        .filter(|k| k.allows(m))
+                        .map(|k| k.weight)
+                        .sum::<u32>()
+                        .max(1),
+                })
+                .collect();
+            let entry = RouteEntry {
+                name: Arc::from(m.as_str()),
+                targets,
+                fallbacks: Vec::new(),
+                strategy: StrategyKind::Adaptive.build(),
+            };
+            (m.clone(), entry)
+        })
+        .collect();
     Ok(Snapshot {
         providers,
         provider_index,
         routes,
         bare_models,
+        bare_routes,
         health: config.health,
         retry: config.retry,
     })
@@ -2154,6 +2189,39 @@ mod tests {
         assert!(engine.resolves("p/anything"));
         let ids: Vec<String> = engine.models().into_iter().map(|m| m.id).collect();
         assert!(ids.contains(&"p/gpt-x".to_owned()), "{ids:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bare_model_of_several_providers_is_balanced_and_failed_over() {
+        let fake_p = Arc::new(FakeProvider::new());
+        let fake_q = Arc::new(FakeProvider::new());
+        let mut p = provider("p", &fake_p, &["a"], StrategyKind::RoundRobin);
+        p.models = vec!["shared".to_owned()];
+        let mut q = provider("q", &fake_q, &["z"], StrategyKind::RoundRobin);
+        q.models = vec!["shared".to_owned()];
+        let engine = Engine::new(EngineConfig {
+            providers: vec![p, q],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let mut served = HashMap::new();
+        for _ in 0..60 {
+            let out = engine.chat(&req("shared"), &opts()).await.unwrap();
+            assert_eq!(out.route, None, "not a route");
+            *served
+                .entry(out.served_by.provider.to_string())
+                .or_insert(0) += 1;
+        }
+        assert!(
+            served.get("p").is_some_and(|n| *n >= 10) && served.get("q").is_some_and(|n| *n >= 10),
+            "both providers serve it: {served:?}"
+        );
+        // One of them failing: the other serves, in the same request.
+        fake_p.always("a", Step::Fail(server_error()));
+        for _ in 0..10 {
+            let out = engine.chat(&req("shared"), &opts()).await.unwrap();
+            assert_eq!(&*out.served_by.provider, "q");
+        }
     }
 
     #[tokio::test(start_paused = true)]
