@@ -429,7 +429,29 @@ async fn tools_cross_formats() {
     let r = gw.post("/v1/chat/completions", &body).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
+    assert!(
+        v["id"].as_str().unwrap().starts_with("chatcmpl-msg_"),
+        "an OpenAI client's id is OpenAI's form: {v}"
+    );
     assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let s = gw.post("/v1/chat/completions", &streamed).await;
+    let ids: Vec<String> = s
+        .sse_data()
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .map(|d| {
+            serde_json::from_str::<Value>(d).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        !ids.is_empty() && ids.iter().all(|id| id.starts_with("chatcmpl-")),
+        "{ids:?}"
+    );
     let call = &v["choices"][0]["message"]["tool_calls"][0];
     assert_eq!(call["function"]["name"], "get_weather");
     let args: Value =

@@ -404,6 +404,10 @@ fn check<'r>(
             )));
         }
     }
+    // A model no provider serves is left to the engine (404, not 403).
+    if request.providers.is_empty() {
+        return Ok(Some(entry));
+    }
     for l in levels {
         if !l.limits.allows_any_provider(request.providers) {
             return Err(Refusal::Forbidden(format!(

@@ -460,6 +460,11 @@ async fn provider_allow_list_needs_one_allowed_provider() {
         matches!(&r, Refusal::Forbidden(m) if m.contains("no provider allowed") && m.contains("azure")),
         "{r:?}"
     );
+    // A model no provider serves is not a permission matter: the engine answers 404.
+    expect_ok(
+        Req::new(Some(&s)).providers(&[]).admit(&gov).await,
+        "unknown model: left to the engine",
+    );
 }
 
 #[tokio::test]

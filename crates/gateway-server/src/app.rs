@@ -734,7 +734,7 @@ impl Gateway {
             .await;
         }
         match self.engine.chat(&request, &opts).await {
-            Ok(out) => {
+            Ok(mut out) => {
                 if remember && out.value.raw.is_some() {
                     self.responses.remember(
                         &out.value.id,
@@ -752,6 +752,9 @@ impl Gateway {
                     .pricing
                     .cost(&out.served_by.provider, &out.served_by.model, &usage);
                 permit.settle(&usage, cost);
+                if dialect == Dialect::OpenAi && api != Api::Responses && out.value.raw.is_none() {
+                    openai_id(&mut out.value.id);
+                }
                 let body = match dialect {
                     // A Responses request served by a provider that does not speak it.
                     Dialect::OpenAi if api == Api::Responses && out.value.raw.is_none() => {
@@ -1400,6 +1403,14 @@ impl StreamFinish {
     }
 }
 
+/// A translated answer's id in OpenAI's form (`chatcmpl-…`): another provider's id (`msg_…`)
+/// keeps its value behind the prefix.
+fn openai_id(id: &mut String) {
+    if !id.starts_with("chatcmpl") {
+        id.insert_str(0, "chatcmpl-");
+    }
+}
+
 /// Usage for settling when the provider reported none: the admission's input estimate, and the
 /// answer at about four characters a token.
 fn estimated_usage(input: u64, answer_chars: usize) -> Usage {
@@ -1619,9 +1630,16 @@ where
                     }
                     return this.emit();
                 }
-                Poll::Ready(Some(Ok(chunk))) => {
+                Poll::Ready(Some(Ok(mut chunk))) => {
                     if let Some(u) = chunk.usage {
                         this.usage = Some(u);
+                    }
+                    if chunk.raw.is_none()
+                        && this.dialect == Dialect::OpenAi
+                        && this.responses.is_none()
+                        && !this.verbatim
+                    {
+                        openai_id(&mut chunk.id);
                     }
                     this.events += chunk.raw.as_deref().map_or(1, |raw| {
                         memchr::memmem::find_iter(raw, b"data:").count() as u64
