@@ -1261,6 +1261,11 @@ async fn bad_input_of_every_kind_and_the_server_keeps_serving() {
     let big = "x".repeat(10_000);
     let r = gw.post("/v1/chat/completions", &chat("chat", &big)).await;
     assert_eq!(r.status, 413);
+    assert_eq!(
+        r.header("connection"),
+        Some("close"),
+        "the unread rest of the body ends the connection, and the client is told"
+    );
     let r = gw.post_anthropic(&messages("chat", &big)).await;
     assert_eq!(r.status, 413);
     assert_eq!(r.json()["error"]["type"], "request_too_large");

@@ -181,3 +181,30 @@ secret = "vk-1"
     assert [rec["status"] for rec in records] == [200, 401], records
     assert records[0]["virtual_key"] == "short"
     assert "listening on" in err.decode()
+
+
+def test_check_validates_without_touching_the_data_dir(tmp_path):
+    data = tmp_path / "data"
+    cfg = tmp_path / "gw.toml"
+    body = f"""
+[server]
+data_dir = "{data}"
+[[providers]]
+name = "m"
+kind = "mock"
+[[providers.keys]]
+name = "k"
+[[virtual_keys]]
+name = "v"
+secret = "vk-check-0123456789"
+"""
+    cfg.write_text(body)
+    ok = subprocess.run([BINARY, "--config", str(cfg), "--check"], capture_output=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr.decode()
+    assert b"configuration is valid" in ok.stdout
+    assert not data.exists(), "--check opened no store"
+    cfg.write_text(body + 'team = "nope"\n')
+    bad = subprocess.run([BINARY, "--config", str(cfg), "--check"], capture_output=True, timeout=60)
+    assert bad.returncode != 0
+    assert b"team" in bad.stderr, bad.stderr.decode()
+    assert not data.exists()

@@ -81,13 +81,16 @@ async fn run(config: Config, config_path: Option<PathBuf>, check: bool) -> anyho
             eprintln!("warning: unknown configuration field `{field}` ignored");
         }
     }
-    let services = Services::start(&config).await?;
-    let gateway = Gateway::new(config.clone(), config_path.clone(), services.extensions()).await?;
-    services.attach(&gateway);
     if check {
+        // Validates everything, opens nothing: no data_dir, no store, no log file.
+        Services::check(&config)?;
+        Gateway::new(config.clone(), config_path.clone(), Default::default()).await?;
         println!("configuration is valid");
         return Ok(());
     }
+    let services = Services::start(&config).await?;
+    let gateway = Gateway::new(config.clone(), config_path.clone(), services.extensions()).await?;
+    services.attach(&gateway);
     let tls = match (&config.server.tls_cert, &config.server.tls_key) {
         (Some(c), Some(k)) => Some(serve::tls_acceptor(c, k)?),
         _ => None,

@@ -543,7 +543,14 @@ impl Gateway {
             ..RequestRecord::default()
         };
         ext.observer.on_finish(&record);
-        error_response(e, dialect, request_id)
+        let mut resp = error_response(e, dialect, request_id);
+        if e.status == 413 {
+            // The rest of an oversized body is not read: the connection cannot carry another
+            // request, and HTTP/1.1 clients are told so rather than finding a reset.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
     }
 
     /// Marks a refused request's model as this gateway's (a route, or served) so its metrics

@@ -250,7 +250,13 @@ impl From<&EngineError> for ApiError {
                         "all {attempts} upstream attempt(s) failed; last error: {}",
                         a.message
                     );
-                    a.code = Some("upstream_error".to_owned());
+                    a.code = Some(
+                        match last {
+                            ProviderError::RateLimited { .. } => "upstream_rate_limited",
+                            _ => "upstream_error",
+                        }
+                        .to_owned(),
+                    );
                 }
                 a
             }

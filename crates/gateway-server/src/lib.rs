@@ -64,6 +64,30 @@ pub fn governance_config(config: &Config) -> gateway_governance::GovernanceConfi
 }
 
 impl Services {
+    /// Checks what [`Services::start`] would refuse, opening nothing: no store, no file, no
+    /// connection (for `--check`).
+    pub fn check(config: &Config) -> Result<(), config::ConfigError> {
+        let mut problems = Vec::new();
+        if let Err(e) = governance_config(config).validate() {
+            problems.push(format!("governance: {e}"));
+        }
+        if let Some(p) = config.telemetry.otlp_protocol.clone().or_else(|| {
+            otel_env(&[
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+            ])
+        }) {
+            if let Err(e) = p.parse::<gateway_telemetry::OtlpProtocol>() {
+                problems.push(format!("telemetry.otlp_protocol: {e}"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(config::ConfigError::Invalid(problems))
+        }
+    }
+
     /// Opens the stores and starts the background writers.
     pub async fn start(config: &Config) -> Result<Services, app::StartError> {
         let governance = gateway_governance::Governance::open(governance_config(config))
