@@ -1686,3 +1686,76 @@ secret = "test-key-1"
         gw.stop().await;
     }
 }
+
+/// An OpenAI-compatible upstream whose ids are not `chatcmpl-…` (Mistral's `cmpl-…`), streaming
+/// a tool call: every chunk keeps the upstream's one id, decoded or passed as it came.
+#[tokio::test]
+async fn an_openai_format_upstreams_ids_are_kept() {
+    use http_body_util::Full;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req: http::Request<_>| async move {
+                    let chunk = |choices: Value| {
+                        format!(
+                            "data: {}\n\n",
+                            json!({"id": "cmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": choices})
+                        )
+                    };
+                    let mut sse = chunk(
+                        json!([{"index": 0, "delta": {"role": "assistant", "content": "Let me look."}, "finish_reason": null}]),
+                    );
+                    sse += &chunk(
+                        json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "abc123XYZ", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]}, "finish_reason": null}]),
+                    );
+                    sse +=
+                        &chunk(json!([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]));
+                    sse += "data: [DONE]\n\n";
+                    Ok::<_, std::convert::Infallible>(
+                        http::Response::builder()
+                            .header("content-type", "text/event-stream")
+                            .body(Full::new(bytes::Bytes::from(sse)))
+                            .unwrap(),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    let gw = TestGateway::start(&format!(
+        r#"
+[[providers]]
+name = "mis"
+kind = "mistral"
+base_url = "http://{addr}/v1"
+[[providers.keys]]
+name = "k"
+secret = "mistral-key-123"
+"#
+    ))
+    .await;
+    let mut body = chat("mis/mistral-large", "weather?");
+    body["stream"] = json!(true);
+    let r = gw.post("/v1/chat/completions", &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ids: Vec<String> = r
+        .sse_data()
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .map(|d| {
+            serde_json::from_str::<Value>(d).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        ids.len() >= 3 && ids.iter().all(|id| id == "cmpl-1"),
+        "{ids:?}"
+    );
+    gw.stop().await;
+}

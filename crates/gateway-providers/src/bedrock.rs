@@ -216,7 +216,7 @@ pub fn encode_request(req: &ChatRequest, names: &mut ToolNames) -> Result<Value,
                         history_tool_names.push(name.clone());
                     }
                     blocks.push(json!({
-                        "toolUse": { "toolUseId": call.id, "name": name, "input": input }
+                        "toolUse": { "toolUseId": tool_use_id(&call.id), "name": name, "input": input }
                     }));
                 }
                 push_turn(&mut messages, "assistant", blocks);
@@ -232,7 +232,7 @@ pub fn encode_request(req: &ChatRequest, names: &mut ToolNames) -> Result<Value,
                 }
                 let block = json!({
                     "toolResult": {
-                        "toolUseId": m.tool_call_id.clone().unwrap_or_default(),
+                        "toolUseId": tool_use_id(m.tool_call_id.as_deref().unwrap_or_default()),
                         "content": content,
                         "status": "success"
                     }
@@ -1405,6 +1405,31 @@ impl Provider for BedrockProvider {
     }
 }
 
+/// A tool-call id as Bedrock takes it (`[a-zA-Z0-9_-]+`, at most 64 characters): kept when it
+/// is one, else mapped deterministically (so a call and its result still match), as ids made
+/// by other providers can hold `.` or `:` (`functions.get_weather:0`).
+fn tool_use_id(id: &str) -> std::borrow::Cow<'_, str> {
+    let valid = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if valid {
+        return std::borrow::Cow::Borrowed(id);
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let kept: String = id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .take(40)
+        .collect();
+    std::borrow::Cow::Owned(format!("{kept}_{h:016x}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1769,6 +1794,21 @@ mod tests {
             r#"{"usage":{"inputTokens":412,"outputTokens":57,"totalTokens":469,"cacheReadInputTokens":100},"metrics":{"latencyMs":812}}"#,
         ),
     ];
+
+    #[test]
+    fn foreign_tool_ids_are_made_valid_and_stay_matched() {
+        assert_eq!(tool_use_id("tooluse_1-A"), "tooluse_1-A");
+        let a = tool_use_id("functions.get_weather:0");
+        assert!(
+            a.len() <= 64
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+            "{a}"
+        );
+        assert_eq!(a, tool_use_id("functions.get_weather:0"), "deterministic");
+        assert_ne!(a, tool_use_id("functions.get_weather:1"));
+        assert!(tool_use_id(&"x".repeat(80)).len() <= 64);
+    }
 
     #[test]
     fn events_the_decoder_does_not_read_need_no_json() {

@@ -108,15 +108,55 @@ pub fn error_details(v: &Value) -> ErrorDetails {
                 .map(str::to_owned)
         });
     ErrorDetails {
-        message: obj
-            .get("message")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .unwrap_or_default(),
+        message: message_text(obj),
         kind: str_field(obj, "type").or_else(|| str_field(obj, "status")),
         code: code_field(obj),
         param: str_field(obj, "param"),
         inner_code,
+    }
+}
+
+/// An error's text: its `message` string, or a validation error's `detail` (FastAPI-style, as
+/// Mistral and vLLM send: `{"detail": [{"loc": [..], "msg": ".."}]}`, at the top or inside
+/// `message`), so a 422 names the field it is about.
+fn message_text(obj: &Value) -> String {
+    let detail = |v: &Value| -> Option<String> {
+        match v.get("detail")? {
+            Value::String(s) => Some(s.clone()),
+            Value::Array(items) => {
+                let parts: Vec<String> = items
+                    .iter()
+                    .take(5)
+                    .map(|item| {
+                        let msg = item.get("msg").and_then(Value::as_str).unwrap_or("invalid");
+                        let loc: Vec<String> = item
+                            .get("loc")
+                            .and_then(Value::as_array)
+                            .map(|l| {
+                                l.iter()
+                                    .map(|p| match p {
+                                        Value::String(s) => s.clone(),
+                                        other => other.to_string(),
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        if loc.is_empty() {
+                            msg.to_owned()
+                        } else {
+                            format!("{}: {msg}", loc.join("."))
+                        }
+                    })
+                    .collect();
+                (!parts.is_empty()).then(|| parts.join("; "))
+            }
+            _ => None,
+        }
+    };
+    match obj.get("message") {
+        Some(Value::String(s)) => s.clone(),
+        Some(m @ Value::Object(_)) => detail(m).unwrap_or_else(|| m.to_string()),
+        _ => detail(obj).unwrap_or_default(),
     }
 }
 
@@ -367,6 +407,24 @@ mod tests {
             ProviderError::ContentFiltered { .. } => "ContentFiltered".into(),
             other => format!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn validation_details_name_the_field() {
+        let mistral = json!({"object": "error", "type": "invalid_request_error",
+            "message": {"detail": [{"type": "extra_forbidden", "loc": ["body", "messages", 0, "user", "name"], "msg": "Extra inputs are not permitted"}]}});
+        let e = classify(422, &HeaderMap::new(), mistral.to_string().as_bytes());
+        assert!(
+            matches!(&e, ProviderError::BadRequest { status: 422, message, .. } if message == "body.messages.0.user.name: Extra inputs are not permitted"),
+            "{e:?}"
+        );
+        let fastapi =
+            json!({"detail": [{"loc": ["body", "n"], "msg": "too big"}, {"loc": [], "msg": "x"}]});
+        assert_eq!(error_details(&fastapi).message, "body.n: too big; x");
+        assert_eq!(
+            error_details(&json!({"detail": "Not authenticated"})).message,
+            "Not authenticated"
+        );
     }
 
     #[test]

@@ -54,6 +54,9 @@ pub struct Quirks {
     pub mistral: bool,
     /// The upstream rejects `top_k` (OpenAI, Azure and a few others): drop it.
     pub drop_top_k: bool,
+    /// The upstream gives one answer per request (Groq: `n` must be 1): a request for several
+    /// is passed over to a target that can.
+    pub one_answer: bool,
 }
 
 impl Quirks {
@@ -65,6 +68,7 @@ impl Quirks {
                 kind,
                 "openai" | "azure" | "mistral" | "groq" | "deepseek" | "xai" | "cerebras"
             ),
+            one_answer: kind == "groq",
         }
     }
 }
@@ -137,8 +141,17 @@ impl Provider for OpenAiProvider {
 
     /// Everything, the Responses API included: a compatible server without it answers 404,
     /// and failover moves on.
-    fn supports(&self, _model: &str, _request: &ChatRequest) -> Result<(), ProviderError> {
-        Ok(())
+    fn supports(&self, _model: &str, request: &ChatRequest) -> Result<(), ProviderError> {
+        match request.n {
+            Some(n) if n > 1 && self.quirks.one_answer => Err(ProviderError::Unsupported {
+                message: format!(
+                    "`n` = {n} asks for several answers; the {} API gives one per request",
+                    self.kind
+                ),
+                param: Some("n".to_owned()),
+            }),
+            _ => Ok(()),
+        }
     }
 
     async fn chat(
@@ -596,6 +609,10 @@ const MISTRAL_FIELDS: &[&str] = &[
 ];
 
 fn mistral_message_ids(m: &mut Map<String, Value>) {
+    // Mistral takes `name` on tool messages only; elsewhere it is an unknown field (422).
+    if m.get("role").and_then(Value::as_str) != Some("tool") {
+        m.remove("name");
+    }
     if let Some(Value::String(id)) = m.get_mut("tool_call_id") {
         *id = mistral_tool_id(id);
     }
@@ -1979,6 +1996,7 @@ mod direct_body_tests {
                 let q = Quirks {
                     mistral: false,
                     drop_top_k,
+                    one_answer: false,
                 };
                 let fast: Value =
                     serde_json::from_slice(&chat_body(&req, "up", stream, q).unwrap()).unwrap();

@@ -240,8 +240,14 @@ fn mistral_gets_only_the_fields_it_knows() {
     req.stream = true;
     req.max_tokens = None;
     req.max_completion_tokens = Some(77);
+    req.messages[0].name = Some("bob".to_owned());
     let body =
         chat_body_value(&req, "mistral-large", true, Quirks::for_kind("mistral")).expect("body");
+    assert!(
+        body["messages"][0].get("name").is_none(),
+        "name only on tool messages: {}",
+        body["messages"][0]
+    );
     let mut fields: Vec<&str> = body
         .as_object()
         .unwrap()

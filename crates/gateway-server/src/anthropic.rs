@@ -121,7 +121,13 @@ pub fn decode_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
             messages.push(Message::text(Role::System, t))
         }
         Some(SystemPrompt::Blocks(b)) => {
-            let t = text_of(&Value::Array(b));
+            // Several system blocks are several paragraphs, not one run-on sentence.
+            let t = b
+                .iter()
+                .filter_map(|b| b.get("text").and_then(Value::as_str))
+                .filter(|t| !t.is_empty())
+                .collect::<Vec<_>>()
+                .join("\n\n");
             if !t.is_empty() {
                 messages.push(Message::text(Role::System, t));
             }
@@ -609,6 +615,18 @@ mod tests {
         let req = decode_request(body.to_string().as_bytes()).expect("decodes");
         assert_eq!(req.messages.len(), 1);
         assert!(req.fallbacks.is_empty() && req.tools.is_none() && !req.stream);
+    }
+
+    #[test]
+    fn system_blocks_stay_apart() {
+        let body = json!({"model": "m", "max_tokens": 10,
+            "system": [{"type": "text", "text": "You are helpful."}, {"type": "text", "text": "Answer in French."}],
+            "messages": [{"role": "user", "content": "hi"}]});
+        let req = decode_request(body.to_string().as_bytes()).expect("decodes");
+        assert_eq!(
+            req.messages[0].content_text(),
+            "You are helpful.\n\nAnswer in French."
+        );
     }
 
     #[test]

@@ -759,7 +759,10 @@ impl Gateway {
                     .pricing
                     .cost(&out.served_by.provider, &out.served_by.model, &usage);
                 permit.settle(&usage, cost);
-                if dialect == Dialect::OpenAi && api != Api::Responses && out.value.raw.is_none() {
+                if dialect == Dialect::OpenAi
+                    && api != Api::Responses
+                    && !openai_format(&out.served_by.provider_kind)
+                {
                     openai_id(&mut out.value.id);
                 }
                 let body = match dialect {
@@ -903,6 +906,9 @@ impl Gateway {
                         estimated_input: est,
                     }),
                     events: 0,
+                    foreign_ids: dialect == Dialect::OpenAi
+                        && matches!(api, Api::ChatCompletions)
+                        && !openai_format(&out.served_by.provider_kind),
                 };
                 let mut resp = Response::new(StreamBody::new(body).boxed_unsync());
                 let h = resp.headers_mut();
@@ -1410,6 +1416,12 @@ impl StreamFinish {
     }
 }
 
+/// Whether a provider kind speaks the OpenAI format (its ids are already OpenAI's).
+fn openai_format(kind: &str) -> bool {
+    gateway_providers::registry::kind_info(kind)
+        .is_some_and(|i| matches!(i.family, "openai" | "azure"))
+}
+
 /// A translated answer's id in OpenAI's form (`chatcmpl-…`): another provider's id (`msg_…`)
 /// keeps its value behind the prefix.
 fn openai_id(id: &mut String) {
@@ -1563,6 +1575,8 @@ struct SseBody<S = EngineStream> {
     usage: Option<Usage>,
     /// Upstream events seen (a run of pass-through events counts each).
     events: u64,
+    /// An OpenAI client of a provider of another format: chunk ids get OpenAI's form.
+    foreign_ids: bool,
     request_id: String,
     finish: Option<StreamFinish>,
     /// Everything sent so far, kept for the request log with `[logging] content` on.
@@ -1641,11 +1655,7 @@ where
                     if let Some(u) = chunk.usage {
                         this.usage = Some(u);
                     }
-                    if chunk.raw.is_none()
-                        && this.dialect == Dialect::OpenAi
-                        && this.responses.is_none()
-                        && !this.verbatim
-                    {
+                    if this.foreign_ids {
                         openai_id(&mut chunk.id);
                     }
                     this.events += chunk.raw.as_deref().map_or(1, |raw| {
@@ -1774,6 +1784,7 @@ mod tests {
                     buf: Vec::new(),
                     usage: None,
                     events: 0,
+                    foreign_ids: false,
                     request_id: "req".into(),
                     finish: None,
                     sent: None,
