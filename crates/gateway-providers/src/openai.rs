@@ -1503,6 +1503,9 @@ pub struct ChunkDecoder {
     model: String,
     created: u64,
     usage: Option<Usage>,
+    /// With [`ChunkDecoder::raw`]: the upstream's own usage chunk (no choices, no error) when the
+    /// usage came in one, passed on as it came at the end.
+    usage_raw: Option<bytes::Bytes>,
     finished: bool,
     /// Tool calls seen per choice, for servers that omit `index` on tool-call deltas.
     tool_calls_seen: u32,
@@ -1746,6 +1749,7 @@ impl ChunkDecoder {
         if let Some(usage) = self.usage.take() {
             let mut c = ChatChunk::new(self.id.clone(), self.model.clone(), self.created);
             c.usage = Some(usage);
+            c.raw = self.usage_raw.take();
             out.push_back(c);
         }
     }
@@ -1811,8 +1815,14 @@ impl ChunkDecoder {
         if self.created == 0 {
             self.created = wire.created;
         }
+        let plain_usage = wire.usage.is_some()
+            && wire.x_groq.is_none()
+            && wire.choices.as_ref().is_some_and(Vec::is_empty);
         if let Some(u) = wire.usage.or_else(|| wire.x_groq.and_then(|x| x.usage)) {
             self.usage = Some(u.into_usage());
+            // OpenAI's own usage chunk: its other members (`system_fingerprint`,
+            // `service_tier`, the usage's details) reach a client of this format as they came.
+            self.usage_raw = (self.raw && plain_usage).then(|| ev.data.slice_ref(data));
         }
         let choices = wire.choices.unwrap_or_default();
         if choices.is_empty() {

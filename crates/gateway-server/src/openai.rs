@@ -323,15 +323,18 @@ pub fn decode_embeddings(body: &[u8]) -> Result<EmbeddingRequest, ApiError> {
 /// upstream sent in this format ([`ChatChunk::raw`], one chunk or a run of them) goes out as it
 /// came.
 pub fn encode_chunk(chunk: &ChatChunk, include_usage: bool, out: &mut Vec<u8>) -> bool {
+    if !include_usage && chunk.choices.is_empty() && (chunk.usage.is_some() || chunk.raw.is_none())
+    {
+        // The usage-only chunk the gateway asked for (`stream_options.include_usage`) and the
+        // client did not.
+        return false;
+    }
     if let Some(raw) = &chunk.raw {
         out.reserve(raw.len() + 8);
         out.extend_from_slice(b"data: ");
         out.extend_from_slice(raw);
         out.extend_from_slice(b"\n\n");
         return true;
-    }
-    if !include_usage && chunk.choices.is_empty() {
-        return false;
     }
     let start = out.len();
     out.extend_from_slice(b"data: ");
