@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gateway_mock::{Faults, MockServer, MockUpstream};
-use gateway_tests::{chat, messages, TestGateway};
+use gateway_tests::{chat, messages, sse_ids, stand_in_upstream, TestGateway};
 use serde_json::{json, Value};
 
 async fn mock(keys: &[&str]) -> MockServer {
@@ -437,17 +437,7 @@ async fn tools_cross_formats() {
     let mut streamed = body.clone();
     streamed["stream"] = json!(true);
     let s = gw.post("/v1/chat/completions", &streamed).await;
-    let ids: Vec<String> = s
-        .sse_data()
-        .iter()
-        .filter(|d| *d != "[DONE]")
-        .map(|d| {
-            serde_json::from_str::<Value>(d).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let ids = sse_ids(&s);
     assert!(
         !ids.is_empty() && ids.iter().all(|id| id.starts_with("chatcmpl-")),
         "{ids:?}"
@@ -1613,40 +1603,19 @@ secret = "sk-revoked-upstream"
 /// An upstream on 127.0.0.1 that answers every request with `status` and an OpenAI error whose
 /// message quotes the whole key it was sent, as a careless provider (or proxy) might.
 async fn key_quoting_upstream(status: u16) -> String {
-    use http_body_util::Full;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: http::Request<_>| {
-                    let key = req
-                        .headers()
-                        .get("authorization")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .trim_start_matches("Bearer ")
-                        .to_owned();
-                    let body = json!({"error": {
-                        "message": format!("Key {key} was refused (key={key})"),
-                        "type": "invalid_request_error", "code": null}});
-                    async move {
-                        Ok::<_, std::convert::Infallible>(
-                            http::Response::builder()
-                                .status(status)
-                                .header("content-type", "application/json")
-                                .body(Full::new(bytes::Bytes::from(body.to_string())))
-                                .unwrap(),
-                        )
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    format!("http://{addr}/v1")
+    stand_in_upstream(move |headers, _| {
+        let key = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .trim_start_matches("Bearer ")
+            .to_owned();
+        let body = json!({"error": {
+            "message": format!("Key {key} was refused (key={key})"),
+            "type": "invalid_request_error", "code": null}});
+        (status, "application/json", body.to_string())
+    })
+    .await
 }
 
 /// Whatever the shape of a provider key, an upstream message quoting it never carries it to the
@@ -1691,47 +1660,26 @@ secret = "test-key-1"
 /// a tool call: every chunk keeps the upstream's one id, decoded or passed as it came.
 #[tokio::test]
 async fn an_openai_format_upstreams_ids_are_kept() {
-    use http_body_util::Full;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|_req: http::Request<_>| async move {
-                    let chunk = |choices: Value| {
-                        format!(
-                            "data: {}\n\n",
-                            json!({"id": "cmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": choices})
-                        )
-                    };
-                    let mut sse = chunk(
-                        json!([{"index": 0, "delta": {"role": "assistant", "content": "Let me look."}, "finish_reason": null}]),
-                    );
-                    sse += &chunk(
-                        json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "abc123XYZ", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]}, "finish_reason": null}]),
-                    );
-                    sse +=
-                        &chunk(json!([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]));
-                    sse += "data: [DONE]\n\n";
-                    Ok::<_, std::convert::Infallible>(
-                        http::Response::builder()
-                            .header("content-type", "text/event-stream")
-                            .body(Full::new(bytes::Bytes::from(sse)))
-                            .unwrap(),
-                    )
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
+    let base = stand_in_upstream(|_, _| {
+        let chunk = |choices: Value| {
+            format!(
+                "data: {}\n\n",
+                json!({"id": "cmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": choices})
+            )
+        };
+        let mut sse = chunk(json!([{"index": 0, "delta": {"role": "assistant", "content": "Let me look."}, "finish_reason": null}]));
+        sse += &chunk(json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "abc123XYZ", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]}, "finish_reason": null}]));
+        sse += &chunk(json!([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]));
+        sse += "data: [DONE]\n\n";
+        (200, "text/event-stream", sse)
+    })
+    .await;
     let gw = TestGateway::start(&format!(
         r#"
 [[providers]]
 name = "mis"
 kind = "mistral"
-base_url = "http://{addr}/v1"
+base_url = "{base}"
 [[providers.keys]]
 name = "k"
 secret = "mistral-key-123"
@@ -1742,17 +1690,7 @@ secret = "mistral-key-123"
     body["stream"] = json!(true);
     let r = gw.post("/v1/chat/completions", &body).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let ids: Vec<String> = r
-        .sse_data()
-        .iter()
-        .filter(|d| *d != "[DONE]")
-        .map(|d| {
-            serde_json::from_str::<Value>(d).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let ids = sse_ids(&r);
     assert!(
         ids.len() >= 3 && ids.iter().all(|id| id == "cmpl-1"),
         "{ids:?}"

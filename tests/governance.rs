@@ -5,7 +5,7 @@
 
 use gateway_mock::MockUpstream;
 use gateway_server::{Config, Services};
-use gateway_tests::{chat, messages, TestGateway};
+use gateway_tests::{chat, messages, stand_in_upstream, TestGateway};
 use serde_json::json;
 
 async fn start(extra: &str) -> (TestGateway, Services, std::path::PathBuf) {
@@ -599,49 +599,31 @@ rpm = 10
 /// An OpenAI-compatible upstream that never reports usage, streamed or not (some servers ignore
 /// `stream_options.include_usage`).
 async fn usage_less_upstream() -> String {
-    use http_body_util::{BodyExt, Full};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    |req: http::Request<hyper::body::Incoming>| async move {
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                        let text = "x".repeat(400);
-                        let (ctype, out) = if v["stream"] == true {
-                            let mut sse = String::new();
-                            for _ in 0..20 {
-                                sse += &format!(
-                                    "data: {}\n\n",
-                                    json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini", "choices": [{"index": 0, "delta": {"content": "word "}, "finish_reason": null}]})
-                                );
-                            }
-                            sse += &format!(
-                                "data: {}\n\ndata: [DONE]\n\n",
-                                json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-                            );
-                            ("text/event-stream", sse)
-                        } else {
-                            ("application/json", json!({"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
-                            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}]}).to_string())
-                        };
-                        Ok::<_, std::convert::Infallible>(
-                            http::Response::builder()
-                                .header("content-type", ctype)
-                                .body(Full::new(bytes::Bytes::from(out)))
-                                .unwrap(),
-                        )
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                    .await;
-            });
+    stand_in_upstream(|_, body| {
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        if v["stream"] == true {
+            let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
+                format!(
+                    "data: {}\n\n",
+                    json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+                )
+            };
+            let mut sse = String::new();
+            for _ in 0..20 {
+                sse += &chunk(json!({"content": "word "}), json!(null));
+            }
+            sse += &chunk(json!({}), json!("stop"));
+            sse += "data: [DONE]\n\n";
+            (200, "text/event-stream", sse)
+        } else {
+            let text = "x".repeat(400);
+            let body = json!({"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}]});
+            (200, "application/json", body.to_string())
         }
-    });
-    format!("http://{addr}/v1")
+    })
+    .await
 }
 
 /// A provider that reports no usage is charged an estimate: budgets move, streams included.

@@ -243,3 +243,61 @@ pub async fn start_redis() -> Option<Redis> {
     }
     panic!("redis-server did not start listening on port {port}");
 }
+
+/// A stand-in upstream on 127.0.0.1 for shapes the mock does not produce: every request is
+/// answered by `answer(headers, body)` as `(status, content type, body)`. Returns the base URL
+/// of its OpenAI-style API (`http://127.0.0.1:PORT/v1`).
+pub async fn stand_in_upstream<F>(answer: F) -> String
+where
+    F: Fn(&http::HeaderMap, &[u8]) -> (u16, &'static str, String) + Send + Sync + 'static,
+{
+    let answer = Arc::new(answer);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let answer = Arc::clone(&answer);
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let answer = Arc::clone(&answer);
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
+                            let (status, content_type, out) = answer(&parts.headers, &body);
+                            Ok::<_, std::convert::Infallible>(
+                                http::Response::builder()
+                                    .status(status)
+                                    .header("content-type", content_type)
+                                    .body(Full::new(Bytes::from(out)))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}/v1")
+}
+
+/// The `id` of every JSON event of an SSE answer (`[DONE]` left out).
+pub fn sse_ids(answer: &Answer) -> Vec<String> {
+    answer
+        .sse_data()
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .map(|d| {
+            serde_json::from_str::<Value>(d).unwrap()["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
+}
