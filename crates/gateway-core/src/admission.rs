@@ -20,6 +20,10 @@ pub struct AdmissionRequest<'a> {
     pub model: &'a str,
     /// The providers the request may reach (for provider allow-lists).
     pub providers: &'a [&'a str],
+    /// The (provider, upstream model) pairs that may serve it (empty: unknown): a reservation is
+    /// priced at the dearest, so a route name, which has no price of its own, reserves what its
+    /// targets may cost.
+    pub targets: &'a [(String, String)],
     /// Estimated input tokens.
     pub estimated_input_tokens: u64,
     /// Requested output limit (0 when the caller set none).

@@ -606,6 +606,49 @@ impl Engine {
         out
     }
 
+    /// The (provider, upstream model) pairs a model name and its fallbacks may be served by: a
+    /// route's targets and fallbacks, a direct `provider/model`, a bare model's providers (for
+    /// pricing a reservation, which must hold for the dearest of them).
+    pub fn targets_for(&self, model: &str, fallbacks: &[String]) -> Vec<(String, String)> {
+        let snap = self.snapshot.load();
+        let mut out: Vec<(String, String)> = Vec::new();
+        let add = |name: &str, depth: u8, out: &mut Vec<(String, String)>| {
+            let mut push = |p: usize, m: &str| {
+                let pair = (snap.providers[p].name.to_string(), m.to_owned());
+                if !out.contains(&pair) {
+                    out.push(pair);
+                }
+            };
+            if let Some(r) = snap.routes.get(name) {
+                for t in &r.targets {
+                    push(t.provider, &t.model);
+                }
+                if depth > 0 {
+                    for f in &r.fallbacks {
+                        if let Some((p, m)) = split_direct(&snap, f) {
+                            push(p, &m);
+                        } else if let Some(fr) = snap.routes.get(f.as_str()) {
+                            for t in &fr.targets {
+                                push(t.provider, &t.model);
+                            }
+                        }
+                    }
+                }
+            } else if let Some((p, m)) = split_direct(&snap, name) {
+                push(p, &m);
+            } else if let Some(ps) = snap.bare_models.get(name) {
+                for p in ps {
+                    push(*p, name);
+                }
+            }
+        };
+        add(model, 1, &mut out);
+        for f in fallbacks {
+            add(f, 0, &mut out);
+        }
+        out
+    }
+
     /// Calls `f` with the provider and the key `pin` names, once: for requests about state that
     /// key's account holds (a stored response), which no other key could serve. Like counting
     /// tokens, it is not a request for a model: no signal, window or key state changes.
@@ -2105,6 +2148,40 @@ mod tests {
         let bad_calls = fake.calls().iter().filter(|(k, _)| k == "bad").count();
         assert!(bad_calls <= 1, "a refused key leaves rotation: {bad_calls}");
         assert_eq!(engine.health()[0].keys[0].state, "ejected");
+    }
+
+    #[test]
+    fn targets_for_names_every_provider_and_model_a_name_may_reach() {
+        let fake = Arc::new(FakeProvider::new());
+        let mut p = provider("p", &fake, &["a"], StrategyKind::RoundRobin);
+        p.models = vec!["shared".to_owned()];
+        let mut q = provider("q", &fake, &["z"], StrategyKind::RoundRobin);
+        q.models = vec!["shared".to_owned()];
+        let engine = Engine::new(EngineConfig {
+            providers: vec![p, q],
+            routes: vec![
+                route("chat", &[("p", 1)], &["q/big", "other"]),
+                route("other", &[("q", 1)], &[]),
+            ],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let pairs = |v: Vec<(String, String)>| -> Vec<String> {
+            v.into_iter().map(|(p, m)| format!("{p}/{m}")).collect()
+        };
+        assert_eq!(
+            pairs(engine.targets_for("chat", &[])),
+            ["p/m", "q/big", "q/m"]
+        );
+        assert_eq!(
+            pairs(engine.targets_for("p/x", &["q/y".to_owned()])),
+            ["p/x", "q/y"]
+        );
+        assert_eq!(
+            pairs(engine.targets_for("shared", &[])),
+            ["p/shared", "q/shared"]
+        );
+        assert!(engine.targets_for("nope", &[]).is_empty());
     }
 
     #[tokio::test(start_paused = true)]

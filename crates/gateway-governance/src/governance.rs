@@ -344,9 +344,19 @@ impl Admission for Governance {
             request.max_output_tokens
         };
         let tokens = request.estimated_input_tokens.saturating_add(output);
-        let cost = self.pricing.load().lookup(request.model).map_or(0.0, |p| {
-            p.cost_of(request.estimated_input_tokens, 0, output)
-        });
+        let prices = self.pricing.load();
+        let estimate =
+            |p: crate::pricing::Price| p.cost_of(request.estimated_input_tokens, 0, output);
+        // The dearest target (`provider/model` finds a provider-scoped price, else the model's).
+        let cost = request
+            .targets
+            .iter()
+            .filter_map(|(p, m)| prices.lookup(&format!("{p}/{m}")).map(estimate))
+            .fold(None, |max: Option<f64>, c| {
+                Some(max.map_or(c, |m| m.max(c)))
+            })
+            .or_else(|| prices.lookup(request.model).map(estimate))
+            .unwrap_or(0.0);
         let reservation = self.counters.reserve(levels, tokens, cost).await?;
         Ok(Box::new(GovernedPermit {
             key: Some(entry.name.clone()),

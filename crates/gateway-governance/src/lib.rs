@@ -40,6 +40,7 @@
 //!         presented_key: Some("vk-0123456789abcdef"),
 //!         model: "gpt-4o-mini",
 //!         providers: &["openai"],
+//!         targets: &[],
 //!         estimated_input_tokens: 200,
 //!         max_output_tokens: 300,
 //!         headroom: 1.0,

@@ -739,3 +739,41 @@ async fn rate_limit_windows_survive_a_restart_within_the_minute() {
     let gov = open(cfg, &c).await;
     expect_ok(Req::new(Some(&s)).admit(&gov).await, "a minute later");
 }
+
+#[tokio::test]
+async fn a_route_name_reserves_what_its_dearest_target_may_cost() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = LimitsSpec {
+        budget_usd: Some(1.0),
+        ..key("k")
+    };
+    let gov = open(config(&dir, vec![spec]), &clock()).await;
+    let s = secret("k");
+    // A route name has no price; its targets do ($1 per 1000 tokens): 300 + 300 may cost $0.60.
+    fn route(r: Req<'_>) -> Req<'_> {
+        r.model("chat")
+            .targets(&[("cheap", "unpriced"), ("p", "test-model")])
+    }
+    let first = expect_ok(
+        route(Req::new(Some(&s)).tokens(300, 300)).admit(&gov).await,
+        "first through the route",
+    );
+    let r = expect_refused(
+        route(Req::new(Some(&s)).tokens(300, 300)).admit(&gov).await,
+        "a concurrent second would pass the budget",
+    );
+    assert!(
+        matches!(&r, Refusal::BudgetExceeded { message, .. } if message.contains("cannot cover")),
+        "{r:?}"
+    );
+    // Without its targets the route would reserve nothing, and the burst would pass.
+    expect_ok(
+        Req::new(Some(&s))
+            .model("chat")
+            .tokens(300, 300)
+            .admit(&gov)
+            .await,
+        "unknown targets: the name's own price (none)",
+    );
+    drop(first);
+}

@@ -490,7 +490,14 @@ pub fn messages_body_with(
         .unwrap_or_else(|| default_max_tokens(model));
     let thinking = request.extra.get("thinking").cloned().or_else(|| {
         let budget = thinking_budget(request.reasoning_effort.as_deref()?)?;
-        Some(json!({"type": "enabled", "budget_tokens": budget}))
+        // OpenAI's output limits count reasoning tokens: a client's limit holds the thinking
+        // too (three quarters of it at most), and a limit too small for Anthropic's least budget
+        // (1,024) leaves thinking off rather than raising what the client pays for.
+        let budget = match request.output_limit() {
+            Some(limit) => budget.min(limit - limit / 4),
+            None => budget,
+        };
+        (budget >= 1024).then(|| json!({"type": "enabled", "budget_tokens": budget}))
     });
     let thinking_on = thinking
         .as_ref()
@@ -1490,9 +1497,31 @@ mod tests {
     }
 
     #[test]
+    fn reasoning_effort_thinks_within_the_clients_limit() {
+        let body = |limit: Option<u32>| {
+            let mut req: ChatRequest = serde_json::from_value(json!({
+                "model": "m", "reasoning_effort": "high",
+                "messages": [{"role": "user", "content": "hi"}]
+            }))
+            .expect("request");
+            req.max_completion_tokens = limit;
+            messages_body(&req, "claude-sonnet-4-5", false)
+        };
+        let b = body(Some(3000));
+        assert_eq!(b["max_tokens"], 3000, "the client's limit is kept: {b}");
+        assert_eq!(b["thinking"]["budget_tokens"], 2250, "{b}");
+        let b = body(Some(1000));
+        assert_eq!(b["max_tokens"], 1000);
+        assert!(b.get("thinking").is_none(), "too small to think: {b}");
+        let b = body(None);
+        assert_eq!(b["thinking"]["budget_tokens"], 16384, "{b}");
+        assert!(b["max_tokens"].as_u64().unwrap() > 16384, "{b}");
+    }
+
+    #[test]
     fn count_tokens_body_keeps_what_is_counted_only() {
         let req: ChatRequest = serde_json::from_value(json!({
-            "model": "m", "max_tokens": 10, "temperature": 0.5, "stop": ["x"], "user": "u",
+            "model": "m", "max_tokens": 4096, "temperature": 0.5, "stop": ["x"], "user": "u",
             "stream": true, "reasoning_effort": "low",
             "messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "hi"}],
             "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],

@@ -368,26 +368,41 @@ fn generation_config(req: &ChatRequest, model: &str) -> Map<String, Value> {
         Some(ResponseFormat::Text) | None => {}
     }
     if let Some(effort) = &req.reasoning_effort {
-        put("thinkingConfig", Some(thinking_config(effort, model)));
+        put(
+            "thinkingConfig",
+            Some(thinking_config(effort, model, req.output_limit())),
+        );
     }
     g
 }
 
 /// `reasoning_effort` as a `thinkingConfig`: a thinking level on Gemini 3, a token budget before.
-fn thinking_config(effort: &str, model: &str) -> Value {
+///
+/// A budget fits inside the client's output limit (`maxOutputTokens` counts thinking, as
+/// OpenAI's limits count reasoning): at most three quarters of it. `none` is 0, except on the
+/// 2.5 Pro models, which cannot stop thinking: their least, 128.
+fn thinking_config(effort: &str, model: &str, limit: Option<u32>) -> Value {
     if is_gemini_3(model) {
         let level = match effort {
-            "medium" | "high" => "high",
+            "medium" | "high" | "xhigh" => "high",
             _ => "low",
         };
         json!({ "thinkingLevel": level })
     } else {
-        let budget = match effort {
+        let always_thinks = model.contains("2.5-pro");
+        let budget: u32 = match effort {
+            "none" if always_thinks => 128,
             "none" => 0,
             "minimal" => 512,
             "low" => 1024,
             "medium" => 8192,
             _ => 24_576,
+        };
+        let budget = match limit {
+            Some(l) if budget > 0 => budget
+                .min(l - l / 4)
+                .max(if always_thinks { 128 } else { 0 }),
+            _ => budget,
         };
         json!({ "thinkingBudget": budget })
     }
@@ -1419,6 +1434,30 @@ pub(crate) fn classify_error_value(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thinking_budgets_fit_the_model_and_the_limit() {
+        assert_eq!(
+            thinking_config("none", "gemini-2.5-flash", None),
+            json!({"thinkingBudget": 0})
+        );
+        assert_eq!(
+            thinking_config("none", "gemini-2.5-pro", None),
+            json!({"thinkingBudget": 128})
+        );
+        assert_eq!(
+            thinking_config("high", "gemini-2.5-flash", Some(3000)),
+            json!({"thinkingBudget": 2250})
+        );
+        assert_eq!(
+            thinking_config("high", "gemini-2.5-flash", None),
+            json!({"thinkingBudget": 24576})
+        );
+        assert_eq!(
+            thinking_config("xhigh", "gemini-3-pro-preview", None),
+            json!({"thinkingLevel": "high"})
+        );
+    }
     use expect_test::{expect, Expect};
     use gateway_core::types::StreamAccumulator;
     use gateway_core::FailoverScope;
@@ -1591,7 +1630,7 @@ mod tests {
                     ],
                     "temperature": 0.2,
                     "thinkingConfig": {
-                      "thinkingBudget": 1024
+                      "thinkingBudget": 192
                     },
                     "topK": 40,
                     "topP": 0.9

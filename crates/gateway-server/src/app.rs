@@ -485,6 +485,7 @@ impl Gateway {
                 presented_key: presented,
                 model: fallback,
                 providers: &refs,
+                targets: &[],
                 estimated_input_tokens: 0,
                 max_output_tokens: 0,
                 headroom: 1.0,
@@ -500,12 +501,14 @@ impl Gateway {
         }
         let providers = self.engine.providers_for(model);
         let refs: Vec<&str> = providers.iter().map(String::as_str).collect();
+        let targets = self.engine.targets_for(model, fallbacks);
         let permit = ext
             .admission
             .admit(&AdmissionRequest {
                 presented_key: presented,
                 model,
                 providers: &refs,
+                targets: &targets,
                 estimated_input_tokens: est_input,
                 max_output_tokens: max_output,
                 headroom: self.engine.headroom_for(model),
@@ -620,6 +623,7 @@ impl Gateway {
                 presented_key: presented,
                 model,
                 providers: &refs,
+                targets: &[],
                 estimated_input_tokens: 0,
                 max_output_tokens: 0,
                 headroom: 1.0,

@@ -60,6 +60,7 @@ pub struct Req<'a> {
     pub input: u64,
     pub output: u64,
     pub headroom: f64,
+    pub targets: Vec<(String, String)>,
 }
 
 impl<'a> Req<'a> {
@@ -71,7 +72,17 @@ impl<'a> Req<'a> {
             input: 10,
             output: 10,
             headroom: 1.0,
+            targets: Vec::new(),
         }
+    }
+
+    /// The (provider, model) pairs that may serve it (a route's targets).
+    pub fn targets(mut self, targets: &[(&str, &str)]) -> Self {
+        self.targets = targets
+            .iter()
+            .map(|(p, m)| ((*p).to_owned(), (*m).to_owned()))
+            .collect();
+        self
     }
 
     pub fn tokens(mut self, input: u64, output: u64) -> Self {
@@ -100,6 +111,7 @@ impl<'a> Req<'a> {
             presented_key: self.key,
             model: self.model,
             providers: self.providers,
+            targets: &self.targets,
             estimated_input_tokens: self.input,
             max_output_tokens: self.output,
             headroom: self.headroom,
@@ -112,6 +124,7 @@ impl<'a> Req<'a> {
             presented_key: self.key,
             model: self.model,
             providers: self.providers,
+            targets: &self.targets,
             estimated_input_tokens: self.input,
             max_output_tokens: self.output,
             headroom: self.headroom,
