@@ -646,6 +646,24 @@ async fn embeddings_models_health_and_count_tokens() {
         Some("true"),
         "an OpenAI provider cannot count"
     );
+    let r = gw
+        .request(
+            "POST",
+            "/v1/messages/count_tokens",
+            &[("content-type", "application/json")],
+            serde_json::to_vec(
+                &json!({"model": "nope/x", "messages": [{"role": "user", "content": "hello"}]}),
+            )
+            .unwrap(),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        404,
+        "a model the gateway does not serve: {}",
+        r.text()
+    );
+    assert_eq!(r.json()["error"]["type"], "not_found_error");
     gw.stop().await;
 }
 
@@ -1550,6 +1568,22 @@ secret = "AIza-v1beta"
         assert_eq!(r.status, 200, "{model}: {}", r.text());
         assert_eq!(m.last_request().unwrap().path, path, "{model}");
     }
+    // Gemini reports no usage for embeddings: the answer carries the estimate it is charged at,
+    // as OpenAI's always carries usage.
+    let r = gw
+        .post(
+            "/v1/embeddings",
+            &json!({"model": "gem/text-embedding-004", "input": ["one text", "another text"]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.json()["usage"]["prompt_tokens"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "{}",
+        r.text()
+    );
     gw.stop().await;
 }
 

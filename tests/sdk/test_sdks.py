@@ -208,3 +208,17 @@ secret = "vk-check-0123456789"
     assert bad.returncode != 0
     assert b"team" in bad.stderr, bad.stderr.decode()
     assert not data.exists()
+
+
+def test_models_retrieve_with_both_sdks(gateway):
+    client = oai(gateway)
+    assert client.models.retrieve("chat").id == "chat"
+    assert client.models.retrieve("fast/gpt-4o-mini").id == "fast/gpt-4o-mini"
+    # Served as a bare name though listed under its provider.
+    assert client.models.retrieve("gpt-4o-mini").id == "gpt-4o-mini"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
+    assert ant(gateway).models.retrieve("chat").id == "chat"
+    with pytest.raises(anthropic.NotFoundError) as e:
+        ant(gateway).models.retrieve("no-such-model")
+    assert e.value.body["type"] == "error" and e.value.body["error"]["type"] == "not_found_error"

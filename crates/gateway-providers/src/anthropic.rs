@@ -444,6 +444,25 @@ fn thinking_budget(effort: &str) -> Option<u32> {
     }
 }
 
+/// `response_format` for an API without a JSON mode (the Messages API, Bedrock's Converse): an
+/// instruction for the system prompt.
+pub(crate) fn json_instruction(format: Option<&ResponseFormat>) -> Option<String> {
+    match format? {
+        ResponseFormat::JsonObject => {
+            Some("Respond with a single valid JSON object and nothing else.".into())
+        }
+        ResponseFormat::JsonSchema { json_schema } => {
+            let mut s = String::from("Respond with a single valid JSON object and nothing else.");
+            if let Some(schema) = &json_schema.schema {
+                s.push_str(" It must match this JSON schema: ");
+                s.push_str(&schema.to_string());
+            }
+            Some(s)
+        }
+        ResponseFormat::Text => None,
+    }
+}
+
 /// The Messages API body for `request`, with `model` as the upstream model id.
 pub fn messages_body(request: &ChatRequest, model: &str, stream: bool) -> Value {
     messages_body_with(request, model, stream, None)
@@ -470,20 +489,7 @@ pub fn messages_body_with(
         .map(Message::content_text)
         .filter(|t| !t.is_empty())
         .collect();
-    match &request.response_format {
-        Some(ResponseFormat::JsonObject) => {
-            system.push("Respond with a single valid JSON object and nothing else.".into());
-        }
-        Some(ResponseFormat::JsonSchema { json_schema }) => {
-            let mut s = String::from("Respond with a single valid JSON object and nothing else.");
-            if let Some(schema) = &json_schema.schema {
-                s.push_str(" It must match this JSON schema: ");
-                s.push_str(&schema.to_string());
-            }
-            system.push(s);
-        }
-        Some(ResponseFormat::Text) | None => {}
-    }
+    system.extend(json_instruction(request.response_format.as_ref()));
 
     let mut max_tokens = request
         .output_limit()

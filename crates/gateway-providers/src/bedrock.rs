@@ -258,6 +258,10 @@ pub fn encode_request(req: &ChatRequest, names: &mut ToolNames) -> Result<Value,
                 .collect(),
         ),
     );
+    // Converse has no JSON mode: `response_format` becomes an instruction, as for Anthropic.
+    if let Some(text) = crate::anthropic::json_instruction(req.response_format.as_ref()) {
+        system.push(json!({ "text": text }));
+    }
     if !system.is_empty() {
         body.insert("system".into(), Value::Array(system));
     }
@@ -1794,6 +1798,26 @@ mod tests {
             r#"{"usage":{"inputTokens":412,"outputTokens":57,"totalTokens":469,"cacheReadInputTokens":100},"metrics":{"latencyMs":812}}"#,
         ),
     ];
+
+    #[test]
+    fn response_format_becomes_a_system_instruction() {
+        let req: ChatRequest = serde_json::from_value(json!({
+            "model": "m", "messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "hi"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+        }))
+        .expect("request");
+        let body = encode_request(&req, &mut ToolNames::default()).expect("body");
+        let system = body["system"].as_array().expect("system blocks");
+        assert_eq!(system[0]["text"], "Be terse.");
+        let last = system
+            .last()
+            .and_then(|b| b["text"].as_str())
+            .unwrap_or_default();
+        assert!(
+            last.contains("valid JSON object") && last.contains(r#"{"type":"object"}"#),
+            "{last}"
+        );
+    }
 
     #[test]
     fn foreign_tool_ids_are_made_valid_and_stay_matched() {

@@ -308,11 +308,30 @@ impl Gateway {
             (Method::GET, p) if p.starts_with("/v1/models/") => {
                 let id = &p["/v1/models/".len()..];
                 let id = percent_decode(id);
-                match self
+                // The Anthropic SDK reads its own error shape (it sends `anthropic-version`).
+                let dialect = if req.headers().contains_key("anthropic-version") {
+                    Dialect::Anthropic
+                } else {
+                    dialect
+                };
+                let listed = self
                     .visible_models(req.headers())
                     .into_iter()
-                    .find(|m| m.id == id)
-                {
+                    .find(|m| m.id == id);
+                // A name the gateway serves without listing it (a bare model some key allows, a
+                // provider's model addressed directly) is a model too.
+                let served = || {
+                    (self.engine.resolves(&id)
+                        && self
+                            .authorize(presented_key(req.headers()).as_deref(), &id)
+                            .is_ok())
+                    .then(|| gateway_core::types::ModelInfo {
+                        id: id.clone(),
+                        owned_by: "gateway".to_owned(),
+                        created: 0,
+                    })
+                };
+                match listed.or_else(served) {
                     Some(m) => json_response(200, &openai::model_json(&m)),
                     None => error_response(
                         &ApiError::new(
@@ -1050,6 +1069,11 @@ impl Gateway {
             Ok(r) => r,
             Err(e) => return error_response(&e, dialect, request_id),
         };
+        if !self.engine.resolves(&request.model) {
+            // Counting for a model the gateway does not serve is the 404 a request would get.
+            let e = ApiError::from(&gateway_core::EngineError::UnknownModel(request.model));
+            return error_response(&e, dialect, request_id);
+        }
         // Counting generates nothing and is not billed, but a virtual key's allow-lists hold:
         // it may not count on a model or provider it cannot use.
         let allowed_providers = match self.authorize(head.presented.as_deref(), &request.model) {
@@ -1139,11 +1163,14 @@ impl Gateway {
             ..RequestOptions::default()
         };
         match self.engine.embed(&request, &opts).await {
-            Ok(out) => {
+            Ok(mut out) => {
                 let usage = out
                     .value
                     .usage
                     .unwrap_or_else(|| estimated_usage(request.input.estimate_tokens(), 0));
+                // OpenAI's embeddings answer always has usage (SDKs read it unguarded); a
+                // provider that reports none (Gemini) gets the estimate it is charged at.
+                let reported = out.value.usage.replace(usage);
                 let cost = ext
                     .pricing
                     .cost(&out.served_by.provider, &out.served_by.model, &usage);
@@ -1151,7 +1178,7 @@ impl Gateway {
                 let b64 = request.encoding_format.as_deref() == Some("base64");
                 record.provider = Some(String::from(&*out.served_by.provider));
                 record.model = Some(String::from(&*out.served_by.model));
-                record.usage = out.value.usage;
+                record.usage = reported;
                 record.cost_usd = cost;
                 record.status = 200;
                 record.duration = started.elapsed();
