@@ -1584,6 +1584,25 @@ secret = "AIza-v1beta"
         "{}",
         r.text()
     );
+    // 250 inputs (OpenAI takes 2,048) go to Gemini in batches of its limit, 100, and come back
+    // as one answer in input order.
+    let before = m.requests();
+    let inputs: Vec<String> = (0..250).map(|i| format!("text {i}")).collect();
+    let r = gw
+        .post(
+            "/v1/embeddings",
+            &json!({"model": "gem/text-embedding-004", "input": inputs}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(m.requests() - before, 3, "three batches");
+    let indices: Vec<u64> = r.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indices, (0..250).collect::<Vec<u64>>());
     gw.stop().await;
 }
 

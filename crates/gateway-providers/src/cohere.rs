@@ -759,15 +759,23 @@ impl Provider for CohereProvider {
                 "input",
             ));
         }
-        let body = to_bytes(&encode_embeddings(&call.model, &texts, request.dimensions))?;
-        let req = json_request(Method::POST, &self.embed_url, &self.headers(call)?, body)?;
-        let resp = self.client.fetch(req, call.timeout, classify_error).await?;
-        let wire: WireEmbeddings = serde_json::from_slice(resp.body())
-            .map_err(|e| ProviderError::Protocol(format!("cohere embed response: {e}")))?;
-        Ok(ProviderResponse {
-            body: decode_embeddings(wire, &call.model),
-            rate_limit: rate_limit_info(resp.headers()),
+        let headers = self.headers(call)?;
+        // `/v2/embed` takes at most 96 texts.
+        crate::embed_in_batches(&texts, 96, |batch| {
+            let headers = &headers;
+            async move {
+                let body = to_bytes(&encode_embeddings(&call.model, batch, request.dimensions))?;
+                let req = json_request(Method::POST, &self.embed_url, headers, body)?;
+                let resp = self.client.fetch(req, call.timeout, classify_error).await?;
+                let wire: WireEmbeddings = serde_json::from_slice(resp.body())
+                    .map_err(|e| ProviderError::Protocol(format!("cohere embed response: {e}")))?;
+                Ok(ProviderResponse {
+                    body: decode_embeddings(wire, &call.model),
+                    rate_limit: rate_limit_info(resp.headers()),
+                })
+            }
         })
+        .await
     }
 
     async fn list_models(&self, call: &Call) -> Result<Vec<ModelInfo>, ProviderError> {

@@ -1247,19 +1247,27 @@ impl Provider for GeminiProvider {
                 "input",
             ));
         }
-        let body = to_bytes(&encode_embeddings(&call.model, &texts, request.dimensions))?;
         let url = self.url(&call.model, "batchEmbedContents");
-        let req = json_request(Method::POST, &url, &self.headers(call)?, body)?;
-        let resp = self
-            .client
-            .fetch(req, call.timeout, classify_ai_studio)
-            .await?;
-        let wire: WireEmbeddings = serde_json::from_slice(resp.body())
-            .map_err(|e| ProviderError::Protocol(format!("gemini embeddings: {e}")))?;
-        Ok(ProviderResponse {
-            body: decode_embeddings(wire, &call.model),
-            rate_limit: RateLimitInfo::default(),
+        let headers = self.headers(call)?;
+        // `batchEmbedContents` takes at most 100 requests.
+        crate::embed_in_batches(&texts, 100, |batch| {
+            let (url, headers) = (&url, &headers);
+            async move {
+                let body = to_bytes(&encode_embeddings(&call.model, batch, request.dimensions))?;
+                let req = json_request(Method::POST, url, headers, body)?;
+                let resp = self
+                    .client
+                    .fetch(req, call.timeout, classify_ai_studio)
+                    .await?;
+                let wire: WireEmbeddings = serde_json::from_slice(resp.body())
+                    .map_err(|e| ProviderError::Protocol(format!("gemini embeddings: {e}")))?;
+                Ok(ProviderResponse {
+                    body: decode_embeddings(wire, &call.model),
+                    rate_limit: RateLimitInfo::default(),
+                })
+            }
         })
+        .await
     }
 
     async fn list_models(&self, call: &Call) -> Result<Vec<ModelInfo>, ProviderError> {

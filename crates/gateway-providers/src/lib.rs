@@ -54,3 +54,50 @@ pub fn one_answer_only(
         _ => Ok(()),
     }
 }
+
+/// Embeds `texts` in batches of at most `max` (a provider's limit per request), one call after
+/// another, and joins the answers in input order: indices renumbered, usage summed, the last
+/// call's rate-limit reading. OpenAI takes up to 2,048 inputs per request; Gemini 100, Cohere 96,
+/// Vertex 250, so a request valid for one must not be a 400 for another.
+pub(crate) async fn embed_in_batches<'t, F, Fut>(
+    texts: &'t [String],
+    max: usize,
+    mut call: F,
+) -> Result<
+    gateway_core::provider::ProviderResponse<gateway_core::types::EmbeddingResponse>,
+    gateway_core::error::ProviderError,
+>
+where
+    F: FnMut(&'t [String]) -> Fut,
+    Fut: std::future::Future<
+        Output = Result<
+            gateway_core::provider::ProviderResponse<gateway_core::types::EmbeddingResponse>,
+            gateway_core::error::ProviderError,
+        >,
+    >,
+{
+    let mut batches = texts.chunks(max.max(1));
+    let first = batches.next().unwrap_or_default();
+    let mut joined = call(first).await?;
+    for batch in batches {
+        let offset = u32::try_from(joined.body.data.len()).unwrap_or(u32::MAX);
+        let next = call(batch).await?;
+        joined
+            .body
+            .data
+            .extend(next.body.data.into_iter().map(|mut e| {
+                e.index = e.index.saturating_add(offset);
+                e
+            }));
+        joined.body.usage = match (joined.body.usage, next.body.usage) {
+            (Some(a), Some(b)) => Some(gateway_core::types::Usage::new(
+                a.prompt_tokens.saturating_add(b.prompt_tokens),
+                a.completion_tokens.saturating_add(b.completion_tokens),
+                0,
+            )),
+            (a, b) => a.or(b),
+        };
+        joined.rate_limit = next.rate_limit;
+    }
+    Ok(joined)
+}

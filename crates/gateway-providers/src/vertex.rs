@@ -682,20 +682,32 @@ impl Provider for VertexProvider {
             });
         }
         let (key, project) = self.account(call)?;
-        let body = to_bytes(&encode_embeddings(&texts, request.dimensions))?;
         let url = self.url(&project, &call.model, "predict");
-        let resp = self
-            .with_token(call, &key, |headers, timeout| {
-                let req = json_request(Method::POST, &url, &headers, body.clone());
-                async move { self.client.fetch(req?, timeout, classify_vertex).await }
-            })
-            .await?;
-        let value: Value = serde_json::from_slice(resp.body())
-            .map_err(|e| ProviderError::Protocol(format!("vertex embeddings: {e}")))?;
-        Ok(ProviderResponse {
-            body: decode_embeddings(&value, &call.model)?,
-            rate_limit: RateLimitInfo::default(),
+        // `:predict` takes at most 250 instances; `gemini-embedding-001` one.
+        let max = if call.model.contains("gemini-embedding") {
+            1
+        } else {
+            250
+        };
+        crate::embed_in_batches(&texts, max, |batch| {
+            let (url, key) = (&url, &key);
+            async move {
+                let body = to_bytes(&encode_embeddings(batch, request.dimensions))?;
+                let resp = self
+                    .with_token(call, key, |headers, timeout| {
+                        let req = json_request(Method::POST, url, &headers, body.clone());
+                        async move { self.client.fetch(req?, timeout, classify_vertex).await }
+                    })
+                    .await?;
+                let value: Value = serde_json::from_slice(resp.body())
+                    .map_err(|e| ProviderError::Protocol(format!("vertex embeddings: {e}")))?;
+                Ok(ProviderResponse {
+                    body: decode_embeddings(&value, &call.model)?,
+                    rate_limit: RateLimitInfo::default(),
+                })
+            }
         })
+        .await
     }
 }
 
