@@ -782,8 +782,10 @@ impl Gateway {
                     .pricing
                     .cost(&out.served_by.provider, &out.served_by.model, &usage);
                 permit.settle(&usage, cost);
+                // (An answer passed as it came is an OpenAI-format provider's: no lookup.)
                 if dialect == Dialect::OpenAi
                     && api != Api::Responses
+                    && out.value.raw.is_none()
                     && !openai_format(&out.served_by.provider_kind)
                 {
                     openai_id(&mut out.value.id);
