@@ -298,6 +298,30 @@ impl Limits {
         })
     }
 
+    /// [`Limits::allows_model`], or a name every provider serving it covers with `provider/*`:
+    /// `ant/*` admits the bare `claude-3-5-haiku-latest` when only `ant` serves it.
+    pub fn allows_model_served(&self, model: &str, serving: &[&str]) -> bool {
+        if self.allows_model(model) {
+            return true;
+        }
+        let Some(list) = &self.models else {
+            return true;
+        };
+        // A model addressed through its provider (`p/model`) was judged by `allows_model`.
+        let direct = model
+            .split_once('/')
+            .is_some_and(|(p, _)| serving.iter().any(|s| s.eq_ignore_ascii_case(p)));
+        !direct
+            && !serving.is_empty()
+            && serving.iter().all(|p| {
+                list.iter().any(|entry| {
+                    entry
+                        .strip_suffix("/*")
+                        .is_some_and(|ep| ep.eq_ignore_ascii_case(p))
+                })
+            })
+    }
+
     /// Whether the allow-list admits at least one of `providers` (always when there is no list).
     pub fn allows_any_provider(&self, providers: &[&str]) -> bool {
         let Some(list) = &self.providers else {

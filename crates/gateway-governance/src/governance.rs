@@ -405,7 +405,10 @@ fn check<'r>(
         .as_ref()
         .map_err(|e| Refusal::Forbidden(e.clone()))?;
     for l in levels {
-        if !l.limits.allows_model(request.model) {
+        if !l
+            .limits
+            .allows_model_served(request.model, request.providers)
+        {
             return Err(Refusal::Forbidden(format!(
                 "model '{}' is not allowed for {} '{}'",
                 request.model,

@@ -415,6 +415,7 @@ async fn model_allow_list_is_enforced_at_every_level() {
     let r = expect_refused(
         Req::new(Some(&s1))
             .model("anthropic/claude-sonnet-4")
+            .providers(&["anthropic"])
             .admit(&gov)
             .await,
         "unlisted",
@@ -776,4 +777,40 @@ async fn a_route_name_reserves_what_its_dearest_target_may_cost() {
         "unknown targets: the name's own price (none)",
     );
     drop(first);
+}
+
+#[tokio::test]
+async fn provider_wildcards_admit_the_bare_names_only_that_provider_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = LimitsSpec {
+        models: Some(vec!["ant/*".into()]),
+        ..key("k")
+    };
+    let gov = open(config(&dir, vec![spec]), &clock()).await;
+    let s = secret("k");
+    expect_ok(
+        Req::new(Some(&s))
+            .model("ant/claude-x")
+            .providers(&["ant"])
+            .admit(&gov)
+            .await,
+        "addressed through the provider",
+    );
+    expect_ok(
+        Req::new(Some(&s))
+            .model("claude-x")
+            .providers(&["ant"])
+            .admit(&gov)
+            .await,
+        "a bare name only ant serves",
+    );
+    let r = expect_refused(
+        Req::new(Some(&s))
+            .model("gpt-x")
+            .providers(&["ant", "oai"])
+            .admit(&gov)
+            .await,
+        "a bare name oai serves too",
+    );
+    assert!(matches!(r, Refusal::Forbidden(_)), "{r:?}");
 }
