@@ -248,6 +248,15 @@ pub fn encode_request(req: &ChatRequest, names: &mut ToolNames) -> Result<Value,
         }
     }
 
+    // Converse refuses a conversation that starts with the assistant ("A conversation must
+    // start with a user message"), which OpenAI's API takes (a greeting before the first
+    // question): a minimal user turn goes first.
+    if messages
+        .first()
+        .is_some_and(|(role, _)| *role == "assistant")
+    {
+        messages.insert(0, ("user", vec![json!({ "text": "." })]));
+    }
     let mut body = Map::new();
     body.insert(
         "messages".into(),
@@ -1798,6 +1807,25 @@ mod tests {
             r#"{"usage":{"inputTokens":412,"outputTokens":57,"totalTokens":469,"cacheReadInputTokens":100},"metrics":{"latencyMs":812}}"#,
         ),
     ];
+
+    #[test]
+    fn a_conversation_starting_with_the_assistant_gets_a_user_turn_first() {
+        let req: ChatRequest = serde_json::from_value(json!({
+            "model": "m", "messages": [
+                {"role": "system", "content": "Be kind."},
+                {"role": "assistant", "content": "Hello! How can I help?"},
+                {"role": "user", "content": "Weather?"}]
+        }))
+        .expect("request");
+        let body = encode_request(&req, &mut ToolNames::default()).expect("body");
+        let roles: Vec<&str> = body["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|m| m["role"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(roles, ["user", "assistant", "user"]);
+    }
 
     #[test]
     fn response_format_becomes_a_system_instruction() {
