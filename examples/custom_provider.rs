@@ -92,6 +92,7 @@ impl Provider for InHouse {
                         v["completion"].as_str().unwrap_or_default(),
                     ),
                     finish_reason: Some(FinishReason::Stop),
+                    logprobs: None,
                 }],
                 usage: Some(usage),
                 extra: Default::default(),

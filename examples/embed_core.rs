@@ -64,6 +64,7 @@ impl Provider for InHouse {
                         format!("{} says: you asked {question:?}", self.name),
                     ),
                     finish_reason: Some(FinishReason::Stop),
+                    logprobs: None,
                 }],
                 usage: Some(Usage::new(8, 6, 0)),
                 extra: Default::default(),

@@ -221,6 +221,7 @@ fn reply(model: &str) -> ChatResponse {
             index: 0,
             message: Message::text(Role::Assistant, "ok"),
             finish_reason: Some(crate::types::FinishReason::Stop),
+            logprobs: None,
         }],
         usage: Some(Usage::new(10, 1, 0)),
         extra: serde_json::Map::new(),

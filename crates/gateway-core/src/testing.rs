@@ -95,6 +95,7 @@ fn response(model: &str, text: String) -> ChatResponse {
             index: 0,
             message: Message::text(Role::Assistant, text),
             finish_reason: Some(FinishReason::Stop),
+            logprobs: None,
         }],
         usage: Some(Usage::new(5, 2, 0)),
         extra: serde_json::Map::new(),

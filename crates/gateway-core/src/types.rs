@@ -607,6 +607,10 @@ pub struct Choice {
     pub message: Message,
     /// Why it stopped.
     pub finish_reason: Option<FinishReason>,
+    /// Token log probabilities, when asked for and the provider gives them (OpenAI's shape,
+    /// kept as it came).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Value>,
 }
 
 /// A chat response in canonical form (hand-written deserialisation, like [`ChatRequest`]).
@@ -872,6 +876,7 @@ impl StreamAccumulator {
                     audio: None,
                 },
                 finish_reason: self.finish_reason,
+                logprobs: None,
             }],
             usage: self.usage,
             extra: Map::new(),

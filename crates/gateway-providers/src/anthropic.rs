@@ -868,6 +868,7 @@ pub fn parse_message_with(
                 audio: None,
             },
             finish_reason: wire.stop_reason.as_deref().map(map_stop_reason),
+            logprobs: None,
         }],
         usage: Some(usage),
         extra: Map::new(),

@@ -571,6 +571,7 @@ pub fn decode_response(
                 audio: None,
             },
             finish_reason: wire.stop_reason.as_deref().map(map_stop_reason),
+            logprobs: None,
         }],
         usage: wire.usage.map(WireUsage::to_usage),
         extra: Map::new(),

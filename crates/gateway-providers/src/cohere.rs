@@ -344,6 +344,7 @@ pub fn decode_response(
                 audio: None,
             },
             finish_reason: finish,
+            logprobs: None,
         }],
         usage: wire.usage.and_then(WireUsage::to_usage),
         extra: Map::new(),

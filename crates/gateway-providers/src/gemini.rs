@@ -745,6 +745,7 @@ pub fn decode_response(
                 audio: None,
             },
             finish_reason: finish,
+            logprobs: None,
         });
     }
     if choices.is_empty() {
@@ -761,6 +762,7 @@ pub fn decode_response(
             } else {
                 FinishReason::Stop
             }),
+            logprobs: None,
         });
     }
     let mut extra = Map::new();

@@ -902,6 +902,8 @@ struct WireChoice {
     message: Option<WireMessage>,
     #[serde(default, deserialize_with = "lenient_finish")]
     finish_reason: Option<FinishReason>,
+    #[serde(default)]
+    logprobs: Option<Value>,
 }
 
 #[derive(Default)]
@@ -1213,6 +1215,7 @@ fn light_response(body: &Bytes) -> Option<ChatResponse> {
                         audio: None,
                     },
                     finish_reason,
+                    logprobs: None,
                 };
                 has_message.then(|| choices.push(c))
             })?,
@@ -1305,6 +1308,7 @@ pub fn parse_chat_response(body: &[u8]) -> Result<ChatResponse, ProviderError> {
                     audio: m.audio,
                 },
                 finish_reason: c.finish_reason,
+                logprobs: c.logprobs.filter(|l| !l.is_null()),
             }
         })
         .collect();
@@ -1986,6 +1990,28 @@ mod usage_skim_tests {
 #[cfg(test)]
 mod direct_body_tests {
     use super::*;
+
+    #[test]
+    fn a_decoded_answer_keeps_its_logprobs() {
+        let body = Bytes::from(serde_json::json!({
+            "id": "c", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "finish_reason": "tool_calls",
+                "logprobs": {"content": [{"token": "x", "logprob": -0.1, "bytes": [120], "top_logprobs": []}]},
+                "message": {"role": "assistant", "content": null, "tool_calls": [{"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}}]
+        }).to_string());
+        // A tool-call answer is decoded (not passed as it came), and re-encoded with its logprobs.
+        let r = pass_chat_response(&body).expect("answer");
+        assert!(r.raw.is_none());
+        let v = serde_json::to_value(&r).expect("json");
+        assert_eq!(
+            v["choices"][0]["logprobs"]["content"][0]["token"], "x",
+            "{v}"
+        );
+        let plain = parse_chat_response(br#"{"id":"c","model":"m","choices":[{"index":0,"finish_reason":"stop","logprobs":null,"message":{"role":"assistant","content":"hi"}}]}"#).expect("answer");
+        assert!(serde_json::to_value(&plain).expect("json")["choices"][0]
+            .get("logprobs")
+            .is_none());
+    }
 
     #[test]
     fn direct_body_equals_the_value_path() {

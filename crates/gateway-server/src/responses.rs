@@ -758,6 +758,7 @@ mod tests {
                     "par",
                 ),
                 finish_reason: Some(FinishReason::Length),
+                logprobs: None,
             }],
             usage: None,
             extra: Map::new(),
