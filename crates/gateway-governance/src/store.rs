@@ -17,7 +17,7 @@
 //!   request's estimated cost must stay within the budget; a spent budget refuses even requests whose
 //!   cost cannot be estimated. Settlement adds the actual cost to the period current at that moment.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -347,8 +347,9 @@ struct State {
     entities: HashMap<LevelId, Entity>,
     /// Windows saved before a restart for levels not seen since.
     saved: HashMap<LevelId, WindowRow>,
-    /// Whether windows changed since they were last saved.
-    dirty: bool,
+    /// Levels whose windows changed since they were last saved (only those are saved: with
+    /// thousands of keys, a save covers the ones in use).
+    dirty: HashSet<LevelId>,
     /// Per level: (period, period start, USD) of the periods that have not ended.
     spend: HashMap<LevelId, Vec<(Period, i64, f64)>>,
     next_id: u64,
@@ -428,9 +429,11 @@ impl Embedded {
         let now = self.clock.now_ms();
         let mut guard = self.lock();
         let st = &mut *guard;
-        st.dirty = true;
         for l in levels {
             let id = (l.kind, l.name.clone());
+            if !st.dirty.contains(&id) {
+                st.dirty.insert(id.clone());
+            }
             let saved = &mut st.saved;
             st.entities
                 .entry(id)
@@ -533,11 +536,13 @@ impl Embedded {
         let now = self.clock.now_ms();
         let mut guard = self.lock();
         let st = &mut *guard;
-        if !std::mem::take(&mut st.dirty) {
+        if st.dirty.is_empty() {
             return Vec::new();
         }
-        st.entities
+        let dirty = std::mem::take(&mut st.dirty);
+        dirty
             .iter()
+            .filter_map(|id| Some((id, st.entities.get(id)?)))
             .filter(|(_, e)| e.rpm.is_some() || e.tpm.is_some() || e.minute_requests > 0)
             .map(|((kind, name), e)| WindowRow {
                 kind: *kind,
@@ -559,8 +564,11 @@ impl Embedded {
         {
             let mut guard = self.lock();
             let st = &mut *guard;
-            st.dirty = true;
             for (l, &taken) in r.levels.iter().zip(&r.taken) {
+                let id = (l.kind, l.name.clone());
+                if !st.dirty.contains(&id) {
+                    st.dirty.insert(id);
+                }
                 if let Some(e) = st.entities.get_mut(&(l.kind, l.name.clone())) {
                     e.sync(&l.limits, &self.clock, now);
                     e.in_flight = e.in_flight.saturating_sub(1);
