@@ -594,14 +594,18 @@ async fn openai_custom_tools_and_allowed_tools_choice() {
 
 #[tokio::test]
 async fn embeddings_models_health_and_count_tokens() {
-    let (gw, _o, _a) = setup().await;
+    let (gw, o, _a) = setup().await;
     let r = gw
         .post(
             "/v1/embeddings",
-            &json!({"model": "oai/text-embedding-3-small", "input": ["a", "b"]}),
+            &json!({"model": "oai/text-embedding-3-small", "input": ["a", "b"], "input_type": "search_query"}),
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        o.last_request().unwrap().body.get("input_type").is_none(),
+        "Cohere's input_type is not sent to OpenAI"
+    );
     let v = r.json();
     assert_eq!(v["data"].as_array().unwrap().len(), 2);
     assert!(v["data"][0]["embedding"].is_array());

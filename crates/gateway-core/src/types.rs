@@ -939,6 +939,10 @@ pub struct EmbeddingRequest {
     /// Gateway extension: fallbacks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fallbacks: Vec<String>,
+    /// Cohere's `input_type` (`search_query`, `search_document`, `classification`,
+    /// `clustering`), read by the providers that take it and never sent to others.
+    #[serde(default, skip_serializing)]
+    pub input_type: Option<String>,
 }
 
 /// One embedding.

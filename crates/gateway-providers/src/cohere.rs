@@ -561,12 +561,18 @@ impl StreamDecoder<SseEvent> for CohereStream {
 // Embeddings and models
 // ---------------------------------------------------------------------------------------------
 
-/// The `/v2/embed` body for `texts` (documents to index, float vectors).
-pub fn encode_embeddings(model: &str, texts: &[String], dimensions: Option<u32>) -> Value {
+/// The `/v2/embed` body for `texts` (float vectors; documents to index unless the request says
+/// what they are with `input_type`).
+pub fn encode_embeddings(
+    model: &str,
+    texts: &[String],
+    dimensions: Option<u32>,
+    input_type: Option<&str>,
+) -> Value {
     let mut body = json!({
         "model": model,
         "texts": texts,
-        "input_type": "search_document",
+        "input_type": input_type.unwrap_or("search_document"),
         "embedding_types": ["float"]
     });
     if let (Some(d), Value::Object(m)) = (dimensions, &mut body) {
@@ -765,7 +771,12 @@ impl Provider for CohereProvider {
         crate::embed_in_batches(&texts, 96, |batch| {
             let headers = &headers;
             async move {
-                let body = to_bytes(&encode_embeddings(&call.model, batch, request.dimensions))?;
+                let body = to_bytes(&encode_embeddings(
+                    &call.model,
+                    batch,
+                    request.dimensions,
+                    request.input_type.as_deref(),
+                ))?;
                 let req = json_request(Method::POST, &self.embed_url, headers, body)?;
                 let resp = self.client.fetch(req, call.timeout, classify_error).await?;
                 let wire: WireEmbeddings = serde_json::from_slice(resp.body())
@@ -1099,9 +1110,14 @@ mod tests {
 
     #[test]
     fn embeddings() {
-        let body = encode_embeddings("embed-v4.0", &["a".into(), "b".into()], None);
+        let body = encode_embeddings("embed-v4.0", &["a".into(), "b".into()], None, None);
         expect![[r#"{"embedding_types":["float"],"input_type":"search_document","model":"embed-v4.0","texts":["a","b"]}"#]]
             .assert_eq(&body.to_string());
+        let query = encode_embeddings("embed-v4.0", &["q".into()], None, Some("search_query"));
+        assert_eq!(
+            query["input_type"], "search_query",
+            "the client's input_type"
+        );
         let wire: WireEmbeddings = serde_json::from_str(
             r#"{"id":"e1","embeddings":{"float":[[0.5,-1.0],[0.25,0.0]]},"texts":["a","b"],"meta":{"billed_units":{"input_tokens":2}}}"#,
         )

@@ -469,6 +469,7 @@ async fn gemini_quota_and_request_shape() {
                 dimensions: None,
                 user: None,
                 fallbacks: Vec::new(),
+                input_type: None,
             },
         )
         .await
@@ -646,6 +647,7 @@ async fn cohere_embeddings() {
                 dimensions: None,
                 user: None,
                 fallbacks: Vec::new(),
+                input_type: None,
             },
         )
         .await

@@ -128,6 +128,7 @@ async fn openai_chat_stream_embeddings_models() {
                 dimensions: Some(8),
                 user: None,
                 fallbacks: Vec::new(),
+                input_type: None,
             },
         )
         .await
@@ -207,6 +208,7 @@ async fn azure_url_key_and_version() {
                 dimensions: None,
                 user: None,
                 fallbacks: Vec::new(),
+                input_type: None,
             },
         )
         .await
