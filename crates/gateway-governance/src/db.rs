@@ -33,6 +33,9 @@ pub(crate) struct SpendRow {
     pub period_start: i64,
     pub period_end: Option<i64>,
     pub usd: f64,
+    /// Requests settled and their tokens, counted with the spend.
+    pub requests: u64,
+    pub tokens: u64,
 }
 
 /// The rate-limit windows of one level (rpm, tpm, the current minute's counts), saved so that
@@ -150,6 +153,8 @@ pub(crate) fn open(path: &Path, now_ms: i64) -> Result<(Connection, Loaded), Gov
              period_start INTEGER NOT NULL,
              period_end INTEGER,
              spend_usd REAL NOT NULL,
+             requests INTEGER NOT NULL DEFAULT 0,
+             tokens INTEGER NOT NULL DEFAULT 0,
              PRIMARY KEY (kind, name, period, period_start)
          );
          CREATE TABLE IF NOT EXISTS windows (
@@ -170,6 +175,16 @@ pub(crate) fn open(path: &Path, now_ms: i64) -> Result<(Connection, Loaded), Gov
          );
          PRAGMA user_version = 1;",
     )?;
+    // Databases made before the period counts: add their columns.
+    let has_counts = conn
+        .prepare("SELECT 1 FROM pragma_table_info('spend') WHERE name = 'requests'")?
+        .exists([])?;
+    if !has_counts {
+        conn.execute_batch(
+            "ALTER TABLE spend ADD COLUMN requests INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE spend ADD COLUMN tokens INTEGER NOT NULL DEFAULT 0;",
+        )?;
+    }
     let mut loaded = Loaded {
         api_keys_made: conn
             .query_row(
@@ -213,8 +228,8 @@ pub(crate) fn open(path: &Path, now_ms: i64) -> Result<(Connection, Loaded), Gov
     }
     {
         let mut stmt = conn.prepare(
-            "SELECT kind, name, period, period_start, period_end, spend_usd FROM spend
-             WHERE period_end IS NULL OR period_end > ?1",
+            "SELECT kind, name, period, period_start, period_end, spend_usd, requests, tokens
+             FROM spend WHERE period_end IS NULL OR period_end > ?1",
         )?;
         let rows = stmt.query_map([now_ms], |r| {
             Ok((
@@ -224,10 +239,12 @@ pub(crate) fn open(path: &Path, now_ms: i64) -> Result<(Connection, Loaded), Gov
                 r.get::<_, i64>(3)?,
                 r.get::<_, Option<i64>>(4)?,
                 r.get::<_, f64>(5)?,
+                r.get::<_, i64>(6)?,
+                r.get::<_, i64>(7)?,
             ))
         })?;
         for row in rows {
-            let (kind, name, period, period_start, period_end, usd) = row?;
+            let (kind, name, period, period_start, period_end, usd, requests, tokens) = row?;
             let kind = match kind.as_str() {
                 "key" => Kind::Key,
                 "team" => Kind::Team,
@@ -246,6 +263,8 @@ pub(crate) fn open(path: &Path, now_ms: i64) -> Result<(Connection, Loaded), Gov
                 period_start,
                 period_end,
                 usd,
+                requests: u64::try_from(requests).unwrap_or(0),
+                tokens: u64::try_from(tokens).unwrap_or(0),
             });
         }
     }
@@ -376,9 +395,12 @@ fn commit_spend(conn: &mut Connection, rows: &mut Vec<SpendRow>) {
         let tx = conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO spend (kind, name, period, period_start, period_end, spend_usd)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (kind, name, period, period_start) DO UPDATE SET spend_usd = spend_usd + excluded.spend_usd",
+                "INSERT INTO spend (kind, name, period, period_start, period_end, spend_usd, requests, tokens)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (kind, name, period, period_start) DO UPDATE SET
+                     spend_usd = spend_usd + excluded.spend_usd,
+                     requests = requests + excluded.requests,
+                     tokens = tokens + excluded.tokens",
             )?;
             for r in rows.iter() {
                 stmt.execute(params![
@@ -387,7 +409,9 @@ fn commit_spend(conn: &mut Connection, rows: &mut Vec<SpendRow>) {
                     r.period,
                     r.period_start,
                     r.period_end,
-                    r.usd
+                    r.usd,
+                    i64::try_from(r.requests).unwrap_or(i64::MAX),
+                    i64::try_from(r.tokens).unwrap_or(i64::MAX),
                 ])?;
             }
         }
@@ -444,4 +468,60 @@ fn update_key(conn: &Connection, k: &StoredKey) -> Result<(), String> {
         return Err(format!("virtual key {:?} does not exist", k.spec.name));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database made before the period counts opens: its spend loads, with counts from zero,
+    /// and a settlement adds to both.
+    #[test]
+    fn a_database_without_period_counts_is_brought_up_to_date() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("governance.sqlite3");
+        {
+            let conn = Connection::open(&path).expect("db");
+            conn.execute_batch(
+                "CREATE TABLE spend (
+                     kind TEXT NOT NULL, name TEXT NOT NULL, period TEXT NOT NULL,
+                     period_start INTEGER NOT NULL, period_end INTEGER, spend_usd REAL NOT NULL,
+                     PRIMARY KEY (kind, name, period, period_start));
+                 INSERT INTO spend VALUES ('key', 'k', 'lifetime', 0, NULL, 1.5);",
+            )
+            .expect("old schema");
+        }
+        let (mut conn, loaded) = open(&path, 1_000).expect("opens");
+        assert_eq!(loaded.spend.len(), 1);
+        assert_eq!(
+            (
+                loaded.spend[0].usd,
+                loaded.spend[0].requests,
+                loaded.spend[0].tokens
+            ),
+            (1.5, 0, 0)
+        );
+        let mut rows = vec![SpendRow {
+            kind: Kind::Key,
+            name: "k".into(),
+            period: "lifetime",
+            period_start: 0,
+            period_end: None,
+            usd: 0.5,
+            requests: 1,
+            tokens: 40,
+        }];
+        commit_spend(&mut conn, &mut rows);
+        assert!(rows.is_empty(), "committed");
+        drop(conn);
+        let (_, loaded) = open(&path, 1_000).expect("opens again");
+        assert_eq!(
+            (
+                loaded.spend[0].usd,
+                loaded.spend[0].requests,
+                loaded.spend[0].tokens
+            ),
+            (2.0, 1, 40)
+        );
+    }
 }

@@ -465,18 +465,20 @@ impl RedisStore {
         let [state, inflight, resv, spend, minute] = keys_of(l, now);
         let mut conn = self.conn.clone();
         #[allow(clippy::type_complexity)]
-        let (spent, costs, in_flight, minute_counts, bucket): (
+        let (spent, costs, in_flight, minute_counts, bucket, period_counts): (
             Option<f64>,
             Vec<f64>,
             u64,
             (Option<u64>, Option<u64>),
             (Option<f64>, Option<f64>),
+            (Option<u64>, Option<u64>),
         ) = redis::pipe()
             .get(&spend)
             .hvals(&resv)
             .zcount(&inflight, now, "+inf")
             .hget(&minute, &["requests", "tokens"])
             .hget(&state, &["tpm_level", "tpm_ts"])
+            .hget(period_counts_key(&spend), &["requests", "tokens"])
             .query_async(&mut conn)
             .await
             .map_err(|e| format!("governance store unavailable: {e}"))?;
@@ -493,9 +495,17 @@ impl RedisStore {
             in_flight,
             requests_this_minute: minute_counts.0.unwrap_or(0),
             tokens_this_minute: minute_counts.1.unwrap_or(0),
+            requests_this_period: period_counts.0.unwrap_or(0),
+            tokens_this_period: period_counts.1.unwrap_or(0),
             tpm_available,
         })
     }
+}
+
+/// The hash of a level's requests and tokens settled in a budget period, beside its spend
+/// counter (informational: counted after the settlement, not inside its script).
+fn period_counts_key(spend_key: &str) -> String {
+    format!("{spend_key}:counts")
 }
 
 /// Applies settlements and releases in order, retrying while Redis is unreachable.
@@ -536,7 +546,25 @@ async fn settler(
                     .arg(expire_at);
             }
             match inv.invoke_async::<String>(&mut conn).await {
-                Ok(_) => break,
+                Ok(_) => {
+                    if let Some((used, _)) = actual {
+                        let mut pipe = redis::pipe();
+                        for l in &r.levels {
+                            let key = period_counts_key(&keys_of(l, now)[3]);
+                            pipe.hincr(&key, "requests", 1)
+                                .ignore()
+                                .hincr(&key, "tokens", used)
+                                .ignore();
+                            if let Some(end) = l.limits.period.bounds(now).1 {
+                                pipe.cmd("PEXPIREAT").arg(&key).arg(end + WEEK_MS).ignore();
+                            }
+                        }
+                        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+                            tracing::warn!(error = %e, "could not count a settled request in its period");
+                        }
+                    }
+                    break;
+                }
                 Err(e) if attempt < 6 => {
                     tracing::warn!(error = %e, attempt, "governance settlement failed; retrying");
                     tokio::time::sleep(delay).await;

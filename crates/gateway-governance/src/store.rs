@@ -69,6 +69,10 @@ pub struct UsageView {
     pub requests_this_minute: u64,
     /// Tokens settled in the current UTC minute.
     pub tokens_this_minute: u64,
+    /// Requests settled in the current budget period (all time without a period).
+    pub requests_this_period: u64,
+    /// Their tokens.
+    pub tokens_this_period: u64,
     /// Tokens the tpm bucket holds now (when a tpm is set).
     pub tpm_available: Option<i64>,
 }
@@ -350,33 +354,53 @@ struct State {
     /// Levels whose windows changed since they were last saved (only those are saved: with
     /// thousands of keys, a save covers the ones in use).
     dirty: HashSet<LevelId>,
-    /// Per level: (period, period start, USD) of the periods that have not ended.
-    spend: HashMap<LevelId, Vec<(Period, i64, f64)>>,
+    /// Per level: the spend and counts of the periods that have not ended.
+    spend: HashMap<LevelId, Vec<PeriodUsage>>,
     next_id: u64,
+}
+
+/// What one level used in one budget period.
+#[derive(Debug, Clone, Copy, Default)]
+struct PeriodUsage {
+    period: Period,
+    start: i64,
+    usd: f64,
+    requests: u64,
+    tokens: u64,
 }
 
 impl State {
     fn spent(&self, l: &Level, now_ms: i64) -> f64 {
+        self.period_usage(l, now_ms).usd
+    }
+
+    /// The level's usage of its current period (zero when there is none yet).
+    fn period_usage(&self, l: &Level, now_ms: i64) -> PeriodUsage {
         let start = l.limits.period.bounds(now_ms).0;
         self.spend
             .get(&(l.kind, l.name.clone()))
             .and_then(|v| {
                 v.iter()
-                    .find(|(p, s, _)| *p == l.limits.period && *s == start)
+                    .find(|u| u.period == l.limits.period && u.start == start)
             })
-            .map_or(0.0, |(_, _, usd)| *usd)
+            .copied()
+            .unwrap_or_default()
     }
 
-    /// Adds spend to one period, forgetting the level's finished periods of the same kind.
-    fn add_spend(&mut self, kind: Kind, name: Arc<str>, period: Period, start: i64, usd: f64) {
+    /// Adds to one period, forgetting the level's finished periods of the same kind.
+    fn add_spend(&mut self, kind: Kind, name: Arc<str>, add: PeriodUsage) {
         let periods = self.spend.entry((kind, name)).or_default();
-        periods.retain(|(p, s, _)| *p != period || *s >= start);
+        periods.retain(|u| u.period != add.period || u.start >= add.start);
         match periods
             .iter_mut()
-            .find(|(p, s, _)| *p == period && *s == start)
+            .find(|u| u.period == add.period && u.start == add.start)
         {
-            Some((_, _, total)) => *total += usd,
-            None => periods.push((period, start, usd)),
+            Some(u) => {
+                u.usd += add.usd;
+                u.requests = u.requests.saturating_add(add.requests);
+                u.tokens = u.tokens.saturating_add(add.tokens);
+            }
+            None => periods.push(add),
         }
     }
 }
@@ -406,9 +430,13 @@ impl Embedded {
             state.add_spend(
                 row.kind,
                 Arc::from(row.name.as_str()),
-                period,
-                row.period_start,
-                row.usd,
+                PeriodUsage {
+                    period,
+                    start: row.period_start,
+                    usd: row.usd,
+                    requests: row.requests,
+                    tokens: row.tokens,
+                },
             );
         }
         Embedded {
@@ -583,9 +611,21 @@ impl Embedded {
                     }
                     e.minute_tokens = e.minute_tokens.saturating_add(used);
                 }
-                if let Some((_, cost)) = actual.filter(|(_, c)| *c > 0.0) {
+                // A settled request counts in its period, with its tokens and what it cost.
+                if let Some((tokens, cost)) = actual {
                     let (start, end) = l.limits.period.bounds(now);
-                    st.add_spend(l.kind, l.name.clone(), l.limits.period, start, cost);
+                    let cost = cost.max(0.0);
+                    st.add_spend(
+                        l.kind,
+                        l.name.clone(),
+                        PeriodUsage {
+                            period: l.limits.period,
+                            start,
+                            usd: cost,
+                            requests: 1,
+                            tokens,
+                        },
+                    );
                     rows.push(SpendRow {
                         kind: l.kind,
                         name: l.name.to_string(),
@@ -593,6 +633,8 @@ impl Embedded {
                         period_start: start,
                         period_end: end,
                         usd: cost,
+                        requests: 1,
+                        tokens,
                     });
                 }
             }
@@ -604,10 +646,13 @@ impl Embedded {
         let now = self.clock.now_ms();
         let mut guard = self.lock();
         let st = &mut *guard;
-        let spend_usd = st.spent(l, now);
+        let period = st.period_usage(l, now);
+        let spend_usd = period.usd;
         let Some(e) = st.entities.get_mut(&(l.kind, l.name.clone())) else {
             return UsageView {
                 spend_usd,
+                requests_this_period: period.requests,
+                tokens_this_period: period.tokens,
                 tpm_available: l.limits.tpm.map(|t| t as i64),
                 ..UsageView::default()
             };
@@ -615,6 +660,8 @@ impl Embedded {
         e.sync(&l.limits, &self.clock, now);
         UsageView {
             spend_usd,
+            requests_this_period: period.requests,
+            tokens_this_period: period.tokens,
             reserved_usd: e.reserved_usd,
             in_flight: e.in_flight,
             requests_this_minute: e.minute_requests,

@@ -299,6 +299,10 @@ async fn api_keys_persist_across_restarts_and_only_their_hash_is_stored() {
         v["spend_usd"], 1.0,
         "the key's own usage is also at the top: {v}"
     );
+    assert_eq!(
+        v["requests_this_period"], 1,
+        "the period's requests survive a restart: {v}"
+    );
     assert_eq!(v["created_at"], "2026-11-24T10:00:00Z");
 }
 

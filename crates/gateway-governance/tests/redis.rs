@@ -196,6 +196,11 @@ async fn tokens_concurrency_and_budget_are_shared_and_settled() {
     assert_eq!(u["reserved_usd"], 0.0, "{v}");
     assert_eq!(u["tpm_available"], 500, "1000 - 500 used: {v}");
     assert_eq!(u["requests_this_minute"], 2, "{v}");
+    assert_eq!(
+        u["requests_this_period"], 1,
+        "one settled, one released: {v}"
+    );
+    assert_eq!(u["tokens_this_period"], 500, "{v}");
     assert_eq!(u["resets_at"], "2026-11-24T11:00:00Z", "{v}");
     let p = expect_ok(
         Req::new(Some(&s)).tokens(200, 200).admit(&govs[1]).await,
