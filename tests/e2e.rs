@@ -1754,3 +1754,59 @@ secret = "mistral-key-123"
     );
     gw.stop().await;
 }
+
+/// A call about a stored response that the upstream refuses as the caller's mistake (cancelling
+/// a response that is not in progress) comes back as the upstream said it, not as a failure of
+/// the gateway.
+#[tokio::test]
+async fn a_refused_call_about_a_stored_response_comes_back_as_it_came() {
+    let base = stand_in_upstream(|_, body| {
+        if body.is_empty() {
+            let e = json!({"error": {"message": "Cannot cancel a response that is not in progress.",
+                "type": "invalid_request_error", "param": null, "code": null}});
+            (400, "application/json", e.to_string())
+        } else {
+            let r = json!({"id": "resp_abc", "object": "response", "created_at": 1, "status": "completed",
+                "model": "gpt-4o-mini", "output": [{"type": "message", "id": "msg_1", "status": "completed",
+                "role": "assistant", "content": [{"type": "output_text", "text": "hi", "annotations": []}]}],
+                "usage": {"input_tokens": 3, "output_tokens": 1, "total_tokens": 4}});
+            (200, "application/json", r.to_string())
+        }
+    })
+    .await;
+    let gw = TestGateway::start(&format!(
+        r#"
+[[providers]]
+name = "oai"
+kind = "openai"
+base_url = "{base}"
+[[providers.keys]]
+name = "k"
+secret = "sk-stored-123"
+"#
+    ))
+    .await;
+    let r = gw
+        .post(
+            "/v1/responses",
+            &json!({"model": "oai/gpt-4o-mini", "input": "hi"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let c = gw
+        .request(
+            "POST",
+            "/v1/responses/resp_abc/cancel",
+            &[("authorization", "Bearer client-key")],
+            bytes::Bytes::new(),
+        )
+        .await;
+    assert_eq!(c.status, 400, "{}", c.text());
+    assert_eq!(
+        c.json()["error"]["message"],
+        "Cannot cancel a response that is not in progress.",
+        "{}",
+        c.text()
+    );
+    gw.stop().await;
+}

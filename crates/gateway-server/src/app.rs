@@ -1041,14 +1041,19 @@ impl Gateway {
                 }
                 resp
             }
-            Err(e) => error_response(
-                &ApiError::from(&gateway_core::EngineError::Exhausted {
-                    attempts: 1,
-                    last: e,
-                }),
-                dialect,
-                request_id,
-            ),
+            Err(e) => {
+                // The caller's own error (cancelling a finished response...) comes back as the
+                // upstream gave it; anything else is the upstream failing.
+                let err = if e.scope() == gateway_core::error::FailoverScope::Caller {
+                    gateway_core::EngineError::Caller(e)
+                } else {
+                    gateway_core::EngineError::Exhausted {
+                        attempts: 1,
+                        last: e,
+                    }
+                };
+                error_response(&ApiError::from(&err), dialect, request_id)
+            }
         }
     }
 
