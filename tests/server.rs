@@ -462,3 +462,33 @@ async fn upstream_tls_trusts_the_ca_file_and_speaks_http1_unless_http2_is_asked(
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A Vertex provider needs a service account: in `credentials_file`, or as each key's `secret`;
+/// a key with neither is named in the refusal.
+#[tokio::test]
+async fn vertex_keys_need_a_service_account_somewhere() {
+    let toml = r#"
+[[providers]]
+name = "vx"
+kind = "vertex"
+project = "p"
+location = "us-central1"
+[[providers.keys]]
+name = "a"
+"#;
+    let cfg = Config::from_toml(toml).unwrap();
+    match Gateway::new(cfg, None, Extensions::default()).await {
+        Ok(_) => panic!("a vertex key without a service account was accepted"),
+        Err(e) => {
+            let e = e.to_string();
+            assert!(e.contains("credentials_file"), "{e}");
+        }
+    }
+    // With a secret on every key, no credentials_file is asked for (the JSON's own checks
+    // decide the rest).
+    let with_secret = toml.replace("name = \"a\"", "name = \"a\"\nsecret = \"{}\"");
+    let cfg = Config::from_toml(&with_secret).unwrap();
+    if let Err(e) = Gateway::new(cfg, None, Extensions::default()).await {
+        assert!(!e.to_string().contains("required for kind `vertex`"), "{e}");
+    }
+}
