@@ -1431,11 +1431,7 @@ fn tool_use_id(id: &str) -> std::borrow::Cow<'_, str> {
     if valid {
         return std::borrow::Cow::Borrowed(id);
     }
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in id.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = crate::fnv1a(id.as_bytes());
     let kept: String = id
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')

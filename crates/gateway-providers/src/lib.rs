@@ -101,3 +101,11 @@ where
     }
     Ok(joined)
 }
+
+/// FNV-1a of `bytes`: stable across runs and builds, for ids mapped deterministically (a tool
+/// call and its result must map alike).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

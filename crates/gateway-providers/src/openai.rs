@@ -632,11 +632,7 @@ pub fn mistral_tool_id(id: &str) -> String {
         return id.to_owned();
     }
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in id.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let mut h = crate::fnv1a(id.as_bytes());
     (0..9)
         .map(|_| {
             let c = ALPHABET[(h % 62) as usize] as char;

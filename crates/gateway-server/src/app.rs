@@ -498,17 +498,7 @@ impl Gateway {
         // same allow-lists as the model it names, or a key limited to one route could reach any
         // model by naming it as a fallback of a primary that fails.
         for fallback in fallbacks {
-            let providers = self.engine.providers_for(fallback);
-            let refs: Vec<&str> = providers.iter().map(String::as_str).collect();
-            if let Err(r) = ext.admission.authorize(&AdmissionRequest {
-                presented_key: presented,
-                model: fallback,
-                providers: &refs,
-                targets: &[],
-                estimated_input_tokens: 0,
-                max_output_tokens: 0,
-                headroom: 1.0,
-            }) {
+            if let Err(r) = self.access(&*ext.admission, presented, fallback) {
                 let mut error = ApiError::from(&r);
                 error.message = format!("fallback '{fallback}': {}", error.message);
                 return Err(Refused {
@@ -635,20 +625,30 @@ impl Gateway {
         if !ext.admission.enabled() {
             return Ok(Vec::new());
         }
-        let providers = self.engine.providers_for(model);
-        let refs: Vec<&str> = providers.iter().map(String::as_str).collect();
-        ext.admission
-            .authorize(&AdmissionRequest {
-                presented_key: presented,
-                model,
-                providers: &refs,
-                targets: &[],
-                estimated_input_tokens: 0,
-                max_output_tokens: 0,
-                headroom: 1.0,
-            })
+        self.access(&*ext.admission, presented, model)
             .map(Option::unwrap_or_default)
             .map_err(|r| ApiError::from(&r))
+    }
+
+    /// [`Admission::authorize`] for `model` as this gateway serves it: its access checks,
+    /// nothing reserved; the providers the key may reach (`None`: all).
+    fn access(
+        &self,
+        admission: &dyn Admission,
+        presented: Option<&str>,
+        model: &str,
+    ) -> Result<Option<Vec<String>>, gateway_core::Refusal> {
+        let providers = self.engine.providers_for(model);
+        let refs: Vec<&str> = providers.iter().map(String::as_str).collect();
+        admission.authorize(&AdmissionRequest {
+            presented_key: presented,
+            model,
+            providers: &refs,
+            targets: &[],
+            estimated_input_tokens: 0,
+            max_output_tokens: 0,
+            headroom: 1.0,
+        })
     }
 
     async fn chat(
@@ -1652,6 +1652,10 @@ impl<S> Drop for SseBody<S> {
     }
 }
 
+/// The `data:` field of an SSE event, searched for by a finder built once (not per chunk).
+static DATA_FIELD: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"data:"));
+
 /// Events that are ready together go out in one frame (one write) up to this size; a lone event
 /// goes out at once, so coalescing never delays a token. The first chunk is never coalesced: an
 /// upstream that sends a burst (the whole answer of a fast model in one read) would otherwise
@@ -1696,9 +1700,10 @@ where
                     if this.foreign_ids {
                         openai_id(&mut chunk.id);
                     }
-                    this.events += chunk.raw.as_deref().map_or(1, |raw| {
-                        memchr::memmem::find_iter(raw, b"data:").count() as u64
-                    });
+                    this.events += chunk
+                        .raw
+                        .as_deref()
+                        .map_or(1, |raw| DATA_FIELD.find_iter(raw).count() as u64);
                     match &mut this.anthropic {
                         Some(enc) => enc.chunk(&chunk, &mut this.buf),
                         None if this.verbatim => match (&chunk.raw, &mut this.responses) {

@@ -71,15 +71,8 @@ impl Services {
         if let Err(e) = governance_config(config).validate() {
             problems.push(format!("governance: {e}"));
         }
-        if let Some(p) = config.telemetry.otlp_protocol.clone().or_else(|| {
-            otel_env(&[
-                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-                "OTEL_EXPORTER_OTLP_PROTOCOL",
-            ])
-        }) {
-            if let Err(e) = p.parse::<gateway_telemetry::OtlpProtocol>() {
-                problems.push(format!("telemetry.otlp_protocol: {e}"));
-            }
+        if let Err(e) = otlp_protocol(config) {
+            problems.push(e);
         }
         if problems.is_empty() {
             Ok(())
@@ -113,21 +106,8 @@ impl Services {
                     ])
                 })
                 .filter(|e| !e.is_empty()),
-            otlp_protocol: config
-                .telemetry
-                .otlp_protocol
-                .clone()
-                .or_else(|| {
-                    otel_env(&[
-                        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-                        "OTEL_EXPORTER_OTLP_PROTOCOL",
-                    ])
-                })
-                .unwrap_or_default()
-                .parse()
-                .map_err(|e| {
-                    config::ConfigError::Invalid(vec![format!("telemetry.otlp_protocol: {e}")])
-                })?,
+            otlp_protocol: otlp_protocol(config)
+                .map_err(|e| config::ConfigError::Invalid(vec![e]))?,
             service_name: config
                 .telemetry
                 .service_name
@@ -176,6 +156,23 @@ impl Services {
         }
         self.telemetry.flush().await;
     }
+}
+
+/// `[telemetry] otlp_protocol`, else the OpenTelemetry environment's, else protobuf.
+fn otlp_protocol(config: &Config) -> Result<gateway_telemetry::OtlpProtocol, String> {
+    config
+        .telemetry
+        .otlp_protocol
+        .clone()
+        .or_else(|| {
+            otel_env(&[
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+            ])
+        })
+        .unwrap_or_default()
+        .parse()
+        .map_err(|e| format!("telemetry.otlp_protocol: {e}"))
 }
 
 /// The first of the OpenTelemetry environment variables that is set and not empty.
