@@ -93,6 +93,22 @@ def test_openai_models(gateway):
     assert "chat" in ids and "fast/gpt-4o-mini" in ids
 
 
+def test_anthropic_models_list_pages(gateway):
+    """Anthropic's list is paged (`limit`, `after_id`, `has_more`); the OpenAI one is whole."""
+    everything = [m.id for m in oai(gateway).models.list()]
+    assert len(everything) >= 3, everything
+    client = ant(gateway)
+    first = client.models.list(limit=2)
+    assert [m.id for m in first.data] == everything[:2]
+    assert first.has_more and first.last_id == everything[1]
+    # The SDK's auto-paging walks every page with `after_id`.
+    assert [m.id for m in client.models.list(limit=1)] == everything
+    assert [m.id for m in client.models.list()] == everything
+    with pytest.raises(anthropic.BadRequestError) as e:
+        client.models.list(limit=0)
+    assert e.value.body["error"]["type"] == "invalid_request_error"
+
+
 def test_openai_errors(gateway):
     with pytest.raises(openai.NotFoundError):
         oai(gateway).chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])

@@ -298,12 +298,29 @@ impl Gateway {
             }
             (Method::GET, "/v1/models" | "/models") => {
                 let models = self.visible_models(req.headers());
-                let mut r = Response::new(full(openai::encode_models(&models)));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
+                let page = openai::ModelPage::from_query(
+                    req.uri().query().unwrap_or_default(),
+                    req.headers().contains_key("anthropic-version"),
                 );
-                r
+                match page.and_then(|page| page.encode(&models)) {
+                    Ok(body) => {
+                        let mut r = Response::new(full(body));
+                        r.headers_mut().insert(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/json"),
+                        );
+                        r
+                    }
+                    Err(e) => {
+                        // The Anthropic SDK reads its own error shape.
+                        let dialect = if req.headers().contains_key("anthropic-version") {
+                            Dialect::Anthropic
+                        } else {
+                            dialect
+                        };
+                        error_response(&e, dialect, &request_id)
+                    }
+                }
             }
             (Method::GET, p) if p.starts_with("/v1/models/") => {
                 let id = &p["/v1/models/".len()..];

@@ -389,6 +389,10 @@ pub fn encode_embeddings(resp: &EmbeddingResponse, base64: bool) -> Bytes {
 
 /// `GET /v1/models` in a shape both the OpenAI and the Anthropic SDKs read.
 pub fn encode_models(models: &[ModelInfo]) -> Bytes {
+    encode_model_page(models, false)
+}
+
+fn encode_model_page(models: &[ModelInfo], has_more: bool) -> Bytes {
     let data: Vec<Value> = models.iter().map(model_json).collect();
     let first = models.first().map(|m| m.id.clone());
     let last = models.last().map(|m| m.id.clone());
@@ -396,12 +400,112 @@ pub fn encode_models(models: &[ModelInfo]) -> Bytes {
         serde_json::to_vec(&json!({
             "object": "list",
             "data": data,
-            "has_more": false,
+            "has_more": has_more,
             "first_id": first,
             "last_id": last,
         }))
         .unwrap_or_default(),
     )
+}
+
+/// The page of `GET /v1/models` a caller asked for. OpenAI's list has no pages; Anthropic's
+/// takes `limit` (1 to 1,000, default 20), `after_id` and `before_id` and answers `has_more`,
+/// `first_id` and `last_id`. A request with the `anthropic-version` header or any of those
+/// parameters is paged the Anthropic way; any other gets the whole list.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ModelPage {
+    limit: Option<usize>,
+    after_id: Option<String>,
+    before_id: Option<String>,
+}
+
+impl ModelPage {
+    /// Anthropic's default page size.
+    const DEFAULT_LIMIT: usize = 20;
+    const MAX_LIMIT: usize = 1000;
+
+    /// Reads the query string; a `limit` out of range or not a number is the caller's mistake.
+    pub fn from_query(query: &str, anthropic: bool) -> Result<Self, ApiError> {
+        let mut page = Self::default();
+        let mut paged = anthropic;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = percent_decode_query(v);
+            match k {
+                "limit" => {
+                    let n = v
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=Self::MAX_LIMIT).contains(n))
+                        .ok_or_else(|| {
+                            ApiError::invalid(format!(
+                                "limit: must be an integer from 1 to {}, got `{v}`",
+                                Self::MAX_LIMIT
+                            ))
+                            .param("limit")
+                        })?;
+                    page.limit = Some(n);
+                    paged = true;
+                }
+                "after_id" if !v.is_empty() => {
+                    page.after_id = Some(v);
+                    paged = true;
+                }
+                "before_id" if !v.is_empty() => {
+                    page.before_id = Some(v);
+                    paged = true;
+                }
+                _ => {}
+            }
+        }
+        if page.after_id.is_some() && page.before_id.is_some() {
+            return Err(ApiError::invalid(
+                "after_id and before_id cannot be given together".to_owned(),
+            ));
+        }
+        if paged && page.limit.is_none() {
+            page.limit = Some(Self::DEFAULT_LIMIT);
+        }
+        Ok(page)
+    }
+
+    /// The page's body. An `after_id` or `before_id` the list does not hold gives an empty
+    /// page.
+    pub fn encode(&self, models: &[ModelInfo]) -> Result<Bytes, ApiError> {
+        let Some(limit) = self.limit else {
+            return Ok(encode_models(models));
+        };
+        let position = |id: &str| models.iter().position(|m| m.id == id);
+        let (page, has_more) = if let Some(after) = &self.after_id {
+            match position(after) {
+                Some(i) => {
+                    let rest = &models[i + 1..];
+                    let n = rest.len().min(limit);
+                    (&rest[..n], rest.len() > n)
+                }
+                None => (&models[..0], false),
+            }
+        } else if let Some(before) = &self.before_id {
+            match position(before) {
+                Some(i) => {
+                    let start = i.saturating_sub(limit);
+                    (&models[start..i], start > 0)
+                }
+                None => (&models[..0], false),
+            }
+        } else {
+            let n = models.len().min(limit);
+            (&models[..n], models.len() > n)
+        };
+        Ok(encode_model_page(page, has_more))
+    }
+}
+
+/// `+` and `%XX` of a query value.
+fn percent_decode_query(v: &str) -> String {
+    percent_encoding::percent_decode_str(&v.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// One model in both SDKs' shapes.
@@ -436,6 +540,57 @@ pub fn responses_error_event(err: &ApiError, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use gateway_core::types::Embedding;
+
+    /// Anthropic's paging over the model list: `limit` (default 20 once paged), `after_id`,
+    /// `before_id`; OpenAI's request gets everything.
+    #[test]
+    fn model_pages() {
+        let models: Vec<ModelInfo> = (0..25)
+            .map(|i| ModelInfo {
+                id: format!("m{i:02}"),
+                owned_by: "gateway".to_owned(),
+                created: 0,
+            })
+            .collect();
+        let ids = |page: &ModelPage| -> (Vec<String>, bool) {
+            let v: Value = serde_json::from_slice(&page.encode(&models).unwrap()).unwrap();
+            let ids = v["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["id"].as_str().unwrap().to_owned())
+                .collect();
+            (ids, v["has_more"].as_bool().unwrap())
+        };
+        let whole = ModelPage::from_query("", false).unwrap();
+        assert_eq!(ids(&whole).0.len(), 25);
+        assert!(!ids(&whole).1);
+        let (first, more) = ids(&ModelPage::from_query("", true).unwrap());
+        assert_eq!((first.len(), more), (20, true));
+        let (next, more) = ids(&ModelPage::from_query("after_id=m19", false).unwrap());
+        assert_eq!(next, ["m20", "m21", "m22", "m23", "m24"]);
+        assert!(!more);
+        let (before, more) = ids(&ModelPage::from_query("limit=3&before_id=m05", true).unwrap());
+        assert_eq!(before, ["m02", "m03", "m04"]);
+        assert!(more);
+        let (before, more) = ids(&ModelPage::from_query("limit=10&before_id=m05", true).unwrap());
+        assert_eq!(before.len(), 5);
+        assert!(!more);
+        let (none, more) = ids(&ModelPage::from_query("after_id=zzz", true).unwrap());
+        assert!(none.is_empty() && !more);
+        for bad in [
+            "limit=0",
+            "limit=1001",
+            "limit=x",
+            "after_id=m01&before_id=m03",
+        ] {
+            assert_eq!(
+                ModelPage::from_query(bad, true).unwrap_err().status,
+                400,
+                "{bad}"
+            );
+        }
+    }
 
     /// A legacy function-calling conversation reads as tools: calls get ids their results
     /// answer (the latest call of the same name), the choice and the one-call-at-a-time rule
