@@ -1810,3 +1810,247 @@ secret = "sk-stored-123"
     );
     gw.stop().await;
 }
+
+/// The `data:` payloads of an SSE body, with their event names.
+fn sse_events(body: &[u8]) -> Vec<(String, Value)> {
+    let text = String::from_utf8_lossy(body);
+    let mut out = Vec::new();
+    let mut name = String::new();
+    for line in text.lines() {
+        if let Some(n) = line.strip_prefix("event: ") {
+            name = n.to_owned();
+        } else if let Some(d) = line.strip_prefix("data: ") {
+            if let Ok(v) = serde_json::from_str::<Value>(d) {
+                out.push((std::mem::take(&mut name), v));
+            }
+        }
+    }
+    out
+}
+
+/// An Anthropic client's extended thinking reaches a Gemini model as a thinking budget that
+/// asks for the thoughts back, and the thoughts come back as a `thinking` block before the text,
+/// whole and streamed. Without thinking, neither the budget nor the block.
+#[tokio::test]
+async fn an_anthropic_clients_thinking_crosses_to_gemini_and_back() {
+    let seen: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
+    let answer = json!({"candidates": [{"content": {"role": "model", "parts": [
+            {"text": "Two and two.", "thought": true}, {"text": "Four."}]},
+        "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": 2, "thoughtsTokenCount": 4,
+            "totalTokenCount": 15},
+        "modelVersion": "gemini-2.5-flash", "responseId": "r1"});
+    let whole = {
+        let seen = Arc::clone(&seen);
+        let answer = answer.clone();
+        stand_in_upstream(move |_, body| {
+            seen.lock()
+                .unwrap()
+                .push(serde_json::from_slice(body).unwrap());
+            (200, "application/json", answer.to_string())
+        })
+        .await
+    };
+    let streamed = {
+        let seen = Arc::clone(&seen);
+        stand_in_upstream(move |_, body| {
+            seen.lock()
+                .unwrap()
+                .push(serde_json::from_slice(body).unwrap());
+            let first = json!({"candidates": [{"content": {"role": "model", "parts": [
+                {"text": "Two and two.", "thought": true}]}, "index": 0}],
+                "modelVersion": "gemini-2.5-flash", "responseId": "r2"});
+            let second = json!({"candidates": [{"content": {"role": "model", "parts": [
+                {"text": "Four."}]}, "finishReason": "STOP", "index": 0}],
+                "usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": 2,
+                    "thoughtsTokenCount": 4, "totalTokenCount": 15},
+                "modelVersion": "gemini-2.5-flash", "responseId": "r2"});
+            (
+                200,
+                "text/event-stream",
+                format!("data: {first}\r\n\r\ndata: {second}\r\n\r\n"),
+            )
+        })
+        .await
+    };
+    let gw = TestGateway::start(&format!(
+        r#"
+[[providers]]
+name = "gem"
+kind = "gemini"
+base_url = "{whole}"
+[[providers.keys]]
+name = "k"
+secret = "AIza-whole"
+
+[[providers]]
+name = "gems"
+kind = "gemini"
+base_url = "{streamed}"
+[[providers.keys]]
+name = "k"
+secret = "AIza-streamed"
+"#,
+        whole = whole.trim_end_matches("/v1"),
+        streamed = streamed.trim_end_matches("/v1"),
+    ))
+    .await;
+    let ask = |model: &str, thinking: bool, stream: bool| {
+        let mut b = json!({"model": model, "max_tokens": 4096, "stream": stream,
+            "messages": [{"role": "user", "content": "2+2?"}]});
+        if thinking {
+            b["thinking"] = json!({"type": "enabled", "budget_tokens": 2048});
+        }
+        b
+    };
+
+    let r = gw
+        .post_anthropic(&ask("gem/gemini-2.5-flash", true, false))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent = seen.lock().unwrap().pop().unwrap();
+    assert_eq!(
+        sent["generationConfig"]["thinkingConfig"],
+        json!({"thinkingBudget": 2048, "includeThoughts": true}),
+        "{sent}"
+    );
+    let v = r.json();
+    assert_eq!(
+        v["content"][0],
+        json!({"type": "thinking", "thinking": "Two and two.", "signature": ""}),
+        "{v}"
+    );
+    assert_eq!(
+        v["content"][1],
+        json!({"type": "text", "text": "Four."}),
+        "{v}"
+    );
+
+    // Not asked: no budget sent, no thinking block (a client reading `content[0].text` is safe).
+    let r = gw
+        .post_anthropic(&ask("gem/gemini-2.5-flash", false, false))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent = seen.lock().unwrap().pop().unwrap();
+    assert!(
+        sent["generationConfig"].get("thinkingConfig").is_none(),
+        "{sent}"
+    );
+    let v = r.json();
+    assert_eq!(
+        v["content"],
+        json!([{"type": "text", "text": "Four."}]),
+        "{v}"
+    );
+
+    // A model that cannot think is not sent a thinking configuration it would refuse.
+    let r = gw
+        .post_anthropic(&ask("gem/gemini-2.0-flash", true, false))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent = seen.lock().unwrap().pop().unwrap();
+    assert!(
+        sent["generationConfig"].get("thinkingConfig").is_none(),
+        "{sent}"
+    );
+
+    let r = gw
+        .post_anthropic(&ask("gems/gemini-2.5-flash", true, true))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent = seen.lock().unwrap().pop().unwrap();
+    assert_eq!(
+        sent["generationConfig"]["thinkingConfig"]["includeThoughts"], true,
+        "{sent}"
+    );
+    let events = sse_events(&r.body);
+    let blocks: Vec<(String, Value)> = events
+        .iter()
+        .filter(|(n, _)| n.starts_with("content_block"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        blocks[0].1["content_block"]["type"], "thinking",
+        "{events:?}"
+    );
+    assert_eq!(blocks[0].1["index"], 0);
+    assert_eq!(
+        blocks[1].1["delta"],
+        json!({"type": "thinking_delta", "thinking": "Two and two."})
+    );
+    assert_eq!(blocks[2].1["delta"]["type"], "signature_delta");
+    assert_eq!(blocks[3].0, "content_block_stop");
+    assert_eq!(blocks[3].1["index"], 0);
+    assert_eq!(blocks[4].1["content_block"]["type"], "text");
+    assert_eq!(blocks[4].1["index"], 1);
+    assert_eq!(blocks[5].1["delta"]["text"], "Four.");
+    gw.stop().await;
+}
+
+/// OpenAI's reasoning models refuse `max_tokens`: an Anthropic client's limit reaches them as
+/// `max_completion_tokens`, and its thinking budget as `reasoning_effort`; other models keep
+/// `max_tokens` and are sent no effort.
+#[tokio::test]
+async fn an_anthropic_client_reaches_openai_reasoning_models() {
+    let seen: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
+    let base = {
+        let seen = Arc::clone(&seen);
+        stand_in_upstream(move |_, body| {
+            let v: Value = serde_json::from_slice(body).unwrap();
+            let model = v["model"].as_str().unwrap_or_default().to_owned();
+            seen.lock().unwrap().push(v);
+            let r = json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1,
+                "model": model, "choices": [{"index": 0, "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": "Four."}}],
+                "usage": {"prompt_tokens": 9, "completion_tokens": 70, "total_tokens": 79,
+                    "completion_tokens_details": {"reasoning_tokens": 64}}});
+            (200, "application/json", r.to_string())
+        })
+        .await
+    };
+    let gw = TestGateway::start(&format!(
+        r#"
+[[providers]]
+name = "oai"
+kind = "openai"
+base_url = "{base}"
+[[providers.keys]]
+name = "k"
+secret = "sk-reasoning-1"
+"#
+    ))
+    .await;
+    for (model, thinking, effort) in [
+        ("oai/o4-mini", Some(2048), Some("low")),
+        ("oai/gpt-5", Some(20_000), Some("high")),
+        ("oai/o3", None, None),
+        ("oai/gpt-4o-mini", Some(2048), None),
+    ] {
+        let mut b = json!({"model": model, "max_tokens": 30_000,
+            "messages": [{"role": "user", "content": "2+2?"}]});
+        if let Some(budget) = thinking {
+            b["thinking"] = json!({"type": "enabled", "budget_tokens": budget});
+        }
+        let r = gw.post_anthropic(&b).await;
+        assert_eq!(r.status, 200, "{model}: {}", r.text());
+        assert_eq!(r.json()["content"][0]["text"], "Four.", "{model}");
+        let sent = seen.lock().unwrap().pop().unwrap();
+        let reasons = model != "oai/gpt-4o-mini";
+        assert_eq!(
+            sent.get("max_tokens").is_some(),
+            !reasons,
+            "{model}: {sent}"
+        );
+        assert_eq!(
+            sent.get("max_completion_tokens").is_some(),
+            reasons,
+            "{model}: {sent}"
+        );
+        assert_eq!(
+            sent.get("reasoning_effort").and_then(Value::as_str),
+            effort,
+            "{model}: {sent}"
+        );
+    }
+    gw.stop().await;
+}

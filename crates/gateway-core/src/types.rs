@@ -412,6 +412,13 @@ pub struct ChatRequest {
     /// Reasoning effort (`low`, `medium`, `high`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_effort: Option<String>,
+    /// A thinking budget in tokens, as an Anthropic client asks for it (`thinking.budget_tokens`).
+    /// It also asks for the reasoning back. An adapter whose provider thinks by budget sends it
+    /// as its own field (Gemini's `thinkingBudget`, Claude's `thinking` on Bedrock); one whose
+    /// provider takes an effort sends [`ChatRequest::thinking_effort`], and only to models that
+    /// reason; others leave it out. Not an OpenAI field: never serialized.
+    #[serde(skip)]
+    pub thinking_budget: Option<u32>,
     /// Stream the answer.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stream: bool,
@@ -482,6 +489,20 @@ impl ChatRequest {
     /// The output limit the caller asked for, whichever field carried it.
     pub fn output_limit(&self) -> Option<u32> {
         self.max_completion_tokens.or(self.max_tokens)
+    }
+
+    /// The reasoning effort this request asks for: its own `reasoning_effort`, else the effort
+    /// of its [`thinking budget`](ChatRequest::thinking_budget) (below 4,096 tokens `low`,
+    /// below 16,384 `medium`, else `high`).
+    pub fn thinking_effort(&self) -> Option<&str> {
+        if let Some(e) = self.reasoning_effort.as_deref() {
+            return Some(e);
+        }
+        Some(match self.thinking_budget? {
+            0..=4095 => "low",
+            4096..=16383 => "medium",
+            _ => "high",
+        })
     }
 
     /// A cheap estimate of input tokens (about four bytes per token, plus per-message overhead).

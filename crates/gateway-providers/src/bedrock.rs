@@ -12,7 +12,10 @@
 //! turn), `tool_calls` become `toolUse` blocks, tool names are sanitized to `[a-zA-Z][a-zA-Z0-9_]*`
 //! (at most 64 characters) with a reverse map for the answer ([`ToolNames`]), and `top_k` goes into
 //! `additionalModelRequestFields`. `temperature` is clamped to Bedrock's 0–1; `n`, `seed`, the
-//! penalties, `response_format` and `reasoning_effort` have no Converse field and are not sent.
+//! penalties and `response_format` have no Converse field and are not sent; for a Claude model
+//! that thinks, an Anthropic client's thinking budget or an OpenAI client's `reasoning_effort`
+//! goes into `additionalModelRequestFields.thinking` ([`with_thinking`]), and the answer's
+//! `reasoningContent` comes back as reasoning.
 //! Images must be `data:` URLs (sent as bytes) or `s3://` locations. ConverseStream answers with `application/vnd.amazon.eventstream`
 //! frames ([`crate::eventstream`]) that [`BedrockStream`] turns into canonical chunks; usage only
 //! arrives in the final `metadata` event and is sent on a `choices: []` chunk.
@@ -173,6 +176,68 @@ fn bad_request(message: impl Into<String>, param: &str) -> ProviderError {
         message: message.into(),
         param: Some(param.to_owned()),
         code: None,
+    }
+}
+
+/// Whether a Bedrock model id is a Claude model that thinks (Claude 3.7 and the models named
+/// `claude-{family}-{version}`, from Claude 4 on); earlier Claude models refuse `thinking`.
+fn claude_thinks(model: &str) -> bool {
+    model.contains("anthropic.claude")
+        && (model.contains("claude-3-7")
+            || ["claude-sonnet-", "claude-opus-", "claude-haiku-"]
+                .iter()
+                .any(|f| model.contains(f)))
+}
+
+/// Extended thinking for a Claude model through Converse: the budget an Anthropic client asked
+/// for, or the budget of an OpenAI client's `reasoning_effort` (as the `anthropic` kind sends
+/// it: within three quarters of the client's limit, at least 1,024), in
+/// `additionalModelRequestFields.thinking`. With thinking on, Claude takes no `temperature`
+/// or `top_k`, and `maxTokens` must exceed the budget. Other models are left as they are.
+pub fn with_thinking(body: &mut Value, req: &ChatRequest, model: &str) {
+    // A tool-use turn in the history would have to start with the thinking that preceded it
+    // (with its signature), which a translated conversation does not have: thinking stays off.
+    if !claude_thinks(model) || req.messages.iter().any(|m| m.tool_calls.is_some()) {
+        return;
+    }
+    let budget = req.thinking_budget.or_else(|| {
+        let budget = crate::anthropic::thinking_budget(req.reasoning_effort.as_deref()?)?;
+        let budget = match req.output_limit() {
+            Some(limit) => budget.min(limit - limit / 4),
+            None => budget,
+        };
+        (budget >= 1024).then_some(budget)
+    });
+    let (Some(budget), Some(body)) = (budget, body.as_object_mut()) else {
+        return;
+    };
+    if let Some(Value::Object(inference)) = body.get_mut("inferenceConfig") {
+        inference.remove("temperature");
+        let max = inference.get("maxTokens").and_then(Value::as_u64);
+        match max {
+            Some(m) if m <= u64::from(budget) => {
+                inference.insert("maxTokens".into(), Value::from(m + u64::from(budget)));
+            }
+            Some(_) => {}
+            None => {
+                inference.insert("maxTokens".into(), Value::from(u64::from(budget) + 4096));
+            }
+        }
+    } else {
+        body.insert(
+            "inferenceConfig".into(),
+            json!({ "maxTokens": u64::from(budget) + 4096 }),
+        );
+    }
+    let extra = body
+        .entry("additionalModelRequestFields")
+        .or_insert_with(|| json!({}));
+    if let Some(extra) = extra.as_object_mut() {
+        extra.remove("top_k");
+        extra.insert(
+            "thinking".into(),
+            json!({"type": "enabled", "budget_tokens": budget}),
+        );
     }
 }
 
@@ -1327,7 +1392,8 @@ impl Provider for BedrockProvider {
             });
         }
         let mut names = ToolNames::default();
-        let body = encode_request(request, &mut names)?;
+        let mut body = encode_request(request, &mut names)?;
+        with_thinking(&mut body, request, &call.model);
         let body =
             Bytes::from(serde_json::to_vec(&body).map_err(|e| {
                 ProviderError::Protocol(format!("encoding the bedrock request: {e}"))
@@ -1398,7 +1464,8 @@ impl Provider for BedrockProvider {
             });
         }
         let mut names = ToolNames::default();
-        let body = encode_request(request, &mut names)?;
+        let mut body = encode_request(request, &mut names)?;
+        with_thinking(&mut body, request, &call.model);
         let body =
             Bytes::from(serde_json::to_vec(&body).map_err(|e| {
                 ProviderError::Protocol(format!("encoding the bedrock request: {e}"))
@@ -1446,6 +1513,64 @@ mod tests {
     use crate::eventstream::{encode_frame, HeaderValue as EvHeader};
     use expect_test::expect;
     use gateway_core::types::StreamAccumulator;
+
+    /// A Claude model that thinks gets the thinking budget in `additionalModelRequestFields`,
+    /// without `temperature` and `top_k` and with room for an answer beside the budget; older
+    /// Claude models, other models and conversations with tool calls are left as they were.
+    #[test]
+    fn thinking_for_claude_models_that_think() {
+        let req = |extra: Value| -> ChatRequest {
+            let mut v = json!({"model": "m", "max_tokens": 2000, "temperature": 0.3, "top_k": 5,
+                "messages": [{"role": "user", "content": "hi"}]});
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            serde_json::from_value(v).unwrap()
+        };
+        let body = |r: &ChatRequest, model: &str| {
+            let mut b = encode_request(r, &mut ToolNames::default()).unwrap();
+            with_thinking(&mut b, r, model);
+            b
+        };
+        let mut budget = req(json!({}));
+        budget.thinking_budget = Some(3000);
+        let b = body(&budget, "us.anthropic.claude-sonnet-4-20250514-v1:0");
+        assert_eq!(
+            b["additionalModelRequestFields"],
+            json!({"thinking": {"type": "enabled", "budget_tokens": 3000}}),
+            "{b}"
+        );
+        assert_eq!(b["inferenceConfig"], json!({"maxTokens": 5000}), "{b}");
+        let effort = req(json!({"reasoning_effort": "medium", "max_tokens": 16000}));
+        let b = body(&effort, "anthropic.claude-3-7-sonnet-20250219-v1:0");
+        assert_eq!(
+            b["additionalModelRequestFields"]["thinking"]["budget_tokens"], 4096,
+            "{b}"
+        );
+        assert_eq!(b["inferenceConfig"]["maxTokens"], 16000, "{b}");
+        for model in [
+            "anthropic.claude-3-5-sonnet-20240620-v1:0",
+            "amazon.nova-pro-v1:0",
+        ] {
+            let b = body(&budget, model);
+            assert!(
+                b["additionalModelRequestFields"].get("thinking").is_none(),
+                "{model}: {b}"
+            );
+            assert_eq!(b["inferenceConfig"]["temperature"], 0.3, "{model}: {b}");
+        }
+        let mut tools = req(json!({"messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "t1", "type": "function",
+                "function": {"name": "w", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "t1", "content": "sunny"}]}));
+        tools.thinking_budget = Some(3000);
+        let b = body(&tools, "us.anthropic.claude-sonnet-4-20250514-v1:0");
+        assert!(
+            b["additionalModelRequestFields"].get("thinking").is_none(),
+            "{b}"
+        );
+    }
 
     fn request(raw: Value) -> ChatRequest {
         serde_json::from_value(raw).expect("a valid canonical request")

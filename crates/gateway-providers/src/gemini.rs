@@ -372,8 +372,37 @@ fn generation_config(req: &ChatRequest, model: &str) -> Map<String, Value> {
             "thinkingConfig",
             Some(thinking_config(effort, model, req.output_limit())),
         );
+    } else if let Some(budget) = req.thinking_budget.filter(|_| thinks(model)) {
+        put(
+            "thinkingConfig",
+            Some(budget_config(budget, req.thinking_effort(), model)),
+        );
     }
     g
+}
+
+/// Whether `model` can think (Gemini 2.5 and later); earlier models refuse a `thinkingConfig`.
+fn thinks(model: &str) -> bool {
+    is_gemini_3(model) || model.contains("2.5") || model.contains("thinking")
+}
+
+/// An Anthropic client's thinking budget as a `thinkingConfig` that also asks for the thoughts
+/// back (`includeThoughts`): the budget itself, within what the model takes (Flash up to
+/// 24,576, Pro 128 to 32,768), or on Gemini 3 the level of its effort.
+fn budget_config(budget: u32, effort: Option<&str>, model: &str) -> Value {
+    if is_gemini_3(model) {
+        let level = match effort {
+            Some("low") => "low",
+            _ => "high",
+        };
+        return json!({ "thinkingLevel": level, "includeThoughts": true });
+    }
+    let budget = if model.contains("pro") {
+        budget.clamp(128, 32_768)
+    } else {
+        budget.min(24_576)
+    };
+    json!({ "thinkingBudget": budget, "includeThoughts": true })
 }
 
 /// `reasoning_effort` as a `thinkingConfig`: a thinking level on Gemini 3, a token budget before.

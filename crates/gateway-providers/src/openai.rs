@@ -57,6 +57,10 @@ pub struct Quirks {
     /// The upstream gives one answer per request (Groq: `n` must be 1): a request for several
     /// is passed over to a target that can.
     pub one_answer: bool,
+    /// OpenAI's reasoning models (`o1`, `o3`, `o4-mini`, `gpt-5`...; OpenAI and Azure): they
+    /// refuse `max_tokens`, so a request's limit goes as `max_completion_tokens`, and an
+    /// Anthropic client's thinking budget goes as `reasoning_effort`.
+    pub reasoning_models: bool,
 }
 
 impl Quirks {
@@ -69,6 +73,7 @@ impl Quirks {
                 "openai" | "azure" | "mistral" | "groq" | "deepseek" | "xai" | "cerebras"
             ),
             one_answer: kind == "groq",
+            reasoning_models: matches!(kind, "openai" | "azure"),
         }
     }
 }
@@ -392,6 +397,17 @@ fn is_json(resp: &Response<Incoming>) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Requests
 
+/// Whether `model` is one of OpenAI's reasoning models (by name: `o1`, `o3`, `o4-mini`,
+/// `gpt-5`, not `gpt-5-chat`), which refuse `max_tokens` and take `reasoning_effort`.
+pub fn is_reasoning_model(model: &str) -> bool {
+    let m = model.rsplit('/').next().unwrap_or(model);
+    let o_series = m.len() >= 2
+        && m.as_bytes()[0] == b'o'
+        && m.as_bytes()[1].is_ascii_digit()
+        && !m.starts_with("o2");
+    o_series || (m.starts_with("gpt-5") && !m.contains("chat"))
+}
+
 /// The OpenAI request body for `request`, with `model` as the upstream model id.
 pub fn chat_body(
     request: &ChatRequest,
@@ -399,6 +415,24 @@ pub fn chat_body(
     stream: bool,
     quirks: Quirks,
 ) -> Result<Bytes, ProviderError> {
+    // A reasoning model refuses `max_tokens` (an Anthropic client always sends one) and takes
+    // a thinking budget as an effort. Rare enough that the request is copied to say so.
+    let adjusted;
+    let request = if quirks.reasoning_models
+        && (request.max_tokens.is_some()
+            || (request.thinking_budget.is_some() && request.reasoning_effort.is_none()))
+        && is_reasoning_model(model)
+    {
+        adjusted = ChatRequest {
+            max_completion_tokens: request.max_completion_tokens.or(request.max_tokens),
+            max_tokens: None,
+            reasoning_effort: request.thinking_effort().map(str::to_owned),
+            ..request.clone()
+        };
+        &adjusted
+    } else {
+        request
+    };
     let encoded = if quirks.mistral
         || request
             .messages
@@ -2029,6 +2063,7 @@ mod direct_body_tests {
                     mistral: false,
                     drop_top_k,
                     one_answer: false,
+                    reasoning_models: false,
                 };
                 let fast: Value =
                     serde_json::from_slice(&chat_body(&req, "up", stream, q).unwrap()).unwrap();
@@ -2043,6 +2078,32 @@ mod direct_body_tests {
 mod tests {
     use super::*;
     use expect_test::expect;
+
+    #[test]
+    fn reasoning_models_by_name() {
+        for m in [
+            "o1",
+            "o1-mini",
+            "o3",
+            "o3-pro",
+            "o4-mini",
+            "gpt-5",
+            "gpt-5-mini",
+            "openai/o3",
+        ] {
+            assert!(is_reasoning_model(m), "{m}");
+        }
+        for m in [
+            "gpt-4o",
+            "gpt-4o-mini",
+            "gpt-5-chat-latest",
+            "gpt-4.1",
+            "omni-moderation",
+            "o",
+        ] {
+            assert!(!is_reasoning_model(m), "{m}");
+        }
+    }
 
     #[test]
     fn mistral_ids_are_nine_alphanumerics() {

@@ -37,6 +37,8 @@ struct MessagesRequest {
     tool_choice: Option<Value>,
     #[serde(default)]
     fallbacks: Option<Vec<String>>,
+    #[serde(default)]
+    thinking: Option<Value>,
     #[serde(flatten)]
     _rest: Map<String, Value>,
 }
@@ -284,6 +286,16 @@ pub fn decode_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
         }
     });
     let stream = req.stream.unwrap_or(false);
+    // Extended thinking, for providers other than Anthropic (which get the body as written):
+    // `{"type": "enabled", "budget_tokens": N}` is a budget each adapter sends as its provider
+    // takes one. `disabled` and `adaptive` (the model decides) ask for nothing to translate.
+    let thinking_budget = req
+        .thinking
+        .as_ref()
+        .filter(|t| t.get("type").and_then(Value::as_str) == Some("enabled"))
+        .and_then(|t| t.get("budget_tokens"))
+        .and_then(Value::as_u64)
+        .map(|b| u32::try_from(b).unwrap_or(u32::MAX));
     Ok(ChatRequest {
         model: req.model,
         messages,
@@ -306,6 +318,7 @@ pub fn decode_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
             include_usage: true,
         }),
         fallbacks: req.fallbacks.unwrap_or_default(),
+        thinking_budget,
         ..ChatRequest::default()
     })
 }
@@ -347,11 +360,21 @@ fn tool_input(arguments: &str) -> Value {
         .unwrap_or_else(|| json!({}))
 }
 
-/// Encodes a canonical response as an Anthropic message.
-pub fn encode_response(resp: &ChatResponse) -> Bytes {
+/// Encodes a canonical response as an Anthropic message. With `thinking` (the client asked for
+/// extended thinking), the provider's reasoning text comes first as a `thinking` block; it has
+/// no signature (only Anthropic signs its thinking), so the block's `signature` is empty.
+pub fn encode_response(resp: &ChatResponse, thinking: bool) -> Bytes {
     let mut content = Vec::new();
     let choice = resp.choices.first();
     if let Some(c) = choice {
+        if let Some(r) = c
+            .message
+            .reasoning_content
+            .as_deref()
+            .filter(|r| thinking && !r.is_empty())
+        {
+            content.push(json!({"type": "thinking", "thinking": r, "signature": ""}));
+        }
         let text = c.message.content_text();
         if !text.is_empty() {
             content.push(json!({"type": "text", "text": text}));
@@ -383,6 +406,7 @@ pub fn encode_response(resp: &ChatResponse) -> Bytes {
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 enum Block {
     None,
+    Thinking(usize),
     Text(usize),
     Tool { block: usize, tool: u32 },
 }
@@ -400,6 +424,8 @@ pub struct StreamEncoder {
     usage: Option<Usage>,
     input_estimate: u64,
     model: String,
+    /// The client asked for extended thinking: reasoning deltas become a `thinking` block.
+    thinking: bool,
 }
 
 fn event(out: &mut Vec<u8>, name: &str, data: &Value) {
@@ -436,12 +462,31 @@ impl StreamEncoder {
             usage: None,
             input_estimate,
             model: model.to_owned(),
+            thinking: false,
         }
+    }
+
+    /// Reasoning deltas are passed on as a `thinking` block (the client asked for extended
+    /// thinking); without this they are left out, as Anthropic leaves thinking out then.
+    #[must_use]
+    pub fn with_thinking(mut self, thinking: bool) -> Self {
+        self.thinking = thinking;
+        self
     }
 
     fn close(&mut self, out: &mut Vec<u8>) {
         let index = match self.open {
             Block::None => return,
+            Block::Thinking(i) => {
+                // Anthropic ends a thinking block with its signature; a provider's reasoning
+                // has none.
+                event(
+                    out,
+                    "content_block_delta",
+                    &json!({"type": "content_block_delta", "index": i, "delta": {"type": "signature_delta", "signature": ""}}),
+                );
+                i
+            }
             Block::Text(i) => i,
             Block::Tool { block, .. } => block,
         };
@@ -488,6 +533,33 @@ impl StreamEncoder {
         for c in &chunk.choices {
             if c.index != 0 {
                 continue;
+            }
+            if let Some(r) = c
+                .delta
+                .reasoning_content
+                .as_deref()
+                .filter(|r| self.thinking && !r.is_empty())
+            {
+                let index = match self.open {
+                    Block::Thinking(i) => i,
+                    _ => {
+                        self.close(out);
+                        let i = self.next_index;
+                        self.next_index += 1;
+                        event(
+                            out,
+                            "content_block_start",
+                            &json!({"type": "content_block_start", "index": i, "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
+                        );
+                        self.open = Block::Thinking(i);
+                        i
+                    }
+                };
+                event(
+                    out,
+                    "content_block_delta",
+                    &json!({"type": "content_block_delta", "index": index, "delta": {"type": "thinking_delta", "thinking": r}}),
+                );
             }
             if let Some(text) = c.delta.content.as_deref().filter(|t| !t.is_empty()) {
                 let index = match self.open {

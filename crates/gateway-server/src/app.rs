@@ -826,7 +826,10 @@ impl Gateway {
                     Dialect::Anthropic => match &out.value.raw {
                         // An Anthropic upstream's message, as it came.
                         Some(raw) => raw.clone(),
-                        None => anthropic::encode_response(&out.value),
+                        None => anthropic::encode_response(
+                            &out.value,
+                            request.thinking_budget.is_some(),
+                        ),
                     },
                 };
                 record.route = out.route.as_deref().map(str::to_owned);
@@ -919,8 +922,10 @@ impl Gateway {
                 let body = SseBody {
                     inner: out.value,
                     dialect,
-                    anthropic: (dialect == Dialect::Anthropic)
-                        .then(|| anthropic::StreamEncoder::new(&request.model, est)),
+                    anthropic: (dialect == Dialect::Anthropic).then(|| {
+                        anthropic::StreamEncoder::new(&request.model, est)
+                            .with_thinking(request.thinking_budget.is_some())
+                    }),
                     responses: (api == Api::Responses).then(|| {
                         crate::responses::StreamEncoder::new(
                             request
