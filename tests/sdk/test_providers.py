@@ -376,3 +376,27 @@ def test_openai_sdk_legacy_completions(gateway):
     assert text == r.choices[0].text and usage is not None and usage.completion_tokens > 0
     with pytest.raises(openai.BadRequestError):
         client.completions.create(model=f"ant/{MODEL['ant']}", prompt="x")
+
+
+@pytest.mark.parametrize("provider,model", [("gem", "gemini-2.5-flash"),
+                                            ("bed", "us.anthropic.claude-sonnet-4-20250514-v1:0")])
+def test_anthropic_thinking_on_other_providers(gateway, provider, model):
+    """An Anthropic client's extended thinking reaches Gemini (a thinking budget asking for thought
+    summaries) and Claude on Bedrock Converse (`additionalModelRequestFields.thinking`); the
+    provider's reasoning comes back as a thinking block before the text, whole and streamed."""
+    client = ant(gateway)
+    ask = dict(model=f"{provider}/{model}", max_tokens=4096,
+               messages=[{"role": "user", "content": "hello"}])
+    thinking = {"type": "enabled", "budget_tokens": 2048}
+    m = client.messages.create(thinking=thinking, **ask)
+    assert [b.type for b in m.content] == ["thinking", "text"], m.content
+    assert m.content[0].thinking.startswith("The user wants an answer")
+    assert m.content[1].text == "Hello from the mock upstream."
+    with client.messages.stream(thinking=thinking, **ask) as s:
+        final = s.get_final_message()
+    assert [b.type for b in final.content] == ["thinking", "text"], final.content
+    assert final.content[0].thinking.startswith("The user wants an answer")
+    assert final.content[1].text == "Hello from the mock upstream."
+    # Not asked for: the text comes first, as Anthropic answers without thinking.
+    m = client.messages.create(**ask)
+    assert [b.type for b in m.content] == ["text"], m.content

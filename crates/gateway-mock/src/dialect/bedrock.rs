@@ -49,8 +49,14 @@ pub(crate) fn parse(body: &Value, model: &str, stream: bool) -> Prompt {
     p.tool_choice = body["toolConfig"]["toolChoice"]["tool"]["name"]
         .as_str()
         .map_or(ToolChoice::Auto, |n| ToolChoice::Named(n.to_owned()));
+    // Claude's extended thinking, through the model-specific fields.
+    p.thinking =
+        body["additionalModelRequestFields"]["thinking"]["type"].as_str() == Some("enabled");
     p
 }
+
+/// The signature of the mock's reasoning (Bedrock passes Claude's on).
+const REASONING_SIGNATURE: &str = "mock-reasoning-signature";
 
 fn bad(msg: impl Into<String>) -> Option<ErrorKind> {
     Some(ErrorKind::BadRequest(msg.into()))
@@ -123,6 +129,17 @@ pub(crate) fn chat_json(plan: &Plan) -> String {
             )
         }
     };
+    let content = match content {
+        Value::Array(mut blocks) if plan.thinking => {
+            blocks.insert(
+                0,
+                json!({ "reasoningContent": { "reasoningText": {
+                    "text": super::anthropic::THINKING, "signature": REASONING_SIGNATURE } } }),
+            );
+            Value::Array(blocks)
+        }
+        other => other,
+    };
     json!({
         "output": { "message": { "role": "assistant", "content": content } },
         "stopReason": stop,
@@ -142,13 +159,35 @@ pub(crate) fn chat_stream(plan: &Plan) -> Vec<Bytes> {
         "messageStart",
         r#"{"p":"abcdefghijkl","role":"assistant"}"#,
     )];
+    // The reasoning block, when asked for, is block 0 and the answer's block 1.
+    let base = usize::from(plan.thinking);
+    if plan.thinking {
+        out.push(ev(
+            "contentBlockDelta",
+            &format!(
+                r#"{{"contentBlockIndex":0,"delta":{{"reasoningContent":{{"text":{}}}}},"p":"abc"}}"#,
+                js(super::anthropic::THINKING)
+            ),
+        ));
+        out.push(ev(
+            "contentBlockDelta",
+            &format!(
+                r#"{{"contentBlockIndex":0,"delta":{{"reasoningContent":{{"signature":"{REASONING_SIGNATURE}"}}}},"p":"abc"}}"#
+            ),
+        ));
+        out.push(ev(
+            "contentBlockStop",
+            r#"{"contentBlockIndex":0,"p":"abc"}"#,
+        ));
+    }
     let stop = match &plan.output {
         Output::Text { chunks, .. } => {
             for c in chunks.iter() {
                 out.push(ev(
                     "contentBlockDelta",
                     &format!(
-                        r#"{{"contentBlockIndex":0,"delta":{{"text":{}}},"p":"abcdefghijklmnopqrstu"}}"#,
+                        r#"{{"contentBlockIndex":{},"delta":{{"text":{}}},"p":"abcdefghijklmnopqrstu"}}"#,
+                        base,
                         js(c)
                     ),
                 ));
@@ -161,7 +200,8 @@ pub(crate) fn chat_stream(plan: &Plan) -> Vec<Bytes> {
             out.push(ev(
                 "contentBlockStart",
                 &format!(
-                    r#"{{"contentBlockIndex":0,"p":"abcdef","start":{{"toolUse":{{"name":{},"toolUseId":"{}"}}}}}}"#,
+                    r#"{{"contentBlockIndex":{},"p":"abcdef","start":{{"toolUse":{{"name":{},"toolUseId":"{}"}}}}}}"#,
+                    base,
                     js(name),
                     tool_use_id(plan)
                 ),
@@ -170,7 +210,8 @@ pub(crate) fn chat_stream(plan: &Plan) -> Vec<Bytes> {
                 out.push(ev(
                     "contentBlockDelta",
                     &format!(
-                        r#"{{"contentBlockIndex":0,"delta":{{"toolUse":{{"input":{}}}}},"p":"abcdefghij"}}"#,
+                        r#"{{"contentBlockIndex":{},"delta":{{"toolUse":{{"input":{}}}}},"p":"abcdefghij"}}"#,
+                        base,
                         js(f)
                     ),
                 ));
@@ -180,7 +221,7 @@ pub(crate) fn chat_stream(plan: &Plan) -> Vec<Bytes> {
     };
     out.push(ev(
         "contentBlockStop",
-        r#"{"contentBlockIndex":0,"p":"abcdefghijklmnop"}"#,
+        &format!(r#"{{"contentBlockIndex":{base},"p":"abcdefghijklmnop"}}"#),
     ));
     out.push(ev(
         "messageStop",

@@ -87,7 +87,21 @@ pub(crate) fn parse(body: &Value, model: &str, stream: bool) -> Prompt {
             .as_str()
             .map_or(ToolChoice::Auto, |n| ToolChoice::Named(n.to_owned())),
     };
+    // Thought summaries come back only when asked for (`includeThoughts`).
+    let thinking = field(
+        field(body, "generationConfig", "generation_config"),
+        "thinkingConfig",
+        "thinking_config",
+    );
+    p.thinking = field(thinking, "includeThoughts", "include_thoughts")
+        .as_bool()
+        .unwrap_or(false);
     p
+}
+
+/// A thought-summary part (`"thought": true`), first in an answer that asked for thoughts.
+fn thought_part() -> Value {
+    json!({ "text": super::anthropic::THINKING, "thought": true })
 }
 
 /// Validates a `generateContent` request (Vertex also requires a role on every content).
@@ -156,8 +170,13 @@ pub(crate) fn chat_json(ctx: &Ctx<'_>, plan: &Plan) -> String {
             name, arguments, ..
         } => function_call_part(name, arguments),
     };
+    let parts = if plan.thinking {
+        vec![thought_part(), part]
+    } else {
+        vec![part]
+    };
     let candidate = json!({
-        "content": { "role": "model", "parts": [part] },
+        "content": { "role": "model", "parts": parts },
         "finishReason": "STOP",
         "index": 0
     });
@@ -177,6 +196,13 @@ fn frame(ctx: &Ctx<'_>, json: &str, index: usize) -> Bytes {
 /// The streamed chunks; usage is cumulative on every chunk and the last has `finishReason`.
 pub(crate) fn chat_stream(ctx: &Ctx<'_>, plan: &Plan) -> Vec<Bytes> {
     let mut out = Vec::new();
+    if plan.thinking {
+        let candidate =
+            json!({ "content": { "role": "model", "parts": [thought_part()] }, "index": 0 });
+        let v = envelope(ctx, plan, candidate, 0);
+        out.push(frame(ctx, &v.to_string(), 0));
+    }
+    let first = out.len();
     match &plan.output {
         Output::Text { chunks, .. } => {
             let n = chunks.len();
@@ -190,7 +216,7 @@ pub(crate) fn chat_stream(ctx: &Ctx<'_>, plan: &Plan) -> Vec<Bytes> {
                 }
                 let so_far = u64::try_from(i + 1).unwrap_or(u64::MAX);
                 let v = envelope(ctx, plan, candidate, so_far);
-                out.push(frame(ctx, &v.to_string(), i));
+                out.push(frame(ctx, &v.to_string(), first + i));
             }
         }
         Output::Tool {
@@ -202,7 +228,7 @@ pub(crate) fn chat_stream(ctx: &Ctx<'_>, plan: &Plan) -> Vec<Bytes> {
                 "index": 0
             });
             let v = envelope(ctx, plan, candidate, plan.completion_tokens);
-            out.push(frame(ctx, &v.to_string(), 0));
+            out.push(frame(ctx, &v.to_string(), first));
         }
     }
     if !ctx.sse {
