@@ -400,3 +400,23 @@ def test_anthropic_thinking_on_other_providers(gateway, provider, model):
     # Not asked for: the text comes first, as Anthropic answers without thinking.
     m = client.messages.create(**ask)
     assert [b.type for b in m.content] == ["text"], m.content
+
+
+def test_bedrock_embeddings(gateway):
+    """Embeddings on Bedrock go through `InvokeModel` in each model's own body: Titan Text
+    Embeddings one text a call (with its dimensions), Cohere Embed in one call; the answer is
+    OpenAI's list in input order with Bedrock's token counts."""
+    client = oai(gateway)
+    texts = ["alpha", "beta gamma", "delta"]
+    r = client.embeddings.create(model="bed/amazon.titan-embed-text-v2:0", input=texts, dimensions=256)
+    assert [d.index for d in r.data] == [0, 1, 2]
+    assert all(len(d.embedding) == 256 for d in r.data)
+    assert r.data[0].embedding != r.data[1].embedding
+    assert r.usage.prompt_tokens > 0
+    one = client.embeddings.create(model="bed/amazon.titan-embed-text-v2:0", input="beta gamma", dimensions=256)
+    assert one.data[0].embedding == r.data[1].embedding, "the vectors come back in input order"
+    c = client.embeddings.create(model="bed/cohere.embed-english-v3", input=texts, encoding_format="float")
+    assert len(c.data) == 3 and len(c.data[0].embedding) > 0
+    assert c.usage.prompt_tokens > 0
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model="bed/amazon.titan-embed-text-v2:0", input="x", dimensions=100)

@@ -126,6 +126,11 @@ const BUILTIN: &[(&str, f64, f64, Option<f64>)] = &[
     ("nova-pro", 0.80, 3.20, Some(0.20)),
     ("nova-premier", 2.50, 12.50, Some(0.625)),
     ("titan-embed-text", 0.02, 0.0, None),
+    ("titan-embed-image", 0.80, 0.0, None),
+    // Cohere Embed on Bedrock (`cohere.embed-english-v3`, `cohere.embed-v4:0`).
+    ("embed-english", 0.10, 0.0, None),
+    ("embed-multilingual", 0.10, 0.0, None),
+    ("embed", 0.12, 0.0, None),
     // Mistral
     ("mistral-large", 2.00, 6.00, None),
     ("mistral-medium", 0.40, 2.00, None),
@@ -420,6 +425,11 @@ mod tests {
             ("deepseek/deepseek-chat", (0.27, 1.10)),
             ("gpt-4o-mini-search-preview", (0.15, 0.60)),
             ("text-embedding-3-small", (0.02, 0.0)),
+            ("amazon.titan-embed-text-v2:0", (0.02, 0.0)),
+            ("cohere.embed-english-v3", (0.10, 0.0)),
+            ("cohere.embed-multilingual-v3", (0.10, 0.0)),
+            ("cohere.embed-v4:0", (0.12, 0.0)),
+            ("embed-english-v3.0", (0.10, 0.0)),
         ];
         for (name, want) in cases {
             assert_eq!(price(name), Some(want), "price of {name}");

@@ -196,9 +196,11 @@ fn route(method: &Method, path: &str, query: Option<&str>, parts: &Parts) -> Rou
             let Some((id, action)) = rest.split_once('/') else {
                 return Route::NotFound;
             };
+            let path_model = percent_decode_str(id).decode_utf8_lossy().into_owned();
             let (op, stream, invoke) = match action {
                 "converse" => (Op::Chat, false, false),
                 "converse-stream" => (Op::Chat, true, false),
+                "invoke" if bedrock::is_embed_model(&path_model) => (Op::Embed, false, true),
                 "invoke" => (Op::Chat, false, true),
                 "invoke-with-response-stream" => (Op::Chat, true, true),
                 "count-tokens" => (Op::CountTokens, false, false),
@@ -207,7 +209,7 @@ fn route(method: &Method, path: &str, query: Option<&str>, parts: &Parts) -> Rou
             return Route::Provider(Call {
                 dialect: Dialect::Bedrock,
                 op,
-                path_model: Some(percent_decode_str(id).decode_utf8_lossy().into_owned()),
+                path_model: Some(path_model),
                 path_stream: stream,
                 sse: false,
                 invoke,
@@ -802,6 +804,12 @@ async fn provider(
             _ => openai::models_json(),
         }),
         (Op::Embed, _) => match d {
+            Dialect::Bedrock => {
+                bedrock::embed_json(&model_name, value, seq).map(|(body, tokens)| {
+                    headers.push(("x-amzn-bedrock-input-token-count", tokens.to_string()));
+                    body
+                })
+            }
             Dialect::Gemini | Dialect::Vertex => Ok(google::embed_json(value)),
             Dialect::Cohere => cohere::embed_json(value, seq),
             _ => openai::embeddings_json(

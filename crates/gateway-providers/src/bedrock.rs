@@ -41,9 +41,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_core::Stream;
 use gateway_core::types::{
-    ChatChunk, ChatRequest, ChatResponse, Choice, Content, ContentPart, Delta, FinishReason,
-    FunctionCall, FunctionCallDelta, Message, NativeRequest, Role, ToolCall, ToolCallDelta,
-    ToolChoice, ToolChoiceMode, Usage,
+    ChatChunk, ChatRequest, ChatResponse, Choice, Content, ContentPart, Delta, Embedding,
+    EmbeddingRequest, EmbeddingResponse, FinishReason, FunctionCall, FunctionCallDelta, Message,
+    NativeRequest, Role, ToolCall, ToolCallDelta, ToolChoice, ToolChoiceMode, Usage,
 };
 use gateway_core::{
     Call, Credential, Provider, ProviderError, ProviderResponse, ProviderStream, RateLimitInfo,
@@ -177,6 +177,83 @@ fn bad_request(message: impl Into<String>, param: &str) -> ProviderError {
         param: Some(param.to_owned()),
         code: None,
     }
+}
+
+/// The embeddings models Bedrock serves through `InvokeModel`, each with its own body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EmbedFamily {
+    /// Amazon Titan Text Embeddings (and the multimodal Titan, for text): one text a call.
+    Titan,
+    /// Cohere Embed v3 and v4: up to 96 texts a call.
+    Cohere,
+}
+
+impl EmbedFamily {
+    fn of(model: &str) -> Option<Self> {
+        if model.contains("amazon.titan-embed") {
+            Some(Self::Titan)
+        } else if model.contains("cohere.embed") {
+            Some(Self::Cohere)
+        } else {
+            None
+        }
+    }
+}
+
+/// The `InvokeModel` body of a Titan embeddings model for one text: `dimensions` on Text
+/// Embeddings V2, `embeddingConfig.outputEmbeddingLength` on the multimodal model; V1 takes
+/// the text alone.
+pub fn titan_embed_body(model: &str, text: &str, dimensions: Option<u32>) -> Value {
+    let mut body = json!({ "inputText": text });
+    match dimensions {
+        Some(d) if model.contains("titan-embed-text-v2") => body["dimensions"] = json!(d),
+        Some(d) if model.contains("titan-embed-image") => {
+            body["embeddingConfig"] = json!({ "outputEmbeddingLength": d });
+        }
+        _ => {}
+    }
+    body
+}
+
+/// The `InvokeModel` body of a Cohere Embed model: the texts and what they are for
+/// (`input_type`, required; documents for search unless the request says), and on Embed v4
+/// the output dimension.
+pub fn cohere_embed_body(
+    model: &str,
+    texts: &[String],
+    input_type: Option<&str>,
+    dimensions: Option<u32>,
+) -> Value {
+    let mut body = json!({
+        "texts": texts,
+        "input_type": input_type.unwrap_or("search_document"),
+    });
+    if let Some(d) = dimensions.filter(|_| model.contains("embed-v4")) {
+        body["output_dimension"] = json!(d);
+    }
+    body
+}
+
+/// The vectors of a Cohere Embed answer: `embeddings` as a list of vectors
+/// (`embeddings_floats`) or by type (`{"float": [...]}`, Embed v4 and requests with
+/// `embedding_types`).
+fn cohere_vectors(v: &Value) -> Option<Vec<Vec<f32>>> {
+    let list = match &v["embeddings"] {
+        Value::Array(a) => a,
+        Value::Object(o) => o.get("float")?.as_array()?,
+        _ => return None,
+    };
+    list.iter()
+        .map(|e| serde_json::from_value::<Vec<f32>>(e.clone()).ok())
+        .collect()
+}
+
+/// The input tokens Bedrock counted (`X-Amzn-Bedrock-Input-Token-Count`).
+fn input_token_header(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get("x-amzn-bedrock-input-token-count")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Whether a Bedrock model id is a Claude model that thinks (Claude 3.7 and the models named
@@ -1414,6 +1491,110 @@ impl Provider for BedrockProvider {
     /// Converse would send it (`messages`, `system`, `toolConfig`,
     /// `additionalModelRequestFields`). Only some models count (Claude, not Nova, not
     /// inference profiles); the others' `ValidationException` makes the gateway estimate.
+    /// Embeddings through `InvokeModel`: Titan Text Embeddings one text a call (up to eight
+    /// calls at once, answered in input order), Cohere Embed in batches of 96. Usage is the
+    /// tokens Bedrock counted.
+    async fn embed(
+        &self,
+        call: &Call,
+        request: &EmbeddingRequest,
+    ) -> Result<ProviderResponse<EmbeddingResponse>, ProviderError> {
+        let Some(family) = EmbedFamily::of(&call.model) else {
+            return Err(ProviderError::Unsupported {
+                message: format!(
+                    "bedrock embeddings take a Titan Text Embeddings or Cohere Embed model, not `{}`",
+                    call.model
+                ),
+                param: Some("model".to_owned()),
+            });
+        };
+        let texts = request.input.texts();
+        if texts.is_empty() {
+            return Err(bad_request(
+                "bedrock embeddings take text input, not token arrays",
+                "input",
+            ));
+        }
+        let url = self.url(&call.model, "invoke");
+        let invoke = |body: Value| {
+            let url = &url;
+            async move {
+                let body = Bytes::from(serde_json::to_vec(&body).map_err(|e| {
+                    ProviderError::Protocol(format!("encoding the bedrock request: {e}"))
+                })?);
+                let req = self.request(call, url, body, "application/json")?;
+                let resp = self.http.fetch(req, call.timeout, classify_error).await?;
+                let counted = input_token_header(resp.headers());
+                let v: Value = serde_json::from_slice(resp.body())
+                    .map_err(|e| ProviderError::Protocol(format!("bedrock embeddings: {e}")))?;
+                Ok::<_, ProviderError>((v, counted))
+            }
+        };
+        let answer = |data: Vec<Vec<f32>>, tokens: Option<u64>| ProviderResponse {
+            body: EmbeddingResponse {
+                object: "list".into(),
+                data: data
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, embedding)| Embedding {
+                        object: "embedding".into(),
+                        index: u32::try_from(i).unwrap_or(u32::MAX),
+                        embedding,
+                    })
+                    .collect(),
+                model: call.model.to_string(),
+                usage: tokens.map(|n| Usage::new(n, 0, 0)),
+            },
+            rate_limit: RateLimitInfo::default(),
+        };
+        match family {
+            EmbedFamily::Titan => {
+                let mut answers: Vec<(Value, Option<u64>)> = Vec::with_capacity(texts.len());
+                for group in texts.chunks(8) {
+                    let calls: Vec<_> = group
+                        .iter()
+                        .map(|t| invoke(titan_embed_body(&call.model, t, request.dimensions)))
+                        .collect();
+                    answers.extend(futures_util::future::try_join_all(calls).await?);
+                }
+                let mut data = Vec::with_capacity(answers.len());
+                let mut tokens = 0u64;
+                for (v, counted) in answers {
+                    let vector: Vec<f32> =
+                        serde_json::from_value(v["embedding"].clone()).map_err(|e| {
+                            ProviderError::Protocol(format!("bedrock titan embedding: {e}"))
+                        })?;
+                    data.push(vector);
+                    tokens += v["inputTextTokenCount"].as_u64().or(counted).unwrap_or(0);
+                }
+                Ok(answer(data, Some(tokens)))
+            }
+            EmbedFamily::Cohere => {
+                crate::embed_in_batches(&texts, 96, |batch| {
+                    let body = cohere_embed_body(
+                        &call.model,
+                        batch,
+                        request.input_type.as_deref(),
+                        request.dimensions,
+                    );
+                    let invoke = &invoke;
+                    let answer = &answer;
+                    async move {
+                        let (v, counted) = invoke(body).await?;
+                        let data = cohere_vectors(&v).ok_or_else(|| {
+                            ProviderError::Protocol(
+                                "bedrock cohere embeddings: no float embeddings in the answer"
+                                    .into(),
+                            )
+                        })?;
+                        Ok(answer(data, counted))
+                    }
+                })
+                .await
+            }
+        }
+    }
+
     async fn count_tokens(
         &self,
         call: &Call,
@@ -1513,6 +1694,47 @@ mod tests {
     use crate::eventstream::{encode_frame, HeaderValue as EvHeader};
     use expect_test::expect;
     use gateway_core::types::StreamAccumulator;
+
+    /// Each embeddings family's body as Bedrock documents it, and both shapes of Cohere's answer.
+    #[test]
+    fn embeddings_bodies_and_answers() {
+        assert_eq!(
+            titan_embed_body("amazon.titan-embed-text-v2:0", "hi", Some(256)),
+            json!({"inputText": "hi", "dimensions": 256})
+        );
+        assert_eq!(
+            titan_embed_body("amazon.titan-embed-text-v1", "hi", Some(256)),
+            json!({"inputText": "hi"})
+        );
+        assert_eq!(
+            titan_embed_body("amazon.titan-embed-image-v1", "hi", Some(384)),
+            json!({"inputText": "hi", "embeddingConfig": {"outputEmbeddingLength": 384}})
+        );
+        let texts = vec!["a".to_owned(), "b".to_owned()];
+        assert_eq!(
+            cohere_embed_body("cohere.embed-english-v3", &texts, None, Some(512)),
+            json!({"texts": ["a", "b"], "input_type": "search_document"})
+        );
+        assert_eq!(
+            cohere_embed_body("cohere.embed-v4:0", &texts, Some("search_query"), Some(512)),
+            json!({"texts": ["a", "b"], "input_type": "search_query", "output_dimension": 512})
+        );
+        let floats =
+            json!({"embeddings": [[0.5, 1.0], [2.0, 0.25]], "response_type": "embeddings_floats"});
+        let by_type = json!({"embeddings": {"float": [[0.5, 1.0], [2.0, 0.25]]}, "response_type": "embeddings_by_type"});
+        for v in [floats, by_type] {
+            assert_eq!(
+                cohere_vectors(&v),
+                Some(vec![vec![0.5, 1.0], vec![2.0, 0.25]]),
+                "{v}"
+            );
+        }
+        assert_eq!(
+            cohere_vectors(&json!({"embeddings": {"int8": [[1]]}})),
+            None
+        );
+        assert_eq!(EmbedFamily::of("amazon.nova-pro-v1:0"), None);
+    }
 
     /// A Claude model that thinks gets the thinking budget in `additionalModelRequestFields`,
     /// without `temperature` and `top_k` and with room for an answer beside the budget; older

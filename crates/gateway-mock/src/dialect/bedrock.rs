@@ -8,7 +8,10 @@ use serde_json::{json, Value};
 use super::{ErrorKind, ErrorResponse};
 use crate::eventstream;
 use crate::format::js;
-use crate::plan::{chars_of, text_of, LastTurn, Output, Plan, Prompt, ToolChoice};
+use crate::plan::{
+    chars_of, embedding, embedding_dims, text_of, tokens_for_chars, LastTurn, Output, Plan, Prompt,
+    ToolChoice,
+};
 use crate::state::LimitKind;
 
 /// Parses a Converse request; the model id comes from the (decoded) path.
@@ -257,6 +260,83 @@ pub(crate) fn invoke_stream(events: &[Bytes]) -> Vec<Bytes> {
 
 /// `InvokeModel` checks for Claude: Bedrock's `anthropic_version`, no `model` or `stream` in the
 /// body, then the Messages API's own.
+/// Whether a Bedrock model id is an embeddings model (`InvokeModel` with its own body).
+pub(crate) fn is_embed_model(model: &str) -> bool {
+    model.contains("titan-embed") || model.contains("cohere.embed")
+}
+
+/// `InvokeModel` for an embeddings model, as Bedrock documents each: Titan Text Embeddings
+/// (`{"inputText", "dimensions"?, "normalize"?}` → `{"embedding", "inputTextTokenCount"}`, one
+/// text a call) and Cohere Embed (`{"texts", "input_type"}` → `{"embeddings", "id",
+/// "response_type": "embeddings_floats", "texts"}`, at most 96). Returns the body and the input
+/// tokens (Bedrock's `X-Amzn-Bedrock-Input-Token-Count`).
+pub(crate) fn embed_json(model: &str, body: &Value, seq: u64) -> Result<(String, u64), ErrorKind> {
+    if model.contains("titan-embed") {
+        let Some(text) = body["inputText"].as_str() else {
+            return Err(ErrorKind::BadRequest(
+                "Malformed input request: #: required key [inputText] not found, please reformat your input and try again.".to_owned(),
+            ));
+        };
+        if let Some(extra) = body.as_object().and_then(|o| {
+            o.keys().find(|k| {
+                ![
+                    "inputText",
+                    "dimensions",
+                    "normalize",
+                    "embeddingTypes",
+                    "embeddingConfig",
+                ]
+                .contains(&k.as_str())
+            })
+        }) {
+            return Err(ErrorKind::BadRequest(format!(
+                "Malformed input request: #: extraneous key [{extra}] is not permitted, please reformat your input and try again."
+            )));
+        }
+        let dims = match body["dimensions"].as_u64() {
+            None => 1024,
+            Some(d @ (256 | 512 | 1024)) => d,
+            Some(d) => {
+                return Err(ErrorKind::BadRequest(format!(
+                    "Malformed input request: #/dimensions: {d} is not a valid enum value, please reformat your input and try again."
+                )))
+            }
+        };
+        let tokens = tokens_for_chars(text.chars().count());
+        let vector = embedding(text, usize::try_from(dims).unwrap_or(1024));
+        let out = json!({
+            "embedding": vector,
+            "inputTextTokenCount": tokens,
+            "embeddingsByType": { "float": vector },
+        });
+        return Ok((out.to_string(), tokens));
+    }
+    let texts: Vec<&str> = body["texts"]
+        .as_array()
+        .map(|t| t.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if texts.is_empty() || texts.len() > 96 {
+        return Err(ErrorKind::BadRequest(
+            "Malformed input request: #/texts: expected between 1 and 96 texts, please reformat your input and try again.".to_owned(),
+        ));
+    }
+    if body["input_type"].as_str().is_none() {
+        return Err(ErrorKind::BadRequest(
+            "Malformed input request: #: required key [input_type] not found, please reformat your input and try again.".to_owned(),
+        ));
+    }
+    let dims = embedding_dims(None);
+    let vectors: Vec<Vec<f32>> = texts.iter().map(|t| embedding(t, dims)).collect();
+    let tokens = tokens_for_chars(texts.iter().map(|t| t.chars().count()).sum());
+    let out = json!({
+        "embeddings": vectors,
+        "id": format!("00000000-0000-4000-8000-{seq:012}"),
+        "response_type": "embeddings_floats",
+        "texts": texts,
+    });
+    Ok((out.to_string(), tokens))
+}
+
 pub(crate) fn validate_invoke(body: &Value) -> Option<ErrorKind> {
     let bad = |m: &str| Some(ErrorKind::BadRequest(m.to_owned()));
     if body["anthropic_version"].as_str() != Some("bedrock-2023-05-31") {
