@@ -1895,47 +1895,39 @@ secret = "AIza-streamed"
         streamed = streamed.trim_end_matches("/v1"),
     ))
     .await;
-    let ask = |model: &str, thinking: bool, stream: bool| {
-        let mut b = json!({"model": model, "max_tokens": 4096, "stream": stream,
-            "messages": [{"role": "user", "content": "2+2?"}]});
-        if thinking {
-            b["thinking"] = json!({"type": "enabled", "budget_tokens": 2048});
+    // Each request's answer and the body the upstream got.
+    let send = |model: &'static str, thinking: bool, stream: bool| {
+        let gw = &gw;
+        let seen = Arc::clone(&seen);
+        async move {
+            let mut b = json!({"model": model, "max_tokens": 4096, "stream": stream,
+                "messages": [{"role": "user", "content": "2+2?"}]});
+            if thinking {
+                b["thinking"] = json!({"type": "enabled", "budget_tokens": 2048});
+            }
+            let r = gw.post_anthropic(&b).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            let sent = seen.lock().unwrap().pop().unwrap();
+            (r, sent["generationConfig"].get("thinkingConfig").cloned())
         }
-        b
     };
 
-    let r = gw
-        .post_anthropic(&ask("gem/gemini-2.5-flash", true, false))
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let sent = seen.lock().unwrap().pop().unwrap();
+    let (r, config) = send("gem/gemini-2.5-flash", true, false).await;
     assert_eq!(
-        sent["generationConfig"]["thinkingConfig"],
-        json!({"thinkingBudget": 2048, "includeThoughts": true}),
-        "{sent}"
+        config,
+        Some(json!({"thinkingBudget": 2048, "includeThoughts": true}))
     );
     let v = r.json();
     assert_eq!(
-        v["content"][0],
-        json!({"type": "thinking", "thinking": "Two and two.", "signature": ""}),
-        "{v}"
-    );
-    assert_eq!(
-        v["content"][1],
-        json!({"type": "text", "text": "Four."}),
+        v["content"],
+        json!([{"type": "thinking", "thinking": "Two and two.", "signature": ""},
+            {"type": "text", "text": "Four."}]),
         "{v}"
     );
 
     // Not asked: no budget sent, no thinking block (a client reading `content[0].text` is safe).
-    let r = gw
-        .post_anthropic(&ask("gem/gemini-2.5-flash", false, false))
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let sent = seen.lock().unwrap().pop().unwrap();
-    assert!(
-        sent["generationConfig"].get("thinkingConfig").is_none(),
-        "{sent}"
-    );
+    let (r, config) = send("gem/gemini-2.5-flash", false, false).await;
+    assert_eq!(config, None);
     let v = r.json();
     assert_eq!(
         v["content"],
@@ -1944,25 +1936,11 @@ secret = "AIza-streamed"
     );
 
     // A model that cannot think is not sent a thinking configuration it would refuse.
-    let r = gw
-        .post_anthropic(&ask("gem/gemini-2.0-flash", true, false))
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let sent = seen.lock().unwrap().pop().unwrap();
-    assert!(
-        sent["generationConfig"].get("thinkingConfig").is_none(),
-        "{sent}"
-    );
+    let (_, config) = send("gem/gemini-2.0-flash", true, false).await;
+    assert_eq!(config, None);
 
-    let r = gw
-        .post_anthropic(&ask("gems/gemini-2.5-flash", true, true))
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let sent = seen.lock().unwrap().pop().unwrap();
-    assert_eq!(
-        sent["generationConfig"]["thinkingConfig"]["includeThoughts"], true,
-        "{sent}"
-    );
+    let (r, config) = send("gems/gemini-2.5-flash", true, true).await;
+    assert_eq!(config.unwrap()["includeThoughts"], true);
     let events = sse_events(&r.body);
     let blocks: Vec<(String, Value)> = events
         .iter()

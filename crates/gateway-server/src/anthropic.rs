@@ -498,6 +498,29 @@ impl StreamEncoder {
         self.open = Block::None;
     }
 
+    /// The index of the open block when it is of `kind`'s kind (thinking or text), else of a new
+    /// one started with `content_block` (any other open block closed first).
+    fn block(&mut self, out: &mut Vec<u8>, kind: Block, content_block: Value) -> usize {
+        match (self.open, kind) {
+            (Block::Thinking(i), Block::Thinking(_)) | (Block::Text(i), Block::Text(_)) => i,
+            _ => {
+                self.close(out);
+                let i = self.next_index;
+                self.next_index += 1;
+                event(
+                    out,
+                    "content_block_start",
+                    &json!({"type": "content_block_start", "index": i, "content_block": content_block}),
+                );
+                self.open = match kind {
+                    Block::Thinking(_) => Block::Thinking(i),
+                    _ => Block::Text(i),
+                };
+                i
+            }
+        }
+    }
+
     /// Appends the events for one chunk to `out`: the upstream's own event when the chunk carries
     /// one (an Anthropic upstream in pass-through), else events encoded from its fields.
     pub fn chunk(&mut self, chunk: &ChatChunk, out: &mut Vec<u8>) {
@@ -540,21 +563,11 @@ impl StreamEncoder {
                 .as_deref()
                 .filter(|r| self.thinking && !r.is_empty())
             {
-                let index = match self.open {
-                    Block::Thinking(i) => i,
-                    _ => {
-                        self.close(out);
-                        let i = self.next_index;
-                        self.next_index += 1;
-                        event(
-                            out,
-                            "content_block_start",
-                            &json!({"type": "content_block_start", "index": i, "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
-                        );
-                        self.open = Block::Thinking(i);
-                        i
-                    }
-                };
+                let index = self.block(
+                    out,
+                    Block::Thinking(0),
+                    json!({"type": "thinking", "thinking": "", "signature": ""}),
+                );
                 event(
                     out,
                     "content_block_delta",
@@ -562,21 +575,7 @@ impl StreamEncoder {
                 );
             }
             if let Some(text) = c.delta.content.as_deref().filter(|t| !t.is_empty()) {
-                let index = match self.open {
-                    Block::Text(i) => i,
-                    _ => {
-                        self.close(out);
-                        let i = self.next_index;
-                        self.next_index += 1;
-                        event(
-                            out,
-                            "content_block_start",
-                            &json!({"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}}),
-                        );
-                        self.open = Block::Text(i);
-                        i
-                    }
-                };
+                let index = self.block(out, Block::Text(0), json!({"type": "text", "text": ""}));
                 text_delta(out, index, text);
             }
             if let Some(calls) = &c.delta.tool_calls {
