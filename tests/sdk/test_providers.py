@@ -6,6 +6,7 @@ provider of each kind, all pointing at it. Each test sends the same request thro
 provider, in both client dialects, streamed and not.
 """
 
+import json
 import os
 import socket
 import subprocess
@@ -420,3 +421,20 @@ def test_bedrock_embeddings(gateway):
     assert c.usage.prompt_tokens > 0
     with pytest.raises(openai.BadRequestError):
         client.embeddings.create(model="bed/amazon.titan-embed-text-v2:0", input="x", dimensions=100)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_openai_stream_helper_tool_calls_every_provider(gateway, provider):
+    """The OpenAI SDK's stream helper (`chat.completions.stream`) sees each tool call end
+    (`tool_calls.function.arguments.done`) whichever provider answered: a translated stream ends
+    its choice with a chunk of its own, as OpenAI does."""
+    client = oai(gateway)
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "weather",
+                                               "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}]
+    with client.chat.completions.stream(model=f"{provider}/{MODEL[provider]}", tools=tools,
+                                        messages=[{"role": "user", "content": "Weather in Paris?"}]) as s:
+        done = [e for e in s if e.type == "tool_calls.function.arguments.done"]
+        final = s.get_final_completion()
+    assert [(e.index, e.name) for e in done] == [(0, "get_weather")], done
+    assert json.loads(done[0].arguments) == json.loads(final.choices[0].message.tool_calls[0].function.arguments)
+    assert final.choices[0].finish_reason == "tool_calls"

@@ -336,6 +336,40 @@ pub fn encode_chunk(chunk: &ChatChunk, include_usage: bool, out: &mut Vec<u8>) -
         out.extend_from_slice(b"\n\n");
         return true;
     }
+    // OpenAI ends a choice with a chunk of its own (`"delta": {}` and the finish reason), and
+    // the SDK's stream helper relies on it: a finish reason on the chunk of the last tool call
+    // leaves that call without its `arguments.done` event. A translated chunk that carries both
+    // is written as the two chunks OpenAI would have sent.
+    let finishes_with_delta = chunk
+        .choices
+        .iter()
+        .any(|c| c.finish_reason.is_some() && !delta_is_empty(&c.delta));
+    if finishes_with_delta {
+        let mut body = chunk.clone();
+        body.usage = None;
+        for c in &mut body.choices {
+            c.finish_reason = None;
+        }
+        let mut end = chunk.clone();
+        end.choices.retain(|c| c.finish_reason.is_some());
+        for c in &mut end.choices {
+            c.delta = gateway_core::types::Delta::default();
+        }
+        return write_chunk(&body, include_usage, out) && write_chunk(&end, include_usage, out);
+    }
+    write_chunk(chunk, include_usage, out)
+}
+
+/// Whether a delta adds nothing.
+fn delta_is_empty(d: &gateway_core::types::Delta) -> bool {
+    d.content.as_deref().is_none_or(str::is_empty)
+        && d.reasoning_content.as_deref().is_none_or(str::is_empty)
+        && d.refusal.is_none()
+        && d.tool_calls.as_ref().is_none_or(Vec::is_empty)
+}
+
+/// One `data:` event for a canonical chunk, usage left off unless the caller asked for it.
+fn write_chunk(chunk: &ChatChunk, include_usage: bool, out: &mut Vec<u8>) -> bool {
     let start = out.len();
     out.extend_from_slice(b"data: ");
     let written = if include_usage || chunk.usage.is_none() {
