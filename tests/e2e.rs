@@ -2032,3 +2032,110 @@ secret = "sk-reasoning-1"
     }
     gw.stop().await;
 }
+
+/// An Anthropic client of Bedrock and Cohere: an answer that ended on a stop sequence says so
+/// (`stop_reason: "stop_sequence"`, and the sequence when the request had one), a context window
+/// that filled up is Anthropic's own reason, and a tool result marked `is_error` reaches Bedrock
+/// as a failed tool result.
+#[tokio::test]
+async fn anthropic_clients_of_bedrock_and_cohere_keep_stop_reasons_and_tool_errors() {
+    let seen: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
+    let bedrock = {
+        let seen = Arc::clone(&seen);
+        stand_in_upstream(move |_, body| {
+            let v: Value = serde_json::from_slice(body).unwrap();
+            let last = v["messages"].as_array().unwrap().last().unwrap()["content"][0].clone();
+            let reason = match last["text"].as_str() {
+                Some("long") => "model_context_window_exceeded",
+                _ => "stop_sequence",
+            };
+            seen.lock().unwrap().push(v);
+            let r = json!({"output": {"message": {"role": "assistant", "content": [{"text": "Four"}]}},
+                "stopReason": reason,
+                "usage": {"inputTokens": 5, "outputTokens": 1, "totalTokens": 6}});
+            (200, "application/json", r.to_string())
+        })
+        .await
+    };
+    let cohere = stand_in_upstream(|_, _| {
+        let r = json!({"id": "c1", "finish_reason": "STOP_SEQUENCE",
+            "message": {"role": "assistant", "content": [{"type": "text", "text": "Four"}]},
+            "usage": {"billed_units": {"input_tokens": 5, "output_tokens": 1},
+                "tokens": {"input_tokens": 5, "output_tokens": 1}}});
+        (200, "application/json", r.to_string())
+    })
+    .await;
+    let gw = TestGateway::start(&format!(
+        r#"
+[[providers]]
+name = "bed"
+kind = "bedrock"
+base_url = "{bedrock}"
+region = "us-east-1"
+[[providers.keys]]
+name = "k"
+access_key_id = "AKIDEXAMPLE"
+secret_access_key = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
+
+[[providers]]
+name = "coh"
+kind = "cohere"
+base_url = "{cohere}"
+[[providers.keys]]
+name = "k"
+secret = "co-key"
+"#,
+        bedrock = bedrock.trim_end_matches("/v1"),
+        cohere = cohere.trim_end_matches("/v1"),
+    ))
+    .await;
+    let model = "bed/anthropic.claude-3-5-haiku-20241022-v1:0";
+    for (model, stops, want) in [
+        (model, json!(["END"]), json!("END")),
+        (model, json!(["END", "STOP"]), Value::Null),
+        ("coh/command-a-03-2025", json!(["END"]), json!("END")),
+    ] {
+        let r = gw
+            .post_anthropic(
+                &json!({"model": model, "max_tokens": 50, "stop_sequences": stops,
+                "messages": [{"role": "user", "content": "count"}]}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{model}: {}", r.text());
+        let v = r.json();
+        assert_eq!(v["stop_reason"], "stop_sequence", "{model}: {v}");
+        assert_eq!(v["stop_sequence"], want, "{model} {stops}: {v}");
+    }
+    let r = gw
+        .post_anthropic(&json!({"model": model, "max_tokens": 50,
+            "messages": [{"role": "user", "content": "long"}]}))
+        .await;
+    assert_eq!(r.json()["stop_reason"], "model_context_window_exceeded");
+    // The same answer to an OpenAI client is a `length` finish.
+    let r = gw
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": model, "messages": [{"role": "user", "content": "long"}]}),
+        )
+        .await;
+    assert_eq!(
+        r.json()["choices"][0]["finish_reason"],
+        "length",
+        "{}",
+        r.text()
+    );
+
+    seen.lock().unwrap().clear();
+    let r = gw
+        .post_anthropic(&json!({"model": model, "max_tokens": 50, "messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "w", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
+                "content": "city not found", "is_error": true}]}]}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent = seen.lock().unwrap().pop().unwrap();
+    let result = &sent["messages"][2]["content"][0]["toolResult"];
+    assert_eq!(result["status"], "error", "{sent}");
+    gw.stop().await;
+}

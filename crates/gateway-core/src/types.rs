@@ -133,6 +133,10 @@ pub struct Message {
     /// continue an audio conversation; passed to OpenAI-format upstreams, ignored by the others.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audio: Option<Value>,
+    /// A tool result that reports a failure (Anthropic's `tool_result.is_error`; its text also
+    /// starts with `Error: `): Bedrock's `toolResult.status: "error"`. Not an OpenAI field.
+    #[serde(skip)]
+    pub tool_error: bool,
 }
 
 impl Message {
@@ -147,6 +151,7 @@ impl Message {
             refusal: None,
             reasoning_content: None,
             audio: None,
+            tool_error: false,
         }
     }
 
@@ -551,7 +556,7 @@ impl ChatRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {
-    /// Natural end or a stop sequence.
+    /// Natural end (or a stop sequence, from a provider that does not say which).
     Stop,
     /// Output limit reached.
     Length,
@@ -561,6 +566,21 @@ pub enum FinishReason {
     ContentFilter,
     /// Legacy function call.
     FunctionCall,
+    /// One of the request's stop sequences, from a provider that says so (Anthropic, Bedrock,
+    /// Cohere): OpenAI's `stop`, Anthropic's `stop_sequence`.
+    #[serde(rename = "stop", skip_deserializing)]
+    StopSequence,
+    /// The model's context window filled up before the output limit (Anthropic's and Bedrock's
+    /// `model_context_window_exceeded`): OpenAI's `length`.
+    #[serde(rename = "length", skip_deserializing)]
+    ContextWindow,
+}
+
+impl FinishReason {
+    /// Whether the answer was cut short by a limit (OpenAI's `length`).
+    pub fn is_length(self) -> bool {
+        matches!(self, FinishReason::Length | FinishReason::ContextWindow)
+    }
 }
 
 /// Token usage.
@@ -895,6 +915,7 @@ impl StreamAccumulator {
                     refusal: None,
                     reasoning_content: None,
                     audio: None,
+                    tool_error: false,
                 },
                 finish_reason: self.finish_reason,
                 logprobs: None,

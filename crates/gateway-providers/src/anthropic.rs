@@ -651,11 +651,14 @@ fn convert_messages(messages: &[Message], thinking: Option<&SignatureStore>) -> 
                     }
                     other => Value::String(other.as_ref().map(Content::text).unwrap_or_default()),
                 };
-                let result = json!({
+                let mut result = json!({
                     "type": "tool_result",
                     "tool_use_id": m.tool_call_id.clone().unwrap_or_default(),
                     "content": content,
                 });
+                if m.tool_error {
+                    result["is_error"] = Value::Bool(true);
+                }
                 match turns.last_mut() {
                     Some(("user", blocks)) => {
                         // Results go before any user text already in the turn.
@@ -728,7 +731,9 @@ fn content_blocks(content: Option<&Content>) -> Vec<Value> {
 /// Maps Anthropic's `stop_reason`.
 pub fn map_stop_reason(s: &str) -> FinishReason {
     match s {
-        "max_tokens" | "model_context_window_exceeded" => FinishReason::Length,
+        "max_tokens" => FinishReason::Length,
+        "model_context_window_exceeded" => FinishReason::ContextWindow,
+        "stop_sequence" => FinishReason::StopSequence,
         "tool_use" => FinishReason::ToolCalls,
         "refusal" => FinishReason::ContentFilter,
         _ => FinishReason::Stop,
@@ -875,6 +880,7 @@ pub fn parse_message_with(
                 refusal: None,
                 reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
                 audio: None,
+                tool_error: false,
             },
             finish_reason: wire.stop_reason.as_deref().map(map_stop_reason),
             logprobs: None,
@@ -1643,10 +1649,10 @@ mod tests {
             got,
             [
                 FinishReason::Stop,
-                FinishReason::Stop,
+                FinishReason::StopSequence,
                 FinishReason::Stop,
                 FinishReason::Length,
-                FinishReason::Length,
+                FinishReason::ContextWindow,
                 FinishReason::ToolCalls,
                 FinishReason::ContentFilter
             ]

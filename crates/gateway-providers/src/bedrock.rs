@@ -376,7 +376,7 @@ pub fn encode_request(req: &ChatRequest, names: &mut ToolNames) -> Result<Value,
                     "toolResult": {
                         "toolUseId": tool_use_id(m.tool_call_id.as_deref().unwrap_or_default()),
                         "content": content,
-                        "status": "success"
+                        "status": if m.tool_error { "error" } else { "success" }
                     }
                 });
                 push_turn(&mut messages, "user", vec![block]);
@@ -652,7 +652,9 @@ impl WireUsage {
 pub fn map_stop_reason(reason: &str) -> FinishReason {
     match reason {
         "tool_use" => FinishReason::ToolCalls,
-        "max_tokens" | "model_context_window_exceeded" => FinishReason::Length,
+        "max_tokens" => FinishReason::Length,
+        "model_context_window_exceeded" => FinishReason::ContextWindow,
+        "stop_sequence" => FinishReason::StopSequence,
         "guardrail_intervened" | "content_filtered" => FinishReason::ContentFilter,
         _ => FinishReason::Stop,
     }
@@ -711,6 +713,7 @@ pub fn decode_response(
                 refusal: None,
                 reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
                 audio: None,
+                tool_error: false,
             },
             finish_reason: wire.stop_reason.as_deref().map(map_stop_reason),
             logprobs: None,
@@ -2096,10 +2099,10 @@ mod tests {
         .assert_eq(&serde_json::to_string_pretty(&resp).expect("json"));
         for (reason, want) in [
             ("end_turn", FinishReason::Stop),
-            ("stop_sequence", FinishReason::Stop),
+            ("stop_sequence", FinishReason::StopSequence),
             ("tool_use", FinishReason::ToolCalls),
             ("max_tokens", FinishReason::Length),
-            ("model_context_window_exceeded", FinishReason::Length),
+            ("model_context_window_exceeded", FinishReason::ContextWindow),
             ("guardrail_intervened", FinishReason::ContentFilter),
             ("content_filtered", FinishReason::ContentFilter),
         ] {

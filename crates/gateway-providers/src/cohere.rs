@@ -287,6 +287,7 @@ impl WireUsage {
 pub fn map_finish_reason(reason: &str) -> Result<FinishReason, ProviderError> {
     match reason {
         "MAX_TOKENS" => Ok(FinishReason::Length),
+        "STOP_SEQUENCE" => Ok(FinishReason::StopSequence),
         "TOOL_CALL" => Ok(FinishReason::ToolCalls),
         "ERROR" => Err(ProviderError::Server {
             status: 500,
@@ -342,6 +343,7 @@ pub fn decode_response(
                 refusal: None,
                 reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
                 audio: None,
+                tool_error: false,
             },
             finish_reason: finish,
             logprobs: None,
@@ -1009,7 +1011,7 @@ mod tests {
         );
         for (reason, want) in [
             ("COMPLETE", FinishReason::Stop),
-            ("STOP_SEQUENCE", FinishReason::Stop),
+            ("STOP_SEQUENCE", FinishReason::StopSequence),
             ("MAX_TOKENS", FinishReason::Length),
             ("TOOL_CALL", FinishReason::ToolCalls),
         ] {

@@ -772,6 +772,7 @@ pub fn decode_response(
                 refusal: None,
                 reasoning_content: (!out.thoughts.is_empty()).then_some(out.thoughts),
                 audio: None,
+                tool_error: false,
             },
             finish_reason: finish,
             logprobs: None,

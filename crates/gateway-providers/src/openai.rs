@@ -553,6 +553,8 @@ fn write_message(out: &mut Vec<u8>, m: &Message) -> serde_json::Result<()> {
         refusal: None,
         reasoning_content: None,
         audio: None,
+        // Not an OpenAI field: the text says it.
+        tool_error: _,
     } = m
     else {
         return serde_json::to_writer(&mut *out, m);
@@ -709,7 +711,8 @@ pub fn map_finish_reason(s: &str) -> Option<FinishReason> {
     }
     Some(match s.to_ascii_lowercase().as_str() {
         "" | "null" => return None,
-        "length" | "max_tokens" | "model_context_window_exceeded" => FinishReason::Length,
+        "length" | "max_tokens" => FinishReason::Length,
+        "model_context_window_exceeded" => FinishReason::ContextWindow,
         "tool_calls" | "tool_use" | "tool_call" => FinishReason::ToolCalls,
         "function_call" => FinishReason::FunctionCall,
         "content_filter" | "refusal" | "safety" => FinishReason::ContentFilter,
@@ -1243,6 +1246,7 @@ fn light_response(body: &Bytes) -> Option<ChatResponse> {
                         refusal: None,
                         reasoning_content: None,
                         audio: None,
+                        tool_error: false,
                     },
                     finish_reason,
                     logprobs: None,
@@ -1336,6 +1340,7 @@ pub fn parse_chat_response(body: &[u8]) -> Result<ChatResponse, ProviderError> {
                     refusal: m.refusal,
                     reasoning_content: m.reasoning_content.or_else(|| reasoning_text(m.reasoning)),
                     audio: m.audio,
+                    tool_error: false,
                 },
                 finish_reason: c.finish_reason,
                 logprobs: c.logprobs.filter(|l| !l.is_null()),

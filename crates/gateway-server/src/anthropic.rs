@@ -209,6 +209,7 @@ pub fn decode_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
                         .get("tool_use_id")
                         .and_then(Value::as_str)
                         .map(str::to_owned);
+                    msg.tool_error = is_error;
                     messages.push(msg);
                 }
                 "document" => {
@@ -252,6 +253,7 @@ pub fn decode_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
                 refusal: None,
                 reasoning_content: None,
                 audio: None,
+                tool_error: false,
             });
         }
     }
@@ -323,9 +325,44 @@ pub fn decode_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
     })
 }
 
+/// What an Anthropic client asked for that shapes the answer beyond its content.
+#[derive(Debug, Clone, Default)]
+pub struct Asked {
+    /// Extended thinking: the provider's reasoning comes back as a `thinking` block.
+    pub thinking: bool,
+    /// The request's stop sequence when it had exactly one: the one an answer that ended on a
+    /// stop sequence ended on (providers other than Anthropic do not say which).
+    pub stop_sequence: Option<String>,
+}
+
+impl Asked {
+    /// What `request` (decoded from the Messages API) asked for.
+    pub fn of(request: &ChatRequest) -> Self {
+        let stop_sequence = match &request.stop {
+            Some(Stop::One(s)) => Some(s.clone()),
+            Some(Stop::Many(v)) if v.len() == 1 => v.first().cloned(),
+            _ => None,
+        };
+        Asked {
+            thinking: request.thinking_budget.is_some(),
+            stop_sequence,
+        }
+    }
+
+    /// The `stop_sequence` member for an answer that ended with `f`.
+    fn stop_sequence(&self, f: Option<FinishReason>) -> Value {
+        match (f, &self.stop_sequence) {
+            (Some(FinishReason::StopSequence), Some(s)) => Value::String(s.clone()),
+            _ => Value::Null,
+        }
+    }
+}
+
 fn stop_reason(f: Option<FinishReason>) -> &'static str {
     match f {
         Some(FinishReason::Length) => "max_tokens",
+        Some(FinishReason::StopSequence) => "stop_sequence",
+        Some(FinishReason::ContextWindow) => "model_context_window_exceeded",
         Some(FinishReason::ToolCalls | FinishReason::FunctionCall) => "tool_use",
         Some(FinishReason::ContentFilter) => "refusal",
         Some(FinishReason::Stop) | None => "end_turn",
@@ -363,7 +400,8 @@ fn tool_input(arguments: &str) -> Value {
 /// Encodes a canonical response as an Anthropic message. With `thinking` (the client asked for
 /// extended thinking), the provider's reasoning text comes first as a `thinking` block; it has
 /// no signature (only Anthropic signs its thinking), so the block's `signature` is empty.
-pub fn encode_response(resp: &ChatResponse, thinking: bool) -> Bytes {
+pub fn encode_response(resp: &ChatResponse, asked: &Asked) -> Bytes {
+    let thinking = asked.thinking;
     let mut content = Vec::new();
     let choice = resp.choices.first();
     if let Some(c) = choice {
@@ -397,7 +435,7 @@ pub fn encode_response(resp: &ChatResponse, thinking: bool) -> Bytes {
         "model": resp.model,
         "content": content,
         "stop_reason": stop_reason(choice.and_then(|c| c.finish_reason)),
-        "stop_sequence": null,
+        "stop_sequence": asked.stop_sequence(choice.and_then(|c| c.finish_reason)),
         "usage": usage_json(resp.usage),
     });
     Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
@@ -424,8 +462,9 @@ pub struct StreamEncoder {
     usage: Option<Usage>,
     input_estimate: u64,
     model: String,
-    /// The client asked for extended thinking: reasoning deltas become a `thinking` block.
-    thinking: bool,
+    /// What the client asked for (extended thinking: reasoning deltas become a `thinking`
+    /// block; its one stop sequence).
+    asked: Asked,
 }
 
 fn event(out: &mut Vec<u8>, name: &str, data: &Value) {
@@ -462,15 +501,16 @@ impl StreamEncoder {
             usage: None,
             input_estimate,
             model: model.to_owned(),
-            thinking: false,
+            asked: Asked::default(),
         }
     }
 
-    /// Reasoning deltas are passed on as a `thinking` block (the client asked for extended
-    /// thinking); without this they are left out, as Anthropic leaves thinking out then.
+    /// Encodes for what the client asked: with extended thinking, reasoning deltas are passed
+    /// on as a `thinking` block (without, they are left out, as Anthropic leaves thinking out);
+    /// its one stop sequence names the end of an answer that stopped on it.
     #[must_use]
-    pub fn with_thinking(mut self, thinking: bool) -> Self {
-        self.thinking = thinking;
+    pub fn asked(mut self, asked: Asked) -> Self {
+        self.asked = asked;
         self
     }
 
@@ -561,7 +601,7 @@ impl StreamEncoder {
                 .delta
                 .reasoning_content
                 .as_deref()
-                .filter(|r| self.thinking && !r.is_empty())
+                .filter(|r| self.asked.thinking && !r.is_empty())
             {
                 let index = self.block(
                     out,
@@ -641,7 +681,7 @@ impl StreamEncoder {
             out,
             "message_delta",
             &json!({"type": "message_delta",
-                "delta": {"stop_reason": stop_reason(self.finish), "stop_sequence": null},
+                "delta": {"stop_reason": stop_reason(self.finish), "stop_sequence": self.asked.stop_sequence(self.finish)},
                 "usage": {"input_tokens": u.prompt_tokens.saturating_sub(cached), "output_tokens": u.completion_tokens,
                           "cache_read_input_tokens": cached}}),
         );
@@ -787,6 +827,53 @@ mod tests {
 
     /// A stream that ends before any chunk still starts with `message_start` (the SDKs require
     /// it); the encoder used to build that event and drop it.
+    #[test]
+    fn a_stream_that_stopped_on_a_sequence_says_which() {
+        let asked = |stops: &[&str]| {
+            Asked::of(&ChatRequest {
+                stop: Some(Stop::Many(stops.iter().map(|s| (*s).to_owned()).collect())),
+                ..ChatRequest::default()
+            })
+        };
+        for (stops, reason, want) in [
+            (&["END"][..], FinishReason::StopSequence, json!("END")),
+            (
+                &["END", "STOP"][..],
+                FinishReason::StopSequence,
+                Value::Null,
+            ),
+            (&["END"][..], FinishReason::Stop, Value::Null),
+        ] {
+            let mut enc = StreamEncoder::new("m", 3).asked(asked(stops));
+            let mut out = Vec::new();
+            let mut chunk = ChatChunk::new("id", "m".to_owned(), 0);
+            chunk.choices.push(gateway_core::types::ChunkChoice {
+                index: 0,
+                delta: gateway_core::types::Delta {
+                    content: Some("Four".to_owned()),
+                    ..Default::default()
+                },
+                finish_reason: Some(reason),
+            });
+            enc.chunk(&chunk, &mut out);
+            enc.finish(&mut out);
+            let text = String::from_utf8(out).unwrap();
+            let delta = text
+                .split("\n\n")
+                .find(|e| e.starts_with("event: message_delta"))
+                .and_then(|e| e.split_once("data: "))
+                .map(|(_, d)| serde_json::from_str::<Value>(d).unwrap())
+                .unwrap();
+            let name = if reason == FinishReason::Stop {
+                "end_turn"
+            } else {
+                "stop_sequence"
+            };
+            assert_eq!(delta["delta"]["stop_reason"], name, "{text}");
+            assert_eq!(delta["delta"]["stop_sequence"], want, "{stops:?}: {text}");
+        }
+    }
+
     #[test]
     fn an_empty_stream_still_starts_its_message() {
         let mut enc = StreamEncoder::new("m", 3);

@@ -826,10 +826,9 @@ impl Gateway {
                     Dialect::Anthropic => match &out.value.raw {
                         // An Anthropic upstream's message, as it came.
                         Some(raw) => raw.clone(),
-                        None => anthropic::encode_response(
-                            &out.value,
-                            request.thinking_budget.is_some(),
-                        ),
+                        None => {
+                            anthropic::encode_response(&out.value, &anthropic::Asked::of(&request))
+                        }
                     },
                 };
                 record.route = out.route.as_deref().map(str::to_owned);
@@ -924,7 +923,7 @@ impl Gateway {
                     dialect,
                     anthropic: (dialect == Dialect::Anthropic).then(|| {
                         anthropic::StreamEncoder::new(&request.model, est)
-                            .with_thinking(request.thinking_budget.is_some())
+                            .asked(anthropic::Asked::of(&request))
                     }),
                     responses: (api == Api::Responses).then(|| {
                         crate::responses::StreamEncoder::new(

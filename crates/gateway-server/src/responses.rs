@@ -244,7 +244,7 @@ fn response_object(
     o.insert("id".into(), json!(id));
     o.insert("object".into(), json!("response"));
     o.insert("created_at".into(), json!(created));
-    let incomplete = finish == Some(FinishReason::Length);
+    let incomplete = finish.is_some_and(FinishReason::is_length);
     let status = if in_progress {
         "in_progress"
     } else if incomplete {
@@ -569,7 +569,7 @@ impl StreamEncoder {
             self.close_calls(out);
             self.close_text(out);
         }
-        let name = if self.finish == Some(FinishReason::Length) {
+        let name = if self.finish.is_some_and(FinishReason::is_length) {
             "response.incomplete"
         } else {
             "response.completed"
