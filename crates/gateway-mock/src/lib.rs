@@ -16,7 +16,11 @@
 //! Answers are deterministic: the configured reply (default `Hello from the mock upstream.`),
 //! streamed one word per chunk (or in `stream_chunks` pieces); a tool call of the named or first
 //! tool with arguments `{"query":"<last user text>"}` when tools are offered and the last turn is
-//! user text; `Tool said: <result>` when the last turn is a tool result. Usage is
+//! user text; `Tool said: <result>` when the last turn is a tool result; a JSON value of the
+//! schema when structured output is asked for in the provider's own field (OpenAI and Cohere
+//! `response_format`, Gemini `responseSchema`, Anthropic `output_config.format`). Thinking asked
+//! for (Anthropic `thinking`, Gemini `includeThoughts`, Claude's `thinking` on Bedrock) comes
+//! first as that provider's thinking block, thought part or reasoning block. Usage is
 //! prompt = characters / 4 (at least 1), completion = number of chunks, identical in streamed and
 //! non-streamed answers.
 //!

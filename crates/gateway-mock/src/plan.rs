@@ -47,6 +47,10 @@ pub(crate) struct Prompt {
     pub thinking: bool,
     /// Answers asked for (OpenAI `n`); the non-streamed OpenAI answer has this many choices.
     pub choices: u32,
+    /// Structured output asked for (OpenAI `response_format.json_schema`, Gemini
+    /// `responseSchema`, Cohere `response_format`, Anthropic `output_config.format`): the
+    /// answer is a JSON value of that schema ([`example_of`]).
+    pub schema: Option<serde_json::Value>,
 }
 
 impl Prompt {
@@ -61,6 +65,7 @@ impl Prompt {
             include_usage: false,
             thinking: false,
             choices: 1,
+            schema: None,
         }
     }
 }
@@ -164,6 +169,74 @@ pub(crate) fn split_chunks(text: &str, n: usize) -> Vec<String> {
     out
 }
 
+/// A value that a JSON schema accepts, as a model asked for structured output writes one:
+/// every property (required or not) filled, strings `"mock"` (or the first `enum` value),
+/// numbers 1, booleans true, arrays of one item. `$ref`s into `$defs` are followed.
+pub(crate) fn example_of(schema: &serde_json::Value, depth: usize) -> serde_json::Value {
+    example_in(schema, schema, depth).unwrap_or_else(|| serde_json::json!({}))
+}
+
+fn example_in(
+    root: &serde_json::Value,
+    schema: &serde_json::Value,
+    depth: usize,
+) -> Option<serde_json::Value> {
+    use serde_json::{json, Value};
+    if depth > 8 {
+        return Some(Value::Null);
+    }
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        let name = r.rsplit('/').next()?;
+        let target = root
+            .get("$defs")
+            .or_else(|| root.get("definitions"))
+            .and_then(|d| d.get(name))?;
+        return example_in(root, target, depth + 1);
+    }
+    if let Some(v) = schema.get("enum").and_then(|e| e.get(0)) {
+        return Some(v.clone());
+    }
+    if let Some(v) = schema.get("const") {
+        return Some(v.clone());
+    }
+    for key in ["anyOf", "oneOf", "allOf"] {
+        if let Some(first) = schema.get(key).and_then(|a| a.get(0)) {
+            return example_in(root, first, depth + 1);
+        }
+    }
+    let ty = match schema.get("type") {
+        Some(Value::Array(types)) => types
+            .iter()
+            .find_map(|t| t.as_str().filter(|t| *t != "null")),
+        Some(t) => t.as_str(),
+        None if schema.get("properties").is_some() => Some("object"),
+        None => None,
+    };
+    Some(match ty.map(str::to_ascii_lowercase).as_deref() {
+        Some("object") => {
+            let mut out = serde_json::Map::new();
+            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+                for (k, p) in props {
+                    out.insert(k.clone(), example_in(root, p, depth + 1)?);
+                }
+            }
+            Value::Object(out)
+        }
+        Some("array") => {
+            let item = schema
+                .get("items")
+                .and_then(|i| example_in(root, i, depth + 1))
+                .unwrap_or(Value::Null);
+            json!([item])
+        }
+        Some("integer") => json!(1),
+        Some("number") => json!(1.0),
+        Some("boolean") => json!(true),
+        Some("null") => Value::Null,
+        _ => json!("mock"),
+    })
+}
+
 /// Decides the answer for a chat request.
 pub(crate) fn plan(reply: &Reply, prompt: &Prompt, seq: u64) -> Plan {
     let prompt_tokens = tokens_for_chars(prompt.chars);
@@ -185,6 +258,13 @@ pub(crate) fn plan(reply: &Reply, prompt: &Prompt, seq: u64) -> Plan {
         }
     } else if let LastTurn::ToolResult(result) = &prompt.last {
         let text = format!("Tool said: {result}");
+        let chunks = split_chunks(&text, reply.stream_chunks);
+        Output::Text {
+            text: Arc::from(text.as_str()),
+            chunks: chunks.into(),
+        }
+    } else if let Some(schema) = &prompt.schema {
+        let text = example_of(schema, 0).to_string();
         let chunks = split_chunks(&text, reply.stream_chunks);
         Output::Text {
             text: Arc::from(text.as_str()),

@@ -4,8 +4,8 @@
 use bytes::Bytes;
 use gateway_core::types::{
     ChatChunk, ChatRequest, ChatResponse, Content, ContentPart, FinishReason, FunctionCall,
-    FunctionDef, ImageUrl, Message, NamedFunction, NamedToolChoice, Role, Stop, Tool, ToolCall,
-    ToolChoice, ToolChoiceMode, Usage,
+    FunctionDef, ImageUrl, JsonSchemaFormat, Message, NamedFunction, NamedToolChoice,
+    ResponseFormat, Role, Stop, Tool, ToolCall, ToolChoice, ToolChoiceMode, Usage,
 };
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -39,6 +39,12 @@ struct MessagesRequest {
     fallbacks: Option<Vec<String>>,
     #[serde(default)]
     thinking: Option<Value>,
+    /// `{"format": {"type": "json_schema", "schema"}, "effort"}`.
+    #[serde(default)]
+    output_config: Option<Value>,
+    /// The structured-outputs beta's spelling of `output_config.format`.
+    #[serde(default)]
+    output_format: Option<Value>,
     #[serde(flatten)]
     _rest: Map<String, Value>,
 }
@@ -298,6 +304,25 @@ pub fn decode_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
         .and_then(|t| t.get("budget_tokens"))
         .and_then(Value::as_u64)
         .map(|b| u32::try_from(b).unwrap_or(u32::MAX));
+    // Structured outputs: the schema the answer must follow, as OpenAI's `json_schema` format
+    // (strict when the schema closes its objects, as Anthropic's SDK makes them), which each
+    // adapter carries as its provider can.
+    let response_format = req
+        .output_config
+        .as_ref()
+        .and_then(|c| c.get("format"))
+        .or(req.output_format.as_ref())
+        .filter(|f| f.get("type").and_then(Value::as_str) == Some("json_schema"))
+        .and_then(|f| f.get("schema"))
+        .map(|schema| ResponseFormat::JsonSchema {
+            json_schema: JsonSchemaFormat {
+                name: "output".to_owned(),
+                strict: (schema.get("additionalProperties") == Some(&Value::Bool(false)))
+                    .then_some(true),
+                schema: Some(schema.clone()),
+                description: None,
+            },
+        });
     Ok(ChatRequest {
         model: req.model,
         messages,
@@ -321,6 +346,7 @@ pub fn decode_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
         }),
         fallbacks: req.fallbacks.unwrap_or_default(),
         thinking_budget,
+        response_format,
         ..ChatRequest::default()
     })
 }

@@ -59,6 +59,12 @@ pub(crate) fn parse(body: &Value) -> Prompt {
         body["thinking"]["type"].as_str(),
         Some("enabled" | "adaptive")
     );
+    // Structured outputs: `output_config.format` (and the beta's `output_format`).
+    p.schema = [&body["output_config"]["format"], &body["output_format"]]
+        .into_iter()
+        .find(|f| f["type"].as_str() == Some("json_schema"))
+        .and_then(|f| f.get("schema"))
+        .cloned();
     p
 }
 

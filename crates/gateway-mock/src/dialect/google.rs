@@ -96,6 +96,14 @@ pub(crate) fn parse(body: &Value, model: &str, stream: bool) -> Prompt {
     p.thinking = field(thinking, "includeThoughts", "include_thoughts")
         .as_bool()
         .unwrap_or(false);
+    let config = field(body, "generationConfig", "generation_config");
+    p.schema = [
+        field(config, "responseSchema", "response_schema"),
+        field(config, "responseJsonSchema", "response_json_schema"),
+    ]
+    .into_iter()
+    .find(|s| s.is_object())
+    .cloned();
     p
 }
 

@@ -76,6 +76,14 @@ pub(crate) fn parse_chat(body: &Value, model_override: Option<&str>) -> Prompt {
     p.include_usage = body["stream_options"]["include_usage"]
         .as_bool()
         .unwrap_or(false);
+    // OpenAI: `{"type": "json_schema", "json_schema": {"name", "schema"}}`; Cohere (whose chat
+    // this parser reads too): `{"type": "json_object", "json_schema": {...}}`.
+    let format = &body["response_format"];
+    p.schema = match format["type"].as_str() {
+        Some("json_schema") => format["json_schema"].get("schema").cloned(),
+        Some("json_object") => format.get("json_schema").filter(|s| s.is_object()).cloned(),
+        _ => None,
+    };
     p
 }
 
