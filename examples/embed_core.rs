@@ -141,6 +141,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 weight: 1,
             }],
             fallbacks: vec!["backup/llm-small".into()],
+            context_window_fallbacks: Vec::new(),
         }],
         ..EngineConfig::default()
     })?;

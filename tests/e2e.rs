@@ -2139,3 +2139,79 @@ secret = "co-key"
     assert_eq!(result["status"], "error", "{sent}");
     gw.stop().await;
 }
+
+/// A request too long for a route's model is served by the route's context-window fallback
+/// (here an Anthropic model, for both an OpenAI and an Anthropic client) instead of being
+/// refused; a short one stays on the route's target, and a route without context-window
+/// fallbacks answers the upstream's 400.
+#[tokio::test]
+async fn too_long_requests_reach_a_larger_context_window() {
+    let small = stand_in_upstream(|_, body| {
+        if body.len() > 2_000 {
+            let e = json!({"error": {"message": "This model's maximum context length is 128 tokens. However, your messages resulted in 700 tokens. Please reduce the length of the messages.",
+                "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}});
+            return (400, "application/json", e.to_string());
+        }
+        let r = json!({"id": "chatcmpl-s", "object": "chat.completion", "created": 1, "model": "small",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "small"}}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10}});
+        (200, "application/json", r.to_string())
+    })
+    .await;
+    let big = mock(&["sk-ant-big"]).await;
+    let gw = TestGateway::start(&format!(
+        r#"
+[[providers]]
+name = "small"
+kind = "openai"
+base_url = "{small}"
+[[providers.keys]]
+name = "k"
+secret = "sk-small-1"
+
+[[providers]]
+name = "big"
+kind = "anthropic"
+base_url = "{big}"
+[[providers.keys]]
+name = "k"
+secret = "sk-ant-big"
+
+[[routes]]
+name = "chat"
+targets = [{{ provider = "small", model = "gpt-4o-mini" }}]
+context_window_fallbacks = ["big/claude-sonnet-4-5"]
+
+[[routes]]
+name = "plain"
+targets = [{{ provider = "small", model = "gpt-4o-mini" }}]
+"#,
+        big = big.url()
+    ))
+    .await;
+    let long = "word ".repeat(600);
+    let r = gw.post("/v1/chat/completions", &chat("chat", &long)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.headers["x-gateway-provider"], "big");
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "Hello from the mock upstream."
+    );
+    let r = gw.post_anthropic(&messages("chat", &long)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.headers["x-gateway-provider"], "big");
+    let r = gw
+        .post("/v1/chat/completions", &chat("chat", "short"))
+        .await;
+    assert_eq!(r.headers["x-gateway-provider"], "small");
+    assert_eq!(r.json()["choices"][0]["message"]["content"], "small");
+    let r = gw.post("/v1/chat/completions", &chat("plain", &long)).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(
+        r.json()["error"]["code"],
+        "context_length_exceeded",
+        "{}",
+        r.text()
+    );
+    gw.stop().await;
+}

@@ -113,6 +113,10 @@ pub struct RouteConfig {
     pub targets: Vec<TargetConfig>,
     /// Tried in order after the targets: `provider/model` or another route's name.
     pub fallbacks: Vec<String>,
+    /// Tried in order, instead of what is left, once a target refuses the request as too long
+    /// for its context window (`ProviderError::ContextLengthExceeded`, otherwise the caller's
+    /// error): models with a larger window, `provider/model` or a route's name.
+    pub context_window_fallbacks: Vec<String>,
 }
 
 /// Retry and deadline settings.
@@ -198,6 +202,7 @@ struct RouteEntry {
     name: Arc<str>,
     targets: Vec<TargetEntry>,
     fallbacks: Vec<String>,
+    context_window_fallbacks: Vec<String>,
     strategy: Box<dyn Strategy>,
 }
 
@@ -607,7 +612,7 @@ impl Engine {
     }
 
     /// The (provider, upstream model) pairs a model name and its fallbacks may be served by: a
-    /// route's targets and fallbacks, a direct `provider/model`, a bare model's providers (for
+    /// route's targets and fallbacks (context-window ones included), a direct `provider/model`, a bare model's providers (for
     /// pricing a reservation, which must hold for the dearest of them).
     pub fn targets_for(&self, model: &str, fallbacks: &[String]) -> Vec<(String, String)> {
         let snap = self.snapshot.load();
@@ -624,7 +629,7 @@ impl Engine {
                     push(t.provider, &t.model);
                 }
                 if depth > 0 {
-                    for f in &r.fallbacks {
+                    for f in r.fallbacks.iter().chain(&r.context_window_fallbacks) {
                         if let Some((p, m)) = split_direct(&snap, f) {
                             push(p, &m);
                         } else if let Some(fr) = snap.routes.get(f.as_str()) {
@@ -1116,6 +1121,14 @@ impl Engine {
                         attempts.push(record);
                         match scope {
                             FailoverScope::Caller => {
+                                // Too long for this model's window: a route may name models
+                                // with larger ones.
+                                if matches!(err, ProviderError::ContextLengthExceeded { .. })
+                                    && plan.widen(&snap)
+                                {
+                                    last_err = Some(err);
+                                    break;
+                                }
                                 return Err(fail(EngineError::Caller(err), attempts, route));
                             }
                             FailoverScope::Stop => {
@@ -1230,6 +1243,8 @@ struct Plan<'s> {
     queue: SmallVec<[(usize, Arc<str>); 4]>,
     queue_pos: usize,
     allowed: &'s [String],
+    /// The route's context-window fallbacks replaced what was left ([`Plan::widen`]).
+    widened: bool,
 }
 
 impl<'s> Plan<'s> {
@@ -1246,6 +1261,7 @@ impl<'s> Plan<'s> {
             queue: SmallVec::new(),
             queue_pos: 0,
             allowed,
+            widened: false,
         };
         if let Some(r) = snap.routes.get(model) {
             plan.route = Some(Arc::clone(&r.name));
@@ -1290,6 +1306,28 @@ impl<'s> Plan<'s> {
             }
         }
         Ok(plan)
+    }
+
+    /// After a target refused the request as too long for its context window: what is left of
+    /// the plan is replaced by the route's context-window fallbacks, once. `false` when there
+    /// are none (or they were already taken): the refusal is then the caller's answer.
+    fn widen(&mut self, snap: &Snapshot) -> bool {
+        let Some(r) = self
+            .route_entry
+            .filter(|r| !r.context_window_fallbacks.is_empty())
+        else {
+            return false;
+        };
+        if self.widened {
+            return false;
+        }
+        self.widened = true;
+        self.route_tried.iter_mut().for_each(|t| *t = true);
+        self.queue.truncate(self.queue_pos);
+        for f in &r.context_window_fallbacks {
+            self.push_name(snap, f, 1);
+        }
+        self.queue_pos < self.queue.len()
     }
 
     fn is_allowed(&self, snap: &Snapshot, provider: usize) -> bool {
@@ -1469,15 +1507,20 @@ fn build_snapshot(
                 ));
             }
         }
-        for (j, f) in r.fallbacks.iter().enumerate() {
-            let ok = match f.split_once('/') {
-                Some((p, m)) if provider_index.contains_key(p) && !m.is_empty() => true,
-                _ => config.routes.iter().any(|o| o.name == *f),
-            };
-            if !ok {
-                problems.push(format!(
-                    "routes[{i}].fallbacks[{j}]: `{f}` is neither `provider/model` with a known provider nor a route"
-                ));
+        for (field, names) in [
+            ("fallbacks", &r.fallbacks),
+            ("context_window_fallbacks", &r.context_window_fallbacks),
+        ] {
+            for (j, f) in names.iter().enumerate() {
+                let ok = match f.split_once('/') {
+                    Some((p, m)) if provider_index.contains_key(p) && !m.is_empty() => true,
+                    _ => config.routes.iter().any(|o| o.name == *f),
+                };
+                if !ok {
+                    problems.push(format!(
+                        "routes[{i}].{field}[{j}]: `{f}` is neither `provider/model` with a known provider nor a route"
+                    ));
+                }
             }
         }
     }
@@ -1558,6 +1601,7 @@ fn build_snapshot(
                 name: Arc::from(r.name.as_str()),
                 targets,
                 fallbacks: r.fallbacks.clone(),
+                context_window_fallbacks: r.context_window_fallbacks.clone(),
                 strategy: r.strategy.build(),
             },
         );
@@ -1584,6 +1628,7 @@ fn build_snapshot(
                 name: Arc::from(m.as_str()),
                 targets,
                 fallbacks: Vec::new(),
+                context_window_fallbacks: Vec::new(),
                 strategy: StrategyKind::Adaptive.build(),
             };
             (m.clone(), entry)
@@ -1744,6 +1789,7 @@ mod tests {
                 })
                 .collect(),
             fallbacks: fallbacks.iter().map(|f| (*f).to_owned()).collect(),
+            context_window_fallbacks: Vec::new(),
         }
     }
 
@@ -2016,6 +2062,59 @@ mod tests {
             EngineError::Caller(ProviderError::ContextLengthExceeded { .. })
         ));
         assert_eq!(err.error.http_status(), 400);
+    }
+
+    /// A request too long for a route's model goes to the route's context-window fallbacks
+    /// (and only there: the other keys and the ordinary fallbacks have the same window); when
+    /// they refuse it too, or a route has none, the refusal is the caller's answer.
+    #[tokio::test(start_paused = true)]
+    async fn too_long_requests_go_to_the_context_window_fallbacks() {
+        let too_long = || {
+            Step::Fail(ProviderError::ContextLengthExceeded {
+                message: "too long".to_owned(),
+            })
+        };
+        let fake = Arc::new(FakeProvider::new());
+        fake.always("a", too_long());
+        fake.always("b", too_long());
+        let mut r = route("chat", &[("p", 1)], &["q/m"]);
+        r.context_window_fallbacks = vec!["big/m".to_owned()];
+        let mut tight = route("tight", &[("p", 1)], &[]);
+        tight.context_window_fallbacks = vec!["p/m".to_owned()];
+        let engine = Engine::new(EngineConfig {
+            providers: vec![
+                provider("p", &fake, &["a", "b"], StrategyKind::RoundRobin),
+                provider("q", &fake, &["c"], StrategyKind::RoundRobin),
+                provider("big", &fake, &["d"], StrategyKind::RoundRobin),
+            ],
+            routes: vec![r, tight],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let ok = engine.chat(&req("chat"), &opts()).await.unwrap();
+        let keys: Vec<&str> = ok.attempts.iter().map(|a| &*a.key).collect();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert_eq!(keys[1], "d", "straight to the larger window: {keys:?}");
+        assert_eq!(&*ok.served_by.provider, "big");
+        assert_eq!(
+            engine.targets_for("chat", &[]),
+            [("p", "m"), ("q", "m"), ("big", "m")]
+                .map(|(p, m)| (p.to_owned(), m.to_owned()))
+                .to_vec(),
+            "priced at the dearest of them all"
+        );
+
+        // The fallback refuses it too: the caller's error, no loop.
+        let err = engine.chat(&req("tight"), &opts()).await.unwrap_err();
+        assert!(
+            matches!(
+                err.error,
+                EngineError::Caller(ProviderError::ContextLengthExceeded { .. })
+            ),
+            "{:?}",
+            err.error
+        );
+        assert!(err.attempts.len() <= 3, "{:?}", err.attempts.len());
     }
 
     #[tokio::test(start_paused = true)]

@@ -570,6 +570,7 @@ fn build_engine(
                 })
                 .collect(),
             fallbacks: Vec::new(),
+            context_window_fallbacks: Vec::new(),
         }],
         providers,
         health: HealthConfig::default(),

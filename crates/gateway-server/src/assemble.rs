@@ -438,6 +438,7 @@ pub async fn engine_config(
                 })
                 .collect(),
             fallbacks: r.fallbacks.clone(),
+            context_window_fallbacks: r.context_window_fallbacks.clone(),
         });
     }
     let s = &cfg.server;

@@ -342,6 +342,10 @@ pub struct RouteSection {
     /// Tried in order after the targets.
     #[serde(default)]
     pub fallbacks: Vec<String>,
+    /// Tried in order, instead of what is left, when a target refuses the request as too long
+    /// for its context window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub context_window_fallbacks: Vec<String>,
 }
 
 /// `[health]`.
