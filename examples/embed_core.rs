@@ -142,6 +142,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }],
             fallbacks: vec!["backup/llm-small".into()],
             context_window_fallbacks: Vec::new(),
+            content_policy_fallbacks: Vec::new(),
         }],
         ..EngineConfig::default()
     })?;

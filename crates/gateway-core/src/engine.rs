@@ -117,6 +117,10 @@ pub struct RouteConfig {
     /// for its context window (`ProviderError::ContextLengthExceeded`, otherwise the caller's
     /// error): models with a larger window, `provider/model` or a route's name.
     pub context_window_fallbacks: Vec<String>,
+    /// Tried in order, instead of what is left, once a target refuses the request under its
+    /// content policy (`ProviderError::ContentFiltered`, otherwise the caller's error): models
+    /// of another provider whose policy may accept it.
+    pub content_policy_fallbacks: Vec<String>,
 }
 
 /// Retry and deadline settings.
@@ -203,6 +207,7 @@ struct RouteEntry {
     targets: Vec<TargetEntry>,
     fallbacks: Vec<String>,
     context_window_fallbacks: Vec<String>,
+    content_policy_fallbacks: Vec<String>,
     strategy: Box<dyn Strategy>,
 }
 
@@ -629,7 +634,12 @@ impl Engine {
                     push(t.provider, &t.model);
                 }
                 if depth > 0 {
-                    for f in r.fallbacks.iter().chain(&r.context_window_fallbacks) {
+                    for f in r
+                        .fallbacks
+                        .iter()
+                        .chain(&r.context_window_fallbacks)
+                        .chain(&r.content_policy_fallbacks)
+                    {
                         if let Some((p, m)) = split_direct(&snap, f) {
                             push(p, &m);
                         } else if let Some(fr) = snap.routes.get(f.as_str()) {
@@ -1121,11 +1131,9 @@ impl Engine {
                         attempts.push(record);
                         match scope {
                             FailoverScope::Caller => {
-                                // Too long for this model's window: a route may name models
-                                // with larger ones.
-                                if matches!(err, ProviderError::ContextLengthExceeded { .. })
-                                    && plan.widen(&snap)
-                                {
+                                // Too long for this model's window, or against its provider's
+                                // content policy: a route may name models that take it.
+                                if plan.widen(&snap, &err) {
                                     last_err = Some(err);
                                     break;
                                 }
@@ -1243,7 +1251,8 @@ struct Plan<'s> {
     queue: SmallVec<[(usize, Arc<str>); 4]>,
     queue_pos: usize,
     allowed: &'s [String],
-    /// The route's context-window fallbacks replaced what was left ([`Plan::widen`]).
+    /// The route's context-window or content-policy fallbacks replaced what was left
+    /// ([`Plan::widen`]).
     widened: bool,
 }
 
@@ -1308,23 +1317,26 @@ impl<'s> Plan<'s> {
         Ok(plan)
     }
 
-    /// After a target refused the request as too long for its context window: what is left of
-    /// the plan is replaced by the route's context-window fallbacks, once. `false` when there
-    /// are none (or they were already taken): the refusal is then the caller's answer.
-    fn widen(&mut self, snap: &Snapshot) -> bool {
-        let Some(r) = self
-            .route_entry
-            .filter(|r| !r.context_window_fallbacks.is_empty())
-        else {
+    /// After a target refused the request as the caller's fault in a way another model may
+    /// not (too long for its context window, or against its content policy): what is left of
+    /// the plan is replaced by the route's fallbacks for that refusal, once. `false` when there
+    /// are none (or a replacement was already made): the refusal is then the caller's answer.
+    fn widen(&mut self, snap: &Snapshot, refusal: &ProviderError) -> bool {
+        let Some(r) = self.route_entry else {
             return false;
         };
-        if self.widened {
+        let names = match refusal {
+            ProviderError::ContextLengthExceeded { .. } => &r.context_window_fallbacks,
+            ProviderError::ContentFiltered { .. } => &r.content_policy_fallbacks,
+            _ => return false,
+        };
+        if self.widened || names.is_empty() {
             return false;
         }
         self.widened = true;
         self.route_tried.iter_mut().for_each(|t| *t = true);
         self.queue.truncate(self.queue_pos);
-        for f in &r.context_window_fallbacks {
+        for f in names {
             self.push_name(snap, f, 1);
         }
         self.queue_pos < self.queue.len()
@@ -1510,6 +1522,7 @@ fn build_snapshot(
         for (field, names) in [
             ("fallbacks", &r.fallbacks),
             ("context_window_fallbacks", &r.context_window_fallbacks),
+            ("content_policy_fallbacks", &r.content_policy_fallbacks),
         ] {
             for (j, f) in names.iter().enumerate() {
                 let ok = match f.split_once('/') {
@@ -1602,6 +1615,7 @@ fn build_snapshot(
                 targets,
                 fallbacks: r.fallbacks.clone(),
                 context_window_fallbacks: r.context_window_fallbacks.clone(),
+                content_policy_fallbacks: r.content_policy_fallbacks.clone(),
                 strategy: r.strategy.build(),
             },
         );
@@ -1629,6 +1643,7 @@ fn build_snapshot(
                 targets,
                 fallbacks: Vec::new(),
                 context_window_fallbacks: Vec::new(),
+                content_policy_fallbacks: Vec::new(),
                 strategy: StrategyKind::Adaptive.build(),
             };
             (m.clone(), entry)
@@ -1790,6 +1805,7 @@ mod tests {
                 .collect(),
             fallbacks: fallbacks.iter().map(|f| (*f).to_owned()).collect(),
             context_window_fallbacks: Vec::new(),
+            content_policy_fallbacks: Vec::new(),
         }
     }
 
@@ -2065,10 +2081,11 @@ mod tests {
     }
 
     /// A request too long for a route's model goes to the route's context-window fallbacks
-    /// (and only there: the other keys and the ordinary fallbacks have the same window); when
-    /// they refuse it too, or a route has none, the refusal is the caller's answer.
+    /// (and only there: the other keys and the ordinary fallbacks have the same window), one
+    /// refused under a content policy to its content-policy fallbacks; when they refuse it too,
+    /// or a route has none for that refusal, the refusal is the caller's answer.
     #[tokio::test(start_paused = true)]
-    async fn too_long_requests_go_to_the_context_window_fallbacks() {
+    async fn refused_requests_go_to_the_routes_fallbacks_for_that_refusal() {
         let too_long = || {
             Step::Fail(ProviderError::ContextLengthExceeded {
                 message: "too long".to_owned(),
@@ -2081,16 +2098,39 @@ mod tests {
         r.context_window_fallbacks = vec!["big/m".to_owned()];
         let mut tight = route("tight", &[("p", 1)], &[]);
         tight.context_window_fallbacks = vec!["p/m".to_owned()];
+        // Content-policy fallbacks answer a content-policy refusal, not a context-length one.
+        fake.always(
+            "s",
+            Step::Fail(ProviderError::ContentFiltered {
+                message: "filtered".to_owned(),
+            }),
+        );
+        let mut safe = route("safe", &[("strict", 1)], &[]);
+        safe.content_policy_fallbacks = vec!["big/m".to_owned()];
+        let mut only_policy = route("only-policy", &[("p", 1)], &[]);
+        only_policy.content_policy_fallbacks = vec!["big/m".to_owned()];
         let engine = Engine::new(EngineConfig {
             providers: vec![
                 provider("p", &fake, &["a", "b"], StrategyKind::RoundRobin),
                 provider("q", &fake, &["c"], StrategyKind::RoundRobin),
                 provider("big", &fake, &["d"], StrategyKind::RoundRobin),
+                provider("strict", &fake, &["s"], StrategyKind::RoundRobin),
             ],
-            routes: vec![r, tight],
+            routes: vec![r, tight, safe, only_policy],
             ..EngineConfig::default()
         })
         .unwrap();
+        let ok = engine.chat(&req("safe"), &opts()).await.unwrap();
+        assert_eq!(&*ok.served_by.provider, "big");
+        let err = engine.chat(&req("only-policy"), &opts()).await.unwrap_err();
+        assert!(
+            matches!(
+                err.error,
+                EngineError::Caller(ProviderError::ContextLengthExceeded { .. })
+            ),
+            "{:?}",
+            err.error
+        );
         let ok = engine.chat(&req("chat"), &opts()).await.unwrap();
         let keys: Vec<&str> = ok.attempts.iter().map(|a| &*a.key).collect();
         assert_eq!(keys.len(), 2, "{keys:?}");

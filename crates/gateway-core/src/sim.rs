@@ -571,6 +571,7 @@ fn build_engine(
                 .collect(),
             fallbacks: Vec::new(),
             context_window_fallbacks: Vec::new(),
+            content_policy_fallbacks: Vec::new(),
         }],
         providers,
         health: HealthConfig::default(),

@@ -439,6 +439,7 @@ pub async fn engine_config(
                 .collect(),
             fallbacks: r.fallbacks.clone(),
             context_window_fallbacks: r.context_window_fallbacks.clone(),
+            content_policy_fallbacks: r.content_policy_fallbacks.clone(),
         });
     }
     let s = &cfg.server;

@@ -346,6 +346,10 @@ pub struct RouteSection {
     /// for its context window.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub context_window_fallbacks: Vec<String>,
+    /// Tried in order, instead of what is left, when a target refuses the request under its
+    /// content policy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub content_policy_fallbacks: Vec<String>,
 }
 
 /// `[health]`.
