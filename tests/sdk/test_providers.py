@@ -470,3 +470,25 @@ def test_anthropic_structured_outputs_every_provider(gateway, provider):
     m = client.messages.parse(model=f"{provider}/{MODEL[provider]}", max_tokens=200, output_format=Weather,
                               messages=[{"role": "user", "content": "Weather in Paris?"}])
     assert m.parsed_output == Weather(city="mock", temp_c=1)
+
+
+def test_openai_endpoints_passed_on(gateway):
+    """Moderations, image generation and speech go to an OpenAI-format provider as the client
+    wrote them (model rewritten) and come back as they came, audio included."""
+    client = oai(gateway)
+    m = client.moderations.create(model="oai/omni-moderation-latest", input=["fine", "FLAGME now"])
+    assert [r.flagged for r in m.results] == [False, True]
+    img = client.images.generate(model="oai/gpt-image-1", prompt="a cat")
+    assert img.data[0].b64_json and img.usage.output_tokens > 0
+    raw = client.images.with_raw_response.generate(model="oai/dall-e-3", prompt="a cat", n=1)
+    assert raw.headers["x-gateway-provider"] == "oai"
+    assert raw.parse().data[0].url.startswith("https://")
+    speech = client.audio.speech.create(model="oai/gpt-4o-mini-tts", voice="alloy", input="hi")
+    assert speech.content.startswith(b"ID3")
+    assert speech.response.headers["content-type"] == "audio/mpeg"
+    # A provider of another format has no such endpoint: the client hears it, in OpenAI's shape.
+    with pytest.raises(openai.BadRequestError) as e:
+        client.moderations.create(model="ant/claude-3-5-haiku-latest", input="x")
+    assert "does not serve" in e.value.body["message"], e.value.body
+    with pytest.raises(openai.BadRequestError):
+        client.post("/audio/speech", body={"voice": "alloy", "input": "hi"}, cast_to=object)

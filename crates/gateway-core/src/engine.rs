@@ -33,7 +33,7 @@ use smallvec::SmallVec;
 
 use crate::error::{EngineError, FailoverScope, ProviderError, RateLimitScope};
 use crate::observe::{AttemptRecord, NoopObserver, Observer};
-use crate::provider::{Call, ChunkStream, Credential, Provider};
+use crate::provider::{Call, ChunkStream, Credential, ForwardAnswer, ForwardRequest, Provider};
 use crate::ratelimit::RateLimitInfo;
 use crate::signals::{
     AttemptOutcome, Availability, Clock, HealthConfig, InFlight, Signals, SignalsSnapshot,
@@ -516,6 +516,29 @@ impl Engine {
                 None,
                 |p, call| async move {
                     let r = p.embed(&call, request).await?;
+                    Ok((r.body, r.rate_limit, None))
+                },
+            )
+            .await?;
+        Ok(out.finish(self.now()))
+    }
+
+    /// A call to an OpenAI endpoint the gateway passes on ([`Provider::forward`]), balanced and
+    /// failed over like embeddings; providers without the endpoint are passed over.
+    pub async fn forward(
+        &self,
+        request: &ForwardRequest,
+        opts: &RequestOptions,
+    ) -> Result<Outcome<ForwardAnswer>, Failure> {
+        let out = self
+            .run(
+                &request.model,
+                &opts.fallbacks,
+                opts,
+                0,
+                None,
+                |p, call| async move {
+                    let r = p.forward(&call, request).await?;
                     Ok((r.body, r.rate_limit, None))
                 },
             )

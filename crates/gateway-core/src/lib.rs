@@ -31,8 +31,8 @@ pub use engine::{
 pub use error::{EngineError, FailoverScope, ProviderError, RateLimitScope};
 pub use observe::{AttemptRecord, Observer, RequestRecord};
 pub use provider::{
-    Call, ChunkStream, Credential, Passthrough, Provider, ProviderResponse, ProviderStream, Secret,
-    StoredResponseKind, StoredResponseOp,
+    Call, ChunkStream, Credential, ForwardAnswer, ForwardRequest, Passthrough, Provider,
+    ProviderResponse, ProviderStream, Secret, StoredResponseKind, StoredResponseOp,
 };
 pub use ratelimit::RateLimitInfo;
 pub use strategy::{Strategy, StrategyKind};

@@ -15,7 +15,7 @@ use futures_core::Stream;
 use crate::error::ProviderError;
 use crate::ratelimit::RateLimitInfo;
 use crate::types::{
-    ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, ModelInfo,
+    ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, ModelInfo, Usage,
 };
 
 /// A secret string whose `Debug` and `Display` never show the value.
@@ -285,6 +285,25 @@ pub trait Provider: Send + Sync + 'static {
         })
     }
 
+    /// A call to an OpenAI endpoint the gateway passes on without modelling it (moderations,
+    /// image generation, speech; [`ForwardRequest`]): the client's JSON body with `model` set to
+    /// the upstream model id, the answer as it came. The default says the provider has none.
+    async fn forward(
+        &self,
+        call: &Call,
+        request: &ForwardRequest,
+    ) -> Result<ProviderResponse<ForwardAnswer>, ProviderError> {
+        let _ = (call, request);
+        Err(ProviderError::Unsupported {
+            message: format!(
+                "provider kind `{}` does not serve `{}`",
+                self.kind(),
+                request.path
+            ),
+            param: Some("model".to_owned()),
+        })
+    }
+
     /// The models this provider serves. The default is none known.
     async fn list_models(&self, call: &Call) -> Result<Vec<ModelInfo>, ProviderError> {
         let _ = call;
@@ -310,6 +329,29 @@ pub fn responses_unsupported(kind: &str, request: &ChatRequest) -> Result<(), Pr
         message: format!("provider kind `{kind}` does not serve {api}"),
         param: Some("model".to_owned()),
     })
+}
+
+/// A request to an OpenAI endpoint the gateway passes on as it came ([`Provider::forward`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardRequest {
+    /// The endpoint's path under the API version, as OpenAI spells it (`/moderations`,
+    /// `/images/generations`, `/audio/speech`).
+    pub path: &'static str,
+    /// The public model name (the body's `model`, or the endpoint's default).
+    pub model: String,
+    /// The client's JSON body, as it came.
+    pub body: bytes::Bytes,
+}
+
+/// The answer to a [`ForwardRequest`], as the upstream sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardAnswer {
+    /// Its content type (`application/json`, `audio/mpeg`...).
+    pub content_type: String,
+    /// Its bytes.
+    pub body: bytes::Bytes,
+    /// Usage, when the answer reports some (image generation by token-priced models).
+    pub usage: Option<Usage>,
 }
 
 /// What [`Provider::stored_response`] is asked to do with the response `id`.

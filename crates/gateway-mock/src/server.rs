@@ -94,6 +94,16 @@ enum Op {
     BatchEmbed,
     Models,
     CountTokens,
+    /// OpenAI's other endpoints: moderations, image generation, speech.
+    Other(OtherOp),
+}
+
+/// OpenAI endpoints beyond chat and embeddings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OtherOp {
+    Moderations,
+    Images,
+    Speech,
 }
 
 /// What is asked of a stored Responses answer.
@@ -258,6 +268,15 @@ fn route(method: &Method, path: &str, query: Option<&str>, parts: &Parts) -> Rou
         }
         if path.ends_with("/embeddings") {
             return provider(Dialect::OpenAi, Op::Embed);
+        }
+        for (suffix, op) in [
+            ("/moderations", OtherOp::Moderations),
+            ("/images/generations", OtherOp::Images),
+            ("/audio/speech", OtherOp::Speech),
+        ] {
+            if path.ends_with(suffix) {
+                return provider(Dialect::OpenAi, Op::Other(op));
+            }
         }
     }
     if get && path.ends_with("/models") {
@@ -821,6 +840,9 @@ async fn provider(
             ),
         },
         (Op::BatchEmbed, _) => google::batch_embed_json(value),
+        (Op::Other(OtherOp::Moderations), _) => openai::moderations_json(value, seq),
+        (Op::Other(OtherOp::Images), _) => openai::images_json(value),
+        (Op::Other(OtherOp::Speech), _) => Ok(String::new()),
         (Op::CountTokens, Some(p)) if d == Dialect::Anthropic => {
             Ok(anthropic::count_tokens_json(p))
         }
@@ -843,6 +865,15 @@ async fn provider(
         (Op::Responses, Some(p)) => Ok(responses::json_body(&ctx, p, value)),
         (Op::Chat | Op::Responses | Op::Completions, None) => Err(ErrorKind::NotFound(model_name)),
     };
+    if let Op::Other(OtherOp::Speech) = call.op {
+        // Speech answers audio, not JSON.
+        return match openai::speech_audio(value) {
+            Ok((content_type, audio)) => {
+                respond(200, content_type, MockBody::full(audio), &headers)
+            }
+            Err(e) => error_response(d, &e, seq, headers),
+        };
+    }
     match rendered {
         Ok(body) => respond(200, "application/json", MockBody::full(body), &headers),
         Err(e) => error_response(d, &e, seq, headers),

@@ -100,6 +100,8 @@ pub struct OpenAiProvider {
     responses_url: String,
     embeddings_url: String,
     models_url: String,
+    /// The base URL, for the endpoints passed on ([`Provider::forward`]).
+    base_url: String,
     headers: Arc<[(HeaderName, HeaderValue)]>,
     quirks: Quirks,
     client: HttpClient,
@@ -114,6 +116,7 @@ impl OpenAiProvider {
             completions_url: join_url(&config.base_url, "/completions"),
             embeddings_url: join_url(&config.base_url, "/embeddings"),
             models_url: join_url(&config.base_url, "/models"),
+            base_url: config.base_url.clone(),
             kind: config.kind.into(),
             headers: config.headers.into(),
             quirks: config.quirks,
@@ -279,6 +282,54 @@ impl Provider for OpenAiProvider {
         })
     }
 
+    /// Moderations, image generation and speech: the client's body with `model` rewritten to
+    /// `{base_url}{path}`, the answer as it came (a streamed one, read whole).
+    async fn forward(
+        &self,
+        call: &Call,
+        request: &gateway_core::ForwardRequest,
+    ) -> Result<ProviderResponse<gateway_core::ForwardAnswer>, ProviderError> {
+        #[derive(Deserialize, Default)]
+        struct Head {
+            #[serde(default)]
+            stream: Option<bool>,
+        }
+        let stream = serde_json::from_slice::<Head>(&request.body)
+            .map_err(|e| ProviderError::BadRequest {
+                status: 400,
+                message: format!("the request body: {e}"),
+                param: None,
+                code: None,
+            })?
+            .stream
+            .unwrap_or(false);
+        let mut lead = b"\"model\":".to_vec();
+        serde_json::to_writer(&mut lead, &*call.model)
+            .map_err(|e| ProviderError::Protocol(format!("encoding the request: {e}")))?;
+        let body = crate::anthropic::rewrite_native_without(&request.body, &lead, stream, &[])?;
+        let url = join_url(&self.base_url, request.path);
+        let req = json_request(Method::POST, &url, &self.request_headers(call)?, body)?;
+        let resp = self.client.fetch(req, call.timeout, classify).await?;
+        let content_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        let usage = content_type
+            .starts_with("application/json")
+            .then(|| forwarded_usage(resp.body()))
+            .flatten();
+        Ok(ProviderResponse {
+            rate_limit: rate_limit_info(resp.headers()),
+            body: gateway_core::ForwardAnswer {
+                content_type,
+                body: resp.body().clone(),
+                usage,
+            },
+        })
+    }
+
     async fn stored_response(
         &self,
         call: &Call,
@@ -385,6 +436,24 @@ pub async fn open_chunk_stream(
         ),
         rate_limit,
     })
+}
+
+/// The usage of a forwarded answer that reports one (image generation by token-priced models:
+/// `{"input_tokens", "output_tokens"}`).
+fn forwarded_usage(body: &[u8]) -> Option<Usage> {
+    #[derive(Deserialize)]
+    struct Tokens {
+        #[serde(default)]
+        input_tokens: u64,
+        #[serde(default)]
+        output_tokens: u64,
+    }
+    #[derive(Deserialize)]
+    struct Answer {
+        usage: Option<Tokens>,
+    }
+    let t = serde_json::from_slice::<Answer>(body).ok()?.usage?;
+    Some(Usage::new(t.input_tokens, t.output_tokens, 0))
 }
 
 fn is_json(resp: &Response<Incoming>) -> bool {

@@ -398,6 +398,10 @@ impl Gateway {
             (Method::POST, "/v1/embeddings" | "/embeddings" | "/openai/v1/embeddings") => {
                 Box::pin(self.embeddings(req, &request_id, started)).await
             }
+            (Method::POST, p) if forwarded_endpoint(p).is_some() => {
+                let endpoint = forwarded_endpoint(p).unwrap_or(&FORWARDED[0]);
+                Box::pin(self.forward(req, endpoint, &request_id, started)).await
+            }
             (_, p) if p.starts_with("/admin/") || p == "/admin" => Box::pin(self.admin(req)).await,
             (_, p) if p.starts_with("/v1/responses/") => {
                 Box::pin(self.stored_response(req, &request_id)).await
@@ -1232,6 +1236,105 @@ impl Gateway {
         }
     }
 
+    /// An OpenAI endpoint passed on without being modelled ([`FORWARDED`]): the body's `model`
+    /// (or the endpoint's default) is resolved and balanced like any model, the body goes to
+    /// an OpenAI-format provider with `model` rewritten, and the answer comes back as it came.
+    async fn forward(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        endpoint: &'static Forwarded,
+        request_id: &Arc<str>,
+        started: Instant,
+    ) -> Response<Body> {
+        let dialect = Dialect::OpenAi;
+        let (head, body) = Head::take(req);
+        let body = match self.read_declared(head.content_length, body).await {
+            Ok(b) => b,
+            Err(e) => {
+                return self.bad_input(&e, endpoint.name, &head, dialect, request_id, started)
+            }
+        };
+        let model = match forwarded_model(&body, endpoint) {
+            Ok(m) => m,
+            Err(e) => {
+                return self.bad_input(&e, endpoint.name, &head, dialect, request_id, started)
+            }
+        };
+        let ext = self.ext.load_full();
+        let trace = head.trace;
+        let mut record = RequestRecord {
+            request_id: String::from(&**request_id),
+            started_at_ms: unix_ms(),
+            endpoint: endpoint.name,
+            requested_model: model.clone(),
+            trace: Some(trace),
+            content: self.content_of(&body),
+            ..RequestRecord::default()
+        };
+        let est = (body.len() as u64).div_ceil(4);
+        let permit = match self
+            .admit(head.presented.as_deref(), &model, &[], est, 0)
+            .await
+        {
+            Ok(p) => p,
+            Err(r) => {
+                self.name_refused_model(&mut record);
+                return refused(r, dialect, request_id, record, started, &ext);
+            }
+        };
+        record.virtual_key = permit.virtual_key().map(str::to_owned);
+        let opts = RequestOptions {
+            request_id: Arc::clone(request_id),
+            trace: Some(trace),
+            allowed_providers: allowed_providers(&*permit),
+            ..RequestOptions::default()
+        };
+        let request = gateway_core::ForwardRequest {
+            path: endpoint.path,
+            model,
+            body,
+        };
+        match self.engine.forward(&request, &opts).await {
+            Ok(out) => {
+                // Only token-priced image models report usage; the others are charged nothing
+                // by the price table and counted as requests.
+                let usage = out.value.usage.unwrap_or_default();
+                let cost = ext
+                    .pricing
+                    .cost(&out.served_by.provider, &out.served_by.model, &usage);
+                permit.settle(&usage, cost);
+                record.provider = Some(String::from(&*out.served_by.provider));
+                record.model = Some(String::from(&*out.served_by.model));
+                record.usage = out.value.usage;
+                record.cost_usd = cost;
+                record.status = 200;
+                record.duration = started.elapsed();
+                record.route = out.route.as_deref().map(str::to_owned);
+                let attempts = out.attempts.len();
+                record.attempts = out.attempts;
+                if let Some((_, answer)) = &mut record.content {
+                    if out.value.content_type.starts_with("application/json") {
+                        *answer = String::from_utf8_lossy(&out.value.body).into_owned();
+                    }
+                }
+                ext.observer.on_finish(&record);
+                let mut resp = bytes_response(200, out.value.body);
+                if let Ok(v) = HeaderValue::from_str(&out.value.content_type) {
+                    resp.headers_mut().insert(header::CONTENT_TYPE, v);
+                }
+                served_headers(
+                    resp.headers_mut(),
+                    &out.served_by.provider,
+                    &out.served_by.model,
+                    attempts,
+                    cost,
+                );
+                resp
+            }
+            Err(f) => self.fail(f, dialect, request_id, record, started, &ext),
+        }
+    }
+
     async fn admin(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let runtime = self.runtime.load_full();
         let token = runtime.admin_token.as_bytes();
@@ -1323,6 +1426,59 @@ pub fn presented_key(headers: &HeaderMap) -> Option<String> {
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
     a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+/// An OpenAI endpoint the gateway passes on without modelling it.
+pub struct Forwarded {
+    /// Its name in logs and metrics.
+    name: &'static str,
+    /// Its path under the API version.
+    path: &'static str,
+    /// The model OpenAI uses when the body names none (`None`: `model` is required).
+    default_model: Option<&'static str>,
+}
+
+/// The endpoints passed on ([`Gateway::forward`]).
+const FORWARDED: [Forwarded; 3] = [
+    Forwarded {
+        name: "moderations",
+        path: "/moderations",
+        default_model: Some("omni-moderation-latest"),
+    },
+    Forwarded {
+        name: "images",
+        path: "/images/generations",
+        default_model: Some("dall-e-2"),
+    },
+    Forwarded {
+        name: "speech",
+        path: "/audio/speech",
+        default_model: None,
+    },
+];
+
+/// The passed-on endpoint a request path names (`/v1/...`, or without the version).
+fn forwarded_endpoint(path: &str) -> Option<&'static Forwarded> {
+    let rest = path.strip_prefix("/v1").unwrap_or(path);
+    FORWARDED.iter().find(|f| f.path == rest)
+}
+
+/// The model a passed-on request names: its body's `model`, else the endpoint's default.
+fn forwarded_model(body: &[u8], endpoint: &Forwarded) -> Result<String, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(default)]
+        model: Option<String>,
+    }
+    let head: Head = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))?;
+    match head.model.filter(|m| !m.is_empty()) {
+        Some(m) => Ok(m),
+        None => endpoint
+            .default_model
+            .map(str::to_owned)
+            .ok_or_else(|| ApiError::invalid("model: field required").param("model")),
+    }
 }
 
 fn percent_decode(s: &str) -> String {

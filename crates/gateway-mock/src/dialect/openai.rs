@@ -527,3 +527,90 @@ pub(crate) fn azure_error(e: &ErrorKind) -> ErrorResponse {
         headers,
     }
 }
+
+/// `POST /v1/moderations`: `input` (a string or a list of them) is required; each input gets a
+/// result, flagged when it contains `FLAGME`.
+pub(crate) fn moderations_json(body: &Value, seq: u64) -> Result<String, ErrorKind> {
+    let inputs: Vec<&str> = match &body["input"] {
+        Value::String(s) => vec![s.as_str()],
+        Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+        _ => {
+            return Err(ErrorKind::BadRequest(
+                "you must provide an input".to_owned(),
+            ))
+        }
+    };
+    let results: Vec<Value> = inputs
+        .iter()
+        .map(|t| {
+            let flagged = t.contains("FLAGME");
+            json!({
+                "flagged": flagged,
+                "categories": {"harassment": flagged, "violence": false},
+                "category_scores": {"harassment": if flagged { 0.98 } else { 0.01 }, "violence": 0.0},
+            })
+        })
+        .collect();
+    Ok(json!({
+        "id": format!("modr-mock{seq:012}"),
+        "model": body["model"].as_str().unwrap_or("omni-moderation-latest"),
+        "results": results,
+    })
+    .to_string())
+}
+
+/// `POST /v1/images/generations`: `prompt` is required; `n` images (default 1), as
+/// `b64_json` or `url` (`response_format`); token-priced models (`gpt-image-*`) report usage.
+pub(crate) fn images_json(body: &Value) -> Result<String, ErrorKind> {
+    let Some(prompt) = body["prompt"].as_str() else {
+        return Err(ErrorKind::BadRequest(
+            "Missing required parameter: 'prompt'.".to_owned(),
+        ));
+    };
+    let n = body["n"].as_u64().unwrap_or(1).clamp(1, 10);
+    let b64 = body["response_format"].as_str() == Some("b64_json")
+        || body["model"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("gpt-image"));
+    let data: Vec<Value> = (0..n)
+        .map(|i| {
+            if b64 {
+                json!({"b64_json": "aW1hZ2U="})
+            } else {
+                json!({"url": format!("https://mock.invalid/image-{i}.png"), "revised_prompt": prompt})
+            }
+        })
+        .collect();
+    let mut out = json!({"created": 1_730_000_000u64, "data": data});
+    if body["model"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("gpt-image"))
+    {
+        out["usage"] = json!({"input_tokens": 10, "output_tokens": 272 * n, "total_tokens": 10 + 272 * n,
+            "input_tokens_details": {"text_tokens": 10, "image_tokens": 0}});
+    }
+    Ok(out.to_string())
+}
+
+/// `POST /v1/audio/speech`: `input` and `voice` are required; the answer is audio bytes of the
+/// requested `response_format` (default mp3).
+pub(crate) fn speech_audio(body: &Value) -> Result<(&'static str, bytes::Bytes), ErrorKind> {
+    if body["input"].as_str().is_none() || body["voice"].is_null() {
+        return Err(ErrorKind::BadRequest(
+            "Missing required parameter: 'input' and 'voice'.".to_owned(),
+        ));
+    }
+    let content_type = match body["response_format"].as_str() {
+        Some("wav") => "audio/wav",
+        Some("opus") => "audio/ogg",
+        Some("aac") => "audio/aac",
+        Some("flac") => "audio/flac",
+        Some("pcm") => "audio/pcm",
+        _ => "audio/mpeg",
+    };
+    // An ID3 header and a few bytes: enough to be told apart from JSON.
+    Ok((
+        content_type,
+        bytes::Bytes::from_static(b"ID3\x04\x00\x00\x00\x00\x00\x00mock-audio"),
+    ))
+}
