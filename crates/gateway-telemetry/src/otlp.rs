@@ -186,6 +186,10 @@ async fn run(
 fn operation(endpoint: &str) -> &'static str {
     match endpoint {
         "embeddings" => "embeddings",
+        // Not GenAI operations the conventions name: the endpoint's own.
+        "moderations" => "moderations",
+        "images" => "images",
+        "speech" => "speech",
         _ => "chat",
     }
 }
