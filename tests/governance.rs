@@ -697,3 +697,83 @@ budget_usd = 10.0
     gw.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A stream the client leaves before its usage chunk is charged for what it carried, about a
+/// token an event, not for its input alone (a client that closes just before the end must not
+/// get the answer for the price of the question).
+#[tokio::test]
+async fn a_stream_the_client_leaves_is_charged_for_what_it_carried() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let words: Vec<String> = (0..200).map(|i| format!("w{i}")).collect();
+    let m = MockUpstream::new()
+        .reply(words.join(" "))
+        .chunk_delay(std::time::Duration::from_millis(5))
+        .start()
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!(
+        "gw-gov-leave-{}-{}",
+        std::process::id(),
+        fastrand_name()
+    ));
+    let toml = format!(
+        r#"
+[server]
+admin_token = "adm"
+data_dir = "{}"
+[[providers]]
+name = "oai"
+kind = "openai"
+base_url = "{}"
+[[providers.keys]]
+name = "k"
+secret = "sk-leave-0123456789"
+[[virtual_keys]]
+name = "metered"
+secret = "vk-metered-0123456789"
+budget_usd = 10.0
+"#,
+        dir.display(),
+        m.url()
+    );
+    let config = Config::from_toml(&toml).unwrap();
+    let services = Services::start(&config).await.unwrap();
+    let gw = TestGateway::start_with(&toml, services.extensions(), None).await;
+    services.attach(&gw.gateway);
+    let mut body = chat("oai/gpt-4o-mini", "hi");
+    body["stream"] = json!(true);
+    let body = serde_json::to_vec(&body).unwrap();
+    let addr = gw.url("").trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer vk-metered-0123456789\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&body).await.unwrap();
+    // Read until about 150 events have come, then leave.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while seen.windows(5).filter(|w| w == b"data:").count() < 150 {
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the stream ended early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    drop(tcp);
+    let admin = [("authorization", "Bearer adm")];
+    let mut spend = 0.0;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        spend = gw.get("/admin/virtual-keys/metered", &admin).await.json()["spend_usd"]
+            .as_f64()
+            .unwrap();
+        if spend > 0.0 {
+            break;
+        }
+    }
+    // At least the 150 events read, at about a token each, at $0.60 per million output tokens.
+    assert!(spend >= 150.0 * 0.6e-6, "{spend}");
+    services.shutdown().await;
+    gw.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -512,3 +512,60 @@ async fn bad_bodies_are_logged_and_counted() {
     }
     s.gw.stop().await;
 }
+
+/// A client that leaves before its answer (or its stream's first chunk) still has its record
+/// (status 499), its request count and its cancelled attempt (`client_error`).
+#[tokio::test]
+async fn clients_that_leave_before_the_answer_are_logged_and_counted() {
+    use tokio::io::AsyncWriteExt;
+    let s = setup().await;
+    let gw = &s.gw;
+    s.openai.set_latency(Duration::from_millis(1500));
+    s.openai.set_ttft(Duration::from_millis(1500));
+    let addr = gw.url("").trim_start_matches("http://").to_owned();
+    for stream in [false, true] {
+        let mut body = chat("oai/gpt-4o-mini", "leaving");
+        body["stream"] = json!(stream);
+        let body = serde_json::to_vec(&body).unwrap();
+        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        tcp.write_all(&body).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(tcp);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.telemetry.flush().await;
+    let logs = gw.get("/admin/logs?status=499", &[ADMIN]).await.json();
+    let data = logs["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2, "{logs}");
+    for e in data {
+        assert_eq!(e["error"], "client disconnected before the answer", "{e}");
+        assert_eq!(e["requested_model"], "oai/gpt-4o-mini", "{e}");
+    }
+    let metrics = gw.get("/metrics", &[]).await.text();
+    let sum = |metric: &str, label: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(metric) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(
+        sum("gateway_requests_total{", "status=\"499\""),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sum(
+            "gateway_upstream_requests_total{",
+            "outcome=\"client_error\""
+        ),
+        2.0,
+        "{metrics}"
+    );
+    s.gw.stop().await;
+}

@@ -1026,6 +1026,16 @@ impl Engine {
                 let started_at = std::time::SystemTime::now();
                 let key_guard = key.signals.start(now, est_tokens);
                 let target_guard = p.signals.start(now, est_tokens);
+                let under_way = UnderWay {
+                    observer: &*self.observer,
+                    provider: p,
+                    key,
+                    model: &model_id,
+                    started: std::time::Instant::now(),
+                    started_at,
+                    is_retry: provider_attempts > 0,
+                    span_id,
+                };
                 let result =
                     match tokio::time::timeout(timeout, call_fn(Arc::clone(&p.provider), call))
                         .await
@@ -1033,6 +1043,7 @@ impl Engine {
                         Ok(r) => r,
                         Err(_) => Err(ProviderError::Timeout),
                     };
+                under_way.ended();
                 let end = self.now();
                 let latency = Duration::from_nanos(end.saturating_sub(now));
                 let is_retry = provider_attempts > 0;
@@ -1264,6 +1275,47 @@ fn split_direct(snap: &Snapshot, name: &str) -> Option<(usize, Arc<str>)> {
     let (p, m) = name.split_once('/')?;
     let i = *snap.provider_index.get(p)?;
     (!m.is_empty()).then(|| (i, Arc::from(m)))
+}
+
+/// An attempt under way. When the request's future is dropped before the attempt ends (the
+/// client left before its answer or first chunk), it is reported to the observer as cancelled
+/// (`client_error`), so that every attempt is counted once.
+struct UnderWay<'a> {
+    observer: &'a dyn Observer,
+    provider: &'a ProviderEntry,
+    key: &'a KeyEntry,
+    model: &'a Arc<str>,
+    started: std::time::Instant,
+    started_at: std::time::SystemTime,
+    is_retry: bool,
+    span_id: Option<u64>,
+}
+
+impl UnderWay<'_> {
+    /// The attempt ended: its own record reports it.
+    fn ended(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for UnderWay<'_> {
+    fn drop(&mut self) {
+        self.observer.on_attempt(&AttemptRecord {
+            provider: Arc::clone(&self.provider.name),
+            provider_kind: Arc::clone(&self.provider.kind),
+            key: Arc::clone(&self.key.name),
+            model: Arc::clone(self.model),
+            outcome: "client_error",
+            error: Some(ProviderError::Cancelled),
+            latency: self.started.elapsed(),
+            ttft: None,
+            rate_limit: RateLimitInfo::default(),
+            is_retry: self.is_retry,
+            fallback_from: None,
+            started_at: self.started_at,
+            span_id: self.span_id,
+        });
+    }
 }
 
 /// The ordered targets of one request, produced lazily.

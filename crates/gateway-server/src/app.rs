@@ -784,7 +784,10 @@ impl Gateway {
             ))
             .await;
         }
-        match self.engine.chat(&request, &opts).await {
+        let waiting = Unanswered::new(record, started, &ext);
+        let answer = self.engine.chat(&request, &opts).await;
+        let mut record = waiting.answered();
+        match answer {
             Ok(mut out) => {
                 if remember && out.value.raw.is_some() {
                     self.responses.remember(
@@ -838,7 +841,7 @@ impl Gateway {
                 record.route = out.route.as_deref().map(str::to_owned);
                 record.provider = Some(String::from(&*out.served_by.provider));
                 record.model = Some(String::from(&*out.served_by.model));
-                record.usage = out.value.usage;
+                record.usage = Some(usage);
                 record.cost_usd = cost;
                 record.status = 200;
                 record.duration = started.elapsed();
@@ -896,14 +899,17 @@ impl Gateway {
         }: Shape,
         opts: RequestOptions,
         permit: Box<dyn Permit>,
-        mut record: RequestRecord,
+        record: RequestRecord,
         started: Instant,
         ext: Arc<Extensions>,
     ) -> Response<Body> {
         let dialect = api.dialect();
         let include_usage = request.wants_stream_usage();
         let est = request.estimate_input_tokens();
-        match self.engine.chat_stream(&request, &opts).await {
+        let waiting = Unanswered::new(record, started, &ext);
+        let first = self.engine.chat_stream(&request, &opts).await;
+        let mut record = waiting.answered();
+        match first {
             Ok(out) => {
                 // Only a stored answer (an OpenAI-format provider's, as it came) is worth it.
                 if let Some(first) = out.value.first().filter(|f| remember && f.raw.is_some()) {
@@ -1194,7 +1200,10 @@ impl Gateway {
             allowed_providers: allowed_providers(&*permit),
             ..RequestOptions::default()
         };
-        match self.engine.embed(&request, &opts).await {
+        let waiting = Unanswered::new(record, started, &ext);
+        let answer = self.engine.embed(&request, &opts).await;
+        let mut record = waiting.answered();
+        match answer {
             Ok(mut out) => {
                 let usage = out
                     .value
@@ -1202,7 +1211,7 @@ impl Gateway {
                     .unwrap_or_else(|| estimated_usage(request.input.estimate_tokens(), 0));
                 // OpenAI's embeddings answer always has usage (SDKs read it unguarded); a
                 // provider that reports none (Gemini) gets the estimate it is charged at.
-                let reported = out.value.usage.replace(usage);
+                out.value.usage = Some(usage);
                 let cost = ext
                     .pricing
                     .cost(&out.served_by.provider, &out.served_by.model, &usage);
@@ -1210,7 +1219,7 @@ impl Gateway {
                 let b64 = request.encoding_format.as_deref() == Some("base64");
                 record.provider = Some(String::from(&*out.served_by.provider));
                 record.model = Some(String::from(&*out.served_by.model));
-                record.usage = reported;
+                record.usage = Some(usage);
                 record.cost_usd = cost;
                 record.status = 200;
                 record.duration = started.elapsed();
@@ -1294,7 +1303,10 @@ impl Gateway {
             model,
             body,
         };
-        match self.engine.forward(&request, &opts).await {
+        let waiting = Unanswered::new(record, started, &ext);
+        let answer = self.engine.forward(&request, &opts).await;
+        let mut record = waiting.answered();
+        match answer {
             Ok(out) => {
                 // Only token-priced image models report usage; the others are charged nothing
                 // by the price table and counted as requests.
@@ -1426,6 +1438,42 @@ pub fn presented_key(headers: &HeaderMap) -> Option<String> {
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
     a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+/// The record of a request while the engine works on it. A client that leaves before its
+/// answer (or a stream's first chunk) drops the handler's future with it: the record is then
+/// written with status 499, so that every request is logged and counted once. The reservation
+/// is released by the permit's own drop; nothing was delivered, so nothing is charged.
+struct Unanswered<'e> {
+    record: Option<RequestRecord>,
+    started: Instant,
+    ext: &'e Extensions,
+}
+
+impl<'e> Unanswered<'e> {
+    fn new(record: RequestRecord, started: Instant, ext: &'e Extensions) -> Self {
+        Unanswered {
+            record: Some(record),
+            started,
+            ext,
+        }
+    }
+
+    /// The engine answered (or failed): the record goes on to be finished by the handler.
+    fn answered(mut self) -> RequestRecord {
+        self.record.take().unwrap_or_default()
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if let Some(mut r) = self.record.take() {
+            r.status = 499;
+            r.error = Some("client disconnected before the answer".to_owned());
+            r.duration = self.started.elapsed();
+            self.ext.observer.on_finish(&r);
+        }
+    }
 }
 
 /// An OpenAI endpoint the gateway passes on without modelling it.
@@ -1622,7 +1670,8 @@ impl StreamFinish {
         let u = usage.unwrap_or_else(|| Usage::new(self.estimated_input, events, 0));
         let cost = self.ext.pricing.cost(&self.provider, &self.model, &u);
         self.permit.settle(&u, cost);
-        self.record.usage = usage;
+        // What was charged, reported or estimated: the log's tokens and cost agree.
+        self.record.usage = Some(u);
         self.record.cost_usd = cost;
         self.record.status = status;
         self.record.error = error;
@@ -1877,10 +1926,16 @@ where
                     if this.foreign_ids {
                         openai_id(&mut chunk.id);
                     }
-                    this.events += chunk
-                        .raw
-                        .as_deref()
-                        .map_or(1, |raw| DATA_FIELD.find_iter(raw).count() as u64);
+                    // A raw chunk for an OpenAI client is its events' data, joined by
+                    // `\n\ndata: ` (the first `data: ` is written around it); for the other
+                    // APIs it is the events' whole text.
+                    this.events += match chunk.raw.as_deref() {
+                        None => 1,
+                        Some(raw) if this.anthropic.is_some() || this.verbatim => {
+                            DATA_FIELD.find_iter(raw).count() as u64
+                        }
+                        Some(raw) => DATA_FIELD.find_iter(raw).count() as u64 + 1,
+                    };
                     match &mut this.anthropic {
                         Some(enc) => enc.chunk(&chunk, &mut this.buf),
                         None if this.verbatim => match (&chunk.raw, &mut this.responses) {
