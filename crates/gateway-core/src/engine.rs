@@ -914,6 +914,11 @@ impl Engine {
                     break;
                 }
                 let now = self.now();
+                // A provider ejected since this request's last attempt at it (by the failures of
+                // others in flight) is not retried: the next target is.
+                if provider_attempts > 0 && !p.signals.availability(now).is_available() {
+                    break;
+                }
                 if now >= deadline {
                     return Err(fail(
                         EngineError::DeadlineExceeded {
@@ -2230,6 +2235,37 @@ mod tests {
             err.error
         );
         assert!(err.attempts.len() <= 3, "{:?}", err.attempts.len());
+    }
+
+    /// A provider ejected since this request's last attempt at it (here by that attempt, with
+    /// `eject_after = 1`; in production by the failures of others in flight) is not retried:
+    /// the request moves on to the next target.
+    #[tokio::test(start_paused = true)]
+    async fn retries_leave_an_ejected_provider() {
+        let fake = Arc::new(FakeProvider::new());
+        fake.always(
+            "a",
+            Step::Fail(ProviderError::Server {
+                status: 500,
+                message: "down".to_owned(),
+            }),
+        );
+        let engine = Engine::new(EngineConfig {
+            providers: vec![
+                provider("p", &fake, &["a"], StrategyKind::RoundRobin),
+                provider("q", &fake, &["c"], StrategyKind::RoundRobin),
+            ],
+            routes: vec![route("chat", &[("p", 1)], &["q/m"])],
+            health: HealthConfig {
+                eject_after: 1,
+                ..HealthConfig::default()
+            },
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let ok = engine.chat(&req("chat"), &opts()).await.unwrap();
+        let keys: Vec<&str> = ok.attempts.iter().map(|a| &*a.key).collect();
+        assert_eq!(keys, ["a", "c"]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -160,6 +160,9 @@ pub struct Signals {
     consecutive_failures: AtomicU32,
     ejections: AtomicU32,
     ejected_until: AtomicU64,
+    /// When the current ejection began (ns; 0 when none): a failure of an attempt that started
+    /// before it is news of the outage that caused it, not a failed probe.
+    ejected_at: AtomicU64,
     probing: AtomicBool,
     resting_until: AtomicU64,
     /// f64 bits of the peak-EWMA latency in nanoseconds (0 = no sample yet).
@@ -194,6 +197,7 @@ impl Default for Signals {
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
+            ejected_at: AtomicU64::new(0),
             probing: AtomicBool::new(false),
             resting_until: AtomicU64::new(0),
             latency_ewma: AtomicU64::new(0),
@@ -415,19 +419,25 @@ impl Signals {
         self.consecutive_failures.store(0, Ordering::Relaxed);
         if self.ejected_until.load(Ordering::Acquire) != 0 {
             self.ejected_until.store(0, Ordering::Release);
+            self.ejected_at.store(0, Ordering::Release);
             self.ejections.store(0, Ordering::Relaxed);
         }
         self.probing.store(false, Ordering::Release);
         self.update_ewma(now, cfg.decay, Some(latency as f64), false);
     }
 
-    fn on_failure(&self, now: u64, latency: u64, cfg: &HealthConfig) {
+    fn on_failure(&self, now: u64, latency: u64, started: u64, cfg: &HealthConfig) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        let was_probing = self.probing.swap(false, Ordering::AcqRel);
-        if n >= cfg.eject_after || was_probing {
+        // Attempts in flight when the candidate was ejected fail after it: they neither extend
+        // the ejection nor count as its half-open probe (which may be under way).
+        let ejected_at = self.ejected_at.load(Ordering::Acquire);
+        let stale = ejected_at != 0 && started < ejected_at;
+        let was_probing = !stale && self.probing.swap(false, Ordering::AcqRel);
+        if was_probing || (n >= cfg.eject_after && !stale) {
             let k = self.ejections.fetch_add(1, Ordering::Relaxed).min(6);
             let d = (cfg.eject_for * 2u32.pow(k)).min(cfg.max_eject_for);
+            self.ejected_at.store(now.max(1), Ordering::Release);
             self.ejected_until
                 .store(now.saturating_add(d.as_nanos() as u64), Ordering::Release);
         }
@@ -542,7 +552,9 @@ impl InFlight {
         let latency = now.saturating_sub(self.started);
         match outcome {
             AttemptOutcome::Success => self.signals.on_success(now, latency, cfg),
-            AttemptOutcome::Failure => self.signals.on_failure(now, latency, cfg),
+            AttemptOutcome::Failure => {
+                self.signals.on_failure(now, latency, self.started, cfg);
+            }
             AttemptOutcome::Neutral => {
                 self.signals.probing.store(false, Ordering::Release);
             }
@@ -605,6 +617,45 @@ mod tests {
             s.snapshot(now, cfg.decay, None, None).consecutive_failures,
             0
         );
+    }
+
+    #[test]
+    fn failures_of_attempts_begun_before_an_ejection_do_not_extend_it() {
+        let cfg = HealthConfig::default();
+        let s = Signals::new();
+        let start = 1;
+        // Ten attempts under way when the upstream dies: the first three eject it.
+        let mut under_way: Vec<InFlight> = (0..10).map(|_| s.start(start, 0)).collect();
+        let ejected_at = start + 2 * MS;
+        for a in under_way.drain(..3) {
+            a.finish(ejected_at, AttemptOutcome::Failure, &cfg);
+        }
+        let first = match s.availability(ejected_at) {
+            Availability::Ejected { until } => until,
+            other => panic!("expected ejection, got {other:?}"),
+        };
+        assert_eq!(first - ejected_at, cfg.eject_for.as_nanos() as u64);
+        // The other seven fail after it: the ejection stays as it was.
+        for a in under_way {
+            a.finish(ejected_at + MS, AttemptOutcome::Failure, &cfg);
+        }
+        assert_eq!(
+            s.availability(ejected_at + MS),
+            Availability::Ejected { until: first },
+            "stale failures neither extend the ejection nor double the next"
+        );
+        // Its half-open probe still doubles it when it fails.
+        let probe_at = first;
+        s.start(probe_at, 0)
+            .finish(probe_at + MS, AttemptOutcome::Failure, &cfg);
+        match s.availability(probe_at + MS) {
+            Availability::Ejected { until } => assert_eq!(
+                until - (probe_at + MS),
+                2 * cfg.eject_for.as_nanos() as u64,
+                "the second ejection is twice the first, not more"
+            ),
+            other => panic!("expected ejection, got {other:?}"),
+        }
     }
 
     #[test]

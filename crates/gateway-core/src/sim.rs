@@ -806,8 +806,10 @@ mod tests {
             adaptive.success_rate() >= 0.995,
             "adaptive must keep failures near zero: {summary}"
         );
+        // (19 failures of 2,400 since retries leave a provider ejected by others' failures;
+        // 33 before.)
         assert!(
-            rr.success_rate() < 0.99,
+            rr.success_rate() < 0.995,
             "round robin should visibly fail here: {summary}"
         );
         let (rr_fail, ad_fail) = (
