@@ -2215,3 +2215,126 @@ targets = [{{ provider = "small", model = "gpt-4o-mini" }}]
     );
     gw.stop().await;
 }
+
+/// A client that trickles its request head, or opens a connection and sends nothing, is cut
+/// off after `header_read_timeout_ms`; a client that sends in time is served.
+#[tokio::test]
+async fn slow_and_silent_clients_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let m = mock(&["sk-test-openai-1"]).await;
+    let gw = TestGateway::start(&format!(
+        r#"
+[server]
+header_read_timeout_ms = 400
+[[providers]]
+name = "oai"
+kind = "openai"
+base_url = "{}"
+[[providers.keys]]
+name = "k"
+secret = "sk-test-openai-1"
+"#,
+        m.url()
+    ))
+    .await;
+    let addr = gw.url("").trim_start_matches("http://").to_owned();
+    let silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut trickling = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    trickling
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let closed = |mut s: tokio::net::TcpStream| async move {
+        let mut buf = [0u8; 256];
+        // The gateway closes it (a read of 0 bytes, or a reset) well before the test's bound.
+        matches!(
+            tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await,
+            Ok(Ok(0) | Err(_))
+        ) || matches!(
+            tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    };
+    let started = std::time::Instant::now();
+    let (a, b) = tokio::join!(closed(silent), closed(trickling));
+    assert!(a, "a silent connection is closed");
+    assert!(b, "a trickled head is cut off");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let r = gw
+        .post("/v1/chat/completions", &chat("oai/gpt-4o-mini", "hi"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    gw.stop().await;
+}
+
+/// Records of the requests a test's gateway finished.
+#[derive(Default)]
+struct Collected(std::sync::Mutex<Vec<gateway_core::RequestRecord>>);
+
+impl gateway_core::Observer for Collected {
+    fn on_finish(&self, record: &gateway_core::RequestRecord) {
+        self.0.lock().unwrap().push(record.clone());
+    }
+}
+
+/// Streams still running when the shutdown grace period ends are cut, and each is recorded
+/// (499) before the server returns, so that the binary's final flush writes it.
+#[tokio::test]
+async fn streams_cut_by_the_grace_period_are_recorded_before_shutdown_ends() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let words: Vec<String> = (0..100).map(|i| format!("w{i}")).collect();
+    let m = MockUpstream::new()
+        .key("sk-test-openai-1")
+        .reply(words.join(" "))
+        .chunk_delay(Duration::from_millis(50))
+        .start()
+        .await
+        .unwrap();
+    let collected = Arc::new(Collected::default());
+    let ext = gateway_server::Extensions {
+        observer: Arc::clone(&collected) as Arc<dyn gateway_core::Observer>,
+        ..Default::default()
+    };
+    let gw = TestGateway::start_with(
+        &format!(
+            r#"
+[server]
+shutdown_grace_ms = 300
+[[providers]]
+name = "oai"
+kind = "openai"
+base_url = "{}"
+[[providers.keys]]
+name = "k"
+secret = "sk-test-openai-1"
+"#,
+            m.url()
+        ),
+        ext,
+        None,
+    )
+    .await;
+    let addr = gw.url("").trim_start_matches("http://").to_owned();
+    let mut body = chat("oai/gpt-4o-mini", "a long answer");
+    body["stream"] = json!(true);
+    let body = serde_json::to_vec(&body).unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&body).await.unwrap();
+    let mut buf = [0u8; 4096];
+    assert!(tcp.read(&mut buf).await.unwrap() > 0, "the stream began");
+    let reader = tokio::spawn(async move {
+        let mut buf = [0u8; 4096];
+        while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+    });
+    gw.stop().await;
+    let records = collected.0.lock().unwrap().clone();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].status, 499, "{:?}", records[0]);
+    assert!(records[0].stream);
+    reader.abort();
+}

@@ -74,6 +74,8 @@ impl TestGateway {
     ) -> TestGateway {
         let mut config = Config::from_toml(toml).unwrap_or_else(|e| panic!("config: {e}"));
         config.server.listen = "127.0.0.1:0".to_owned();
+        // The configured grace, but tests do not wait more than 5 s at their end.
+        let grace = Duration::from_millis(config.server.shutdown_grace_ms.min(5_000));
         let gateway = Gateway::new(config, path, ext)
             .await
             .unwrap_or_else(|e| panic!("start: {e}"));
@@ -89,7 +91,7 @@ impl TestGateway {
                 async {
                     let _ = rx.await;
                 },
-                Duration::from_secs(5),
+                grace,
             )
             .await;
         });

@@ -189,6 +189,13 @@ impl Gateway {
         }))
     }
 
+    /// How long a client has to send a request's head (`[server] header_read_timeout_ms`;
+    /// `None` when disabled).
+    pub fn header_read_timeout(&self) -> Option<Duration> {
+        let ms = self.runtime.load().config.server.header_read_timeout_ms;
+        (ms > 0).then(|| Duration::from_millis(ms))
+    }
+
     /// The engine.
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine

@@ -90,6 +90,11 @@ pub struct ServerSection {
     /// How long shutdown waits for in-flight requests and streams.
     #[serde(default = "default_drain")]
     pub shutdown_grace_ms: u64,
+    /// How long a client has to send a request's head (HTTP/1), from the moment the
+    /// connection waits for one (an idle keep-alive connection included); 0 disables. Read at
+    /// start.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_ms: u64,
     /// Outbound HTTP client: idle connections kept per upstream host.
     #[serde(default = "default_pool")]
     pub pool_max_idle_per_host: usize,
@@ -168,6 +173,9 @@ fn default_backoff_max() -> u64 {
 fn default_drain() -> u64 {
     30_000
 }
+fn default_header_read_timeout() -> u64 {
+    30_000
+}
 fn default_pool() -> usize {
     256
 }
@@ -192,6 +200,7 @@ impl Default for ServerSection {
             tls_cert: None,
             tls_key: None,
             shutdown_grace_ms: default_drain(),
+            header_read_timeout_ms: default_header_read_timeout(),
             pool_max_idle_per_host: default_pool(),
             pool_idle_timeout_ms: default_pool_idle(),
             connect_timeout_ms: default_connect(),

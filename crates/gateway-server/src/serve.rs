@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -72,7 +72,17 @@ pub async fn serve(
     grace: Duration,
 ) -> Result<(), ServeError> {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A client that trickles its head (slowloris) or holds an idle connection forever is cut
+    // off: hyper's header-read timeout needs a timer to run.
+    let header_timeout = gateway.header_read_timeout();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    // The connection tasks, so that those the grace period cuts end (their requests logged and
+    // settled by their drops) before `serve` returns and the services flush.
+    let mut conns = tokio::task::JoinSet::new();
     let _anchor = AbortOnDrop(tokio::spawn(keep_timer_armed()));
     tokio::pin!(shutdown);
     loop {
@@ -93,12 +103,27 @@ pub async fn serve(
                     let gw = Arc::clone(&gw);
                     async move { Ok::<_, std::convert::Infallible>(gw.handle(req).await) }
                 });
+                // A connection that sends nothing is closed after the header-read timeout too
+                // (before its first byte, hyper has not yet told HTTP/1 from HTTP/2).
+                let first_byte = header_timeout;
+                let silent = async move |stream: &tokio::net::TcpStream| match first_byte {
+                    // `peek` waits for a byte (or the end); readiness alone may be reported at once.
+                    Some(t) => !matches!(
+                        tokio::time::timeout(t, stream.peek(&mut [0u8; 1])).await,
+                        Ok(Ok(n)) if n > 0
+                    ),
+                    None => false,
+                };
                 match &tls {
                     None => {
-                        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                        let conn = graceful.watch(conn);
-                        tokio::spawn(async move {
-                            if let Err(e) = conn.await {
+                        let builder = builder.clone();
+                        let watcher = graceful.watcher();
+                        conns.spawn(async move {
+                            if silent(&stream).await {
+                                return;
+                            }
+                            let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                            if let Err(e) = watcher.watch(conn).await {
                                 tracing::debug!(error = %e, "connection ended with an error");
                             }
                         });
@@ -107,7 +132,10 @@ pub async fn serve(
                         let acceptor = acceptor.clone();
                         let builder = builder.clone();
                         let watcher = graceful.watcher();
-                        tokio::spawn(async move {
+                        conns.spawn(async move {
+                            if silent(&stream).await {
+                                return;
+                            }
                             let tls_stream = match acceptor.accept(stream).await {
                                 Ok(s) => s,
                                 Err(e) => {
@@ -123,6 +151,8 @@ pub async fn serve(
                     }
                 }
             }
+            // Finished connections are reaped as they end.
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
             () = &mut shutdown => {
                 tracing::info!("shutting down: no new connections, draining in-flight requests");
                 break;
@@ -132,8 +162,15 @@ pub async fn serve(
     drop(listener);
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections drained"),
-        () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!(connections = conns.len(), "grace period over; closing remaining connections");
+        }
     }
+    // What is left (connections the grace period cuts, and any still waiting for a first byte)
+    // ends here: a request cut short is logged (499) and settled by its drop before the caller
+    // flushes the services.
+    conns.abort_all();
+    while conns.join_next().await.is_some() {}
     Ok(())
 }
 
