@@ -2338,3 +2338,48 @@ secret = "sk-test-openai-1"
     assert!(records[0].stream);
     reader.abort();
 }
+
+/// A stream that stalls past the provider's timeout after its first chunk ends with an in-band
+/// error, and its record says 504 (a timeout), not 502.
+#[tokio::test]
+async fn a_stream_stalled_past_its_timeout_is_logged_as_a_timeout() {
+    let m = MockUpstream::new()
+        .key("sk-test-openai-1")
+        .reply("one two three four")
+        .chunk_delay(Duration::from_millis(400))
+        .start()
+        .await
+        .unwrap();
+    let collected = Arc::new(Collected::default());
+    let ext = gateway_server::Extensions {
+        observer: Arc::clone(&collected) as Arc<dyn gateway_core::Observer>,
+        ..Default::default()
+    };
+    let gw = TestGateway::start_with(
+        &format!(
+            r#"
+[[providers]]
+name = "oai"
+kind = "openai"
+base_url = "{}"
+timeout_ms = 150
+[[providers.keys]]
+name = "k"
+secret = "sk-test-openai-1"
+"#,
+            m.url()
+        ),
+        ext,
+        None,
+    )
+    .await;
+    let mut body = chat("oai/gpt-4o-mini", "stall");
+    body["stream"] = json!(true);
+    let r = gw.post("/v1/chat/completions", &body).await;
+    assert_eq!(r.status, 200, "the stream began: {}", r.text());
+    assert!(r.text().contains("upstream stream failed"), "{}", r.text());
+    gw.stop().await;
+    let records = collected.0.lock().unwrap().clone();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].status, 504, "{:?}", records[0]);
+}

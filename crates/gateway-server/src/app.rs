@@ -1982,7 +1982,10 @@ where
                         this.buf
                             .extend_from_slice(&err.sse_event(this.dialect, &this.request_id));
                     }
-                    this.finish(502, Some(msg));
+                    // The status the failure would have had before the first byte: 504 for a
+                    // stall past the timeout, 502 for the rest.
+                    let status = err.status;
+                    this.finish(status, Some(msg));
                     return this.emit();
                 }
                 Poll::Ready(None) => {
