@@ -2281,7 +2281,7 @@ impl gateway_core::Observer for Collected {
 /// (499) before the server returns, so that the binary's final flush writes it.
 #[tokio::test]
 async fn streams_cut_by_the_grace_period_are_recorded_before_shutdown_ends() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let words: Vec<String> = (0..100).map(|i| format!("w{i}")).collect();
     let m = MockUpstream::new()
         .key("sk-test-openai-1")
@@ -2314,17 +2314,9 @@ secret = "sk-test-openai-1"
         None,
     )
     .await;
-    let addr = gw.url("").trim_start_matches("http://").to_owned();
     let mut body = chat("oai/gpt-4o-mini", "a long answer");
     body["stream"] = json!(true);
-    let body = serde_json::to_vec(&body).unwrap();
-    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    );
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    tcp.write_all(&body).await.unwrap();
+    let mut tcp = gw.open_post("/v1/chat/completions", &[], &body).await;
     let mut buf = [0u8; 4096];
     assert!(tcp.read(&mut buf).await.unwrap() > 0, "the stream began");
     let reader = tokio::spawn(async move {

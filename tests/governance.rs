@@ -703,7 +703,7 @@ budget_usd = 10.0
 /// get the answer for the price of the question).
 #[tokio::test]
 async fn a_stream_the_client_leaves_is_charged_for_what_it_carried() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let words: Vec<String> = (0..200).map(|i| format!("w{i}")).collect();
     let m = MockUpstream::new()
         .reply(words.join(" "))
@@ -742,15 +742,13 @@ budget_usd = 10.0
     services.attach(&gw.gateway);
     let mut body = chat("oai/gpt-4o-mini", "hi");
     body["stream"] = json!(true);
-    let body = serde_json::to_vec(&body).unwrap();
-    let addr = gw.url("").trim_start_matches("http://").to_owned();
-    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer vk-metered-0123456789\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    );
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    tcp.write_all(&body).await.unwrap();
+    let mut tcp = gw
+        .open_post(
+            "/v1/chat/completions",
+            &["authorization: Bearer vk-metered-0123456789"],
+            &body,
+        )
+        .await;
     // Read until about 150 events have come, then leave.
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];

@@ -517,23 +517,14 @@ async fn bad_bodies_are_logged_and_counted() {
 /// (status 499), its request count and its cancelled attempt (`client_error`).
 #[tokio::test]
 async fn clients_that_leave_before_the_answer_are_logged_and_counted() {
-    use tokio::io::AsyncWriteExt;
     let s = setup().await;
     let gw = &s.gw;
     s.openai.set_latency(Duration::from_millis(1500));
     s.openai.set_ttft(Duration::from_millis(1500));
-    let addr = gw.url("").trim_start_matches("http://").to_owned();
     for stream in [false, true] {
         let mut body = chat("oai/gpt-4o-mini", "leaving");
         body["stream"] = json!(stream);
-        let body = serde_json::to_vec(&body).unwrap();
-        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        let head = format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-            body.len()
-        );
-        tcp.write_all(head.as_bytes()).await.unwrap();
-        tcp.write_all(&body).await.unwrap();
+        let tcp = gw.open_post("/v1/chat/completions", &[], &body).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         drop(tcp);
     }

@@ -166,6 +166,32 @@ impl TestGateway {
         .await
     }
 
+    /// A `POST` of `body` sent over a raw connection, left open for the test to read as
+    /// little of the answer as it wants and to leave when it wants (`extra` headers are
+    /// `name: value` lines).
+    pub async fn open_post(
+        &self,
+        path: &str,
+        extra: &[&str],
+        body: &Value,
+    ) -> tokio::net::TcpStream {
+        use tokio::io::AsyncWriteExt;
+        let body = serde_json::to_vec(body).unwrap();
+        let mut head = format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+            body.len()
+        );
+        for h in extra {
+            head.push_str(h);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        let mut tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        tcp.write_all(&body).await.unwrap();
+        tcp
+    }
+
     pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Answer {
         self.request("GET", path, headers, Bytes::new()).await
     }
