@@ -1998,16 +1998,26 @@ secret = "sk-reasoning-1"
 "#
     ))
     .await;
-    for (model, thinking, effort) in [
-        ("oai/o4-mini", Some(2048), Some("low")),
-        ("oai/gpt-5", Some(20_000), Some("high")),
-        ("oai/o3", None, None),
-        ("oai/gpt-4o-mini", Some(2048), None),
+    for (model, thinking, output_effort, effort) in [
+        ("oai/o4-mini", Some(2048), None, Some("low")),
+        ("oai/gpt-5", Some(20_000), None, Some("high")),
+        ("oai/o3", None, None, None),
+        ("oai/o3", None, Some("max"), Some("high")),
+        (
+            "oai/gpt-5-mini",
+            Some(20_000),
+            Some("medium"),
+            Some("medium"),
+        ),
+        ("oai/gpt-4o-mini", Some(2048), Some("low"), None),
     ] {
         let mut b = json!({"model": model, "max_tokens": 30_000,
             "messages": [{"role": "user", "content": "2+2?"}]});
         if let Some(budget) = thinking {
             b["thinking"] = json!({"type": "enabled", "budget_tokens": budget});
+        }
+        if let Some(e) = output_effort {
+            b["output_config"] = json!({"effort": e});
         }
         let r = gw.post_anthropic(&b).await;
         assert_eq!(r.status, 200, "{model}: {}", r.text());

@@ -402,6 +402,10 @@ def test_anthropic_thinking_on_other_providers(gateway, provider, model):
     # Not asked for: the text comes first, as Anthropic answers without thinking.
     m = client.messages.create(**ask)
     assert [b.type for b in m.content] == ["text"], m.content
+    if provider == "gem":
+        # Adaptive thinking: Gemini's dynamic thinking, its thoughts back.
+        m = client.messages.create(thinking={"type": "adaptive"}, **ask)
+        assert [b.type for b in m.content] == ["thinking", "text"], m.content
 
 
 def test_bedrock_embeddings(gateway):

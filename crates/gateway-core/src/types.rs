@@ -424,6 +424,15 @@ pub struct ChatRequest {
     /// reason; others leave it out. Not an OpenAI field: never serialized.
     #[serde(skip)]
     pub thinking_budget: Option<u32>,
+    /// An Anthropic client's adaptive thinking (`thinking: {"type": "adaptive"}`): the model
+    /// decides how much to think, and the reasoning comes back. Never serialized.
+    #[serde(skip)]
+    pub thinking_adaptive: bool,
+    /// An Anthropic client's `output_config.effort` (`low`, `medium`, `high`, `xhigh`, `max`):
+    /// sent as a reasoning effort where a provider takes one, to models that reason
+    /// ([`ChatRequest::thinking_effort`]). Never serialized.
+    #[serde(skip)]
+    pub effort: Option<String>,
     /// Stream the answer.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stream: bool,
@@ -496,12 +505,20 @@ impl ChatRequest {
         self.max_completion_tokens.or(self.max_tokens)
     }
 
-    /// The reasoning effort this request asks for: its own `reasoning_effort`, else the effort
-    /// of its [`thinking budget`](ChatRequest::thinking_budget) (below 4,096 tokens `low`,
-    /// below 16,384 `medium`, else `high`).
+    /// The reasoning effort this request asks for: its own `reasoning_effort`, else an
+    /// Anthropic client's [`effort`](ChatRequest::effort) (`xhigh` and `max` as `high`), else the
+    /// effort of its [`thinking budget`](ChatRequest::thinking_budget) (below 4,096 tokens
+    /// `low`, below 16,384 `medium`, else `high`).
     pub fn thinking_effort(&self) -> Option<&str> {
         if let Some(e) = self.reasoning_effort.as_deref() {
             return Some(e);
+        }
+        if let Some(e) = self.effort.as_deref() {
+            return Some(match e {
+                "low" => "low",
+                "medium" => "medium",
+                _ => "high",
+            });
         }
         Some(match self.thinking_budget? {
             0..=4095 => "low",

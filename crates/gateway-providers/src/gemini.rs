@@ -377,6 +377,23 @@ fn generation_config(req: &ChatRequest, model: &str) -> Map<String, Value> {
             "thinkingConfig",
             Some(budget_config(budget, req.thinking_effort(), model)),
         );
+    } else if req.thinking_adaptive && thinks(model) {
+        // The model decides: Gemini's dynamic thinking (`-1`), or on Gemini 3 its level.
+        let config = if is_gemini_3(model) {
+            let level = match req.thinking_effort() {
+                Some("low") => "low",
+                _ => "high",
+            };
+            json!({ "thinkingLevel": level, "includeThoughts": true })
+        } else {
+            json!({ "thinkingBudget": -1, "includeThoughts": true })
+        };
+        put("thinkingConfig", Some(config));
+    } else if let Some(effort) = req.thinking_effort().filter(|_| thinks(model)) {
+        put(
+            "thinkingConfig",
+            Some(thinking_config(effort, model, req.output_limit())),
+        );
     }
     g
 }
@@ -1474,6 +1491,41 @@ pub(crate) fn classify_error_value(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn anthropic_adaptive_thinking_and_effort() {
+        let config = |adaptive: bool, effort: Option<&str>, model: &str| {
+            let req = ChatRequest {
+                model: model.to_owned(),
+                messages: vec![Message::text(Role::User, "hi")],
+                thinking_adaptive: adaptive,
+                effort: effort.map(str::to_owned),
+                ..ChatRequest::default()
+            };
+            generation_config(&req, model)
+                .get("thinkingConfig")
+                .cloned()
+        };
+        assert_eq!(
+            config(true, None, "gemini-2.5-flash"),
+            Some(json!({"thinkingBudget": -1, "includeThoughts": true})),
+            "the model decides"
+        );
+        assert_eq!(
+            config(true, Some("low"), "gemini-3-pro-preview"),
+            Some(json!({"thinkingLevel": "low", "includeThoughts": true}))
+        );
+        assert_eq!(
+            config(false, Some("low"), "gemini-2.5-flash"),
+            Some(json!({"thinkingBudget": 1024})),
+            "an effort alone: a budget, the thoughts not asked back"
+        );
+        assert_eq!(
+            config(false, Some("max"), "gemini-2.5-flash"),
+            Some(json!({"thinkingBudget": 24576}))
+        );
+        assert_eq!(config(true, Some("high"), "gemini-2.0-flash"), None);
+    }
 
     #[test]
     fn thinking_budgets_fit_the_model_and_the_limit() {

@@ -489,7 +489,8 @@ pub fn chat_body(
     let adjusted;
     let request = if quirks.reasoning_models
         && (request.max_tokens.is_some()
-            || (request.thinking_budget.is_some() && request.reasoning_effort.is_none()))
+            || ((request.thinking_budget.is_some() || request.effort.is_some())
+                && request.reasoning_effort.is_none()))
         && is_reasoning_model(model)
     {
         adjusted = ChatRequest {

@@ -296,7 +296,18 @@ pub fn decode_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
     let stream = req.stream.unwrap_or(false);
     // Extended thinking, for providers other than Anthropic (which get the body as written):
     // `{"type": "enabled", "budget_tokens": N}` is a budget each adapter sends as its provider
-    // takes one. `disabled` and `adaptive` (the model decides) ask for nothing to translate.
+    // takes one; `adaptive` lets the model decide (Gemini's dynamic thinking); `disabled` asks
+    // for nothing. `output_config.effort` is a reasoning effort.
+    let thinking_adaptive = req
+        .thinking
+        .as_ref()
+        .is_some_and(|t| t.get("type").and_then(Value::as_str) == Some("adaptive"));
+    let effort = req
+        .output_config
+        .as_ref()
+        .and_then(|c| c.get("effort"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let thinking_budget = req
         .thinking
         .as_ref()
@@ -346,6 +357,8 @@ pub fn decode_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
         }),
         fallbacks: req.fallbacks.unwrap_or_default(),
         thinking_budget,
+        thinking_adaptive,
+        effort,
         response_format,
         ..ChatRequest::default()
     })
@@ -370,7 +383,7 @@ impl Asked {
             _ => None,
         };
         Asked {
-            thinking: request.thinking_budget.is_some(),
+            thinking: request.thinking_budget.is_some() || request.thinking_adaptive,
             stop_sequence,
         }
     }
