@@ -490,6 +490,13 @@ def test_openai_endpoints_passed_on(gateway):
     speech = client.audio.speech.create(model="oai/gpt-4o-mini-tts", voice="alloy", input="hi")
     assert speech.content.startswith(b"ID3")
     assert speech.response.headers["content-type"] == "audio/mpeg"
+    # Azure: at the deployment's own paths; it has no moderations endpoint.
+    img = client.images.generate(model="az/gpt-4o-mini", prompt="a cat", response_format="b64_json")
+    assert img.data[0].b64_json
+    speech = client.audio.speech.create(model="az/gpt-4o-mini", voice="alloy", input="hi")
+    assert speech.content.startswith(b"ID3")
+    with pytest.raises(openai.BadRequestError):
+        client.moderations.create(model="az/gpt-4o-mini", input="x")
     # A provider of another format has no such endpoint: the client hears it, in OpenAI's shape.
     with pytest.raises(openai.BadRequestError) as e:
         client.moderations.create(model="ant/claude-3-5-haiku-latest", input="x")

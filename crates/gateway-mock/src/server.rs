@@ -232,6 +232,8 @@ fn route(method: &Method, path: &str, query: Option<&str>, parts: &Parts) -> Rou
             let op = match action {
                 "chat/completions" => Op::Chat,
                 "embeddings" => Op::Embed,
+                "images/generations" => Op::Other(OtherOp::Images),
+                "audio/speech" => Op::Other(OtherOp::Speech),
                 _ => return Route::NotFound,
             };
             let mut call = Call::new(Dialect::Azure, op);

@@ -254,6 +254,34 @@ impl Provider for AzureProvider {
         })
     }
 
+    /// Image generation and speech at the deployment's own paths (Azure has no moderations
+    /// endpoint: its content filters run on every call); `model` is the deployment.
+    async fn forward(
+        &self,
+        call: &Call,
+        request: &gateway_core::ForwardRequest,
+    ) -> Result<ProviderResponse<gateway_core::ForwardAnswer>, ProviderError> {
+        if request.path == "/moderations" {
+            return Err(ProviderError::Unsupported {
+                message:
+                    "azure has no moderations endpoint (its content filters run on every call)"
+                        .to_owned(),
+                param: Some("model".to_owned()),
+            });
+        }
+        let url = self.url(&call.model, request.path.trim_start_matches('/'));
+        let headers = self.request_headers(call)?;
+        crate::openai::forward_json(
+            &self.client,
+            &url,
+            &headers,
+            self.deployment(&call.model),
+            request,
+            call.timeout,
+        )
+        .await
+    }
+
     async fn stored_response(
         &self,
         call: &Call,

@@ -289,45 +289,17 @@ impl Provider for OpenAiProvider {
         call: &Call,
         request: &gateway_core::ForwardRequest,
     ) -> Result<ProviderResponse<gateway_core::ForwardAnswer>, ProviderError> {
-        #[derive(Deserialize, Default)]
-        struct Head {
-            #[serde(default)]
-            stream: Option<bool>,
-        }
-        let stream = serde_json::from_slice::<Head>(&request.body)
-            .map_err(|e| ProviderError::BadRequest {
-                status: 400,
-                message: format!("the request body: {e}"),
-                param: None,
-                code: None,
-            })?
-            .stream
-            .unwrap_or(false);
-        let mut lead = b"\"model\":".to_vec();
-        serde_json::to_writer(&mut lead, &*call.model)
-            .map_err(|e| ProviderError::Protocol(format!("encoding the request: {e}")))?;
-        let body = crate::anthropic::rewrite_native_without(&request.body, &lead, stream, &[])?;
         let url = join_url(&self.base_url, request.path);
-        let req = json_request(Method::POST, &url, &self.request_headers(call)?, body)?;
-        let resp = self.client.fetch(req, call.timeout, classify).await?;
-        let content_type = resp
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/octet-stream")
-            .to_owned();
-        let usage = content_type
-            .starts_with("application/json")
-            .then(|| forwarded_usage(resp.body()))
-            .flatten();
-        Ok(ProviderResponse {
-            rate_limit: rate_limit_info(resp.headers()),
-            body: gateway_core::ForwardAnswer {
-                content_type,
-                body: resp.body().clone(),
-                usage,
-            },
-        })
+        let headers = self.request_headers(call)?;
+        forward_json(
+            &self.client,
+            &url,
+            &headers,
+            &call.model,
+            request,
+            call.timeout,
+        )
+        .await
     }
 
     async fn stored_response(
@@ -435,6 +407,57 @@ pub async fn open_chunk_stream(
             },
         ),
         rate_limit,
+    })
+}
+
+/// A passed-on request ([`Provider::forward`]) to `url`: the client's JSON body with `model`
+/// set to `model` (its `stream` kept), the answer as it came with its content type, and the
+/// usage it reports, if any.
+pub(crate) async fn forward_json(
+    client: &HttpClient,
+    url: &str,
+    headers: &[(HeaderName, HeaderValue)],
+    model: &str,
+    request: &gateway_core::ForwardRequest,
+    timeout: std::time::Duration,
+) -> Result<ProviderResponse<gateway_core::ForwardAnswer>, ProviderError> {
+    #[derive(Deserialize, Default)]
+    struct Head {
+        #[serde(default)]
+        stream: Option<bool>,
+    }
+    let stream = serde_json::from_slice::<Head>(&request.body)
+        .map_err(|e| ProviderError::BadRequest {
+            status: 400,
+            message: format!("the request body: {e}"),
+            param: None,
+            code: None,
+        })?
+        .stream
+        .unwrap_or(false);
+    let mut lead = b"\"model\":".to_vec();
+    serde_json::to_writer(&mut lead, model)
+        .map_err(|e| ProviderError::Protocol(format!("encoding the request: {e}")))?;
+    let body = crate::anthropic::rewrite_native_without(&request.body, &lead, stream, &[])?;
+    let req = json_request(Method::POST, url, headers, body)?;
+    let resp = client.fetch(req, timeout, classify).await?;
+    let content_type = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    let usage = content_type
+        .starts_with("application/json")
+        .then(|| forwarded_usage(resp.body()))
+        .flatten();
+    Ok(ProviderResponse {
+        rate_limit: rate_limit_info(resp.headers()),
+        body: gateway_core::ForwardAnswer {
+            content_type,
+            body: resp.body().clone(),
+            usage,
+        },
     })
 }
 
