@@ -86,6 +86,42 @@ fn bad_request(message: impl Into<String>, param: &str) -> ProviderError {
     }
 }
 
+/// Gemini's `logprobsResult` in OpenAI's `logprobs` shape: each chosen token with its log
+/// probability, its UTF-8 bytes and the top candidates at its step.
+fn openai_logprobs(result: &Value) -> Value {
+    let entry = |c: &Value| {
+        let token = c.get("token").and_then(Value::as_str).unwrap_or_default();
+        json!({
+            "token": token,
+            "logprob": c.get("logProbability").and_then(Value::as_f64).unwrap_or(0.0),
+            "bytes": token.as_bytes(),
+        })
+    };
+    let top = result.get("topCandidates").and_then(Value::as_array);
+    let content: Vec<Value> = result
+        .get("chosenCandidates")
+        .and_then(Value::as_array)
+        .map(|chosen| {
+            chosen
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let mut e = entry(c);
+                    let alternatives: Vec<Value> = top
+                        .and_then(|t| t.get(i))
+                        .and_then(|t| t.get("candidates"))
+                        .and_then(Value::as_array)
+                        .map(|cs| cs.iter().map(entry).collect())
+                        .unwrap_or_default();
+                    e["top_logprobs"] = Value::Array(alternatives);
+                    e
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({ "content": content, "refusal": null })
+}
+
 /// Whether `model` is a Gemini 3 model (thinking levels, mandatory thought signatures).
 fn is_gemini_3(model: &str) -> bool {
     model.contains("gemini-3")
@@ -354,6 +390,18 @@ fn generation_config(req: &ChatRequest, model: &str) -> Map<String, Value> {
     put("seed", req.seed.map(Value::from));
     put("presencePenalty", req.presence_penalty.map(Value::from));
     put("frequencyPenalty", req.frequency_penalty.map(Value::from));
+    // OpenAI's `logprobs` and `top_logprobs` (request members the canonical form keeps aside).
+    if req.extra.get("logprobs").and_then(Value::as_bool) == Some(true) {
+        put("responseLogprobs", Some(Value::Bool(true)));
+        put(
+            "logprobs",
+            req.extra
+                .get("top_logprobs")
+                .and_then(Value::as_u64)
+                .filter(|n| *n > 0)
+                .map(Value::from),
+        );
+    }
     match &req.response_format {
         Some(ResponseFormat::JsonObject) => {
             put("responseMimeType", Some(Value::from("application/json")));
@@ -604,6 +652,8 @@ pub struct WireCandidate {
     pub finish_reason: Option<String>,
     /// The candidate's position.
     pub index: Option<u32>,
+    /// Token log probabilities, when asked for (`responseLogprobs`).
+    pub logprobs_result: Option<Value>,
 }
 
 /// A turn's parts.
@@ -792,7 +842,7 @@ pub fn decode_response(
                 tool_error: false,
             },
             finish_reason: finish,
-            logprobs: None,
+            logprobs: cand.logprobs_result.as_ref().map(openai_logprobs),
         });
     }
     if choices.is_empty() {
@@ -1491,6 +1541,46 @@ pub(crate) fn classify_error_value(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logprobs_are_asked_for_and_come_back_in_openais_shape() {
+        let req: ChatRequest = serde_json::from_value(json!({
+            "model": "m", "messages": [{"role": "user", "content": "hi"}],
+            "logprobs": true, "top_logprobs": 2
+        }))
+        .unwrap();
+        let g = generation_config(&req, "gemini-2.5-flash");
+        assert_eq!(g["responseLogprobs"], true);
+        assert_eq!(g["logprobs"], 2);
+        let wire: WireResponse = serde_json::from_value(json!({
+            "candidates": [{"content": {"role": "model", "parts": [{"text": "Hi"}]},
+                "finishReason": "STOP", "index": 0,
+                "logprobsResult": {
+                    "chosenCandidates": [{"token": "Hi", "tokenId": 5, "logProbability": -0.25}],
+                    "topCandidates": [{"candidates": [
+                        {"token": "Hi", "tokenId": 5, "logProbability": -0.25},
+                        {"token": "Hello", "tokenId": 6, "logProbability": -1.5}]}]}}],
+            "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 1, "totalTokenCount": 2}
+        }))
+        .unwrap();
+        let r = decode_response(wire, "gemini-2.5-flash", 1, &SignatureStore::new());
+        assert_eq!(
+            r.choices[0].logprobs,
+            Some(
+                json!({"content": [{"token": "Hi", "logprob": -0.25, "bytes": [72, 105],
+                "top_logprobs": [{"token": "Hi", "logprob": -0.25, "bytes": [72, 105]},
+                                 {"token": "Hello", "logprob": -1.5, "bytes": [72, 101, 108, 108, 111]}]}],
+                "refusal": null})
+            )
+        );
+        let plain: ChatRequest = serde_json::from_value(json!({
+            "model": "m", "messages": [{"role": "user", "content": "hi"}]
+        }))
+        .unwrap();
+        assert!(generation_config(&plain, "gemini-2.5-flash")
+            .get("responseLogprobs")
+            .is_none());
+    }
 
     #[test]
     fn anthropic_adaptive_thinking_and_effort() {
