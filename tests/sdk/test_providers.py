@@ -490,6 +490,12 @@ def test_openai_endpoints_passed_on(gateway):
     speech = client.audio.speech.create(model="oai/gpt-4o-mini-tts", voice="alloy", input="hi")
     assert speech.content.startswith(b"ID3")
     assert speech.response.headers["content-type"] == "audio/mpeg"
+    # Uploads: the `model` form field is rewritten, the file passed on as it came.
+    audio = ("hello.mp3", b"ID3\x04\x00fake-audio-bytes", "audio/mpeg")
+    t = client.audio.transcriptions.create(model="oai/whisper-1", file=audio)
+    assert t.text == "Hello from the mock upstream."
+    text = client.audio.transcriptions.create(model="az/whisper-1", file=audio, response_format="text")
+    assert "Hello from the mock upstream." in text
     # Azure: at the deployment's own paths; it has no moderations endpoint.
     img = client.images.generate(model="az/gpt-4o-mini", prompt="a cat", response_format="b64_json")
     assert img.data[0].b64_json

@@ -339,8 +339,12 @@ pub struct ForwardRequest {
     pub path: &'static str,
     /// The public model name (the body's `model`, or the endpoint's default).
     pub model: String,
-    /// The client's JSON body, as it came.
+    /// The client's body, as it came: JSON, or with [`ForwardRequest::content_type`] a
+    /// `multipart/form-data` upload.
     pub body: bytes::Bytes,
+    /// The content type of a body that is not JSON (an upload: `multipart/form-data` with its
+    /// boundary, whose `model` field is rewritten); `None` for JSON.
+    pub content_type: Option<String>,
 }
 
 /// The answer to a [`ForwardRequest`], as the upstream sent it.

@@ -104,6 +104,8 @@ enum OtherOp {
     Moderations,
     Images,
     Speech,
+    /// Transcriptions and translations: a `multipart/form-data` upload.
+    Transcribe,
 }
 
 /// What is asked of a stored Responses answer.
@@ -234,6 +236,7 @@ fn route(method: &Method, path: &str, query: Option<&str>, parts: &Parts) -> Rou
                 "embeddings" => Op::Embed,
                 "images/generations" => Op::Other(OtherOp::Images),
                 "audio/speech" => Op::Other(OtherOp::Speech),
+                "audio/transcriptions" | "audio/translations" => Op::Other(OtherOp::Transcribe),
                 _ => return Route::NotFound,
             };
             let mut call = Call::new(Dialect::Azure, op);
@@ -275,6 +278,8 @@ fn route(method: &Method, path: &str, query: Option<&str>, parts: &Parts) -> Rou
             ("/moderations", OtherOp::Moderations),
             ("/images/generations", OtherOp::Images),
             ("/audio/speech", OtherOp::Speech),
+            ("/audio/transcriptions", OtherOp::Transcribe),
+            ("/audio/translations", OtherOp::Transcribe),
         ] {
             if path.ends_with(suffix) {
                 return provider(Dialect::OpenAi, Op::Other(op));
@@ -726,6 +731,20 @@ async fn provider(
 
     let mut headers: Vec<(&'static str, String)> = Vec::with_capacity(12);
     dialect::common_headers(d, seq, &mut headers);
+    if call.op == Op::Other(OtherOp::Transcribe) {
+        if let Err(e) = auth {
+            return error_response(d, &e, seq, headers);
+        }
+        let content_type = parts
+            .headers
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        return match openai::transcription(content_type, &body) {
+            Ok((ct, text)) => respond(200, ct, MockBody::full(text), &headers),
+            Err(e) => error_response(d, &e, seq, headers),
+        };
+    }
     let parsed: Result<Value, String> = if body.is_empty() {
         Ok(Value::Null)
     } else {
@@ -844,7 +863,8 @@ async fn provider(
         (Op::BatchEmbed, _) => google::batch_embed_json(value),
         (Op::Other(OtherOp::Moderations), _) => openai::moderations_json(value, seq),
         (Op::Other(OtherOp::Images), _) => openai::images_json(value),
-        (Op::Other(OtherOp::Speech), _) => Ok(String::new()),
+        // Answered before the body is read as JSON (`transcription`).
+        (Op::Other(OtherOp::Speech | OtherOp::Transcribe), _) => Ok(String::new()),
         (Op::CountTokens, Some(p)) if d == Dialect::Anthropic => {
             Ok(anthropic::count_tokens_json(p))
         }

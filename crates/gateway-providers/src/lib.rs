@@ -20,6 +20,7 @@ pub mod eventstream;
 pub mod gemini;
 pub mod headers;
 pub mod http;
+pub mod multipart;
 pub mod openai;
 pub mod registry;
 pub mod responses;

@@ -426,20 +426,36 @@ pub(crate) async fn forward_json(
         #[serde(default)]
         stream: Option<bool>,
     }
-    let stream = serde_json::from_slice::<Head>(&request.body)
-        .map_err(|e| ProviderError::BadRequest {
-            status: 400,
-            message: format!("the request body: {e}"),
-            param: None,
-            code: None,
-        })?
-        .stream
-        .unwrap_or(false);
-    let mut lead = b"\"model\":".to_vec();
-    serde_json::to_writer(&mut lead, model)
-        .map_err(|e| ProviderError::Protocol(format!("encoding the request: {e}")))?;
-    let body = crate::anthropic::rewrite_native_without(&request.body, &lead, stream, &[])?;
-    let req = json_request(Method::POST, url, headers, body)?;
+    let bad = |message: String| ProviderError::BadRequest {
+        status: 400,
+        message,
+        param: None,
+        code: None,
+    };
+    let req = if let Some(ct) = &request.content_type {
+        // An upload: its `model` field set to the upstream's, every other byte as it came.
+        let boundary = crate::multipart::boundary(ct)
+            .ok_or_else(|| bad(format!("`{ct}` is not multipart/form-data with a boundary")))?;
+        let range = crate::multipart::field(&request.body, boundary, "model")
+            .ok_or_else(|| bad("model: field required".to_owned()))?;
+        let body = crate::multipart::replace(&request.body, range, model);
+        let mut headers = headers.to_vec();
+        headers.push((
+            CONTENT_TYPE,
+            HeaderValue::from_str(ct).map_err(|e| bad(format!("content-type: {e}")))?,
+        ));
+        json_request(Method::POST, url, &headers, body)?
+    } else {
+        let stream = serde_json::from_slice::<Head>(&request.body)
+            .map_err(|e| bad(format!("the request body: {e}")))?
+            .stream
+            .unwrap_or(false);
+        let mut lead = b"\"model\":".to_vec();
+        serde_json::to_writer(&mut lead, model)
+            .map_err(|e| ProviderError::Protocol(format!("encoding the request: {e}")))?;
+        let body = crate::anthropic::rewrite_native_without(&request.body, &lead, stream, &[])?;
+        json_request(Method::POST, url, headers, body)?
+    };
     let resp = client.fetch(req, timeout, classify).await?;
     let content_type = resp
         .headers()

@@ -1263,6 +1263,16 @@ impl Gateway {
         started: Instant,
     ) -> Response<Body> {
         let dialect = Dialect::OpenAi;
+        // An upload keeps its content type (the multipart boundary) for the upstream.
+        let content_type = endpoint
+            .multipart
+            .then(|| {
+                req.headers()
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .flatten();
         let (head, body) = Head::take(req);
         let body = match self.read_declared(head.content_length, body).await {
             Ok(b) => b,
@@ -1270,7 +1280,7 @@ impl Gateway {
                 return self.bad_input(&e, endpoint.name, &head, dialect, request_id, started)
             }
         };
-        let model = match forwarded_model(&body, endpoint) {
+        let model = match forwarded_model(&body, endpoint, content_type.as_deref()) {
             Ok(m) => m,
             Err(e) => {
                 return self.bad_input(&e, endpoint.name, &head, dialect, request_id, started)
@@ -1284,7 +1294,12 @@ impl Gateway {
             endpoint: endpoint.name,
             requested_model: model.clone(),
             trace: Some(trace),
-            content: self.content_of(&body),
+            // An upload (audio) is not logged as text.
+            content: if endpoint.multipart {
+                None
+            } else {
+                self.content_of(&body)
+            },
             ..RequestRecord::default()
         };
         let est = (body.len() as u64).div_ceil(4);
@@ -1309,6 +1324,7 @@ impl Gateway {
             path: endpoint.path,
             model,
             body,
+            content_type,
         };
         let waiting = Unanswered::new(record, started, &ext);
         let answer = self.engine.forward(&request, &opts).await;
@@ -1491,24 +1507,41 @@ pub struct Forwarded {
     path: &'static str,
     /// The model OpenAI uses when the body names none (`None`: `model` is required).
     default_model: Option<&'static str>,
+    /// The body is an upload (`multipart/form-data`, `model` a form field), not JSON.
+    multipart: bool,
 }
 
 /// The endpoints passed on ([`Gateway::forward`]).
-const FORWARDED: [Forwarded; 3] = [
+const FORWARDED: [Forwarded; 5] = [
     Forwarded {
         name: "moderations",
         path: "/moderations",
         default_model: Some("omni-moderation-latest"),
+        multipart: false,
     },
     Forwarded {
         name: "images",
         path: "/images/generations",
         default_model: Some("dall-e-2"),
+        multipart: false,
     },
     Forwarded {
         name: "speech",
         path: "/audio/speech",
         default_model: None,
+        multipart: false,
+    },
+    Forwarded {
+        name: "transcriptions",
+        path: "/audio/transcriptions",
+        default_model: None,
+        multipart: true,
+    },
+    Forwarded {
+        name: "translations",
+        path: "/audio/translations",
+        default_model: None,
+        multipart: true,
     },
 ];
 
@@ -1518,16 +1551,32 @@ fn forwarded_endpoint(path: &str) -> Option<&'static Forwarded> {
     FORWARDED.iter().find(|f| f.path == rest)
 }
 
-/// The model a passed-on request names: its body's `model`, else the endpoint's default.
-fn forwarded_model(body: &[u8], endpoint: &Forwarded) -> Result<String, ApiError> {
+/// The model a passed-on request names: its body's `model` (an upload's form field), else the
+/// endpoint's default.
+fn forwarded_model(
+    body: &[u8],
+    endpoint: &Forwarded,
+    content_type: Option<&str>,
+) -> Result<String, ApiError> {
     #[derive(serde::Deserialize)]
     struct Head {
         #[serde(default)]
         model: Option<String>,
     }
-    let head: Head = serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))?;
-    match head.model.filter(|m| !m.is_empty()) {
+    let model = if endpoint.multipart {
+        let boundary = content_type
+            .and_then(gateway_providers::multipart::boundary)
+            .ok_or_else(|| {
+                ApiError::invalid("the body must be multipart/form-data (a file upload)")
+            })?;
+        gateway_providers::multipart::field(body, boundary, "model")
+            .map(|r| String::from_utf8_lossy(&body[r]).trim().to_owned())
+    } else {
+        let head: Head = serde_json::from_slice(body)
+            .map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))?;
+        head.model
+    };
+    match model.filter(|m| !m.is_empty()) {
         Some(m) => Ok(m),
         None => endpoint
             .default_model

@@ -614,3 +614,53 @@ pub(crate) fn speech_audio(body: &Value) -> Result<(&'static str, bytes::Bytes),
         bytes::Bytes::from_static(b"ID3\x04\x00\x00\x00\x00\x00\x00mock-audio"),
     ))
 }
+
+/// `POST /v1/audio/transcriptions` (and translations): a `multipart/form-data` upload with a
+/// `file` and a `model`; the answer is `{"text"}`, or the bare text for
+/// `response_format=text`.
+pub(crate) fn transcription(
+    content_type: &str,
+    body: &[u8],
+) -> Result<(&'static str, String), ErrorKind> {
+    let Some(boundary) = content_type
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("boundary="))
+        .map(|b| b.trim_matches('"'))
+    else {
+        return Err(ErrorKind::BadRequest(
+            "Invalid request: expected multipart/form-data".to_owned(),
+        ));
+    };
+    let field = |name: &str| -> Option<String> {
+        let text = String::from_utf8_lossy(body);
+        let marker = format!("name=\"{name}\"");
+        let at = text.find(&marker)?;
+        let value_at = at + text[at..].find("\r\n\r\n")? + 4;
+        let end = value_at + text[value_at..].find(&format!("\r\n--{boundary}"))?;
+        Some(text[value_at..end].to_owned())
+    };
+    if field("file").is_none() {
+        return Err(ErrorKind::BadRequest(
+            "Missing required parameter: 'file'.".to_owned(),
+        ));
+    }
+    match field("model") {
+        None => {
+            return Err(ErrorKind::BadRequest(
+                "Missing required parameter: 'model'.".to_owned(),
+            ))
+        }
+        // A gateway's `provider/model` name is not OpenAI's.
+        Some(m) if m.is_empty() || m.contains('/') => {
+            return Err(ErrorKind::BadRequest(format!(
+                "The model `{m}` does not exist or you do not have access to it."
+            )))
+        }
+        Some(_) => {}
+    }
+    let text = "Hello from the mock upstream.";
+    Ok(match field("response_format").as_deref() {
+        Some("text") => ("text/plain; charset=utf-8", format!("{text}\n")),
+        _ => ("application/json", json!({"text": text}).to_string()),
+    })
+}
