@@ -190,6 +190,8 @@ fn operation(endpoint: &str) -> &'static str {
         "moderations" => "moderations",
         "images" => "images",
         "speech" => "speech",
+        "transcriptions" => "transcriptions",
+        "translations" => "translations",
         _ => "chat",
     }
 }
