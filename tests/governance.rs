@@ -10,6 +10,14 @@ use serde_json::json;
 
 async fn start(extra: &str) -> (TestGateway, Services, std::path::PathBuf) {
     let m = MockUpstream::new().start().await.unwrap();
+    let started = start_on(&m.openai_base(), extra).await;
+    // Keep the mock alive as long as the test: leak its handle into the gateway's lifetime.
+    std::mem::forget(m);
+    started
+}
+
+/// A gateway with governance and telemetry whose provider `oai` is the OpenAI API at `base`.
+async fn start_on(base: &str, extra: &str) -> (TestGateway, Services, std::path::PathBuf) {
     let dir =
         std::env::temp_dir().join(format!("gw-gov-{}-{}", std::process::id(), fastrand_name()));
     let toml = format!(
@@ -28,15 +36,13 @@ secret = "sk-upstream-secret"
 {extra}
 "#,
         dir.display(),
-        m.openai_base()
+        base
     )
-    .replace("{OAI_BASE}", &m.openai_base());
+    .replace("{OAI_BASE}", base);
     let config = Config::from_toml(&toml).unwrap();
     let services = Services::start(&config).await.unwrap();
     let gw = TestGateway::start_with(&toml, services.extensions(), None).await;
     services.attach(&gw.gateway);
-    // Keep the mock alive as long as the test: leak its handle into the gateway's lifetime.
-    std::mem::forget(m);
     (gw, services, dir)
 }
 
@@ -711,35 +717,16 @@ async fn a_stream_the_client_leaves_is_charged_for_what_it_carried() {
         .start()
         .await
         .unwrap();
-    let dir = std::env::temp_dir().join(format!(
-        "gw-gov-leave-{}-{}",
-        std::process::id(),
-        fastrand_name()
-    ));
-    let toml = format!(
+    let (gw, services, dir) = start_on(
+        &m.openai_base(),
         r#"
-[server]
-admin_token = "adm"
-data_dir = "{}"
-[[providers]]
-name = "oai"
-kind = "openai"
-base_url = "{}"
-[[providers.keys]]
-name = "k"
-secret = "sk-leave-0123456789"
 [[virtual_keys]]
 name = "metered"
 secret = "vk-metered-0123456789"
 budget_usd = 10.0
 "#,
-        dir.display(),
-        m.url()
-    );
-    let config = Config::from_toml(&toml).unwrap();
-    let services = Services::start(&config).await.unwrap();
-    let gw = TestGateway::start_with(&toml, services.extensions(), None).await;
-    services.attach(&gw.gateway);
+    )
+    .await;
     let mut body = chat("oai/gpt-4o-mini", "hi");
     body["stream"] = json!(true);
     let mut tcp = gw

@@ -435,7 +435,20 @@ pub fn default_max_tokens(model: &str) -> u32 {
     }
 }
 
-pub(crate) fn thinking_budget(effort: &str) -> Option<u32> {
+/// The thinking budget of an OpenAI client's `reasoning_effort` for Claude. OpenAI's output
+/// limits count reasoning tokens: a client's limit holds the thinking too (three quarters of it
+/// at most), and a limit too small for Anthropic's least budget (1,024) leaves thinking off
+/// rather than raising what the client pays for.
+pub(crate) fn effort_budget(request: &ChatRequest) -> Option<u32> {
+    let budget = thinking_budget(request.reasoning_effort.as_deref()?)?;
+    let budget = match request.output_limit() {
+        Some(limit) => budget.min(limit - limit / 4),
+        None => budget,
+    };
+    (budget >= 1024).then_some(budget)
+}
+
+fn thinking_budget(effort: &str) -> Option<u32> {
     match effort {
         "minimal" | "low" => Some(1024),
         "medium" => Some(4096),
@@ -494,26 +507,12 @@ pub fn messages_body_with(
     let mut max_tokens = request
         .output_limit()
         .unwrap_or_else(|| default_max_tokens(model));
-    let thinking = request
-        .extra
-        .get("thinking")
-        .cloned()
-        .or_else(|| {
-            // An Anthropic client's own budget, when its body is not sent as written.
-            let budget = request.thinking_budget?;
-            Some(json!({"type": "enabled", "budget_tokens": budget}))
-        })
-        .or_else(|| {
-            let budget = thinking_budget(request.reasoning_effort.as_deref()?)?;
-            // OpenAI's output limits count reasoning tokens: a client's limit holds the thinking
-            // too (three quarters of it at most), and a limit too small for Anthropic's least budget
-            // (1,024) leaves thinking off rather than raising what the client pays for.
-            let budget = match request.output_limit() {
-                Some(limit) => budget.min(limit - limit / 4),
-                None => budget,
-            };
-            (budget >= 1024).then(|| json!({"type": "enabled", "budget_tokens": budget}))
-        });
+    let thinking = request.extra.get("thinking").cloned().or_else(|| {
+        // An Anthropic client's own budget, when its body is not sent as written, else an
+        // OpenAI client's effort.
+        let budget = request.thinking_budget.or_else(|| effort_budget(request))?;
+        Some(json!({"type": "enabled", "budget_tokens": budget}))
+    });
     let thinking_on = thinking
         .as_ref()
         .is_some_and(|t| t.get("type").and_then(Value::as_str) == Some("enabled"));

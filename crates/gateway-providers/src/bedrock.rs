@@ -277,14 +277,9 @@ pub fn with_thinking(body: &mut Value, req: &ChatRequest, model: &str) {
     if !claude_thinks(model) || req.messages.iter().any(|m| m.tool_calls.is_some()) {
         return;
     }
-    let budget = req.thinking_budget.or_else(|| {
-        let budget = crate::anthropic::thinking_budget(req.reasoning_effort.as_deref()?)?;
-        let budget = match req.output_limit() {
-            Some(limit) => budget.min(limit - limit / 4),
-            None => budget,
-        };
-        (budget >= 1024).then_some(budget)
-    });
+    let budget = req
+        .thinking_budget
+        .or_else(|| crate::anthropic::effort_budget(req));
     let (Some(budget), Some(body)) = (budget, body.as_object_mut()) else {
         return;
     };

@@ -420,23 +420,15 @@ fn generation_config(req: &ChatRequest, model: &str) -> Map<String, Value> {
             "thinkingConfig",
             Some(thinking_config(effort, model, req.output_limit())),
         );
-    } else if let Some(budget) = req.thinking_budget.filter(|_| thinks(model)) {
+    } else if (req.thinking_budget.is_some() || req.thinking_adaptive) && thinks(model) {
         put(
             "thinkingConfig",
-            Some(budget_config(budget, req.thinking_effort(), model)),
+            Some(budget_config(
+                req.thinking_budget,
+                req.thinking_effort(),
+                model,
+            )),
         );
-    } else if req.thinking_adaptive && thinks(model) {
-        // The model decides: Gemini's dynamic thinking (`-1`), or on Gemini 3 its level.
-        let config = if is_gemini_3(model) {
-            let level = match req.thinking_effort() {
-                Some("low") => "low",
-                _ => "high",
-            };
-            json!({ "thinkingLevel": level, "includeThoughts": true })
-        } else {
-            json!({ "thinkingBudget": -1, "includeThoughts": true })
-        };
-        put("thinkingConfig", Some(config));
     } else if let Some(effort) = req.thinking_effort().filter(|_| thinks(model)) {
         put(
             "thinkingConfig",
@@ -451,10 +443,11 @@ fn thinks(model: &str) -> bool {
     is_gemini_3(model) || model.contains("2.5") || model.contains("thinking")
 }
 
-/// An Anthropic client's thinking budget as a `thinkingConfig` that also asks for the thoughts
-/// back (`includeThoughts`): the budget itself, within what the model takes (Flash up to
-/// 24,576, Pro 128 to 32,768), or on Gemini 3 the level of its effort.
-fn budget_config(budget: u32, effort: Option<&str>, model: &str) -> Value {
+/// An Anthropic client's thinking as a `thinkingConfig` that also asks for the thoughts back
+/// (`includeThoughts`): its budget, within what the model takes (Flash up to 24,576, Pro 128 to
+/// 32,768), or without one (adaptive thinking: the model decides) Gemini's dynamic budget, `-1`;
+/// on Gemini 3 the level of its effort.
+fn budget_config(budget: Option<u32>, effort: Option<&str>, model: &str) -> Value {
     if is_gemini_3(model) {
         let level = match effort {
             Some("low") => "low",
@@ -462,10 +455,10 @@ fn budget_config(budget: u32, effort: Option<&str>, model: &str) -> Value {
         };
         return json!({ "thinkingLevel": level, "includeThoughts": true });
     }
-    let budget = if model.contains("pro") {
-        budget.clamp(128, 32_768)
-    } else {
-        budget.min(24_576)
+    let budget = match budget {
+        None => -1,
+        Some(b) if model.contains("pro") => i64::from(b.clamp(128, 32_768)),
+        Some(b) => i64::from(b.min(24_576)),
     };
     json!({ "thinkingBudget": budget, "includeThoughts": true })
 }

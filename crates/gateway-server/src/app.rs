@@ -845,24 +845,17 @@ impl Gateway {
                         }
                     },
                 };
-                record.route = out.route.as_deref().map(str::to_owned);
-                record.provider = Some(String::from(&*out.served_by.provider));
-                record.model = Some(String::from(&*out.served_by.model));
-                record.usage = Some(usage);
-                record.cost_usd = cost;
-                record.status = 200;
-                record.duration = started.elapsed();
-                record.attempts = out.attempts;
+                let (_, served_by, attempts) =
+                    record_served(&mut record, out, Some(usage), cost, started);
                 if let Some((_, answer)) = &mut record.content {
                     *answer = String::from_utf8_lossy(&body).into_owned();
                 }
-                let attempts = record.attempts.len();
                 ext.observer.on_finish(&record);
                 let mut resp = bytes_response(200, body);
                 served_headers(
                     resp.headers_mut(),
-                    &out.served_by.provider,
-                    &out.served_by.model,
+                    &served_by.provider,
+                    &served_by.model,
                     attempts,
                     cost,
                 );
@@ -1224,16 +1217,9 @@ impl Gateway {
                     .cost(&out.served_by.provider, &out.served_by.model, &usage);
                 permit.settle(&usage, cost);
                 let b64 = request.encoding_format.as_deref() == Some("base64");
-                record.provider = Some(String::from(&*out.served_by.provider));
-                record.model = Some(String::from(&*out.served_by.model));
-                record.usage = Some(usage);
-                record.cost_usd = cost;
-                record.status = 200;
-                record.duration = started.elapsed();
-                record.route = out.route.as_deref().map(str::to_owned);
-                let attempts = out.attempts.len();
-                record.attempts = out.attempts;
-                let body = openai::encode_embeddings(&out.value, b64);
+                let (value, served_by, attempts) =
+                    record_served(&mut record, out, Some(usage), cost, started);
+                let body = openai::encode_embeddings(&value, b64);
                 if let Some((_, answer)) = &mut record.content {
                     *answer = String::from_utf8_lossy(&body).into_owned();
                 }
@@ -1241,8 +1227,8 @@ impl Gateway {
                 let mut resp = bytes_response(200, body);
                 served_headers(
                     resp.headers_mut(),
-                    &out.served_by.provider,
-                    &out.served_by.model,
+                    &served_by.provider,
+                    &served_by.model,
                     attempts,
                     cost,
                 );
@@ -1338,29 +1324,23 @@ impl Gateway {
                     .pricing
                     .cost(&out.served_by.provider, &out.served_by.model, &usage);
                 permit.settle(&usage, cost);
-                record.provider = Some(String::from(&*out.served_by.provider));
-                record.model = Some(String::from(&*out.served_by.model));
-                record.usage = out.value.usage;
-                record.cost_usd = cost;
-                record.status = 200;
-                record.duration = started.elapsed();
-                record.route = out.route.as_deref().map(str::to_owned);
-                let attempts = out.attempts.len();
-                record.attempts = out.attempts;
-                if let Some((_, answer)) = &mut record.content {
-                    if out.value.content_type.starts_with("application/json") {
-                        *answer = String::from_utf8_lossy(&out.value.body).into_owned();
+                let reported = out.value.usage;
+                let (answer, served_by, attempts) =
+                    record_served(&mut record, out, reported, cost, started);
+                if let Some((_, logged)) = &mut record.content {
+                    if answer.content_type.starts_with("application/json") {
+                        *logged = String::from_utf8_lossy(&answer.body).into_owned();
                     }
                 }
                 ext.observer.on_finish(&record);
-                let mut resp = bytes_response(200, out.value.body);
-                if let Ok(v) = HeaderValue::from_str(&out.value.content_type) {
+                let mut resp = bytes_response(200, answer.body);
+                if let Ok(v) = HeaderValue::from_str(&answer.content_type) {
                     resp.headers_mut().insert(header::CONTENT_TYPE, v);
                 }
                 served_headers(
                     resp.headers_mut(),
-                    &out.served_by.provider,
-                    &out.served_by.model,
+                    &served_by.provider,
+                    &served_by.model,
                     attempts,
                     cost,
                 );
@@ -1610,6 +1590,28 @@ static X_GATEWAY_PROVIDER: HeaderName = HeaderName::from_static("x-gateway-provi
 static X_GATEWAY_MODEL: HeaderName = HeaderName::from_static("x-gateway-model");
 static X_GATEWAY_ATTEMPTS: HeaderName = HeaderName::from_static("x-gateway-attempts");
 static X_GATEWAY_COST: HeaderName = HeaderName::from_static("x-gateway-cost-usd");
+
+/// Fills the record of a request `out` answered (who served it, through which route, after
+/// which attempts, at what usage and cost, how long it took, status 200) and hands back the
+/// answer, who served it and how many attempts it took.
+fn record_served<T>(
+    record: &mut RequestRecord,
+    out: gateway_core::engine::Outcome<T>,
+    usage: Option<Usage>,
+    cost: f64,
+    started: Instant,
+) -> (T, gateway_core::engine::ServedBy, usize) {
+    record.route = out.route.as_deref().map(str::to_owned);
+    record.provider = Some(String::from(&*out.served_by.provider));
+    record.model = Some(String::from(&*out.served_by.model));
+    record.usage = usage;
+    record.cost_usd = cost;
+    record.status = 200;
+    record.duration = started.elapsed();
+    let attempts = out.attempts.len();
+    record.attempts = out.attempts;
+    (out.value, out.served_by, attempts)
+}
 
 fn served_headers(h: &mut HeaderMap, provider: &str, model: &str, attempts: usize, cost: f64) {
     h.reserve(4);
