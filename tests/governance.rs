@@ -762,3 +762,185 @@ budget_usd = 10.0
     gw.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `[cache]`: a repeated request is answered from the cache, the same bytes for a plain answer,
+/// a stream and an embedding, without reaching the provider and without cost; each virtual key
+/// has its own answers, a hit still counts against the key's request rate, `cache-control:
+/// no-store` goes around it, a stream the client left is not kept, and the logs and metrics
+/// say which requests were hits.
+#[tokio::test]
+async fn the_answer_cache_serves_repeats_per_virtual_key_for_free() {
+    use tokio::io::AsyncReadExt;
+    let m = MockUpstream::new().start().await.unwrap();
+    let extra = format!("{KEYS}\n[cache]\nenabled = true\nttl_ms = 60000\n");
+    let (gw, services, dir) = start_on(&m.openai_base(), &extra).await;
+    let auth = [("authorization", "Bearer adm")];
+    let post = |key: &'static str,
+                path: &'static str,
+                body: serde_json::Value,
+                extra: &'static [(&'static str, &'static str)]| {
+        let gw = &gw;
+        async move {
+            let bearer = format!("Bearer {key}");
+            let mut h = vec![
+                ("content-type", "application/json"),
+                ("authorization", bearer.as_str()),
+            ];
+            h.extend_from_slice(extra);
+            gw.request("POST", path, &h, serde_json::to_vec(&body).unwrap())
+                .await
+        }
+    };
+    const A: &str = "vk-team-a-0123456789";
+    const SLOW: &str = "vk-slow-0123456789";
+    let ask = chat("oai/gpt-4o-mini", "what is the capital of France?");
+
+    // A plain answer: a miss, then a hit with the same bytes, one upstream request.
+    let first = post(A, "/v1/chat/completions", ask.clone(), &[]).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.header("x-gateway-cache"), Some("miss"));
+    assert!(
+        first.header("x-gateway-cost-usd").is_some(),
+        "{:?} {}",
+        first.headers,
+        first.text()
+    );
+    let upstream = m.requests();
+    let second = post(A, "/v1/chat/completions", ask.clone(), &[]).await;
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert_eq!(second.header("x-gateway-cache"), Some("hit"));
+    assert_eq!(second.body, first.body);
+    assert_eq!(second.header("x-gateway-provider"), Some("oai"));
+    assert_eq!(second.header("x-gateway-attempts"), Some("0"));
+    assert_eq!(
+        second.header("x-gateway-cost-usd"),
+        None,
+        "a hit costs nothing"
+    );
+    assert_eq!(m.requests(), upstream, "a hit does not reach the provider");
+
+    // Another request, or the same one past `no-store`, goes upstream.
+    let other = post(
+        A,
+        "/v1/chat/completions",
+        chat("oai/gpt-4o-mini", "and of Spain?"),
+        &[],
+    )
+    .await;
+    assert_eq!(other.header("x-gateway-cache"), Some("miss"));
+    let fresh = post(
+        A,
+        "/v1/chat/completions",
+        ask.clone(),
+        &[("cache-control", "no-store")],
+    )
+    .await;
+    assert_eq!(fresh.status, 200);
+    assert_eq!(fresh.header("x-gateway-cache"), None);
+    assert_eq!(m.requests(), upstream + 2);
+
+    // A stream: the second gets the first one's events, byte for byte.
+    let mut streamed = ask.clone();
+    streamed["stream"] = json!(true);
+    let s1 = post(A, "/v1/chat/completions", streamed.clone(), &[]).await;
+    assert_eq!(s1.header("x-gateway-cache"), Some("miss"));
+    assert!(s1.text().ends_with("data: [DONE]\n\n"), "{}", s1.text());
+    let s2 = post(A, "/v1/chat/completions", streamed.clone(), &[]).await;
+    assert_eq!(s2.header("x-gateway-cache"), Some("hit"));
+    assert_eq!(s2.header("content-type"), Some("text/event-stream"));
+    assert_eq!(s2.body, s1.body);
+    assert_eq!(m.requests(), upstream + 3);
+
+    // The Anthropic API and embeddings likewise.
+    let msg = messages("oai/gpt-4o-mini", "hello there");
+    let a1 = post(
+        A,
+        "/v1/messages",
+        msg.clone(),
+        &[("anthropic-version", "2023-06-01")],
+    )
+    .await;
+    let a2 = post(
+        A,
+        "/v1/messages",
+        msg.clone(),
+        &[("anthropic-version", "2023-06-01")],
+    )
+    .await;
+    assert_eq!(a1.status, 200, "{}", a1.text());
+    assert_eq!(
+        (a1.header("x-gateway-cache"), a2.header("x-gateway-cache")),
+        (Some("miss"), Some("hit"))
+    );
+    assert_eq!(a2.body, a1.body);
+    assert_eq!(a2.json()["type"], "message");
+    let emb = json!({"model": "oai/gpt-4o-mini", "input": ["a", "b"]});
+    let e1 = post(A, "/v1/embeddings", emb.clone(), &[]).await;
+    let e2 = post(A, "/v1/embeddings", emb.clone(), &[]).await;
+    assert_eq!(e1.status, 200, "{}", e1.text());
+    assert_eq!(e2.header("x-gateway-cache"), Some("hit"));
+    assert_eq!(e2.body, e1.body);
+    assert_eq!(m.requests(), upstream + 5);
+
+    // Another virtual key does not get team A's answers; its own hits count against its
+    // rate (2 a minute): the third request is refused even though it would be a hit.
+    let b1 = post(SLOW, "/v1/chat/completions", ask.clone(), &[]).await;
+    assert_eq!(b1.header("x-gateway-cache"), Some("miss"));
+    assert_eq!(m.requests(), upstream + 6);
+    let b2 = post(SLOW, "/v1/chat/completions", ask.clone(), &[]).await;
+    assert_eq!(b2.header("x-gateway-cache"), Some("hit"));
+    let b3 = post(SLOW, "/v1/chat/completions", ask.clone(), &[]).await;
+    assert_eq!(b3.status, 429, "{}", b3.text());
+
+    // A stream the client leaves is not kept: the same request later is a miss.
+    m.set_chunk_delay(std::time::Duration::from_millis(30));
+    let mut left = chat("oai/gpt-4o-mini", "one two three four five six seven eight");
+    left["stream"] = json!(true);
+    let mut tcp = gw
+        .open_post(
+            "/v1/chat/completions",
+            &[&format!("authorization: Bearer {A}")],
+            &left,
+        )
+        .await;
+    let mut buf = [0u8; 512];
+    let n = tcp.read(&mut buf).await.unwrap();
+    assert!(n > 0);
+    drop(tcp);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    m.set_chunk_delay(std::time::Duration::ZERO);
+    let again = post(A, "/v1/chat/completions", left.clone(), &[]).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(
+        again.header("x-gateway-cache"),
+        Some("miss"),
+        "a cut stream was kept"
+    );
+
+    // Logs and metrics tell the hits; hits cost nothing.
+    let logs = gw
+        .get("/admin/logs?virtual_key=team-a-app&limit=100", &auth)
+        .await;
+    let rows = logs.json()["data"].as_array().unwrap().clone();
+    let hits: Vec<_> = rows.iter().filter(|r| r["cache"] == "hit").collect();
+    assert_eq!(hits.len(), 4, "{}", logs.text());
+    assert!(hits
+        .iter()
+        .all(|r| r["cost_usd"] == 0.0 && r["attempts"].as_array().unwrap().is_empty()));
+    assert!(rows
+        .iter()
+        .filter(|r| r["cache"] == "miss")
+        .all(|r| r["cost_usd"].as_f64().unwrap() > 0.0));
+    let metrics = gw.get("/metrics", &[]).await.text();
+    assert!(
+        metrics.contains("gateway_cache_requests_total{endpoint=\"chat\",result=\"hit\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gateway_cache_requests_total{endpoint=\"embeddings\",result=\"hit\"} 1"),
+        "{metrics}"
+    );
+    services.shutdown().await;
+    gw.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

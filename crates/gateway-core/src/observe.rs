@@ -163,6 +163,9 @@ pub struct RequestRecord {
     /// The requested model names a route, provider model or served model of this gateway, though
     /// nothing was attempted (a refusal): it may label metrics like a served one.
     pub known_model: bool,
+    /// The answer cache's part: `hit` (served from it, nothing attempted) or `miss` (looked up,
+    /// not found); `None` when the cache was not asked.
+    pub cache: Option<&'static str>,
 }
 
 /// Sees attempts and requests. Must not block.

@@ -28,6 +28,7 @@ use serde_json::json;
 
 use crate::anthropic;
 use crate::assemble::{engine_config, MockPool};
+use crate::cache::{CacheKey, Control, Hit, PartialKey, ResponseCache};
 use crate::config::{Config, ConfigError};
 use crate::errors::{ApiError, Dialect, ErrorKind};
 use crate::openai;
@@ -52,6 +53,8 @@ pub struct Runtime {
     pub max_body_bytes: usize,
     /// `[logging] content`: requests and answers go into the request log.
     pub log_content: bool,
+    /// The answer cache, when `[cache] enabled` (a reload starts an empty one).
+    pub cache: Option<Arc<ResponseCache>>,
 }
 
 /// Pluggable parts of a gateway.
@@ -710,6 +713,11 @@ impl Gateway {
             Ok(r) => r,
             Err(e) => return self.bad_input(&e, endpoint, &head, dialect, request_id, started),
         };
+        // Responses are stateful (stored, chained by id): never answered from the cache.
+        let caching = match api {
+            Api::Responses => None,
+            _ => self.caching(endpoint, &head, &body),
+        };
         if dialect == Dialect::Anthropic {
             // An Anthropic upstream gets the client's body as it came (cache breakpoints,
             // thinking blocks and their signatures...). Copied: `body` may be a slice of the
@@ -752,6 +760,15 @@ impl Gateway {
             }
         };
         record.virtual_key = permit.virtual_key().map(str::to_owned);
+        let slot = caching.map(|c| c.admitted(permit.virtual_key()));
+        if let Some(hit) = slot.as_ref().and_then(|s| s.lookup(request.stream)) {
+            return serve_cached(hit, permit, record, started, &ext);
+        }
+        let cache_asked = slot.is_some();
+        if cache_asked {
+            record.cache = Some("miss");
+        }
+        let slot = slot.filter(|s| s.control.write);
         let (pinned_key, remember) = match api {
             Api::Responses => self.responses_state(&request),
             _ => (None, false),
@@ -776,12 +793,13 @@ impl Gateway {
         if request.stream {
             // Boxed: its future is about three times the size of the rest of `chat`'s, and inline
             // it would be part of every connection's (see `handle`).
-            return Box::pin(self.chat_stream(
+            let mut resp = Box::pin(self.chat_stream(
                 request,
                 Shape {
                     api,
                     legacy_functions,
                     remember,
+                    cache: slot,
                 },
                 opts,
                 permit,
@@ -790,11 +808,16 @@ impl Gateway {
                 ext,
             ))
             .await;
+            if cache_asked {
+                resp.headers_mut()
+                    .insert(X_GATEWAY_CACHE.clone(), MISS.clone());
+            }
+            return resp;
         }
         let waiting = Unanswered::new(record, started, &ext);
         let answer = self.engine.chat(&request, &opts).await;
         let mut record = waiting.answered();
-        match answer {
+        let mut resp = match answer {
             Ok(mut out) => {
                 if remember && out.value.raw.is_some() {
                     self.responses.remember(
@@ -850,6 +873,15 @@ impl Gateway {
                 if let Some((_, answer)) = &mut record.content {
                     *answer = String::from_utf8_lossy(&body).into_owned();
                 }
+                if let Some(slot) = &slot {
+                    slot.store(Hit {
+                        body: body.clone(),
+                        stream: false,
+                        route: record.route.clone(),
+                        provider: Arc::clone(&served_by.provider),
+                        model: Arc::clone(&served_by.model),
+                    });
+                }
                 ext.observer.on_finish(&record);
                 let mut resp = bytes_response(200, body);
                 served_headers(
@@ -862,7 +894,26 @@ impl Gateway {
                 resp
             }
             Err(f) => self.fail(f, dialect, request_id, record, started, &ext),
+        };
+        if cache_asked {
+            resp.headers_mut()
+                .insert(X_GATEWAY_CACHE.clone(), MISS.clone());
         }
+        resp
+    }
+
+    /// The answer cache's part in a request whose body is `body`, if the cache is on and the
+    /// client allows it.
+    fn caching(&self, endpoint: &str, head: &Head, body: &[u8]) -> Option<Caching> {
+        if !head.cache.any() {
+            return None;
+        }
+        let cache = self.runtime.load().cache.clone()?;
+        Some(Caching {
+            cache,
+            partial: PartialKey::new(endpoint, &head.native_headers, body),
+            control: head.cache,
+        })
     }
 
     fn fail(
@@ -896,6 +947,7 @@ impl Gateway {
             api,
             legacy_functions,
             remember,
+            cache,
         }: Shape,
         opts: RequestOptions,
         permit: Box<dyn Permit>,
@@ -928,6 +980,13 @@ impl Gateway {
                 record.attempts = out.attempts;
                 let provider = Arc::clone(&out.served_by.provider);
                 let model = Arc::clone(&out.served_by.model);
+                let fill = cache.map(|slot| CacheFill {
+                    slot,
+                    bytes: Vec::new(),
+                    route: record.route.clone(),
+                    provider: Arc::clone(&provider),
+                    model: Arc::clone(&model),
+                });
                 let body = SseBody {
                     inner: out.value,
                     dialect,
@@ -952,6 +1011,7 @@ impl Gateway {
                     usage: None,
                     request_id: String::from(&*opts.request_id),
                     sent: record.content.is_some().then(Vec::new),
+                    fill,
                     finish: Some(StreamFinish {
                         record,
                         permit,
@@ -1165,6 +1225,7 @@ impl Gateway {
             Ok(r) => r,
             Err(e) => return self.bad_input(&e, "embeddings", &head, dialect, request_id, started),
         };
+        let caching = self.caching("embeddings", &head, &body);
         let ext = self.ext.load_full();
         let trace = head.trace;
         let mut record = RequestRecord {
@@ -1194,6 +1255,14 @@ impl Gateway {
             }
         };
         record.virtual_key = permit.virtual_key().map(str::to_owned);
+        let slot = caching.map(|c| c.admitted(permit.virtual_key()));
+        if let Some(hit) = slot.as_ref().and_then(|s| s.lookup(false)) {
+            return serve_cached(hit, permit, record, started, &ext);
+        }
+        let cache_asked = slot.is_some();
+        if cache_asked {
+            record.cache = Some("miss");
+        }
         let opts = RequestOptions {
             request_id: Arc::clone(request_id),
             trace: Some(trace),
@@ -1203,7 +1272,7 @@ impl Gateway {
         let waiting = Unanswered::new(record, started, &ext);
         let answer = self.engine.embed(&request, &opts).await;
         let mut record = waiting.answered();
-        match answer {
+        let mut resp = match answer {
             Ok(mut out) => {
                 let usage = out
                     .value
@@ -1223,6 +1292,15 @@ impl Gateway {
                 if let Some((_, answer)) = &mut record.content {
                     *answer = String::from_utf8_lossy(&body).into_owned();
                 }
+                if let Some(slot) = &slot {
+                    slot.store(Hit {
+                        body: body.clone(),
+                        stream: false,
+                        route: record.route.clone(),
+                        provider: Arc::clone(&served_by.provider),
+                        model: Arc::clone(&served_by.model),
+                    });
+                }
                 ext.observer.on_finish(&record);
                 let mut resp = bytes_response(200, body);
                 served_headers(
@@ -1235,7 +1313,12 @@ impl Gateway {
                 resp
             }
             Err(f) => self.fail(f, dialect, request_id, record, started, &ext),
+        };
+        if cache_asked {
+            resp.headers_mut()
+                .insert(X_GATEWAY_CACHE.clone(), MISS.clone());
         }
+        resp
     }
 
     /// An OpenAI endpoint passed on without being modelled ([`FORWARDED`]): the body's `model`
@@ -1415,6 +1498,10 @@ fn runtime_of(config: Config) -> Runtime {
         admin_token: config.server.admin_token.clone(),
         max_body_bytes: config.server.max_body_bytes,
         log_content: config.logging.content,
+        cache: config
+            .cache
+            .enabled
+            .then(|| Arc::new(ResponseCache::new(&config.cache))),
         config,
     }
 }
@@ -1589,6 +1676,8 @@ fn allowed_providers(permit: &dyn Permit) -> Vec<String> {
 static X_GATEWAY_PROVIDER: HeaderName = HeaderName::from_static("x-gateway-provider");
 static X_GATEWAY_MODEL: HeaderName = HeaderName::from_static("x-gateway-model");
 static X_GATEWAY_ATTEMPTS: HeaderName = HeaderName::from_static("x-gateway-attempts");
+static X_GATEWAY_CACHE: HeaderName = HeaderName::from_static("x-gateway-cache");
+static MISS: HeaderValue = HeaderValue::from_static("miss");
 static X_GATEWAY_COST: HeaderName = HeaderName::from_static("x-gateway-cost-usd");
 
 /// Fills the record of a request `out` answered (who served it, through which route, after
@@ -1795,6 +1884,8 @@ struct Head {
     /// Headers that go with the client's own body to an upstream of its dialect
     /// ([`NATIVE_HEADERS`]).
     native_headers: Vec<(String, String)>,
+    /// What the client allows the answer cache (`cache-control`).
+    cache: Control,
 }
 
 /// Client headers an upstream of the client's own dialect gets with its body: the Anthropic
@@ -1822,6 +1913,7 @@ impl Head {
                         .map(|v| ((*name).to_owned(), v.to_owned()))
                 })
                 .collect(),
+            cache: Control::of(headers),
         };
         (head, body)
     }
@@ -1852,6 +1944,98 @@ struct Shape {
     legacy_functions: bool,
     /// Remember the key that serves it ([`crate::affinity`]).
     remember: bool,
+    /// Where its answer is stored, if the answer cache may keep it.
+    cache: Option<CacheSlot>,
+}
+
+/// The answer cache's part in one request, before admission names its scope.
+struct Caching {
+    cache: Arc<ResponseCache>,
+    partial: PartialKey,
+    control: Control,
+}
+
+impl Caching {
+    /// The key, now that the request's virtual key (its scope) is known.
+    fn admitted(self, virtual_key: Option<&str>) -> CacheSlot {
+        CacheSlot {
+            key: self.cache.key(self.partial, virtual_key),
+            cache: self.cache,
+            control: self.control,
+        }
+    }
+}
+
+/// An admitted request's place in the answer cache.
+struct CacheSlot {
+    cache: Arc<ResponseCache>,
+    key: CacheKey,
+    control: Control,
+}
+
+impl CacheSlot {
+    /// The stored answer, if the client allows one and it has the shape asked for.
+    fn lookup(&self, stream: bool) -> Option<Hit> {
+        if !self.control.read {
+            return None;
+        }
+        self.cache
+            .get(&self.key, self.control.max_age)
+            .filter(|h| h.stream == stream)
+    }
+
+    /// Keeps `hit`, if the client allows it.
+    fn store(&self, hit: Hit) {
+        if self.control.write {
+            self.cache.put(self.key, hit);
+        }
+    }
+}
+
+/// A streamed answer being kept for the cache: what was sent so far.
+struct CacheFill {
+    slot: CacheSlot,
+    bytes: Vec<u8>,
+    route: Option<String>,
+    provider: Arc<str>,
+    model: Arc<str>,
+}
+
+/// The answer to a request served from the cache. Nothing went upstream: the request counts
+/// against its virtual key's request limits, its tokens and cost are zero.
+fn serve_cached(
+    hit: Hit,
+    permit: Box<dyn Permit>,
+    mut record: RequestRecord,
+    started: Instant,
+    ext: &Extensions,
+) -> Response<Body> {
+    permit.settle(&Usage::default(), 0.0);
+    record.route = hit.route.clone();
+    record.provider = Some(String::from(&*hit.provider));
+    record.model = Some(String::from(&*hit.model));
+    record.status = 200;
+    record.cache = Some("hit");
+    record.duration = started.elapsed();
+    if hit.stream {
+        record.ttft = Some(record.duration);
+    }
+    if let Some((_, answer)) = &mut record.content {
+        *answer = String::from_utf8_lossy(&hit.body).into_owned();
+    }
+    ext.observer.on_finish(&record);
+    let mut resp = bytes_response(200, hit.body);
+    let h = resp.headers_mut();
+    if hit.stream {
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    }
+    served_headers(h, &hit.provider, &hit.model, 0, 0.0);
+    h.insert(X_GATEWAY_CACHE.clone(), HeaderValue::from_static("hit"));
+    resp
 }
 
 /// The API a chat-like request came in on.
@@ -1903,6 +2087,8 @@ struct SseBody<S = EngineStream> {
     finish: Option<StreamFinish>,
     /// Everything sent so far, kept for the request log with `[logging] content` on.
     sent: Option<Vec<u8>>,
+    /// Everything sent so far, kept for the answer cache (dropped past its entry size).
+    fill: Option<CacheFill>,
 }
 
 impl<S> SseBody<S> {
@@ -1912,6 +2098,13 @@ impl<S> SseBody<S> {
         if let Some(sent) = &mut self.sent {
             sent.extend_from_slice(&bytes);
         }
+        if let Some(fill) = &mut self.fill {
+            if fill.bytes.len() + bytes.len() > fill.slot.cache.max_entry_bytes() {
+                self.fill = None;
+            } else {
+                fill.bytes.extend_from_slice(&bytes);
+            }
+        }
         Poll::Ready(Some(Ok(Frame::data(Bytes::from(bytes)))))
     }
 
@@ -1920,6 +2113,22 @@ impl<S> SseBody<S> {
         let Some(mut f) = self.finish.take() else {
             return;
         };
+        // Only a whole answer is kept: not one that failed or that the client left.
+        if let Some(fill) = self
+            .fill
+            .take()
+            .filter(|_| status == 200 && error.is_none())
+        {
+            let mut bytes = fill.bytes;
+            bytes.extend_from_slice(&self.buf);
+            fill.slot.store(Hit {
+                body: Bytes::from(bytes),
+                stream: true,
+                route: fill.route,
+                provider: fill.provider,
+                model: fill.model,
+            });
+        }
         if let (Some(sent), Some((_, answer))) = (&self.sent, &mut f.record.content) {
             let mut all = String::from_utf8_lossy(sent).into_owned();
             all.push_str(&String::from_utf8_lossy(&self.buf));
@@ -2124,6 +2333,7 @@ mod tests {
                     request_id: "req".into(),
                     finish: None,
                     sent: None,
+                    fill: None,
                 },
                 wakes: Arc::new(Wakes(AtomicU64::new(0))),
             }

@@ -37,6 +37,9 @@ pub struct Config {
     /// `[telemetry]`.
     #[serde(default)]
     pub telemetry: TelemetrySection,
+    /// `[cache]`.
+    #[serde(default)]
+    pub cache: CacheSection,
     /// `[governance]`.
     #[serde(default)]
     pub governance: GovernanceSection,
@@ -456,6 +459,59 @@ pub struct TelemetrySection {
     /// Service name on spans (else `OTEL_SERVICE_NAME`, then `ai-gateway`).
     #[serde(default)]
     pub service_name: Option<String>,
+}
+
+/// `[cache]`: the exact-match answer cache ([`crate::cache`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CacheSection {
+    /// Off unless turned on.
+    #[serde(default)]
+    pub enabled: bool,
+    /// How long an answer may be served.
+    #[serde(default = "default_cache_ttl")]
+    pub ttl_ms: u64,
+    /// Most bytes held; the oldest answers go first.
+    #[serde(default = "default_cache_bytes")]
+    pub max_bytes: usize,
+    /// Largest answer stored.
+    #[serde(default = "default_cache_entry")]
+    pub max_entry_bytes: usize,
+    /// Who shares answers: each virtual key its own (default), or everyone.
+    #[serde(default)]
+    pub scope: CacheScope,
+}
+
+/// Who shares a cached answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheScope {
+    /// Each virtual key its own answers (requests without one share theirs).
+    #[default]
+    VirtualKey,
+    /// Every client the same answers.
+    Global,
+}
+
+fn default_cache_ttl() -> u64 {
+    300_000
+}
+fn default_cache_bytes() -> usize {
+    64 * 1024 * 1024
+}
+fn default_cache_entry() -> usize {
+    1024 * 1024
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        CacheSection {
+            enabled: false,
+            ttl_ms: default_cache_ttl(),
+            max_bytes: default_cache_bytes(),
+            max_entry_bytes: default_cache_entry(),
+            scope: CacheScope::default(),
+        }
+    }
 }
 
 /// A configuration that cannot be used.

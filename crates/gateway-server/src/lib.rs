@@ -12,6 +12,7 @@ pub mod affinity;
 pub mod anthropic;
 pub mod app;
 pub mod assemble;
+pub mod cache;
 pub mod config;
 pub mod errors;
 pub mod openai;

@@ -76,6 +76,8 @@ pub mod names {
     pub const SPANS_DROPPED: &str = "gateway_trace_spans_dropped_total";
     /// Span batches the OTLP endpoint did not accept.
     pub const TRACE_EXPORT_ERRORS: &str = "gateway_trace_export_errors_total";
+    /// Counter: requests the answer cache was asked for, by endpoint and result (`hit`, `miss`).
+    pub const CACHE: &str = "gateway_cache_requests_total";
 }
 
 const HELP: &[(&str, &str)] = &[
@@ -139,6 +141,10 @@ const HELP: &[(&str, &str)] = &[
     (
         names::SPANS_DROPPED,
         "Trace spans dropped because the export queue was full.",
+    ),
+    (
+        names::CACHE,
+        "Requests the answer cache was asked for, by endpoint and result (hit or miss).",
     ),
     (
         names::TRACE_EXPORT_ERRORS,
@@ -272,6 +278,7 @@ pub(crate) struct Metrics {
     attempt_series: HandleCache<AttemptSeries>,
     request_series: HandleCache<RequestSeries>,
     token_series: HandleCache<TokenSeries>,
+    cache_series: HandleCache<Counter>,
     pub(crate) log_dropped: Counter,
     pub(crate) log_write_errors: Counter,
     pub(crate) spans_dropped: Counter,
@@ -335,6 +342,7 @@ impl Metrics {
             attempt_series: HandleCache::new(),
             request_series: HandleCache::new(),
             token_series: HandleCache::new(),
+            cache_series: HandleCache::new(),
             recorder,
             handle,
         }
@@ -483,6 +491,16 @@ impl Metrics {
         });
         series.requests.increment(1);
         series.duration.record(r.duration.as_secs_f64());
+        if let Some(result) = r.cache {
+            self.cache_series
+                .get(&[r.endpoint, result], || {
+                    self.counter(
+                        names::CACHE,
+                        vec![label("endpoint", r.endpoint), label("result", result)],
+                    )
+                })
+                .increment(1);
+        }
         if let Some(reason) = rejection_reason(r) {
             self.counter(
                 names::REJECTIONS,

@@ -104,6 +104,10 @@ pub struct LogEntry {
     pub span_id: Option<String>,
     /// Every upstream attempt, in order.
     pub attempts: Vec<AttemptEntry>,
+    /// `hit` when the answer came from the answer cache, `miss` when it was looked up there
+    /// and not found; absent when the cache was not asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
     /// Prompt and completion, only with content logging on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<Content>,
@@ -190,6 +194,7 @@ impl LogEntry {
             trace_id: r.trace.map(|t| format!("{:032x}", t.trace_id)),
             span_id: r.trace.map(|t| format!("{:016x}", t.span_id)),
             attempts: r.attempts.iter().map(AttemptEntry::from_attempt).collect(),
+            cache: r.cache.map(str::to_owned),
             content: if log_content {
                 r.content.as_ref().map(|(req, resp)| Content {
                     request: scrub(req).into_owned(),

@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS requests (
     ttft_ms REAL,
     span_id TEXT,
     content_request TEXT,
-    content_response TEXT
+    content_response TEXT,
+    cache TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts_ms);
 CREATE INDEX IF NOT EXISTS requests_request_id ON requests (request_id);
@@ -82,6 +83,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("requests", "span_id", "TEXT"),
     ("requests", "content_request", "TEXT"),
     ("requests", "content_response", "TEXT"),
+    ("requests", "cache", "TEXT"),
     ("attempts", "provider_kind", "TEXT NOT NULL DEFAULT ''"),
     ("attempts", "error", "TEXT"),
     ("attempts", "ttft_ms", "REAL"),
@@ -143,9 +145,9 @@ pub(crate) fn insert_batch(conn: &mut Connection, entries: &[LogEntry]) -> rusql
             "INSERT INTO requests (request_id, ts_ms, virtual_key, endpoint, requested_model, route,
                 provider, model, stream, status, duration_ms, prompt_tokens, completion_tokens,
                 cached_tokens, cost_usd, trace_id, error, ttft_ms, span_id, content_request,
-                content_response, entry)
+                content_response, cache, entry)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                ?18, ?19, ?20, ?21, '')",
+                ?18, ?19, ?20, ?21, ?22, '')",
         )?;
         let mut att = tx.prepare_cached(
             "INSERT INTO attempts (request, seq, ts_ms, provider, key, model, outcome, status,
@@ -177,6 +179,7 @@ pub(crate) fn insert_batch(conn: &mut Connection, entries: &[LogEntry]) -> rusql
                 e.span_id,
                 e.content.as_ref().map(|c| c.request.as_str()),
                 e.content.as_ref().map(|c| c.response.as_str()),
+                e.cache,
             ])?;
             let rowid = tx.last_insert_rowid();
             let serving = e.serving_attempt();
@@ -288,7 +291,7 @@ pub(crate) fn query_logs(conn: &Connection, q: &LogQuery) -> rusqlite::Result<Ve
         "SELECT id, entry, request_id, ts_ms, virtual_key, endpoint, requested_model, route,
             provider, model, stream, status, error, duration_ms, ttft_ms, prompt_tokens,
             completion_tokens, cached_tokens, cost_usd, trace_id, span_id, content_request,
-            content_response
+            content_response, cache
          FROM requests WHERE 1 = 1",
     );
     let mut args: Vec<Value> = Vec::new();
@@ -376,6 +379,7 @@ pub(crate) fn query_logs(conn: &Connection, q: &LogQuery) -> rusqlite::Result<Ve
                 trace_id: r.get(19)?,
                 span_id: r.get(20)?,
                 attempts: Vec::new(),
+                cache: r.get(23)?,
                 content: match (content_request, content_response) {
                     (Some(request), Some(response)) => Some(Content { request, response }),
                     _ => None,
@@ -772,6 +776,7 @@ mod tests {
             cost_usd: 0.001,
             trace_id: Some("0af7651916cd43dd8448eb211c80319c".to_owned()),
             span_id: Some("b7ad6b7169203331".to_owned()),
+            cache: Some("miss".to_owned()),
             attempts: vec![
                 AttemptEntry {
                     provider: "ant".to_owned(),
