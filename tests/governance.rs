@@ -940,6 +940,19 @@ async fn the_answer_cache_serves_repeats_per_virtual_key_for_free() {
         metrics.contains("gateway_cache_requests_total{endpoint=\"embeddings\",result=\"hit\"} 1"),
         "{metrics}"
     );
+    // The admin API tells what the cache holds and empties it.
+    let held = gw.get("/admin/cache", &auth).await;
+    assert_eq!(held.status, 200, "{}", held.text());
+    let entries = held.json()["entries"].as_u64().unwrap();
+    assert!(entries >= 6, "{}", held.text());
+    assert!(held.json()["bytes"].as_u64().unwrap() > 0);
+    assert_eq!(gw.get("/admin/cache", &[]).await.status, 401);
+    let emptied = gw
+        .request("DELETE", "/admin/cache", &auth, Vec::new())
+        .await;
+    assert_eq!(emptied.json()["removed"].as_u64(), Some(entries));
+    let after = post(A, "/v1/chat/completions", ask.clone(), &[]).await;
+    assert_eq!(after.header("x-gateway-cache"), Some("miss"));
     services.shutdown().await;
     gw.stop().await;
     let _ = std::fs::remove_dir_all(dir);

@@ -1475,6 +1475,18 @@ impl Gateway {
             (Method::GET, "/admin/health") => {
                 json_response(200, &json!({"providers": self.engine.health()}))
             }
+            (Method::GET, "/admin/cache") => match &runtime.cache {
+                Some(c) => json_response(
+                    200,
+                    &json!({"enabled": true, "entries": c.len(), "bytes": c.bytes()}),
+                ),
+                None => json_response(200, &json!({"enabled": false})),
+            },
+            (Method::DELETE, "/admin/cache") => {
+                let removed = runtime.cache.as_ref().map_or(0, |c| c.clear());
+                tracing::info!(removed, "answer cache emptied through the admin API");
+                json_response(200, &json!({"removed": removed}))
+            }
             (Method::POST, "/admin/reload") => match self.reload().await {
                 Ok(()) => {
                     tracing::info!("configuration reloaded through the admin API");

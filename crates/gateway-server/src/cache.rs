@@ -241,6 +241,17 @@ impl ResponseCache {
         }
     }
 
+    /// Drops every answer; returns how many there were.
+    pub fn clear(&self) -> usize {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let n = inner.map.len();
+        *inner = Inner {
+            generation: inner.generation,
+            ..Inner::default()
+        };
+        n
+    }
+
     /// Entries held.
     pub fn len(&self) -> usize {
         self.inner.lock().map_or(0, |i| i.map.len())
