@@ -874,13 +874,7 @@ impl Gateway {
                     *answer = String::from_utf8_lossy(&body).into_owned();
                 }
                 if let Some(slot) = &slot {
-                    slot.store(Hit {
-                        body: body.clone(),
-                        stream: false,
-                        route: record.route.clone(),
-                        provider: Arc::clone(&served_by.provider),
-                        model: Arc::clone(&served_by.model),
-                    });
+                    slot.store_answer(&body, &record, &served_by);
                 }
                 ext.observer.on_finish(&record);
                 let mut resp = bytes_response(200, body);
@@ -1293,13 +1287,7 @@ impl Gateway {
                     *answer = String::from_utf8_lossy(&body).into_owned();
                 }
                 if let Some(slot) = &slot {
-                    slot.store(Hit {
-                        body: body.clone(),
-                        stream: false,
-                        route: record.route.clone(),
-                        provider: Arc::clone(&served_by.provider),
-                        model: Arc::clone(&served_by.model),
-                    });
+                    slot.store_answer(&body, &record, &served_by);
                 }
                 ext.observer.on_finish(&record);
                 let mut resp = bytes_response(200, body);
@@ -1994,6 +1982,22 @@ impl CacheSlot {
         self.cache
             .get(&self.key, self.control.max_age)
             .filter(|h| h.stream == stream)
+    }
+
+    /// Keeps a plain answer, sent as `body`, served by `served_by` (its route in `record`).
+    fn store_answer(
+        &self,
+        body: &Bytes,
+        record: &RequestRecord,
+        served_by: &gateway_core::engine::ServedBy,
+    ) {
+        self.store(Hit {
+            body: body.clone(),
+            stream: false,
+            route: record.route.clone(),
+            provider: Arc::clone(&served_by.provider),
+            model: Arc::clone(&served_by.model),
+        });
     }
 
     /// Keeps `hit`, if the client allows it.
