@@ -96,6 +96,7 @@ fn key(name: &str, weight: u32) -> KeyConfig {
         models: None,
         rpm: None,
         tpm: None,
+        max_concurrent: None,
     }
 }
 

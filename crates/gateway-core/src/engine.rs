@@ -59,6 +59,9 @@ pub struct KeyConfig {
     pub rpm: Option<u64>,
     /// Known tokens-per-minute limit.
     pub tpm: Option<u64>,
+    /// Most attempts in flight on this key at once (streams until their end); a request that
+    /// finds every key it may use at its cap waits for a slot, until its deadline.
+    pub max_concurrent: Option<u32>,
 }
 
 /// One upstream provider with its keys.
@@ -175,12 +178,19 @@ struct KeyEntry {
     models: Option<HashSet<String>>,
     rpm: Option<u64>,
     tpm: Option<u64>,
+    max_concurrent: Option<u32>,
     signals: Arc<Signals>,
 }
 
 impl KeyEntry {
     fn allows(&self, model: &str) -> bool {
         self.models.as_ref().is_none_or(|m| m.contains(model))
+    }
+
+    /// Whether it has as many attempts in flight as its cap allows.
+    fn is_full(&self) -> bool {
+        self.max_concurrent
+            .is_some_and(|cap| self.signals.in_flight() >= cap)
     }
 }
 
@@ -895,318 +905,375 @@ impl Engine {
                 route,
             };
 
-        while let Some((pi, model_id)) = plan.next_target(&snap, self.now(), &mut rng) {
-            let p = &snap.providers[pi];
-            let pinned_key = match &opts.pinned_key {
-                Some(pin) if *pin.provider != *p.name => continue,
-                Some(pin) => Some(&*pin.key),
-                None => None,
-            };
-            // A target that cannot do what the request asks is passed over before any key is
-            // picked: no attempt, no signal.
-            if let Some(Err(e)) = chat.map(|r| p.provider.supports(&model_id, r)) {
-                last_err = Some(e);
-                continue;
-            }
-            let mut provider_attempts = 0u32;
-            loop {
-                if attempts.len() as u32 >= retry.max_attempts {
-                    break;
+        // Passes over the plan: another only when a key this request may use was at its
+        // concurrency cap, after a slot frees (keys tried and failed stay tried).
+        let mut waited_out = false;
+        'pass: loop {
+            // A key passed over because it was at its concurrency cap.
+            let mut busy: Option<(Arc<Signals>, u32)> = None;
+            while let Some((pi, model_id)) = plan.next_target(&snap, self.now(), &mut rng) {
+                let p = &snap.providers[pi];
+                let pinned_key = match &opts.pinned_key {
+                    Some(pin) if *pin.provider != *p.name => continue,
+                    Some(pin) => Some(&*pin.key),
+                    None => None,
+                };
+                // A target that cannot do what the request asks is passed over before any key is
+                // picked: no attempt, no signal.
+                if let Some(Err(e)) = chat.map(|r| p.provider.supports(&model_id, r)) {
+                    last_err = Some(e);
+                    continue;
                 }
-                let now = self.now();
-                // A provider ejected since this request's last attempt at it (by the failures of
-                // others in flight) is not retried: the next target is.
-                if provider_attempts > 0 && !p.signals.availability(now).is_available() {
-                    break;
-                }
-                if now >= deadline {
-                    return Err(fail(
-                        EngineError::DeadlineExceeded {
-                            attempts: attempts.len() as u32,
-                        },
-                        attempts,
-                        route,
-                    ));
-                }
-                // Candidates: keys that allow the model and were not tried for it; when none is
-                // left after a transient error, those whose failures were all transient.
-                let mut idx: SmallVec<[usize; 16]> = SmallVec::new();
-                let mut cands: SmallVec<[Candidate<'_>; 16]> = SmallVec::new();
-                let retrying = last_err
-                    .as_ref()
-                    .is_some_and(|e| e.scope() == FailoverScope::Transient)
-                    && provider_attempts > 0;
-                for again in [false, true] {
-                    if again && (!cands.is_empty() || !retrying) {
+                let mut provider_attempts = 0u32;
+                loop {
+                    if attempts.len() as u32 >= retry.max_attempts {
                         break;
                     }
-                    for (ki, k) in p.keys.iter().enumerate() {
-                        if !k.allows(&model_id) || pinned_key.is_some_and(|pk| pk != &*k.name) {
-                            continue;
-                        }
-                        let seen = tried
-                            .iter()
-                            .find(|(tp, tk, tm, _)| *tp == pi && *tk == ki && **tm == *model_id);
-                        let eligible = match seen {
-                            None => !again,
-                            Some((_, _, _, transient_only)) => again && *transient_only,
-                        };
-                        if !eligible {
-                            continue;
-                        }
-                        idx.push(ki);
-                        cands.push(Candidate {
-                            weight: k.weight,
-                            signals: &k.signals,
-                            rpm: k.rpm,
-                            tpm: k.tpm,
-                        });
+                    let now = self.now();
+                    // A provider ejected since this request's last attempt at it (by the failures of
+                    // others in flight) is not retried: the next target is.
+                    if provider_attempts > 0 && !p.signals.availability(now).is_available() {
+                        break;
                     }
-                }
-                if cands.is_empty() {
-                    break;
-                }
-                let ctx = PickContext {
-                    now,
-                    health: &health,
-                };
-                let Some(choice) = p.strategy.pick(&cands, &ctx, &mut rng).or_else(|| {
-                    // Nothing usable: strategies without health (round robin, weighted) never
-                    // return None here; for the others, remember when a key comes back.
-                    let (limited, out) = crate::strategy::earliest_returns(&cands, now);
-                    if let Some(b) = limited {
-                        earliest_back = Some(earliest_back.map_or(b, |e| e.min(b)));
+                    if now >= deadline {
+                        return Err(fail(
+                            EngineError::DeadlineExceeded {
+                                attempts: attempts.len() as u32,
+                            },
+                            attempts,
+                            route,
+                        ));
                     }
-                    if let Some(b) = out {
-                        earliest_out = Some(earliest_out.map_or(b, |e| e.min(b)));
-                    }
-                    None
-                }) else {
-                    break;
-                };
-                let ki = idx[choice];
-                let key = &p.keys[ki];
-                let slot = match tried
-                    .iter()
-                    .position(|(tp, tk, tm, _)| *tp == pi && *tk == ki && **tm == *model_id)
-                {
-                    Some(i) => i,
-                    None => {
-                        tried.push((pi, ki, Arc::clone(&model_id), true));
-                        tried.len() - 1
-                    }
-                };
-
-                // Backoff before another attempt at the same provider after a transient error.
-                if provider_attempts > 0
-                    && last_err
+                    // Candidates: keys that allow the model and were not tried for it; when none is
+                    // left after a transient error, those whose failures were all transient.
+                    let mut idx: SmallVec<[usize; 16]> = SmallVec::new();
+                    let mut cands: SmallVec<[Candidate<'_>; 16]> = SmallVec::new();
+                    let retrying = last_err
                         .as_ref()
                         .is_some_and(|e| e.scope() == FailoverScope::Transient)
-                {
-                    let exp = retry
-                        .backoff_base
-                        .saturating_mul(1 << provider_attempts.min(10))
-                        .min(retry.backoff_max);
-                    let jittered = exp.mul_f64(0.5 + rng.f64() * 0.5);
-                    let left = Duration::from_nanos(deadline.saturating_sub(self.now()));
-                    tokio::time::sleep(jittered.min(left)).await;
-                }
-
-                let now = self.now();
-                let left = Duration::from_nanos(deadline.saturating_sub(now));
-                let timeout = p.timeout.min(left);
-                let span_id = opts.trace.map(|_| rng.u64(1..));
-                let call = Call {
-                    credential: Arc::clone(&key.credential),
-                    key_name: Arc::clone(&key.name),
-                    model: Arc::clone(&model_id),
-                    timeout,
-                    request_id: Arc::clone(&opts.request_id),
-                    traceparent: opts
-                        .trace
-                        .zip(span_id)
-                        .map(|(t, s)| Arc::from(t.traceparent_for(s))),
-                    passthrough: opts.passthrough,
-                };
-                let started_at = std::time::SystemTime::now();
-                let key_guard = key.signals.start(now, est_tokens);
-                let target_guard = p.signals.start(now, est_tokens);
-                let under_way = UnderWay {
-                    observer: &*self.observer,
-                    provider: p,
-                    key,
-                    model: &model_id,
-                    started: std::time::Instant::now(),
-                    started_at,
-                    is_retry: provider_attempts > 0,
-                    span_id,
-                };
-                let result =
-                    match tokio::time::timeout(timeout, call_fn(Arc::clone(&p.provider), call))
-                        .await
-                    {
-                        Ok(r) => r,
-                        Err(_) => Err(ProviderError::Timeout),
+                        && provider_attempts > 0;
+                    for again in [false, true] {
+                        if again && (!cands.is_empty() || !retrying) {
+                            break;
+                        }
+                        for (ki, k) in p.keys.iter().enumerate() {
+                            if !k.allows(&model_id) || pinned_key.is_some_and(|pk| pk != &*k.name) {
+                                continue;
+                            }
+                            let seen = tried.iter().find(|(tp, tk, tm, _)| {
+                                *tp == pi && *tk == ki && **tm == *model_id
+                            });
+                            let eligible = match seen {
+                                None => !again,
+                                Some((_, _, _, transient_only)) => again && *transient_only,
+                            };
+                            if !eligible {
+                                continue;
+                            }
+                            if let Some(cap) = k.max_concurrent.filter(|_| k.is_full()) {
+                                busy.get_or_insert_with(|| (Arc::clone(&k.signals), cap));
+                                continue;
+                            }
+                            idx.push(ki);
+                            cands.push(Candidate {
+                                weight: k.weight,
+                                signals: &k.signals,
+                                rpm: k.rpm,
+                                tpm: k.tpm,
+                            });
+                        }
+                    }
+                    if cands.is_empty() {
+                        break;
+                    }
+                    let ctx = PickContext {
+                        now,
+                        health: &health,
                     };
-                under_way.ended();
-                let end = self.now();
-                let latency = Duration::from_nanos(end.saturating_sub(now));
-                let is_retry = provider_attempts > 0;
-                let fallback_from = match &prev_provider {
-                    Some(prev) if *prev != p.name => Some(Arc::clone(prev)),
-                    _ => None,
-                };
-                provider_attempts += 1;
-                prev_provider = Some(Arc::clone(&p.name));
-                match result {
-                    Ok((value, rate_limit, ttft)) => {
-                        key.signals.record_rate_limit(end, &rate_limit);
-                        let record = AttemptRecord {
-                            provider: Arc::clone(&p.name),
-                            provider_kind: Arc::clone(&p.kind),
-                            key: Arc::clone(&key.name),
-                            model: Arc::clone(&model_id),
-                            outcome: "ok",
-                            error: None,
-                            latency,
-                            ttft,
-                            rate_limit,
-                            is_retry,
-                            fallback_from,
-                            started_at,
-                            span_id,
+                    let Some(choice) = p.strategy.pick(&cands, &ctx, &mut rng).or_else(|| {
+                        // Nothing usable: strategies without health (round robin, weighted) never
+                        // return None here; for the others, remember when a key comes back.
+                        let (limited, out) = crate::strategy::earliest_returns(&cands, now);
+                        if let Some(b) = limited {
+                            earliest_back = Some(earliest_back.map_or(b, |e| e.min(b)));
+                        }
+                        if let Some(b) = out {
+                            earliest_out = Some(earliest_out.map_or(b, |e| e.min(b)));
+                        }
+                        None
+                    }) else {
+                        break;
+                    };
+                    let ki = idx[choice];
+                    let key = &p.keys[ki];
+                    let slot = match tried
+                        .iter()
+                        .position(|(tp, tk, tm, _)| *tp == pi && *tk == ki && **tm == *model_id)
+                    {
+                        Some(i) => i,
+                        None => {
+                            tried.push((pi, ki, Arc::clone(&model_id), true));
+                            tried.len() - 1
+                        }
+                    };
+
+                    // Backoff before another attempt at the same provider after a transient error.
+                    if provider_attempts > 0
+                        && last_err
+                            .as_ref()
+                            .is_some_and(|e| e.scope() == FailoverScope::Transient)
+                    {
+                        let exp = retry
+                            .backoff_base
+                            .saturating_mul(1 << provider_attempts.min(10))
+                            .min(retry.backoff_max);
+                        let jittered = exp.mul_f64(0.5 + rng.f64() * 0.5);
+                        let left = Duration::from_nanos(deadline.saturating_sub(self.now()));
+                        tokio::time::sleep(jittered.min(left)).await;
+                    }
+
+                    let now = self.now();
+                    let key_guard = match key.max_concurrent {
+                        None => key.signals.start(now, est_tokens),
+                        Some(cap) => match key.signals.try_start(now, est_tokens, cap) {
+                            Some(g) => g,
+                            // Filled by other requests since it was picked (during the backoff):
+                            // another key, or a wait for a slot.
+                            None => {
+                                busy.get_or_insert_with(|| (Arc::clone(&key.signals), cap));
+                                continue;
+                            }
+                        },
+                    };
+                    let left = Duration::from_nanos(deadline.saturating_sub(now));
+                    let timeout = p.timeout.min(left);
+                    let span_id = opts.trace.map(|_| rng.u64(1..));
+                    let call = Call {
+                        credential: Arc::clone(&key.credential),
+                        key_name: Arc::clone(&key.name),
+                        model: Arc::clone(&model_id),
+                        timeout,
+                        request_id: Arc::clone(&opts.request_id),
+                        traceparent: opts
+                            .trace
+                            .zip(span_id)
+                            .map(|(t, s)| Arc::from(t.traceparent_for(s))),
+                        passthrough: opts.passthrough,
+                    };
+                    let started_at = std::time::SystemTime::now();
+                    let target_guard = p.signals.start(now, est_tokens);
+                    let under_way = UnderWay {
+                        observer: &*self.observer,
+                        provider: p,
+                        key,
+                        model: &model_id,
+                        started: std::time::Instant::now(),
+                        started_at,
+                        is_retry: provider_attempts > 0,
+                        span_id,
+                    };
+                    let result =
+                        match tokio::time::timeout(timeout, call_fn(Arc::clone(&p.provider), call))
+                            .await
+                        {
+                            Ok(r) => r,
+                            Err(_) => Err(ProviderError::Timeout),
                         };
-                        self.observer.on_attempt(&record);
-                        attempts.push(record);
-                        return Ok(Success {
-                            value,
-                            served_by: ServedBy {
+                    under_way.ended();
+                    let end = self.now();
+                    let latency = Duration::from_nanos(end.saturating_sub(now));
+                    let is_retry = provider_attempts > 0;
+                    let fallback_from = match &prev_provider {
+                        Some(prev) if *prev != p.name => Some(Arc::clone(prev)),
+                        _ => None,
+                    };
+                    provider_attempts += 1;
+                    prev_provider = Some(Arc::clone(&p.name));
+                    match result {
+                        Ok((value, rate_limit, ttft)) => {
+                            key.signals.record_rate_limit(end, &rate_limit);
+                            let record = AttemptRecord {
                                 provider: Arc::clone(&p.name),
                                 provider_kind: Arc::clone(&p.kind),
                                 key: Arc::clone(&key.name),
                                 model: Arc::clone(&model_id),
-                            },
-                            attempts,
-                            route,
-                            key_guard,
-                            target_guard,
-                            key_signals: Arc::clone(&key.signals),
-                            credential: Arc::clone(&key.credential),
-                            health,
-                        });
-                    }
-                    Err(err) => {
-                        // Whatever the upstream quoted of the key it was sent stays here.
-                        let err = err.redacted(&key.credential);
-                        let scope = err.scope();
-                        if scope != FailoverScope::Transient {
-                            tried[slot].3 = false;
+                                outcome: "ok",
+                                error: None,
+                                latency,
+                                ttft,
+                                rate_limit,
+                                is_retry,
+                                fallback_from,
+                                started_at,
+                                span_id,
+                            };
+                            self.observer.on_attempt(&record);
+                            attempts.push(record);
+                            return Ok(Success {
+                                value,
+                                served_by: ServedBy {
+                                    provider: Arc::clone(&p.name),
+                                    provider_kind: Arc::clone(&p.kind),
+                                    key: Arc::clone(&key.name),
+                                    model: Arc::clone(&model_id),
+                                },
+                                attempts,
+                                route,
+                                key_guard,
+                                target_guard,
+                                key_signals: Arc::clone(&key.signals),
+                                credential: Arc::clone(&key.credential),
+                                health,
+                            });
                         }
-                        // Health bookkeeping by class.
-                        match &err {
-                            ProviderError::RateLimited {
-                                retry_after,
-                                remaining,
-                                scope: rl_scope,
-                                ..
-                            } => {
-                                if let Some(info) = remaining {
-                                    key.signals.record_rate_limit(end, info);
-                                }
-                                let wait = retry_after
-                                    .or_else(|| remaining.as_ref().and_then(|r| r.wait_hint()))
-                                    .unwrap_or(health.default_rest);
-                                let until = end.saturating_add(wait.as_nanos() as u64);
-                                match rl_scope {
-                                    RateLimitScope::Key => key.signals.rest_until(until),
-                                    RateLimitScope::Quota => key.signals.disable_until(
-                                        end.saturating_add(health.disable_for.as_nanos() as u64),
-                                    ),
-                                    RateLimitScope::Provider => p.signals.rest_until(until),
-                                }
-                                key_guard.finish(end, AttemptOutcome::Neutral, &health);
-                                target_guard.finish(end, AttemptOutcome::Neutral, &health);
+                        Err(err) => {
+                            // Whatever the upstream quoted of the key it was sent stays here.
+                            let err = err.redacted(&key.credential);
+                            let scope = err.scope();
+                            if scope != FailoverScope::Transient {
+                                tried[slot].3 = false;
                             }
-                            ProviderError::Auth { .. } => {
-                                key.signals.disable_until(
-                                    end.saturating_add(health.disable_for.as_nanos() as u64),
-                                );
-                                key_guard.finish(end, AttemptOutcome::Failure, &health);
-                                target_guard.finish(end, AttemptOutcome::Neutral, &health);
-                            }
-                            e if e.is_provider_failure() => {
-                                if let ProviderError::Overloaded {
-                                    retry_after: Some(w),
+                            // Health bookkeeping by class.
+                            match &err {
+                                ProviderError::RateLimited {
+                                    retry_after,
+                                    remaining,
+                                    scope: rl_scope,
                                     ..
-                                } = e
-                                {
-                                    p.signals
-                                        .rest_until(end.saturating_add(w.as_nanos() as u64));
+                                } => {
+                                    if let Some(info) = remaining {
+                                        key.signals.record_rate_limit(end, info);
+                                    }
+                                    let wait = retry_after
+                                        .or_else(|| remaining.as_ref().and_then(|r| r.wait_hint()))
+                                        .unwrap_or(health.default_rest);
+                                    let until = end.saturating_add(wait.as_nanos() as u64);
+                                    match rl_scope {
+                                        RateLimitScope::Key => key.signals.rest_until(until),
+                                        RateLimitScope::Quota => {
+                                            key.signals.disable_until(end.saturating_add(
+                                                health.disable_for.as_nanos() as u64,
+                                            ))
+                                        }
+                                        RateLimitScope::Provider => p.signals.rest_until(until),
+                                    }
+                                    key_guard.finish(end, AttemptOutcome::Neutral, &health);
+                                    target_guard.finish(end, AttemptOutcome::Neutral, &health);
                                 }
-                                key_guard.finish(end, AttemptOutcome::Neutral, &health);
-                                target_guard.finish(end, AttemptOutcome::Failure, &health);
+                                ProviderError::Auth { .. } => {
+                                    key.signals.disable_until(
+                                        end.saturating_add(health.disable_for.as_nanos() as u64),
+                                    );
+                                    key_guard.finish(end, AttemptOutcome::Failure, &health);
+                                    target_guard.finish(end, AttemptOutcome::Neutral, &health);
+                                }
+                                e if e.is_provider_failure() => {
+                                    if let ProviderError::Overloaded {
+                                        retry_after: Some(w),
+                                        ..
+                                    } = e
+                                    {
+                                        p.signals
+                                            .rest_until(end.saturating_add(w.as_nanos() as u64));
+                                    }
+                                    key_guard.finish(end, AttemptOutcome::Neutral, &health);
+                                    target_guard.finish(end, AttemptOutcome::Failure, &health);
+                                }
+                                _ => {
+                                    key_guard.finish(end, AttemptOutcome::Neutral, &health);
+                                    target_guard.finish(end, AttemptOutcome::Neutral, &health);
+                                }
                             }
-                            _ => {
-                                key_guard.finish(end, AttemptOutcome::Neutral, &health);
-                                target_guard.finish(end, AttemptOutcome::Neutral, &health);
-                            }
-                        }
-                        let record = AttemptRecord {
-                            provider: Arc::clone(&p.name),
-                            provider_kind: Arc::clone(&p.kind),
-                            key: Arc::clone(&key.name),
-                            model: Arc::clone(&model_id),
-                            outcome: err.outcome(),
-                            error: Some(err.clone()),
-                            latency,
-                            ttft: None,
-                            rate_limit: RateLimitInfo::default(),
-                            is_retry,
-                            fallback_from,
-                            started_at,
-                            span_id,
-                        };
-                        self.observer.on_attempt(&record);
-                        attempts.push(record);
-                        match scope {
-                            FailoverScope::Caller => {
-                                // Too long for this model's window, or against its provider's
-                                // content policy: a route may name models that take it.
-                                if plan.widen(&snap, &err) {
+                            let record = AttemptRecord {
+                                provider: Arc::clone(&p.name),
+                                provider_kind: Arc::clone(&p.kind),
+                                key: Arc::clone(&key.name),
+                                model: Arc::clone(&model_id),
+                                outcome: err.outcome(),
+                                error: Some(err.clone()),
+                                latency,
+                                ttft: None,
+                                rate_limit: RateLimitInfo::default(),
+                                is_retry,
+                                fallback_from,
+                                started_at,
+                                span_id,
+                            };
+                            self.observer.on_attempt(&record);
+                            attempts.push(record);
+                            match scope {
+                                FailoverScope::Caller => {
+                                    // Too long for this model's window, or against its provider's
+                                    // content policy: a route may name models that take it.
+                                    if plan.widen(&snap, &err) {
+                                        last_err = Some(err);
+                                        break;
+                                    }
+                                    return Err(fail(EngineError::Caller(err), attempts, route));
+                                }
+                                FailoverScope::Stop => {
+                                    return Err(fail(EngineError::Cancelled, attempts, route));
+                                }
+                                FailoverScope::Key => {
+                                    last_err = Some(err);
+                                    continue;
+                                }
+                                FailoverScope::Transient => {
+                                    last_err = Some(err);
+                                    if provider_attempts > p.max_retries {
+                                        break;
+                                    }
+                                }
+                                FailoverScope::Provider => {
                                     last_err = Some(err);
                                     break;
                                 }
-                                return Err(fail(EngineError::Caller(err), attempts, route));
-                            }
-                            FailoverScope::Stop => {
-                                return Err(fail(EngineError::Cancelled, attempts, route));
-                            }
-                            FailoverScope::Key => {
-                                last_err = Some(err);
-                                continue;
-                            }
-                            FailoverScope::Transient => {
-                                last_err = Some(err);
-                                if provider_attempts > p.max_retries {
-                                    break;
-                                }
-                            }
-                            FailoverScope::Provider => {
-                                last_err = Some(err);
-                                break;
                             }
                         }
                     }
                 }
+                if attempts.len() as u32 >= retry.max_attempts {
+                    break;
+                }
             }
-            if attempts.len() as u32 >= retry.max_attempts {
-                break;
+            if let Some((b, cap)) = busy {
+                let now = self.now();
+                if now >= deadline {
+                    waited_out = true;
+                } else if (attempts.len() as u32) < retry.max_attempts {
+                    // Registered before the check, so a slot freed in between is not missed; the
+                    // timeout re-checks in case the slot went to a key of another snapshot.
+                    let freed = b.freed().notified();
+                    tokio::pin!(freed);
+                    freed.as_mut().enable();
+                    if b.in_flight() >= cap {
+                        let left = Duration::from_nanos(deadline - now);
+                        let _ = tokio::time::timeout(left.min(SLOT_RECHECK), freed).await;
+                    }
+                    plan = Plan::new(&snap, model, fallbacks, &opts.allowed_providers).map_err(
+                        |e| Failure {
+                            error: e,
+                            attempts: Vec::new(),
+                            route: None,
+                        },
+                    )?;
+                    continue 'pass;
+                }
             }
+            break;
         }
         let n = attempts.len() as u32;
         let until = |at: u64| {
             Duration::from_nanos(at.saturating_sub(self.now())).max(Duration::from_millis(1))
         };
+        if waited_out && last_err.is_none() {
+            // Every key it may use stayed at its concurrency cap until the deadline.
+            return Err(fail(
+                EngineError::DeadlineExceeded { attempts: n },
+                attempts,
+                route,
+            ));
+        }
         let error = match (last_err, earliest_back) {
             // Nothing was tried because everything is resting: say when to come back.
             (None, Some(back)) | (Some(ProviderError::RateLimited { .. }), Some(back)) => {
@@ -1228,6 +1295,10 @@ impl Engine {
         Err(fail(error, attempts, route))
     }
 }
+
+/// How long a request waiting for a concurrency slot sleeps before looking again, if no slot
+/// of the key it waits on frees meanwhile.
+const SLOT_RECHECK: Duration = Duration::from_millis(250);
 
 fn merge_fallbacks(a: &[String], b: &[String]) -> Vec<String> {
     if b.is_empty() {
@@ -1644,6 +1715,7 @@ fn build_snapshot(
                 models: k.models.as_ref().map(|m| m.iter().cloned().collect()),
                 rpm: k.rpm,
                 tpm: k.tpm,
+                max_concurrent: k.max_concurrent,
                 signals: signal_for(key_id(&p.name, &kind, k)),
             })
             .collect::<Vec<_>>();
@@ -1851,6 +1923,7 @@ mod tests {
             models: None,
             rpm: None,
             tpm: None,
+            max_concurrent: None,
         }
     }
 
@@ -1942,6 +2015,76 @@ mod tests {
             "available",
             "back after the reset hint"
         );
+    }
+
+    /// A key never has more attempts in flight than its `max_concurrent`; requests beyond every
+    /// key's cap wait for a slot and are all served, in turn.
+    #[tokio::test(start_paused = true)]
+    async fn keys_at_their_concurrency_cap_make_requests_wait_for_a_slot() {
+        let fake = Arc::new(FakeProvider::new());
+        fake.set_delay(Duration::from_millis(100));
+        let mut p = provider("p", &fake, &["a", "b"], StrategyKind::Adaptive);
+        p.keys[0].max_concurrent = Some(2);
+        p.keys[1].max_concurrent = Some(1);
+        let engine = Arc::new(
+            Engine::new(EngineConfig {
+                providers: vec![p],
+                ..EngineConfig::default()
+            })
+            .unwrap(),
+        );
+        let started = tokio::time::Instant::now();
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..9 {
+            let e = Arc::clone(&engine);
+            set.spawn(async move { e.chat(&req("p/m"), &opts()).await.map(|o| o.attempts.len()) });
+        }
+        while let Some(r) = set.join_next().await {
+            assert_eq!(r.unwrap().unwrap(), 1, "each served by its first attempt");
+        }
+        assert_eq!(fake.max_in_flight("a"), 2);
+        assert_eq!(fake.max_in_flight("b"), 1);
+        assert_eq!(fake.calls().len(), 9);
+        // Three at a time, 100 ms each: three rounds, no 250 ms re-check waited for.
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_millis(350),
+            "{took:?}"
+        );
+    }
+
+    /// A request that finds no free slot before its deadline gets a 504 without an attempt.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_never_gets_a_slot_times_out_without_an_attempt() {
+        let fake = Arc::new(FakeProvider::new());
+        fake.set_delay(Duration::from_millis(400));
+        let mut p = provider("p", &fake, &["a"], StrategyKind::Adaptive);
+        p.keys[0].max_concurrent = Some(1);
+        let engine = Arc::new(
+            Engine::new(EngineConfig {
+                providers: vec![p],
+                retry: RetryConfig {
+                    request_timeout: Duration::from_millis(300),
+                    ..RetryConfig::default()
+                },
+                ..EngineConfig::default()
+            })
+            .unwrap(),
+        );
+        let first = {
+            let e = Arc::clone(&engine);
+            tokio::spawn(async move { e.chat(&req("p/m"), &opts()).await })
+        };
+        tokio::task::yield_now().await;
+        let second = engine.chat(&req("p/m"), &opts()).await.unwrap_err();
+        assert!(
+            matches!(second.error, EngineError::DeadlineExceeded { attempts: 0 }),
+            "{:?}",
+            second.error
+        );
+        assert!(second.attempts.is_empty());
+        assert!(first.await.unwrap().is_err(), "the first timed out itself");
+        assert_eq!(fake.max_in_flight("a"), 1, "the second never went upstream");
     }
 
     /// Counting asks the picked key of the first target once, and leaves every signal alone:

@@ -185,6 +185,8 @@ pub struct Signals {
     picks: AtomicU64,
     successes: AtomicU64,
     failures: AtomicU64,
+    /// Woken when an attempt of a key with a concurrency cap ends ([`Signals::try_start`]).
+    freed: tokio::sync::Notify,
 }
 
 const UNKNOWN: u64 = u64::MAX;
@@ -215,6 +217,7 @@ impl Default for Signals {
             picks: AtomicU64::new(0),
             successes: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            freed: tokio::sync::Notify::new(),
         }
     }
 }
@@ -361,6 +364,27 @@ impl Signals {
     /// Marks the start of an attempt; the returned guard records its end.
     pub fn start(self: &Arc<Self>, now: u64, est_tokens: u64) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.started(now, est_tokens, false)
+    }
+
+    /// [`Signals::start`] for a key that may have at most `cap` attempts in flight: `None`,
+    /// and nothing counted, when it already has them. Its guard wakes the waiters of
+    /// [`Signals::freed`] when it ends.
+    pub fn try_start(self: &Arc<Self>, now: u64, est_tokens: u64, cap: u32) -> Option<InFlight> {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .ok()?;
+        Some(self.started(now, est_tokens, true))
+    }
+
+    /// Woken (all waiters) when an attempt started by [`Signals::try_start`] ends.
+    pub fn freed(&self) -> &tokio::sync::Notify {
+        &self.freed
+    }
+
+    fn started(self: &Arc<Self>, now: u64, est_tokens: u64, capped: bool) -> InFlight {
         self.picks.fetch_add(1, Ordering::Relaxed);
         let start = self.window_start.load(Ordering::Relaxed);
         if now.saturating_sub(start) >= MINUTE
@@ -383,6 +407,7 @@ impl Signals {
             signals: Arc::clone(self),
             started: now,
             done: false,
+            capped,
         }
     }
 
@@ -542,13 +567,15 @@ pub struct InFlight {
     signals: Arc<Signals>,
     started: u64,
     done: bool,
+    /// Started under a concurrency cap: its end wakes those waiting for a slot.
+    capped: bool,
 }
 
 impl InFlight {
     /// Records the end of the attempt.
     pub fn finish(mut self, now: u64, outcome: AttemptOutcome, cfg: &HealthConfig) {
         self.done = true;
-        self.signals.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.release();
         let latency = now.saturating_sub(self.started);
         match outcome {
             AttemptOutcome::Success => self.signals.on_success(now, latency, cfg),
@@ -565,12 +592,19 @@ impl InFlight {
     pub fn started(&self) -> u64 {
         self.started
     }
+
+    fn release(&self) {
+        self.signals.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.capped {
+            self.signals.freed.notify_waiters();
+        }
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         if !self.done {
-            self.signals.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.release();
             self.signals.probing.store(false, Ordering::Release);
         }
     }

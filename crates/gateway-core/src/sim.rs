@@ -548,6 +548,7 @@ fn build_engine(
                     models: None,
                     rpm: if k.rpm_known { k.rpm } else { None },
                     tpm: None,
+                    max_concurrent: None,
                 })
                 .collect(),
             strategy,

@@ -32,6 +32,10 @@ pub struct FakeProvider {
     always: Mutex<HashMap<String, Step>>,
     calls: Mutex<Vec<(String, String)>>,
     single_answer: std::sync::atomic::AtomicBool,
+    /// How long a plain answer takes (ms).
+    delay_ms: std::sync::atomic::AtomicU64,
+    /// Per key: plain calls under way, and the most seen at once.
+    concurrency: Mutex<HashMap<String, (u32, u32)>>,
 }
 
 impl FakeProvider {
@@ -58,6 +62,31 @@ impl FakeProvider {
     pub fn single_answer(&self) {
         self.single_answer
             .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Makes every plain answer take `d` (tokio time: a paused clock advances through it).
+    pub fn set_delay(&self, d: std::time::Duration) {
+        self.delay_ms.store(
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// The most plain calls that were under way at once with `key`.
+    pub fn max_in_flight(&self, key: &str) -> u32 {
+        self.concurrency
+            .lock()
+            .ok()
+            .and_then(|c| c.get(key).map(|v| v.1))
+            .unwrap_or(0)
+    }
+
+    fn count_in(&self, key: &str, delta: i32) {
+        if let Ok(mut c) = self.concurrency.lock() {
+            let e = c.entry(key.to_owned()).or_default();
+            e.0 = e.0.saturating_add_signed(delta);
+            e.1 = e.1.max(e.0);
+        }
     }
 
     /// Every call so far as (key name, model).
@@ -128,6 +157,19 @@ impl Provider for FakeProvider {
         call: &Call,
         _r: &ChatRequest,
     ) -> Result<ProviderResponse<ChatResponse>, ProviderError> {
+        let delay = self.delay_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if delay > 0 {
+            // Counted down even when the engine drops the call (its timeout).
+            struct Out<'a>(&'a FakeProvider, &'a str);
+            impl Drop for Out<'_> {
+                fn drop(&mut self) {
+                    self.0.count_in(self.1, -1);
+                }
+            }
+            self.count_in(&call.key_name, 1);
+            let _out = Out(self, &call.key_name);
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        }
         match self.next(call) {
             Step::Reply(t) => Ok(ProviderResponse {
                 body: response(&call.model, t),

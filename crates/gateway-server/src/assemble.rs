@@ -286,6 +286,9 @@ pub async fn engine_config(
             if k.weight == 0 {
                 problems.push(format!("{kf}.weight: must be at least 1"));
             }
+            if k.max_concurrent == Some(0) {
+                problems.push(format!("{kf}.max_concurrent: must be at least 1"));
+            }
             keys.push(KeyConfig {
                 name: k.name.clone(),
                 credential,
@@ -293,6 +296,7 @@ pub async fn engine_config(
                 models: k.models.clone(),
                 rpm: k.rpm,
                 tpm: k.tpm,
+                max_concurrent: k.max_concurrent,
             });
         }
         if keys.is_empty() {
@@ -316,6 +320,7 @@ pub async fn engine_config(
                 models: None,
                 rpm: None,
                 tpm: None,
+                max_concurrent: None,
             });
         }
         // The adapter.

@@ -313,6 +313,9 @@ pub struct KeySection {
     /// Known tokens per minute.
     #[serde(default)]
     pub tpm: Option<u64>,
+    /// Most requests in flight on this key at once (streams until their end).
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
     /// Bedrock: access key id.
     #[serde(default)]
     pub access_key_id: Option<String>,
