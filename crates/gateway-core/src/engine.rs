@@ -1176,7 +1176,10 @@ impl Engine {
                                         p.signals
                                             .rest_until(end.saturating_add(w.as_nanos() as u64));
                                     }
-                                    key_guard.finish(end, AttemptOutcome::Neutral, &health);
+                                    // The key too: one that fails while the provider's others
+                                    // answer (a broken deployment or region behind it) is
+                                    // ejected on its own, and costs more to the adaptive pick.
+                                    key_guard.finish(end, AttemptOutcome::Failure, &health);
                                     target_guard.finish(end, AttemptOutcome::Failure, &health);
                                 }
                                 _ => {
@@ -2051,6 +2054,34 @@ mod tests {
             took >= Duration::from_millis(300) && took < Duration::from_millis(350),
             "{took:?}"
         );
+    }
+
+    /// A key that fails every time while its provider's other key answers is judged on its
+    /// own: `adaptive` stops choosing it after its first failure, `round_robin` after the
+    /// failures that eject it (the provider stays in).
+    #[tokio::test(start_paused = true)]
+    async fn a_key_that_keeps_failing_is_avoided_and_ejected_while_its_provider_serves() {
+        for (strategy, failures) in [(StrategyKind::Adaptive, 1), (StrategyKind::RoundRobin, 3)] {
+            let fake = Arc::new(FakeProvider::new());
+            fake.always("a", Step::Fail(server_error()));
+            let engine = Engine::new(EngineConfig {
+                providers: vec![provider("p", &fake, &["a", "b"], strategy)],
+                ..EngineConfig::default()
+            })
+            .unwrap();
+            for _ in 0..20 {
+                let out = engine.chat(&req("p/m"), &opts()).await.unwrap();
+                assert_eq!(&*out.served_by.key, "b");
+            }
+            let tried_a = fake.calls().iter().filter(|(k, _)| k == "a").count();
+            assert_eq!(tried_a, failures, "{strategy:?}");
+            let health = engine.health();
+            assert_eq!(health[0].state, "available", "{strategy:?}");
+            assert!(health[0].keys[0].signals.error_rate > 0.0, "{strategy:?}");
+            if strategy == StrategyKind::RoundRobin {
+                assert_eq!(health[0].keys[0].state, "ejected");
+            }
+        }
     }
 
     /// A request that finds no free slot before its deadline gets a 504 without an attempt.

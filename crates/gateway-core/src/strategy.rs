@@ -204,11 +204,21 @@ fn weighted_index<'a>(
     rng: &mut fastrand::Rng,
     keep: impl Fn(usize) -> bool,
 ) -> Option<usize> {
+    weighted_index_by(candidates, rng, keep, Candidate::weight)
+}
+
+/// [`weighted_index`] by `weight_of` instead of the configured weight.
+fn weighted_index_by<'a>(
+    candidates: &[Candidate<'a>],
+    rng: &mut fastrand::Rng,
+    keep: impl Fn(usize) -> bool,
+    weight_of: impl Fn(&Candidate<'a>) -> f64,
+) -> Option<usize> {
     let total: f64 = candidates
         .iter()
         .enumerate()
         .filter(|(i, _)| keep(*i))
-        .map(|(_, c)| c.weight())
+        .map(|(_, c)| weight_of(c))
         .sum();
     if total <= 0.0 {
         return None;
@@ -220,7 +230,7 @@ fn weighted_index<'a>(
             continue;
         }
         last = Some(i);
-        x -= c.weight();
+        x -= weight_of(c);
         if x < 0.0 {
             return Some(i);
         }
@@ -263,7 +273,9 @@ impl Strategy for Health {
 }
 
 /// Health plus live load: power of two choices (drawn by configured weight) compared on a cost made
-/// of peak-EWMA latency, in-flight requests, error rate and rate-limit headroom.
+/// of peak-EWMA latency, in-flight requests, error rate and rate-limit headroom. Candidates that
+/// cost the same share traffic by weight; one that costs twice as much as the other never wins,
+/// and between the two the weights count less the more the costs differ.
 #[derive(Debug, Clone, Copy)]
 pub struct Adaptive {
     /// Latency assumed for a candidate without samples (ns): tiny, so every new candidate is tried
@@ -271,6 +283,9 @@ pub struct Adaptive {
     pub default_latency_nanos: f64,
     /// How strongly the error rate raises the cost.
     pub error_penalty: f64,
+    /// Latencies below this count as this (ns): differences under a millisecond are the noise
+    /// of a fast network, not a signal about an LLM provider.
+    pub latency_floor_nanos: f64,
 }
 
 impl Default for Adaptive {
@@ -278,6 +293,7 @@ impl Default for Adaptive {
         Adaptive {
             default_latency_nanos: 1.0,
             error_penalty: 20.0,
+            latency_floor_nanos: 1_000_000.0,
         }
     }
 }
@@ -289,8 +305,11 @@ impl Adaptive {
         let latency = s
             .latency_nanos(ctx.now, ctx.health.decay)
             .unwrap_or(self.default_latency_nanos)
+            .max(self.latency_floor_nanos)
             .max(1.0);
-        let load = f64::from(s.in_flight()) + 1.0;
+        // In flight per unit of weight: under load, requests in flight settle in proportion
+        // to the weights, and so does the traffic of equally fast candidates.
+        let load = 1.0 + f64::from(s.in_flight()) / c.weight();
         let errors = 1.0 + self.error_penalty * s.error_rate();
         let headroom = s.headroom(ctx.now, c.rpm, c.tpm);
         // 1/(h+0.05): keys close to their limit get expensive well before they are full.
@@ -298,6 +317,20 @@ impl Adaptive {
         // Weights shape which two candidates are drawn; the comparison itself is on live cost,
         // so a tenfold slower candidate loses even when it carries more weight.
         latency * load * errors * scarcity
+    }
+
+    /// Whether `a` wins against `b`: the cheaper when one costs at least twice the other;
+    /// between closer costs a coin weighted by their weights and the sixth power of the cost
+    /// ratio (equal costs: the weights alone).
+    fn first_wins(a: (f64, f64), b: (f64, f64), rng: &mut fastrand::Rng) -> bool {
+        let ((wa, ca), (wb, cb)) = (a, b);
+        let r = cb / ca;
+        if !(0.8..=1.25).contains(&r) {
+            return r > 1.0;
+        }
+        let r3 = r * r * r;
+        let sa = wa * r3 * r3;
+        rng.f64() < sa / (sa + wb)
     }
 }
 
@@ -313,8 +346,12 @@ impl Strategy for Adaptive {
         rng: &mut fastrand::Rng,
     ) -> Option<usize> {
         let usable = |i: usize| candidates[i].is_usable(ctx.now);
-        let a = weighted_index(candidates, rng, usable)?;
-        let b = match weighted_index(candidates, rng, |i| i != a && usable(i)) {
+        // Two distinct candidates drawn by the square root of their weight, then a coin weighted
+        // by their weights: while costs are equal, each is picked in proportion to its weight
+        // (exactly for two candidates, within a percent or so for more).
+        let sqrt = |c: &Candidate<'_>| c.weight().sqrt();
+        let a = weighted_index_by(candidates, rng, usable, sqrt)?;
+        let b = match weighted_index_by(candidates, rng, |i| i != a && usable(i), sqrt) {
             Some(b) => b,
             None => return Some(a),
         };
@@ -322,7 +359,12 @@ impl Strategy for Adaptive {
             self.cost(&candidates[a], ctx),
             self.cost(&candidates[b], ctx),
         );
-        Some(if cb < ca { b } else { a })
+        let (wa, wb) = (candidates[a].weight(), candidates[b].weight());
+        Some(if Self::first_wins((wa, ca), (wb, cb), rng) {
+            a
+        } else {
+            b
+        })
     }
 }
 
@@ -459,6 +501,49 @@ mod tests {
             .filter(|_| ad.pick(&c, &ctx(2), &mut rng) == Some(0))
             .count();
         assert!(roomy > 990, "near-empty key avoided: {roomy}");
+    }
+
+    /// Equally fast candidates share traffic by weight under `adaptive` too: with nothing in
+    /// flight (sequential traffic), and under load, where requests in flight in proportion to
+    /// the weights cost the same; latencies under a millisecond are all alike.
+    #[test]
+    fn adaptive_shares_equal_candidates_by_weight() {
+        let s = sigs(3);
+        // 0.2 ms and 0.6 ms: noise of a fast local upstream, not a difference.
+        s[0].start(1, 0)
+            .finish(200_001, AttemptOutcome::Success, &HC);
+        s[1].start(1, 0)
+            .finish(600_001, AttemptOutcome::Success, &HC);
+        s[2].start(1, 0)
+            .finish(400_001, AttemptOutcome::Success, &HC);
+        let c = cands(&s, &[6, 3, 1]);
+        let ad = Adaptive::default();
+        let mut rng = fastrand::Rng::with_seed(5);
+        let n = 20_000;
+        let mut counts = [0usize; 3];
+        for _ in 0..n {
+            counts[ad.pick(&c, &ctx(600_002), &mut rng).unwrap()] += 1;
+        }
+        let shares: Vec<f64> = counts.iter().map(|&k| k as f64 / n as f64).collect();
+        for (got, want) in shares.iter().zip([0.6, 0.3, 0.1]) {
+            assert!((got - want).abs() < 0.03, "{shares:?}");
+        }
+        // Under load: 6, 3 and 1 in flight cost the same per weight.
+        let guards: Vec<_> = [6, 3, 1]
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &k)| (0..k).map(move |_| i))
+            .map(|i| s[i].start(600_002, 0))
+            .collect();
+        let mut counts = [0usize; 3];
+        for _ in 0..n {
+            counts[ad.pick(&c, &ctx(600_003), &mut rng).unwrap()] += 1;
+        }
+        drop(guards);
+        let shares: Vec<f64> = counts.iter().map(|&k| k as f64 / n as f64).collect();
+        for (got, want) in shares.iter().zip([0.6, 0.3, 0.1]) {
+            assert!((got - want).abs() < 0.03, "{shares:?}");
+        }
     }
 
     proptest! {
