@@ -957,3 +957,72 @@ async fn the_answer_cache_serves_repeats_per_virtual_key_for_free() {
     gw.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The issue's reference configuration, as written: a key names team `data`, which has no
+/// `[[teams]]` section. The gateway starts, the key works within its limits, and the team
+/// groups it.
+#[tokio::test]
+async fn a_team_named_only_by_its_keys_is_a_team_without_limits() {
+    let extra = r#"
+[[routes]]
+name = "chat"
+targets = [{ provider = "oai", model = "gpt-4o-mini" }]
+
+[[virtual_keys]]
+name = "batch-pipeline"
+secret = "vk-batch-0123456789"
+team = "data"                 # optional; [[teams]] and [[customers]] carry their own limits
+rpm = 60
+tpm = 100000
+budget_usd = 50.0
+budget_period = "1d"
+models = ["chat"]
+
+[[pricing]]                   # overrides or extends the built-in price table
+model = "gpt-4o-mini"
+input_per_mtok = 0.15         # USD per million tokens
+output_per_mtok = 0.60
+"#;
+    let (gw, services, dir) = start(extra).await;
+    let ok = gw
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            &[
+                ("content-type", "application/json"),
+                ("authorization", "Bearer vk-batch-0123456789"),
+            ],
+            serde_json::to_vec(&chat("chat", "hi")).unwrap(),
+        )
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    // Its own allow-list still holds.
+    let refused = gw
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            &[
+                ("content-type", "application/json"),
+                ("authorization", "Bearer vk-batch-0123456789"),
+            ],
+            serde_json::to_vec(&chat("oai/gpt-4o-mini", "hi")).unwrap(),
+        )
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    let key = gw
+        .get(
+            "/admin/virtual-keys/batch-pipeline",
+            &[("authorization", "Bearer adm")],
+        )
+        .await;
+    assert_eq!(key.status, 200, "{}", key.text());
+    assert_eq!(key.json()["team"], "data", "{}", key.text());
+    assert!(
+        key.json()["spend_usd"].as_f64().unwrap() > 0.0,
+        "{}",
+        key.text()
+    );
+    services.shutdown().await;
+    gw.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

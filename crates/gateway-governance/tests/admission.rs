@@ -674,10 +674,10 @@ async fn reload_keeps_api_keys_and_usage_and_applies_new_limits() {
     assert!(matches!(r, Refusal::BudgetExceeded { .. }), "{r:?}");
     // An invalid configuration is refused and the old one stays.
     let mut bad = next.clone();
-    bad.virtual_keys[1].team = Some("nope".into());
+    bad.virtual_keys[1].budget_period = Some("fortnight".into());
     let e = gov.reload(&bad).unwrap_err().to_string();
     assert!(
-        e.contains("virtual_keys[1].team: unknown team \"nope\""),
+        e.contains("virtual_keys[1].budget_period: unknown period \"fortnight\""),
         "{e}"
     );
     expect_ok(
