@@ -269,3 +269,45 @@ mod tests {
         assert_eq!(&out, b"fffffffffffffffffffffffffffffffe");
     }
 }
+
+/// A URL with its user-info (`user:password@`) and query string replaced by `***`: fit for logs
+/// and admin answers.
+pub fn redact_url(u: &str) -> String {
+    let mut out = u.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let rest = &out[scheme_end + 3..];
+        if let Some(at) = rest.find('@') {
+            if rest[..at].find('/').is_none() {
+                out = format!("{}***@{}", &out[..scheme_end + 3], &rest[at + 1..]);
+            }
+        }
+    }
+    if let Some(q) = out.find('?') {
+        out.truncate(q);
+        out.push_str("?***");
+    }
+    out
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn user_info_and_queries_are_hidden() {
+        assert_eq!(
+            redact_url("redis://:pw@127.0.0.1:6379/0"),
+            "redis://***@127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact_url("https://h.invalid/v1?key=s"),
+            "https://h.invalid/v1?***"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        // An `@` in the path is not user-info.
+        assert_eq!(redact_url("http://h/a@b"), "http://h/a@b");
+    }
+}

@@ -112,7 +112,10 @@ impl Governance {
             virtual_keys = registry.keys.len(),
             teams = registry.teams.len(),
             customers = registry.customers.len(),
-            store = config.store.as_deref().unwrap_or("embedded"),
+            store = %config
+                .store
+                .as_deref()
+                .map_or_else(|| "embedded".to_owned(), gateway_core::observe::redact_url),
             "governance ready"
         );
         let gov = Arc::new(Governance {

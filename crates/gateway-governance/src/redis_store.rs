@@ -173,9 +173,12 @@ local cost = tonumber(ARGV[5])
 local function arg(i, j) return tonumber(ARGV[5 + (i - 1) * 3 + j]) end
 local function key(i, j) return KEYS[(i - 1) * 5 + j] end
 for i = 1, n do
-  redis.call('ZREM', key(i, 2), id)
+  local present = redis.call('ZREM', key(i, 2), id)
   redis.call('HDEL', key(i, 3), id)
   local tpm = arg(i, 1)
+  -- A release of a reservation that was never made (its admission timed out before Redis ran
+  -- it) gives nothing back.
+  if present == 0 and used == 0 and cost == 0 then tpm = 0 end
   if tpm > 0 then
     local st = redis.call('HMGET', key(i, 1), 'tpm_level', 'tpm_ts')
     if st[1] then
@@ -221,6 +224,27 @@ pub(crate) struct RedisStore {
 /// queued settlements before it asks again.
 const SETTLE_WAIT: Duration = Duration::from_millis(200);
 
+/// How long one call to Redis may take, waiting for a reconnection included: past it the call
+/// fails (a request is refused with 503) instead of waiting for a store that does not answer.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long the gateway tries to reach Redis at start before it gives up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A Redis call bounded by [`CALL_TIMEOUT`], its error as the admin API and refusals say it.
+async fn bounded<T>(
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("governance store unavailable: {e}")),
+        Err(_) => Err(format!(
+            "governance store unavailable: Redis did not answer within {} s",
+            CALL_TIMEOUT.as_secs()
+        )),
+    }
+}
+
 fn keys_of(l: &Level, now_ms: i64) -> [String; 5] {
     let base = format!("gw:{}:{}", l.kind.as_str(), l.name);
     let start = l.limits.period.bounds(now_ms).0;
@@ -240,8 +264,29 @@ impl RedisStore {
         clock: Arc<dyn WallClock>,
     ) -> Result<Arc<RedisStore>, GovernanceError> {
         let client = redis::Client::open(url)?;
-        let mut conn = client.get_connection_manager().await?;
-        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        // Short connection and answer timeouts, and few quick retries: a request must not wait
+        // on a reconnection for longer than CALL_TIMEOUT allows anyway.
+        let manager = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(1))
+            .set_response_timeout(CALL_TIMEOUT)
+            .set_number_of_retries(2)
+            .set_factor(50)
+            .set_max_delay(500);
+        let connecting = async {
+            let mut conn = client.get_connection_manager_with_config(manager).await?;
+            let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+            Ok::<_, redis::RedisError>(conn)
+        };
+        let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(c) => c?,
+            Err(_) => {
+                return Err(GovernanceError::Store(format!(
+                    "Redis at {} did not answer within {} s",
+                    gateway_core::observe::redact_url(url),
+                    CONNECT_TIMEOUT.as_secs()
+                )))
+            }
+        };
         let mut nonce = [0u8; 8];
         getrandom::getrandom(&mut nonce).map_err(|e| GovernanceError::Random(e.to_string()))?;
         let (jobs, rx) = mpsc::unbounded_channel();
@@ -319,12 +364,22 @@ impl RedisStore {
                 .arg(l.limits.budget_usd.unwrap_or(-1.0));
         }
         let mut conn = self.conn.clone();
-        let answer: Vec<String> = inv.invoke_async(&mut conn).await.map_err(|e| {
-            (
-                Refusal::Unavailable(format!("governance store unavailable: {e}")),
-                false,
-            )
-        })?;
+        // Until Redis answers, the reservation may or may not exist: if the answer never
+        // comes (a timeout, the client gone), it is released, which is a no-op for one that
+        // was never made.
+        let mut pending = Unanswered {
+            store: self,
+            reservation: Some(Reservation {
+                id: id.clone(),
+                levels: levels.to_vec(),
+                taken: taken.clone(),
+                cost: 0.0,
+            }),
+        };
+        let answer: Vec<String> = bounded(inv.invoke_async(&mut conn))
+            .await
+            .map_err(|e| (Refusal::Unavailable(e), false))?;
+        pending.reservation = None;
         let level_at = |i: Option<&String>| -> Option<&Level> {
             let i: usize = i?.parse().ok()?;
             levels.get(i.checked_sub(1)?)
@@ -369,14 +424,10 @@ impl RedisStore {
 
     async fn key_script(&self, src: &str, name: &str, record: &str) -> Result<i64, String> {
         let mut conn = self.conn.clone();
-        Script::new(src)
-            .key(KEYS_HASH)
-            .key(KEYS_VERSION)
-            .arg(name)
-            .arg(record)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| format!("governance store unavailable: {e}"))
+        let script = Script::new(src);
+        let mut inv = script.key(KEYS_HASH);
+        inv.key(KEYS_VERSION).arg(name).arg(record);
+        bounded(inv.invoke_async(&mut conn)).await
     }
 
     pub async fn insert_key(&self, k: &StoredKey) -> Result<(), String> {
@@ -406,24 +457,19 @@ impl RedisStore {
     /// The version of the key set (bumped by every change).
     pub async fn keys_version(&self) -> Result<u64, String> {
         let mut conn = self.conn.clone();
-        let v: Option<u64> = redis::cmd("GET")
-            .arg(KEYS_VERSION)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| format!("governance store unavailable: {e}"))?;
+        let mut get = redis::cmd("GET");
+        get.arg(KEYS_VERSION);
+        let v: Option<u64> = bounded(get.query_async(&mut conn)).await?;
         Ok(v.unwrap_or(0))
     }
 
     /// All API-made keys and the version they were read at.
     pub async fn load_keys(&self) -> Result<(u64, Vec<StoredKey>), String> {
         let mut conn = self.conn.clone();
-        let (version, all): (Option<u64>, Vec<(String, String)>) = redis::pipe()
-            .atomic()
-            .get(KEYS_VERSION)
-            .hgetall(KEYS_HASH)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| format!("governance store unavailable: {e}"))?;
+        let mut pipe = redis::pipe();
+        pipe.atomic().get(KEYS_VERSION).hgetall(KEYS_HASH);
+        let (version, all): (Option<u64>, Vec<(String, String)>) =
+            bounded(pipe.query_async(&mut conn)).await?;
         let mut keys = Vec::with_capacity(all.len());
         for (name, json) in all {
             let parsed = serde_json::from_str::<KeyRecord>(&json).ok().and_then(|r| {
@@ -472,16 +518,16 @@ impl RedisStore {
             (Option<u64>, Option<u64>),
             (Option<f64>, Option<f64>),
             (Option<u64>, Option<u64>),
-        ) = redis::pipe()
-            .get(&spend)
-            .hvals(&resv)
-            .zcount(&inflight, now, "+inf")
-            .hget(&minute, &["requests", "tokens"])
-            .hget(&state, &["tpm_level", "tpm_ts"])
-            .hget(period_counts_key(&spend), &["requests", "tokens"])
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| format!("governance store unavailable: {e}"))?;
+        ) = {
+            let mut pipe = redis::pipe();
+            pipe.get(&spend)
+                .hvals(&resv)
+                .zcount(&inflight, now, "+inf")
+                .hget(&minute, &["requests", "tokens"])
+                .hget(&state, &["tpm_level", "tpm_ts"])
+                .hget(period_counts_key(&spend), &["requests", "tokens"]);
+            bounded(pipe.query_async(&mut conn)).await?
+        };
         let tpm_available = l.limits.tpm.map(|cap| match bucket {
             (Some(level), Some(ts)) => {
                 let refilled = level + ((now as f64 - ts).max(0.0)) * cap as f64 / 60_000.0;
@@ -499,6 +545,20 @@ impl RedisStore {
             tokens_this_period: period_counts.1.unwrap_or(0),
             tpm_available,
         })
+    }
+}
+
+/// An admission sent to Redis and not yet answered: released when dropped unanswered.
+struct Unanswered<'s> {
+    store: &'s RedisStore,
+    reservation: Option<Reservation>,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if let Some(r) = self.reservation.take() {
+            self.store.finish(r, None);
+        }
     }
 }
 
@@ -545,7 +605,7 @@ async fn settler(
                     .arg(*taken)
                     .arg(expire_at);
             }
-            match inv.invoke_async::<String>(&mut conn).await {
+            match bounded(inv.invoke_async::<String>(&mut conn)).await {
                 Ok(_) => {
                     if let Some((used, _)) = actual {
                         let mut pipe = redis::pipe();

@@ -338,3 +338,167 @@ async fn the_next_request_does_not_race_the_previous_ones_settlement() {
     );
     drop(held);
 }
+
+fn signal(server: &RedisServer, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &server.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+async fn in_flight(gov: &Governance, key: &str) -> serde_json::Value {
+    let (_, v) = gateway_core::extend::AdminRoutes::handle(
+        gov,
+        "GET",
+        &format!("/admin/virtual-keys/{key}"),
+        "",
+        b"",
+    )
+    .await
+    .unwrap();
+    v["usage"]["in_flight"].clone()
+}
+
+/// A Redis that stops answering (frozen, not gone) refuses requests with 503 within the call
+/// timeout instead of holding them; admissions abandoned meanwhile (timed out, or their client
+/// gone) leave no concurrency lease behind once Redis answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_refuses_at_once_and_abandoned_admissions_leave_no_lease() {
+    let Some(server) = redis().await else {
+        return;
+    };
+    let c = clock();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = GovernanceConfig {
+        store: Some(server.url.clone()),
+        ..config(
+            &dir,
+            vec![LimitsSpec {
+                max_concurrent: Some(3),
+                ..key("k")
+            }],
+        )
+    };
+    let gov = open(cfg, &c).await;
+    let s = secret("k");
+    expect_ok(Req::new(Some(&s)).admit(&gov).await, "Redis up").settle(&usage(1, 1), 0.0);
+    gov.flush().await.unwrap();
+
+    signal(&server, "-STOP");
+    let started = std::time::Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(10), Req::new(Some(&s)).admit(&gov))
+        .await
+        .expect("an answer, not a hang");
+    let r = expect_refused(r, "Redis frozen");
+    assert!(matches!(r, Refusal::Unavailable(_)), "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "refused within the call timeout, not held: {:?}",
+        started.elapsed()
+    );
+    // Three clients that give up after 300 ms: their admission scripts wait in the socket.
+    for _ in 0..3 {
+        let gone =
+            tokio::time::timeout(Duration::from_millis(300), Req::new(Some(&s)).admit(&gov)).await;
+        assert!(gone.is_err(), "still waiting on the frozen Redis");
+    }
+    signal(&server, "-CONT");
+    // Redis runs the queued scripts, then the releases queued after them.
+    let mut admitted = None;
+    for _ in 0..50 {
+        if let Ok(p) = Req::new(Some(&s)).admit(&gov).await {
+            admitted = Some(p);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let p = admitted.expect("admissions work again once Redis answers");
+    p.settle(&usage(1, 1), 0.0);
+    gov.flush().await.unwrap();
+    assert_eq!(in_flight(&gov, "k").await, 0, "no lease left behind");
+}
+
+/// Redis gone and back on the same port: requests are refused meanwhile (503, at once), and
+/// admitted again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_refused_while_redis_is_down_and_admitted_when_it_is_back() {
+    let Some(mut server) = redis().await else {
+        return;
+    };
+    let c = clock();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = GovernanceConfig {
+        store: Some(server.url.clone()),
+        ..config(&dir, vec![key("k")])
+    };
+    let gov = open(cfg, &c).await;
+    let s = secret("k");
+    expect_ok(Req::new(Some(&s)).admit(&gov).await, "Redis up").settle(&usage(1, 1), 0.0);
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let r = expect_refused(Req::new(Some(&s)).admit(&gov).await, "Redis down");
+        assert!(matches!(r, Refusal::Unavailable(_)), "{r:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Back on the same port.
+    let port = server.url.rsplit(':').next().unwrap().to_owned();
+    server.child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut back = false;
+    for _ in 0..100 {
+        if Req::new(Some(&s)).admit(&gov).await.is_ok() {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "admitted again within 10 s of Redis coming back");
+}
+
+/// A Redis that cannot be reached at start stops the start with a reason, quickly, and
+/// without its password.
+#[tokio::test]
+async fn an_unreachable_redis_at_start_is_an_error_not_a_hang() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = GovernanceConfig {
+        store: Some(format!("redis://:hunter2-secret@127.0.0.1:{port}")),
+        ..config(&dir, vec![key("k")])
+    };
+    let started = std::time::Instant::now();
+    let Err(e) = Governance::open_with_clock(cfg, clock()).await else {
+        panic!("no Redis, no start");
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+}

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use gateway_core::observe::redact_url;
 use serde::{Deserialize, Serialize};
 
 // Governance sections are the governance crate's own types, and strict about unknown fields: a
@@ -651,7 +652,10 @@ impl Config {
             }
             for (name, v) in p.headers.iter_mut() {
                 let n = name.to_ascii_lowercase();
-                if n.contains("auth") || n.contains("key") || n.contains("token") {
+                if ["auth", "key", "token", "secret", "cookie", "pass"]
+                    .iter()
+                    .any(|w| n.contains(w))
+                {
                     *v = "***".to_owned();
                 }
             }
@@ -670,26 +674,14 @@ impl Config {
         if let Some(s) = &c.governance.store {
             c.governance.store = Some(redact_url(s));
         }
+        if let Some(u) = &c.server.upstream_proxy {
+            c.server.upstream_proxy = Some(redact_url(u));
+        }
+        if let Some(u) = &c.telemetry.otlp_endpoint {
+            c.telemetry.otlp_endpoint = Some(redact_url(u));
+        }
         c
     }
-}
-
-/// Hides user-info and query secrets in a URL.
-fn redact_url(u: &str) -> String {
-    let mut out = u.to_owned();
-    if let Some(scheme_end) = out.find("://") {
-        let rest = &out[scheme_end + 3..];
-        if let Some(at) = rest.find('@') {
-            if rest[..at].find('/').is_none() {
-                out = format!("{}***@{}", &out[..scheme_end + 3], &rest[at + 1..]);
-            }
-        }
-    }
-    if let Some(q) = out.find('?') {
-        out.truncate(q);
-        out.push_str("?***");
-    }
-    out
 }
 
 #[cfg(test)]
@@ -749,6 +741,11 @@ mod tests {
             r#"
 [server]
 admin_token = "adm-secret"
+upstream_proxy = "http://proxyuser:proxy-secret@127.0.0.1:3128"
+[telemetry]
+otlp_endpoint = "https://otel:otel-secret@collector.invalid:4318"
+[governance]
+store = "redis://:redis-secret@127.0.0.1:6379"
 [[providers]]
 name = "p"
 kind = "openai"
@@ -779,6 +776,9 @@ secret = "vk-secret"
             "aws-secret",
             "sess-secret",
             "vk-secret",
+            "proxy-secret",
+            "otel-secret",
+            "redis-secret",
         ] {
             assert!(!text.contains(s), "{s} leaked in {text}");
         }
