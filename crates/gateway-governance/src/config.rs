@@ -82,6 +82,9 @@ pub struct GovernanceSection {
     /// Below this balancer headroom (0..1) batch keys are held back; default 0.2.
     #[serde(default)]
     pub batch_headroom: Option<f64>,
+    /// Output tokens reserved for a request that sets no output limit; default 4096.
+    #[serde(default)]
+    pub default_output_tokens: Option<u64>,
 }
 
 /// Everything governance needs.
@@ -101,7 +104,14 @@ pub struct GovernanceConfig {
     pub data_dir: PathBuf,
     /// Headroom below which batch keys are refused; [`DEFAULT_BATCH_HEADROOM`] when `None`.
     pub batch_headroom: Option<f64>,
+    /// Output tokens reserved (tpm and budget) for a request that sets no output limit;
+    /// [`DEFAULT_OUTPUT_TOKENS`] when `None`.
+    pub default_output_tokens: Option<u64>,
 }
+
+/// The default `default_output_tokens`: the output a request without a limit is assumed to
+/// reach, until settlement corrects it.
+pub const DEFAULT_OUTPUT_TOKENS: u64 = 4096;
 
 /// The default `batch_headroom`.
 pub const DEFAULT_BATCH_HEADROOM: f64 = 0.2;
@@ -406,6 +416,7 @@ pub(crate) struct ValidConfig {
     pub customers: HashMap<String, (LimitsSpec, Limits)>,
     pub pricing: Vec<PricingSpec>,
     pub batch_headroom: f64,
+    pub default_output_tokens: u64,
 }
 
 impl GovernanceConfig {
@@ -426,6 +437,7 @@ impl GovernanceConfig {
             store: section.store,
             data_dir: section.data_dir.unwrap_or(default_data_dir),
             batch_headroom: section.batch_headroom,
+            default_output_tokens: section.default_output_tokens,
         }
     }
 
@@ -438,6 +450,7 @@ impl GovernanceConfig {
         let mut problems = Vec::new();
         let mut out = ValidConfig {
             batch_headroom: DEFAULT_BATCH_HEADROOM,
+            default_output_tokens: DEFAULT_OUTPUT_TOKENS,
             ..ValidConfig::default()
         };
         for (i, spec) in self.customers.iter().enumerate() {
@@ -572,6 +585,13 @@ impl GovernanceConfig {
             } else {
                 out.batch_headroom = h;
             }
+        }
+        match self.default_output_tokens {
+            Some(0) => {
+                problems.push("governance.default_output_tokens: must be at least 1".to_owned())
+            }
+            Some(n) => out.default_output_tokens = n,
+            None => {}
         }
         if let Some(store) = &self.store {
             if !(store.starts_with("redis://")

@@ -21,10 +21,6 @@ use crate::redis_store::{RedisStore, KEY_REFRESH};
 use crate::registry::{KeyEntry, Registry};
 use crate::store::{Counters, Embedded, Reservation};
 
-/// Output tokens assumed when a request sets no output limit (`max_output_tokens == 0`), for the
-/// tpm and budget reservations. Settlement corrects the reservation to the actual usage.
-pub const DEFAULT_OUTPUT_ESTIMATE: u64 = 1024;
-
 /// How often the embedded store saves rate-limit windows that changed.
 const WINDOW_SAVE: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -42,6 +38,8 @@ pub struct Governance {
     pub(crate) db: DbHandle,
     pub(crate) clock: Arc<dyn WallClock>,
     batch_headroom: AtomicU64,
+    /// `default_output_tokens`: output reserved for a request without an output limit.
+    default_output: AtomicU64,
     store: Option<String>,
     keys_version: AtomicU64,
     /// A key was made through the admin API in this store at some point: virtual keys stay
@@ -125,6 +123,7 @@ impl Governance {
             db,
             clock,
             batch_headroom: AtomicU64::new(valid.batch_headroom.to_bits()),
+            default_output: AtomicU64::new(valid.default_output_tokens),
             store: config.store.clone(),
             keys_version: AtomicU64::new(keys_version),
             api_keys_made: AtomicBool::new(api_keys_made),
@@ -223,6 +222,8 @@ impl Governance {
             .store(Arc::new(PriceTable::with_overrides(&valid.pricing)));
         self.batch_headroom
             .store(valid.batch_headroom.to_bits(), Ordering::Relaxed);
+        self.default_output
+            .store(valid.default_output_tokens, Ordering::Relaxed);
         Ok(())
     }
 
@@ -342,7 +343,7 @@ impl Admission for Governance {
             });
         }
         let output = if request.max_output_tokens == 0 {
-            DEFAULT_OUTPUT_ESTIMATE
+            self.default_output.load(Ordering::Relaxed)
         } else {
             request.max_output_tokens
         };

@@ -70,10 +70,10 @@ mod store;
 pub use clock::{ManualClock, SystemClock, WallClock};
 pub use config::{
     GovernanceConfig, GovernanceSection, Kind, Limits, LimitsSpec, PricingSpec, Priority,
-    DEFAULT_BATCH_HEADROOM,
+    DEFAULT_BATCH_HEADROOM, DEFAULT_OUTPUT_TOKENS,
 };
 pub use error::GovernanceError;
-pub use governance::{Governance, BATCH_RETRY_AFTER, DEFAULT_OUTPUT_ESTIMATE};
+pub use governance::{Governance, BATCH_RETRY_AFTER};
 pub use period::Period;
 pub use pricing::{Price, PriceTable};
 pub use redis_store::{KEY_REFRESH, LEASE};

@@ -163,12 +163,10 @@ pub(crate) fn budget_refusal(
 /// their reservations + this estimate exceed it.
 ///
 /// A request alone is admitted while the budget is not spent, even if its estimate (which
-/// assumes the whole output limit, or [`DEFAULT_OUTPUT_ESTIMATE`] tokens) is larger than what is
+/// assumes the whole output limit, or `default_output_tokens`) is larger than what is
 /// left: refusing it would refuse a key whose budget is not spent, often on its first request.
 /// So a budget can be passed by one request's cost at most, never by a concurrent burst: the
 /// requests that arrive while it is in flight must fit beside its reservation.
-///
-/// [`DEFAULT_OUTPUT_ESTIMATE`]: crate::DEFAULT_OUTPUT_ESTIMATE
 pub(crate) fn budget_refuses(budget: f64, spent: f64, reserved: f64, cost: f64) -> bool {
     spent + EPS >= budget || (reserved > EPS && spent + reserved + cost > budget + EPS)
 }

@@ -814,3 +814,54 @@ async fn provider_wildcards_admit_the_bare_names_only_that_provider_serves() {
     );
     assert!(matches!(r, Refusal::Forbidden(_)), "{r:?}");
 }
+
+/// A burst of requests that set no output limit (most OpenAI SDK calls) reserves
+/// `default_output_tokens` each: no more are admitted together than the budget and the tpm
+/// can pay for at that size, so answers up to it cannot overshoot either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_without_output_limits_reserves_the_default_output() {
+    for (limits, what) in [
+        (
+            LimitsSpec {
+                budget_usd: Some(10.0),
+                ..key("k")
+            },
+            "budget",
+        ),
+        (
+            LimitsSpec {
+                tpm: Some(10_000),
+                ..key("k")
+            },
+            "tpm",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let gov = open(config(&dir, vec![limits]), &clock()).await;
+        let s = secret("k");
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(50));
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let (gov, s, barrier) = (gov.clone(), s.clone(), barrier.clone());
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                let mut r = Req::new(Some(&s));
+                r.output = 0;
+                r.admit(&gov).await
+            }));
+        }
+        let mut permits = Vec::new();
+        for t in tasks {
+            if let Ok(p) = t.await.unwrap() {
+                permits.push(p);
+            }
+        }
+        // Each reserves 10 + 4096 tokens ($4.106 at $1 per 1000): two fit in $10 and in
+        // 10,000 tokens, a third does not.
+        assert_eq!(permits.len(), 2, "{what}");
+        // Answers of 3,000 tokens each, within the reservation: $6.02 and 6,020 tokens.
+        for p in permits {
+            p.settle(&usage(10, 3000), 3.01);
+        }
+    }
+}
