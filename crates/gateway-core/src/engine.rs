@@ -1148,6 +1148,12 @@ impl Engine {
                                         .or_else(|| remaining.as_ref().and_then(|r| r.wait_hint()))
                                         .unwrap_or(health.default_rest);
                                     let until = end.saturating_add(wait.as_nanos() as u64);
+                                    // When it comes back, for the client's `retry-after` if no
+                                    // other key serves.
+                                    if *rl_scope != RateLimitScope::Quota {
+                                        earliest_back =
+                                            Some(earliest_back.map_or(until, |e| e.min(until)));
+                                    }
                                     match rl_scope {
                                         RateLimitScope::Key => key.signals.rest_until(until),
                                         RateLimitScope::Quota => {
@@ -2082,6 +2088,36 @@ mod tests {
                 assert_eq!(health[0].keys[0].state, "ejected");
             }
         }
+    }
+
+    /// A 429 without a wait hint rests the key for `default_rest`, and the client is told so
+    /// (`retry-after`) on the very request that found every key limited.
+    #[tokio::test(start_paused = true)]
+    async fn a_429_without_a_wait_hint_still_says_when_to_come_back() {
+        let fake = Arc::new(FakeProvider::new());
+        fake.always(
+            "a",
+            Step::Fail(ProviderError::RateLimited {
+                retry_after: None,
+                remaining: None,
+                scope: RateLimitScope::Key,
+                message: "slow down".to_owned(),
+            }),
+        );
+        let engine = Engine::new(EngineConfig {
+            providers: vec![provider("p", &fake, &["a"], StrategyKind::Adaptive)],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let e = engine.chat(&req("p/m"), &opts()).await.unwrap_err();
+        match e.error {
+            EngineError::AllRateLimited { retry_after } => {
+                assert!(retry_after > Duration::from_millis(900), "{retry_after:?}");
+                assert!(retry_after <= Duration::from_secs(1), "{retry_after:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(e.attempts.len(), 1);
     }
 
     /// A request that finds no free slot before its deadline gets a 504 without an attempt.

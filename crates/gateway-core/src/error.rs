@@ -18,6 +18,17 @@ pub enum RateLimitScope {
     Provider,
 }
 
+impl RateLimitScope {
+    /// How a message says it: `key`, `quota exhausted`, `account`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            RateLimitScope::Key => "key",
+            RateLimitScope::Quota => "quota exhausted",
+            RateLimitScope::Provider => "account",
+        }
+    }
+}
+
 /// What the failover engine may do after an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailoverScope {
@@ -38,7 +49,7 @@ pub enum FailoverScope {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ProviderError {
     /// HTTP 429 or an equivalent throttling signal.
-    #[error("rate limited ({scope:?}): {message}")]
+    #[error("rate limited ({}): {message}", scope.describe())]
     RateLimited {
         /// How long the provider asked us to wait.
         retry_after: Option<Duration>,
