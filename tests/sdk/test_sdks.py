@@ -219,10 +219,18 @@ secret = "vk-check-0123456789"
     assert ok.returncode == 0, ok.stderr.decode()
     assert b"configuration is valid" in ok.stdout
     assert not data.exists(), "--check opened no store"
-    cfg.write_text(body + 'team = "nope"\n')
-    bad = subprocess.run([BINARY, "--config", str(cfg), "--check"], capture_output=True, timeout=60)
+    # Every problem at once, one line each: an unset variable, a governance field, a route.
+    cfg.write_text(body + 'budget_usd = 5\nbudget_period = "fortnight"\n'
+                   + '[[routes]]\nname = "r"\ntargets = [{ provider = "nope", model = "x" }]\n'
+                   + '[[virtual_keys]]\nname = "w"\nsecret = "${GW_SDK_TEST_UNSET_VAR}"\n')
+    env = {k: v for k, v in os.environ.items() if k != "GW_SDK_TEST_UNSET_VAR"}
+    bad = subprocess.run([BINARY, "--config", str(cfg), "--check"], capture_output=True, timeout=60, env=env)
     assert bad.returncode != 0
-    assert b"team" in bad.stderr, bad.stderr.decode()
+    err = bad.stderr.decode()
+    lines = [l for l in err.splitlines() if l.strip().startswith("- ")]
+    assert any("GW_SDK_TEST_UNSET_VAR" in l for l in lines), err
+    assert any("virtual_keys[0].budget_period" in l for l in lines), err
+    assert any("routes[0].targets[0].provider" in l for l in lines), err
     assert not data.exists()
 
 

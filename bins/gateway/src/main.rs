@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use gateway_server::config::ConfigError;
 use gateway_server::{serve, Config, Gateway, Services, DEFAULT_CONFIG};
 
 const HELP: &str = "gateway-server: an OpenAI- and Anthropic-compatible AI gateway
@@ -21,7 +22,18 @@ OPTIONS:
     -V, --version       the version
 ";
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match start() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The reason, not a backtrace of `main` (whatever RUST_BACKTRACE says).
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn start() -> anyhow::Result<()> {
     let mut config_path: Option<PathBuf> = None;
     let mut listen: Option<String> = None;
     let mut check = false;
@@ -53,7 +65,15 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let mut config = match &config_path {
-        Some(p) => Config::from_file(p)?,
+        Some(p) => match Config::from_file(p) {
+            Ok(c) => c,
+            // Unset environment variables: report them with the file's other problems.
+            Err(ConfigError::Invalid(unset)) => {
+                let (c, _) = Config::from_file_lenient(p)?;
+                return Err(every_problem(unset, &c).into());
+            }
+            Err(e) => return Err(e.into()),
+        },
         None => Config::from_toml(DEFAULT_CONFIG)?,
     };
     if let Some(l) = listen {
@@ -73,6 +93,17 @@ fn main() -> anyhow::Result<()> {
         .context("the gateway's main task panicked")?
 }
 
+/// The problems of a file with unset environment variables: those, then the rest.
+fn every_problem(mut unset: Vec<String>, config: &Config) -> ConfigError {
+    let rest = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map(|rt| rt.block_on(Services::problems(config)))
+        .unwrap_or_default();
+    unset.extend(rest);
+    ConfigError::Invalid(unset)
+}
+
 async fn run(config: Config, config_path: Option<PathBuf>, check: bool) -> anyhow::Result<()> {
     gateway_server::init_logging(&config);
     for field in &config.unknown_fields {
@@ -81,10 +112,13 @@ async fn run(config: Config, config_path: Option<PathBuf>, check: bool) -> anyho
             eprintln!("warning: unknown configuration field `{field}` ignored");
         }
     }
-    if check {
-        // Validates everything, opens nothing: no data_dir, no store, no log file.
-        Services::check(&config)?;
-        Gateway::new(config.clone(), config_path.clone(), Default::default()).await?;
+    if check || Services::check(&config).is_err() {
+        // Validates everything, opens nothing: no data_dir, no store, no log file. Every
+        // problem at once, the services' and the engine's.
+        let problems = Services::problems(&config).await;
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems).into());
+        }
         println!("configuration is valid");
         return Ok(());
     }

@@ -615,19 +615,35 @@ impl Config {
 
     /// Parses TOML text, substituting environment variables.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let (cfg, problems) = Self::from_toml_lenient(text)?;
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
+        }
+        Ok(cfg)
+    }
+
+    /// [`Config::from_file`] that does not stop at unset environment variables: it returns them
+    /// as problems beside the configuration, whose fields keep their `${VAR}` text. For
+    /// reporting every problem of a file at once; never serve from it.
+    pub fn from_file_lenient(path: &Path) -> Result<(Self, Vec<String>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml_lenient(&text)
+    }
+
+    fn from_toml_lenient(text: &str) -> Result<(Self, Vec<String>), ConfigError> {
         let mut value: toml::Value =
             toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         let mut problems = Vec::new();
         substitute(&mut value, "", &mut problems);
-        if !problems.is_empty() {
-            return Err(ConfigError::Invalid(problems));
-        }
         let mut unknown = Vec::new();
         let mut cfg: Config =
             serde_ignored::deserialize(value, |path| unknown.push(path.to_string()))
                 .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
         cfg.unknown_fields = unknown;
-        Ok(cfg)
+        Ok((cfg, problems))
     }
 
     /// A copy with every secret replaced by `"***"`, for `GET /admin/config`.

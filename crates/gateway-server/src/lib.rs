@@ -34,6 +34,8 @@ pub fn init_logging(config: &Config) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        // Colours only for a terminal: not in files, journals or pipes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -69,8 +71,11 @@ impl Services {
     /// connection (for `--check`).
     pub fn check(config: &Config) -> Result<(), config::ConfigError> {
         let mut problems = Vec::new();
-        if let Err(e) = governance_config(config).validate() {
-            problems.push(format!("governance: {e}"));
+        match governance_config(config).validate() {
+            Ok(()) => {}
+            // Each names its field already (`virtual_keys[2].budget_period: ...`).
+            Err(gateway_governance::GovernanceError::Config(p)) => problems.extend(p),
+            Err(e) => problems.push(format!("governance: {e}")),
         }
         if let Err(e) = otlp_protocol(config) {
             problems.push(e);
@@ -80,6 +85,22 @@ impl Services {
         } else {
             Err(config::ConfigError::Invalid(problems))
         }
+    }
+
+    /// Every problem of `config` at once: the services' ([`Services::check`]) and the engine's
+    /// (providers, routes, keys), one line each. Builds a gateway to find the latter and drops it.
+    pub async fn problems(config: &Config) -> Vec<String> {
+        let mut out = match Services::check(config) {
+            Ok(()) => Vec::new(),
+            Err(config::ConfigError::Invalid(p)) => p,
+            Err(e) => vec![e.to_string()],
+        };
+        match Gateway::new(config.clone(), None, Extensions::default()).await {
+            Ok(_) => {}
+            Err(app::StartError::Config(config::ConfigError::Invalid(p))) => out.extend(p),
+            Err(e) => out.push(e.to_string()),
+        }
+        out
     }
 
     /// Opens the stores and starts the background writers.
