@@ -2385,3 +2385,82 @@ secret = "sk-test-openai-1"
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0].status, 504, "{:?}", records[0]);
 }
+
+/// Anthropic's usual overload: a 200 that opens the stream (`message_start`) and then fails
+/// in-band (`overloaded_error`) before any content. Nothing usable was sent, so the request
+/// fails over to the route's fallback, for clients of both APIs, and the client sees one
+/// clean stream.
+#[tokio::test]
+async fn a_stream_that_fails_after_its_opening_event_fails_over() {
+    let overloaded = stand_in_upstream(|_, _| {
+        (
+            200,
+            "text/event-stream",
+            concat!(
+                "event: message_start\n",
+                "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-x\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n",
+                "event: ping\n",
+                "data: {\"type\":\"ping\"}\n\n",
+                "event: error\n",
+                "data: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
+            )
+            .to_owned(),
+        )
+    })
+    .await;
+    let root = overloaded.trim_end_matches("/v1").to_owned();
+    let m = MockUpstream::new()
+        .key("sk-test-openai-1")
+        .start()
+        .await
+        .unwrap();
+    let gw = TestGateway::start(&format!(
+        r#"
+[[providers]]
+name = "ant"
+kind = "anthropic"
+base_url = "{root}"
+max_retries = 0
+[[providers.keys]]
+name = "k"
+secret = "sk-ant-test"
+[[providers]]
+name = "oai"
+kind = "openai"
+base_url = "{}"
+[[providers.keys]]
+name = "k"
+secret = "sk-test-openai-1"
+[[routes]]
+name = "chat"
+targets = [{{ provider = "ant", model = "claude-x" }}]
+fallbacks = ["oai/gpt-4o-mini"]
+"#,
+        m.openai_base()
+    ))
+    .await;
+    let mut ask = chat("chat", "hello");
+    ask["stream"] = json!(true);
+    let r = gw.post("/v1/chat/completions", &ask).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-gateway-provider"), Some("oai"), "{}", r.text());
+    assert_eq!(r.header("x-gateway-attempts"), Some("2"));
+    assert!(!r.text().contains("overloaded"), "{}", r.text());
+    assert!(r.text().ends_with("data: [DONE]\n\n"), "{}", r.text());
+    let mut ask = messages("chat", "hello");
+    ask["stream"] = json!(true);
+    let r = gw.post_anthropic(&ask).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-gateway-provider"), Some("oai"));
+    assert!(!r.text().contains("overloaded_error"), "{}", r.text());
+    assert!(r.text().contains("event: message_stop"), "{}", r.text());
+    // msg_1's opening never reached the client: one message_start, the fallback's.
+    assert_eq!(
+        r.text().matches("event: message_start").count(),
+        1,
+        "{}",
+        r.text()
+    );
+    assert!(!r.text().contains("msg_1"), "{}", r.text());
+    gw.stop().await;
+}

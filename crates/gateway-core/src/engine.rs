@@ -468,26 +468,41 @@ impl Engine {
                         let start = clock.now_nanos();
                         let s = p.chat_stream(&call, request).await?;
                         let mut chunks = s.chunks;
-                        match chunks.next().await {
-                            Some(Ok(first)) => {
-                                let ttft =
-                                    Duration::from_nanos(clock.now_nanos().saturating_sub(start));
-                                Ok(((first, chunks), s.rate_limit, Some(ttft)))
+                        // Chunks that open the stream without content (a role, Anthropic's
+                        // `message_start`) are held with the first one that has some: an
+                        // upstream that fails between the two (Anthropic's in-band
+                        // `overloaded_error`) has sent nothing usable, and the request fails
+                        // over like one that failed before its first byte.
+                        let mut held = std::collections::VecDeque::new();
+                        loop {
+                            match chunks.next().await {
+                                Some(Ok(c)) => {
+                                    let preamble = c.is_preamble();
+                                    held.push_back(c);
+                                    if !preamble || held.len() >= MAX_PREAMBLE {
+                                        break;
+                                    }
+                                }
+                                Some(Err(e)) => return Err(e),
+                                None if held.is_empty() => {
+                                    return Err(ProviderError::Protocol(
+                                        "stream ended before the first chunk".to_owned(),
+                                    ))
+                                }
+                                None => break,
                             }
-                            Some(Err(e)) => Err(e),
-                            None => Err(ProviderError::Protocol(
-                                "stream ended before the first chunk".to_owned(),
-                            )),
                         }
+                        let ttft = Duration::from_nanos(clock.now_nanos().saturating_sub(start));
+                        Ok(((held, chunks), s.rate_limit, Some(ttft)))
                     }
                 },
             )
             .await?;
         let ttft = out.attempts.last().and_then(|a| a.ttft);
-        let ((first, rest), served_by, attempts, route) =
+        let ((held, rest), served_by, attempts, route) =
             (out.value, out.served_by.clone(), out.attempts, out.route);
         let stream = EngineStream {
-            first: Some(first),
+            held,
             rest,
             credential: out.credential,
             guards: Some(StreamGuards {
@@ -1305,6 +1320,9 @@ impl Engine {
     }
 }
 
+/// Most content-free chunks held at a stream's start before it is handed over anyway.
+const MAX_PREAMBLE: usize = 8;
+
 /// How long a request waiting for a concurrency slot sleeps before looking again, if no slot
 /// of the key it waits on frees meanwhile.
 const SLOT_RECHECK: Duration = Duration::from_millis(250);
@@ -1852,7 +1870,9 @@ impl StreamGuards {
 
 /// A stream of chunks from the chosen upstream, with health accounting when it ends.
 pub struct EngineStream {
-    first: Option<ChatChunk>,
+    /// The chunks read before the stream was handed over: those that opened it without
+    /// content, and the first with some.
+    held: std::collections::VecDeque<ChatChunk>,
     rest: ChunkStream,
     credential: Arc<Credential>,
     guards: Option<StreamGuards>,
@@ -1862,7 +1882,7 @@ pub struct EngineStream {
 impl EngineStream {
     /// The first chunk, until the stream is polled.
     pub fn first(&self) -> Option<&ChatChunk> {
-        self.first.as_ref()
+        self.held.front()
     }
 }
 
@@ -1877,7 +1897,7 @@ impl Stream for EngineStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        if let Some(first) = this.first.take() {
+        if let Some(first) = this.held.pop_front() {
             if let Some(u) = first.usage {
                 this.usage = Some(u);
             }

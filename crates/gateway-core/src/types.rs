@@ -818,6 +818,40 @@ pub struct ChatChunk {
     pub raw: Option<bytes::Bytes>,
 }
 
+/// Events an Anthropic stream opens with before any content.
+const ANTHROPIC_PREAMBLE: [&str; 2] = ["message_start", "ping"];
+
+impl ChatChunk {
+    /// Whether it opens a stream without saying anything yet: a role with no content (OpenAI's
+    /// first chunk), Anthropic's `message_start` and `ping`. An upstream that fails right after
+    /// such a start has still sent the client nothing it can use, so the request may go
+    /// elsewhere ([`crate::engine::Engine::chat_stream`] holds these chunks until content).
+    pub fn is_preamble(&self) -> bool {
+        if let Some(raw) = &self.raw {
+            // Anthropic's events pass as their SSE text: every event of it must be a preamble
+            // one. OpenAI's raw chunks (JSON) are not looked into: they count as content.
+            let Ok(text) = std::str::from_utf8(raw) else {
+                return false;
+            };
+            let mut events = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("event:"))
+                .map(str::trim)
+                .peekable();
+            return events.peek().is_some() && events.all(|e| ANTHROPIC_PREAMBLE.contains(&e));
+        }
+        let empty = |s: &Option<String>| s.as_deref().is_none_or(str::is_empty);
+        self.usage.is_none()
+            && self.choices.iter().all(|c| {
+                c.finish_reason.is_none()
+                    && empty(&c.delta.content)
+                    && empty(&c.delta.reasoning_content)
+                    && empty(&c.delta.refusal)
+                    && c.delta.tool_calls.as_ref().is_none_or(Vec::is_empty)
+            })
+    }
+}
+
 impl ChatChunk {
     /// An empty chunk with the given identity.
     pub fn new(id: impl Into<String>, model: impl Into<String>, created: u64) -> Self {
