@@ -87,6 +87,11 @@ async fn virtual_keys_are_required_and_refusals_have_each_dialects_shape() {
         .await;
     assert_eq!(r.status, 401, "{}", r.text());
     assert_eq!(r.json()["error"]["type"], "authentication_error");
+    assert_eq!(
+        r.header("x-gateway-attempts"),
+        Some("0"),
+        "refused before any upstream"
+    );
     let r = gw
         .request(
             "POST",

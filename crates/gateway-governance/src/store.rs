@@ -137,9 +137,10 @@ pub(crate) fn budget_refusal(
 ) -> Refusal {
     let (_, end) = l.limits.period.bounds(now_ms);
     let what = format!(
-        "budget of {} '{}' (${budget:.2} {})",
+        "budget of {} '{}' (${} {})",
         l.kind.noun(),
         l.name,
+        dollars(budget),
         l.limits.period
     );
     let reset = match end {
@@ -157,6 +158,16 @@ pub(crate) fn budget_refusal(
         message,
         resets_in: end.map(|e| Duration::from_millis(u64::try_from(e - now_ms).unwrap_or(0))),
     }
+}
+
+/// An amount of USD as budgets are written: cents, or as many decimals as a smaller amount
+/// needs to show (`0.0001`, not `0.00`).
+fn dollars(usd: f64) -> String {
+    if usd >= 0.01 || usd == 0.0 {
+        return format!("{usd:.2}");
+    }
+    let s = format!("{usd:.8}");
+    s.trim_end_matches('0').to_owned()
 }
 
 /// Whether a budget refuses: spent already, or, with other requests in flight, spend +
@@ -666,5 +677,19 @@ impl Embedded {
             tokens_this_minute: e.minute_tokens,
             tpm_available: e.tpm.map(|b| b.level.floor() as i64),
         }
+    }
+}
+
+#[cfg(test)]
+mod dollar_tests {
+    use super::dollars;
+
+    #[test]
+    fn budgets_show_what_they_are() {
+        assert_eq!(dollars(200.0), "200.00");
+        assert_eq!(dollars(0.5), "0.50");
+        assert_eq!(dollars(0.0001), "0.0001");
+        assert_eq!(dollars(0.000001), "0.000001");
+        assert_eq!(dollars(0.0), "0.00");
     }
 }

@@ -1789,7 +1789,11 @@ fn refused(
     record.refusal = Some(r.reason);
     record.virtual_key = r.virtual_key;
     ext.observer.on_finish(&record);
-    error_response(&r.error, dialect, request_id)
+    let mut resp = error_response(&r.error, dialect, request_id);
+    // Refused before any upstream: every inference response says how many attempts it took.
+    resp.headers_mut()
+        .insert(X_GATEWAY_ATTEMPTS.clone(), HeaderValue::from(0u32));
+    resp
 }
 
 /// An admission refusal, with what telemetry labels it by.
