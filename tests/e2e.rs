@@ -2341,6 +2341,42 @@ secret = "sk-test-openai-1"
     reader.abort();
 }
 
+/// A request whose body is still arriving when the shutdown grace period ends is cut, and
+/// recorded (499, "before its request was read"), not lost.
+#[tokio::test]
+async fn a_request_cut_while_its_body_arrives_is_recorded() {
+    use tokio::io::AsyncWriteExt;
+    let collected = Arc::new(Collected::default());
+    let ext = gateway_server::Extensions {
+        observer: Arc::clone(&collected) as Arc<dyn gateway_core::Observer>,
+        ..Default::default()
+    };
+    let gw = TestGateway::start_with(
+        "[server]\nshutdown_grace_ms = 300\n[[providers]]\nname = \"m\"\nkind = \"mock\"\n",
+        ext,
+        None,
+    )
+    .await;
+    let addr = gw.url("").trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        b"POST /v1/embeddings HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"model\":",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gw.stop().await;
+    let records = collected.0.lock().unwrap().clone();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].status, 499, "{:?}", records[0]);
+    assert_eq!(records[0].endpoint, "embeddings");
+    assert_eq!(
+        records[0].error.as_deref(),
+        Some("client disconnected before its request was read")
+    );
+    drop(tcp);
+}
+
 /// A stream that stalls past the provider's timeout after its first chunk ends with an in-band
 /// error, and its record says 504 (a timeout), not 502.
 #[tokio::test]

@@ -528,12 +528,31 @@ async fn clients_that_leave_before_the_answer_are_logged_and_counted() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         drop(tcp);
     }
+    // One that leaves half-way through sending its body.
+    {
+        use tokio::io::AsyncWriteExt;
+        let addr = gw.url("").trim_start_matches("http://").to_owned();
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"model\":",
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(tcp);
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     s.telemetry.flush().await;
     let logs = gw.get("/admin/logs?status=499", &[ADMIN]).await.json();
     let data = logs["data"].as_array().unwrap();
-    assert_eq!(data.len(), 2, "{logs}");
-    for e in data {
+    assert_eq!(data.len(), 3, "{logs}");
+    let unread: Vec<_> = data
+        .iter()
+        .filter(|e| e["error"] == "client disconnected before its request was read")
+        .collect();
+    assert_eq!(unread.len(), 1, "{logs}");
+    assert_eq!(unread[0]["endpoint"], "chat", "{logs}");
+    for e in data.iter().filter(|e| e["error"] != unread[0]["error"]) {
         assert_eq!(e["error"], "client disconnected before the answer", "{e}");
         assert_eq!(e["requested_model"], "oai/gpt-4o-mini", "{e}");
     }
@@ -547,7 +566,7 @@ async fn clients_that_leave_before_the_answer_are_logged_and_counted() {
     };
     assert_eq!(
         sum("gateway_requests_total{", "status=\"499\""),
-        2.0,
+        3.0,
         "{metrics}"
     );
     assert_eq!(

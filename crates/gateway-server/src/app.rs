@@ -507,6 +507,15 @@ impl Gateway {
             {
                 Err(too_large())
             }
+            Err(e) if e.downcast_ref::<hyper::Error>().is_some() => {
+                // The connection failed while the client was sending it (it left, or reset
+                // its stream): logged as such, answered to no one.
+                Err(ApiError::new(
+                    499,
+                    ErrorKind::InvalidRequest,
+                    "client disconnected before its request was read",
+                ))
+            }
             Err(e) => Err(ApiError::invalid(format!(
                 "could not read the request body: {e}"
             ))),
@@ -698,7 +707,11 @@ impl Gateway {
             Api::Responses => "responses",
             Api::Completions => "completions",
         };
-        let body = match self.read_declared(head.content_length, body).await {
+        let ext = self.ext.load_full();
+        let reading = Reading::new(request_id, endpoint, trace, started, &ext);
+        let body = self.read_declared(head.content_length, body).await;
+        reading.done();
+        let body = match body {
             Ok(b) => b,
             Err(e) => return self.bad_input(&e, endpoint, &head, dialect, request_id, started),
         };
@@ -728,7 +741,7 @@ impl Gateway {
                 api: gateway_core::types::NativeApi::AnthropicMessages,
             });
         }
-        let mut record = RequestRecord {
+        let record = RequestRecord {
             request_id: String::from(&**request_id),
             started_at_ms: unix_ms(),
             endpoint,
@@ -740,10 +753,10 @@ impl Gateway {
         };
         // Decoded and copied: the client's bytes go now (see `Head`).
         drop(body);
-        let ext = self.ext.load_full();
         let est_input = request.estimate_input_tokens();
         let max_output = u64::from(request.output_limit().unwrap_or(0));
-        let permit = match self
+        let waiting = Unanswered::new(record, started, &ext);
+        let admitted = self
             .admit(
                 head.presented.as_deref(),
                 &request.model,
@@ -751,8 +764,9 @@ impl Gateway {
                 est_input,
                 max_output,
             )
-            .await
-        {
+            .await;
+        let mut record = waiting.answered();
+        let permit = match admitted {
             Ok(p) => p,
             Err(r) => {
                 self.name_refused_model(&mut record);
@@ -1211,7 +1225,11 @@ impl Gateway {
     ) -> Response<Body> {
         let dialect = Dialect::OpenAi;
         let (head, body) = Head::take(req);
-        let body = match self.read_declared(head.content_length, body).await {
+        let ext = self.ext.load_full();
+        let reading = Reading::new(request_id, "embeddings", head.trace, started, &ext);
+        let body = self.read_declared(head.content_length, body).await;
+        reading.done();
+        let body = match body {
             Ok(b) => b,
             Err(e) => return self.bad_input(&e, "embeddings", &head, dialect, request_id, started),
         };
@@ -1220,9 +1238,8 @@ impl Gateway {
             Err(e) => return self.bad_input(&e, "embeddings", &head, dialect, request_id, started),
         };
         let caching = self.caching("embeddings", &head, &body);
-        let ext = self.ext.load_full();
         let trace = head.trace;
-        let mut record = RequestRecord {
+        let record = RequestRecord {
             request_id: String::from(&**request_id),
             started_at_ms: unix_ms(),
             endpoint: "embeddings",
@@ -1232,7 +1249,8 @@ impl Gateway {
             ..RequestRecord::default()
         };
         drop(body);
-        let permit = match self
+        let waiting = Unanswered::new(record, started, &ext);
+        let admitted = self
             .admit(
                 head.presented.as_deref(),
                 &request.model,
@@ -1240,8 +1258,9 @@ impl Gateway {
                 request.input.estimate_tokens(),
                 0,
             )
-            .await
-        {
+            .await;
+        let mut record = waiting.answered();
+        let permit = match admitted {
             Ok(p) => p,
             Err(r) => {
                 self.name_refused_model(&mut record);
@@ -1331,7 +1350,11 @@ impl Gateway {
             })
             .flatten();
         let (head, body) = Head::take(req);
-        let body = match self.read_declared(head.content_length, body).await {
+        let ext = self.ext.load_full();
+        let reading = Reading::new(request_id, endpoint.name, head.trace, started, &ext);
+        let body = self.read_declared(head.content_length, body).await;
+        reading.done();
+        let body = match body {
             Ok(b) => b,
             Err(e) => {
                 return self.bad_input(&e, endpoint.name, &head, dialect, request_id, started)
@@ -1343,9 +1366,8 @@ impl Gateway {
                 return self.bad_input(&e, endpoint.name, &head, dialect, request_id, started)
             }
         };
-        let ext = self.ext.load_full();
         let trace = head.trace;
-        let mut record = RequestRecord {
+        let record = RequestRecord {
             request_id: String::from(&**request_id),
             started_at_ms: unix_ms(),
             endpoint: endpoint.name,
@@ -1360,10 +1382,12 @@ impl Gateway {
             ..RequestRecord::default()
         };
         let est = (body.len() as u64).div_ceil(4);
-        let permit = match self
+        let waiting = Unanswered::new(record, started, &ext);
+        let admitted = self
             .admit(head.presented.as_deref(), &model, &[], est, 0)
-            .await
-        {
+            .await;
+        let mut record = waiting.answered();
+        let permit = match admitted {
             Ok(p) => p,
             Err(r) => {
                 self.name_refused_model(&mut record);
@@ -1563,6 +1587,55 @@ impl Drop for Unanswered<'_> {
             r.duration = self.started.elapsed();
             self.ext.observer.on_finish(&r);
         }
+    }
+}
+
+/// A request whose body is being read: if its client leaves meanwhile (the handler is
+/// dropped), it is recorded as such (499). Allocates nothing unless it fires.
+struct Reading<'a> {
+    request_id: &'a Arc<str>,
+    endpoint: &'static str,
+    trace: gateway_core::observe::TraceContext,
+    started: Instant,
+    ext: &'a Extensions,
+}
+
+impl<'a> Reading<'a> {
+    fn new(
+        request_id: &'a Arc<str>,
+        endpoint: &'static str,
+        trace: gateway_core::observe::TraceContext,
+        started: Instant,
+        ext: &'a Extensions,
+    ) -> Self {
+        Reading {
+            request_id,
+            endpoint,
+            trace,
+            started,
+            ext,
+        }
+    }
+
+    /// The body was read (or failed to be): the handler records what follows.
+    fn done(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        let record = RequestRecord {
+            request_id: String::from(&**self.request_id),
+            started_at_ms: unix_ms().saturating_sub(self.started.elapsed().as_millis() as u64),
+            endpoint: self.endpoint,
+            trace: Some(self.trace),
+            status: 499,
+            error: Some("client disconnected before its request was read".to_owned()),
+            duration: self.started.elapsed(),
+            ..RequestRecord::default()
+        };
+        self.ext.observer.on_finish(&record);
     }
 }
 
