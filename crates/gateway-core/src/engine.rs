@@ -1015,6 +1015,13 @@ impl Engine {
                         if let Some(b) = out {
                             earliest_out = Some(earliest_out.map_or(b, |e| e.min(b)));
                         }
+                        // A provider reached with every key ejected after failures (its only
+                        // key, a route's last target) is tried on the key that comes back
+                        // first rather than refused: the upstream may well have recovered.
+                        // Not on a retry: the next target goes first then.
+                        if provider_attempts == 0 {
+                            return crate::strategy::last_resort(&cands, now);
+                        }
                         None
                     }) else {
                         break;
@@ -2138,6 +2145,57 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(e.attempts.len(), 1);
+    }
+
+    /// A provider whose only key was ejected after failures is still tried (the upstream may
+    /// have recovered) rather than refused; one whose key's credential was refused is not.
+    #[tokio::test(start_paused = true)]
+    async fn an_only_key_ejected_after_failures_is_tried_as_a_last_resort() {
+        let fake = Arc::new(FakeProvider::new());
+        fake.always("a", Step::Fail(server_error()));
+        let engine = Engine::new(EngineConfig {
+            providers: vec![provider("p", &fake, &["a"], StrategyKind::Adaptive)],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        for _ in 0..3 {
+            assert!(engine.chat(&req("p/m"), &opts()).await.is_err());
+        }
+        assert_eq!(engine.health()[0].keys[0].state, "ejected");
+        // The upstream is back: served at once, not refused for the rest of the ejection.
+        fake.always("a", Step::Reply("back".to_owned()));
+        let out = engine.chat(&req("p/m"), &opts()).await.unwrap();
+        assert_eq!(&*out.served_by.key, "a");
+        assert_eq!(
+            engine.health()[0].keys[0].state,
+            "available",
+            "its success ends the ejection"
+        );
+
+        let fake = Arc::new(FakeProvider::new());
+        fake.script(
+            "a",
+            vec![Step::Fail(ProviderError::Auth {
+                status: 401,
+                message: "bad key".to_owned(),
+            })],
+        );
+        let engine = Engine::new(EngineConfig {
+            providers: vec![provider("p", &fake, &["a"], StrategyKind::Adaptive)],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        assert!(engine.chat(&req("p/m"), &opts()).await.is_err());
+        let e = engine.chat(&req("p/m"), &opts()).await.unwrap_err();
+        assert!(
+            e.attempts.is_empty(),
+            "a refused credential is not tried again"
+        );
+        assert!(
+            matches!(e.error, EngineError::Unavailable { .. }),
+            "{:?}",
+            e.error
+        );
     }
 
     /// A request that finds no free slot before its deadline gets a 504 without an attempt.

@@ -160,6 +160,9 @@ pub struct Signals {
     consecutive_failures: AtomicU32,
     ejections: AtomicU32,
     ejected_until: AtomicU64,
+    /// Out of service until then (ns): a refused credential or an exhausted quota. Never tried
+    /// before, unlike an ejection after failures ([`Signals::ejected_for_failures`]).
+    disabled_until: AtomicU64,
     /// When the current ejection began (ns; 0 when none): a failure of an attempt that started
     /// before it is news of the outage that caused it, not a failed probe.
     ejected_at: AtomicU64,
@@ -199,6 +202,7 @@ impl Default for Signals {
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
+            disabled_until: AtomicU64::new(0),
             ejected_at: AtomicU64::new(0),
             probing: AtomicBool::new(false),
             resting_until: AtomicU64::new(0),
@@ -265,6 +269,10 @@ impl Signals {
 
     /// Where this candidate stands at `now`.
     pub fn availability(&self, now: u64) -> Availability {
+        let disabled = self.disabled_until.load(Ordering::Acquire);
+        if now < disabled {
+            return Availability::Ejected { until: disabled };
+        }
         let ejected = self.ejected_until.load(Ordering::Acquire);
         if ejected != 0 {
             if now < ejected {
@@ -503,7 +511,23 @@ impl Signals {
 
     /// Takes the candidate out until `until` (ns) (quota exhausted, credential refused).
     pub fn disable_until(&self, until: u64) {
-        self.ejected_until.fetch_max(until, Ordering::AcqRel);
+        self.disabled_until.fetch_max(until, Ordering::AcqRel);
+    }
+
+    /// When an ejection after failures ends (ns; `now` while its half-open probe is in flight),
+    /// if that is all that keeps it out: not disabled, not resting after a rate limit. Such a
+    /// candidate may still be tried as a last resort, when nothing else can serve.
+    pub fn ejected_for_failures(&self, now: u64) -> Option<u64> {
+        if now < self.disabled_until.load(Ordering::Acquire)
+            || now < self.resting_until.load(Ordering::Acquire)
+        {
+            return None;
+        }
+        match self.availability(now) {
+            Availability::Ejected { until } => Some(until),
+            Availability::Probing => Some(now),
+            _ => None,
+        }
     }
 
     /// Records the actual tokens of a finished request against the local window.

@@ -368,6 +368,19 @@ impl Strategy for Adaptive {
     }
 }
 
+/// When no candidate is usable: the one ejected after failures (and within its configured
+/// limits) that comes back first, to try anyway rather than refuse a request that no other
+/// candidate can serve; `None` when every candidate is resting, disabled or over its limits.
+pub fn last_resort(candidates: &[Candidate<'_>], now: u64) -> Option<usize> {
+    candidates
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.signals.under_configured_limits(now, c.rpm, c.tpm))
+        .filter_map(|(i, c)| c.signals.ejected_for_failures(now).map(|at| (at, i)))
+        .min()
+        .map(|(_, i)| i)
+}
+
 /// The earliest time (ns) any candidate comes back, if all are unusable for a known time.
 pub fn earliest_return(candidates: &[Candidate<'_>], now: u64) -> Option<u64> {
     candidates.iter().filter_map(|c| c.back_at(now)).min()
