@@ -2345,7 +2345,6 @@ secret = "sk-test-openai-1"
 /// recorded (499, "before its request was read"), not lost.
 #[tokio::test]
 async fn a_request_cut_while_its_body_arrives_is_recorded() {
-    use tokio::io::AsyncWriteExt;
     let collected = Arc::new(Collected::default());
     let ext = gateway_server::Extensions {
         observer: Arc::clone(&collected) as Arc<dyn gateway_core::Observer>,
@@ -2357,13 +2356,9 @@ async fn a_request_cut_while_its_body_arrives_is_recorded() {
         None,
     )
     .await;
-    let addr = gw.url("").trim_start_matches("http://").to_owned();
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(
-        b"POST /v1/embeddings HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"model\":",
-    )
-    .await
-    .unwrap();
+    let tcp = gw
+        .send_raw(b"POST /v1/embeddings HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"model\":")
+        .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     gw.stop().await;
     let records = collected.0.lock().unwrap().clone();

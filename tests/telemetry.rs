@@ -529,18 +529,11 @@ async fn clients_that_leave_before_the_answer_are_logged_and_counted() {
         drop(tcp);
     }
     // One that leaves half-way through sending its body.
-    {
-        use tokio::io::AsyncWriteExt;
-        let addr = gw.url("").trim_start_matches("http://").to_owned();
-        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        tcp.write_all(
-            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"model\":",
-        )
-        .await
-        .unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        drop(tcp);
-    }
+    let tcp = gw
+        .send_raw(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"model\":")
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(tcp);
     tokio::time::sleep(Duration::from_millis(300)).await;
     s.telemetry.flush().await;
     let logs = gw.get("/admin/logs?status=499", &[ADMIN]).await.json();

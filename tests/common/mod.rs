@@ -192,6 +192,14 @@ impl TestGateway {
         tcp
     }
 
+    /// A connection that has sent `bytes` as they are (a request cut short, say), left open.
+    pub async fn send_raw(&self, bytes: &[u8]) -> tokio::net::TcpStream {
+        use tokio::io::AsyncWriteExt;
+        let mut tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        tcp.write_all(bytes).await.unwrap();
+        tcp
+    }
+
     pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Answer {
         self.request("GET", path, headers, Bytes::new()).await
     }

@@ -469,13 +469,7 @@ impl GovernanceConfig {
             let limits = Limits::from_spec(spec, Kind::Team, &at, &mut problems);
             if let Some(c) = &spec.customer {
                 // Named without a section of its own: a customer without limits (see below).
-                out.customers.entry(c.clone()).or_insert_with(|| {
-                    let spec = LimitsSpec {
-                        name: c.clone(),
-                        ..LimitsSpec::default()
-                    };
-                    (spec, Limits::default())
-                });
+                without_limits(&mut out.customers, c);
             }
             if out
                 .teams
@@ -488,35 +482,13 @@ impl GovernanceConfig {
         // A team or customer that keys (or teams) name without a section of its own exists
         // without limits of its own: it groups them (`team = "data"` alone is valid, as the
         // configuration's reference example has it).
-        let named_teams: Vec<String> = self
-            .virtual_keys
-            .iter()
-            .filter_map(|k| k.team.clone())
-            .filter(|t| !out.teams.contains_key(t))
-            .collect();
-        for t in named_teams {
-            out.teams.entry(t.clone()).or_insert_with(|| {
-                let spec = LimitsSpec {
-                    name: t,
-                    ..LimitsSpec::default()
-                };
-                (spec, Limits::default())
-            });
-        }
-        let named_customers: Vec<String> = self
-            .virtual_keys
-            .iter()
-            .filter_map(|k| k.customer.clone())
-            .filter(|c| !out.customers.contains_key(c))
-            .collect();
-        for c in named_customers {
-            out.customers.entry(c.clone()).or_insert_with(|| {
-                let spec = LimitsSpec {
-                    name: c,
-                    ..LimitsSpec::default()
-                };
-                (spec, Limits::default())
-            });
+        for k in &self.virtual_keys {
+            if let Some(t) = &k.team {
+                without_limits(&mut out.teams, t);
+            }
+            if let Some(c) = &k.customer {
+                without_limits(&mut out.customers, c);
+            }
         }
         let mut names = HashSet::new();
         let mut digests = HashSet::new();
@@ -606,6 +578,17 @@ impl GovernanceConfig {
         } else {
             Err(GovernanceError::Config(problems))
         }
+    }
+}
+
+/// A level named by another without a section of its own: added, without limits.
+fn without_limits(levels: &mut HashMap<String, (LimitsSpec, Limits)>, name: &str) {
+    if !levels.contains_key(name) {
+        let spec = LimitsSpec {
+            name: name.to_owned(),
+            ..LimitsSpec::default()
+        };
+        levels.insert(name.to_owned(), (spec, Limits::default()));
     }
 }
 

@@ -33,21 +33,7 @@ async fn redis() -> Option<RedisServer> {
         .local_addr()
         .ok()?
         .port();
-    let child = match Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-    {
+    let child = match spawn_redis(port) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("SKIPPED: redis-server is not installed ({e}); install it (apt-get install -y redis-server) to run the Redis store tests");
@@ -65,6 +51,24 @@ async fn redis() -> Option<RedisServer> {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("redis-server did not start listening on port {port}");
+}
+
+/// `redis-server` on `port`, without persistence.
+fn spawn_redis(port: u16) -> std::io::Result<Child> {
+    Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
 }
 
 async fn instances(
@@ -450,22 +454,8 @@ async fn requests_are_refused_while_redis_is_down_and_admitted_when_it_is_back()
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // Back on the same port.
-    let port = server.url.rsplit(':').next().unwrap().to_owned();
-    server.child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port,
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let port = server.url.rsplit(':').next().unwrap().parse().unwrap();
+    server.child = spawn_redis(port).unwrap();
     let mut back = false;
     for _ in 0..100 {
         if Req::new(Some(&s)).admit(&gov).await.is_ok() {
