@@ -2376,13 +2376,24 @@ async fn a_request_cut_while_its_body_arrives_is_recorded() {
 /// error, and its record says 504 (a timeout), not 502.
 #[tokio::test]
 async fn a_stream_stalled_past_its_timeout_is_logged_as_a_timeout() {
-    let m = MockUpstream::new()
-        .key("sk-test-openai-1")
-        .reply("one two three four")
-        .chunk_delay(Duration::from_millis(400))
-        .start()
-        .await
-        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that sends its role and first words, then stalls.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let _ = tcp.read(&mut buf).await;
+                let event = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"one\"},\"finish_reason\":null}]}\n\n";
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                let chunk = format!("{head}{:x}\r\n{event}\r\n", event.len());
+                let _ = tcp.write_all(chunk.as_bytes()).await;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            });
+        }
+    });
+    let upstream = format!("http://{addr}/v1");
     let collected = Arc::new(Collected::default());
     let ext = gateway_server::Extensions {
         observer: Arc::clone(&collected) as Arc<dyn gateway_core::Observer>,
@@ -2400,7 +2411,7 @@ timeout_ms = 150
 name = "k"
 secret = "sk-test-openai-1"
 "#,
-            m.url()
+            upstream
         ),
         ext,
         None,
@@ -2493,5 +2504,52 @@ fallbacks = ["oai/gpt-4o-mini"]
         r.text()
     );
     assert!(!r.text().contains("msg_1"), "{}", r.text());
+    gw.stop().await;
+
+    // The same from an OpenAI-format upstream: its role chunk, then an in-band error.
+    let broken = stand_in_upstream(|_, _| {
+        (
+            200,
+            "text/event-stream",
+            concat!(
+                "data: {\"id\":\"chatcmpl-broken\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-x\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\",\"refusal\":null},\"finish_reason\":null}]}\n\n",
+                "data: {\"error\":{\"message\":\"The server is overloaded\",\"type\":\"server_error\"}}\n\n",
+            )
+            .to_owned(),
+        )
+    })
+    .await;
+    let gw = TestGateway::start(&format!(
+        r#"
+[[providers]]
+name = "first"
+kind = "openai"
+base_url = "{broken}"
+max_retries = 0
+[[providers.keys]]
+name = "k"
+secret = "sk-first"
+[[providers]]
+name = "oai"
+kind = "openai"
+base_url = "{}"
+[[providers.keys]]
+name = "k"
+secret = "sk-test-openai-1"
+[[routes]]
+name = "chat"
+targets = [{{ provider = "first", model = "gpt-x" }}]
+fallbacks = ["oai/gpt-4o-mini"]
+"#,
+        m.openai_base()
+    ))
+    .await;
+    let mut ask = chat("chat", "hello");
+    ask["stream"] = json!(true);
+    let r = gw.post("/v1/chat/completions", &ask).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-gateway-provider"), Some("oai"), "{}", r.text());
+    assert!(!r.text().contains("chatcmpl-broken"), "{}", r.text());
+    assert!(!r.text().contains("overloaded"), "{}", r.text());
     gw.stop().await;
 }

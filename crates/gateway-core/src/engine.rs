@@ -1307,11 +1307,28 @@ impl Engine {
         }
         let error = match (last_err, earliest_back) {
             // Nothing was tried because everything is resting: say when to come back.
-            (None, Some(back)) | (Some(ProviderError::RateLimited { .. }), Some(back)) => {
-                EngineError::AllRateLimited {
-                    retry_after: until(back),
-                }
-            }
+            (None, Some(back)) => EngineError::AllRateLimited {
+                retry_after: until(back),
+            },
+            // The last attempt was rate limited: its own words, and when the first key is back
+            // (its own hint, or the rest it was given without one).
+            (
+                Some(ProviderError::RateLimited {
+                    remaining,
+                    scope,
+                    message,
+                    ..
+                }),
+                Some(back),
+            ) => EngineError::Exhausted {
+                attempts: n,
+                last: ProviderError::RateLimited {
+                    retry_after: Some(until(back)),
+                    remaining,
+                    scope,
+                    message,
+                },
+            },
             (Some(last), _) => EngineError::Exhausted { attempts: n, last },
             // Nothing was tried because every key is out of service (a refused credential, an
             // exhausted quota, ejected after failures): not the caller's rate limit.
@@ -2137,14 +2154,19 @@ mod tests {
         })
         .unwrap();
         let e = engine.chat(&req("p/m"), &opts()).await.unwrap_err();
-        match e.error {
+        // The upstream's own words, with the wait the key was given.
+        assert!(e.error.to_string().contains("slow down"), "{}", e.error);
+        let wait = e.error.retry_after().expect("a retry-after");
+        assert!(wait > Duration::from_millis(900), "{wait:?}");
+        assert!(wait <= Duration::from_secs(1), "{wait:?}");
+        assert_eq!(e.attempts.len(), 1);
+        // The next request finds the key resting: nothing tried, the same hint.
+        match engine.chat(&req("p/m"), &opts()).await.unwrap_err().error {
             EngineError::AllRateLimited { retry_after } => {
-                assert!(retry_after > Duration::from_millis(900), "{retry_after:?}");
-                assert!(retry_after <= Duration::from_secs(1), "{retry_after:?}");
+                assert!(retry_after <= Duration::from_secs(1), "{retry_after:?}")
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(e.attempts.len(), 1);
     }
 
     /// A provider whose only key was ejected after failures is still tried (the upstream may

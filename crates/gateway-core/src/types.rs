@@ -818,6 +818,25 @@ pub struct ChatChunk {
     pub raw: Option<bytes::Bytes>,
 }
 
+/// Whether an OpenAI chunk's JSON is a lone opening chunk: a role, content empty or null, no
+/// tool call, refusal or reasoning.
+fn openai_role_only(json: &str) -> bool {
+    let empty_after = |key: &str| match json.find(key) {
+        None => true,
+        Some(at) => {
+            let rest = json[at + key.len()..].trim_start();
+            let rest = rest.strip_prefix(':').map_or(rest, str::trim_start);
+            rest.starts_with("\"\"") || rest.starts_with("null")
+        }
+    };
+    !json.contains("\n\ndata:")
+        && json.contains("\"role\"")
+        && !json.contains("\"tool_calls\"")
+        && !json.contains("\"reasoning")
+        && empty_after("\"content\"")
+        && empty_after("\"refusal\"")
+}
+
 /// Events an Anthropic stream opens with before any content.
 const ANTHROPIC_PREAMBLE: [&str; 2] = ["message_start", "ping"];
 
@@ -829,10 +848,15 @@ impl ChatChunk {
     pub fn is_preamble(&self) -> bool {
         if let Some(raw) = &self.raw {
             // Anthropic's events pass as their SSE text: every event of it must be a preamble
-            // one. OpenAI's raw chunks (JSON) are not looked into: they count as content.
+            // one. An OpenAI raw chunk (JSON, or a run of them) is one only when it is a lone
+            // role chunk with empty content.
             let Ok(text) = std::str::from_utf8(raw) else {
                 return false;
             };
+            if !text.starts_with("event:") {
+                return openai_role_only(text)
+                    && self.choices.iter().all(|c| c.finish_reason.is_none());
+            }
             let mut events = text
                 .lines()
                 .filter_map(|l| l.strip_prefix("event:"))
@@ -1442,5 +1466,43 @@ mod tests {
         assert_eq!(calls[0].function.arguments, "{\"a\":1}");
         assert_eq!(resp.choices[0].finish_reason, Some(FinishReason::ToolCalls));
         assert!(msg.content.is_none());
+    }
+}
+
+#[cfg(test)]
+mod preamble_tests {
+    use super::*;
+
+    fn raw(text: &str) -> ChatChunk {
+        let mut c: ChatChunk = serde_json::from_str("{}").unwrap();
+        c.raw = Some(bytes::Bytes::from(text.to_owned()));
+        c
+    }
+
+    #[test]
+    fn opening_chunks_without_content_are_preambles() {
+        assert!(raw(r#"{"id":"c","choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"finish_reason":null}]}"#).is_preamble());
+        assert!(
+            raw(r#"{"choices":[{"delta":{"role": "assistant", "content": null}}]}"#).is_preamble()
+        );
+        assert!(
+            !raw(r#"{"choices":[{"delta":{"role":"assistant","content":"Hi"}}]}"#).is_preamble()
+        );
+        assert!(!raw(r#"{"choices":[{"delta":{"role":"assistant","content":null,"tool_calls":[{"index":0}]}}]}"#).is_preamble());
+        // A run of chunks carries content.
+        assert!(!raw("{\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}").is_preamble());
+        assert!(raw("event: message_start\ndata: {}\n\nevent: ping\ndata: {}\n\n").is_preamble());
+        assert!(
+            !raw("event: message_start\ndata: {}\n\nevent: content_block_delta\ndata: {}\n\n")
+                .is_preamble()
+        );
+        // Decoded chunks.
+        let mut c: ChatChunk = serde_json::from_str(
+            r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#,
+        )
+        .unwrap();
+        assert!(c.is_preamble());
+        c.choices[0].delta.content = Some("x".into());
+        assert!(!c.is_preamble());
     }
 }
