@@ -522,7 +522,40 @@ impl Gateway {
         }
     }
 
+    /// Admission, with the request's record waiting meanwhile (a client that leaves is
+    /// logged): the permit and the record, with its virtual key; or the refusal, answered in
+    /// the dialect and recorded.
+    #[allow(clippy::too_many_arguments)]
     async fn admit(
+        &self,
+        record: RequestRecord,
+        presented: Option<&str>,
+        model: &str,
+        fallbacks: &[String],
+        (est_input, max_output): (u64, u64),
+        dialect: Dialect,
+        request_id: &str,
+        started: Instant,
+        ext: &Extensions,
+    ) -> Result<(Box<dyn Permit>, RequestRecord), Response<Body>> {
+        let waiting = Unanswered::new(record, started, ext);
+        let admitted = self
+            .permit(presented, model, fallbacks, est_input, max_output)
+            .await;
+        let mut record = waiting.answered();
+        match admitted {
+            Ok(permit) => {
+                record.virtual_key = permit.virtual_key().map(str::to_owned);
+                Ok((permit, record))
+            }
+            Err(r) => {
+                self.name_refused_model(&mut record);
+                Err(refused(r, dialect, request_id, record, started, ext))
+            }
+        }
+    }
+
+    async fn permit(
         &self,
         presented: Option<&str>,
         model: &str,
@@ -755,25 +788,23 @@ impl Gateway {
         drop(body);
         let est_input = request.estimate_input_tokens();
         let max_output = u64::from(request.output_limit().unwrap_or(0));
-        let waiting = Unanswered::new(record, started, &ext);
-        let admitted = self
+        let (permit, mut record) = match self
             .admit(
+                record,
                 head.presented.as_deref(),
                 &request.model,
                 &request.fallbacks,
-                est_input,
-                max_output,
+                (est_input, max_output),
+                dialect,
+                request_id,
+                started,
+                &ext,
             )
-            .await;
-        let mut record = waiting.answered();
-        let permit = match admitted {
-            Ok(p) => p,
-            Err(r) => {
-                self.name_refused_model(&mut record);
-                return refused(r, dialect, request_id, record, started, &ext);
-            }
+            .await
+        {
+            Ok(admitted) => admitted,
+            Err(refusal) => return refusal,
         };
-        record.virtual_key = permit.virtual_key().map(str::to_owned);
         let slot = caching.map(|c| c.admitted(permit.virtual_key()));
         if let Some(hit) = slot.as_ref().and_then(|s| s.lookup(request.stream)) {
             return serve_cached(hit, permit, record, started, &ext);
@@ -1249,25 +1280,23 @@ impl Gateway {
             ..RequestRecord::default()
         };
         drop(body);
-        let waiting = Unanswered::new(record, started, &ext);
-        let admitted = self
+        let (permit, mut record) = match self
             .admit(
+                record,
                 head.presented.as_deref(),
                 &request.model,
                 &request.fallbacks,
-                request.input.estimate_tokens(),
-                0,
+                (request.input.estimate_tokens(), 0),
+                dialect,
+                request_id,
+                started,
+                &ext,
             )
-            .await;
-        let mut record = waiting.answered();
-        let permit = match admitted {
-            Ok(p) => p,
-            Err(r) => {
-                self.name_refused_model(&mut record);
-                return refused(r, dialect, request_id, record, started, &ext);
-            }
+            .await
+        {
+            Ok(admitted) => admitted,
+            Err(refusal) => return refusal,
         };
-        record.virtual_key = permit.virtual_key().map(str::to_owned);
         let slot = caching.map(|c| c.admitted(permit.virtual_key()));
         if let Some(hit) = slot.as_ref().and_then(|s| s.lookup(false)) {
             return serve_cached(hit, permit, record, started, &ext);
@@ -1382,19 +1411,23 @@ impl Gateway {
             ..RequestRecord::default()
         };
         let est = (body.len() as u64).div_ceil(4);
-        let waiting = Unanswered::new(record, started, &ext);
-        let admitted = self
-            .admit(head.presented.as_deref(), &model, &[], est, 0)
-            .await;
-        let mut record = waiting.answered();
-        let permit = match admitted {
-            Ok(p) => p,
-            Err(r) => {
-                self.name_refused_model(&mut record);
-                return refused(r, dialect, request_id, record, started, &ext);
-            }
+        let (permit, record) = match self
+            .admit(
+                record,
+                head.presented.as_deref(),
+                &model,
+                &[],
+                (est, 0),
+                dialect,
+                request_id,
+                started,
+                &ext,
+            )
+            .await
+        {
+            Ok(admitted) => admitted,
+            Err(refusal) => return refusal,
         };
-        record.virtual_key = permit.virtual_key().map(str::to_owned);
         let opts = RequestOptions {
             request_id: Arc::clone(request_id),
             trace: Some(trace),
