@@ -2428,6 +2428,36 @@ secret = "sk-test-openai-1"
     assert_eq!(records[0].status, 504, "{:?}", records[0]);
 }
 
+/// A gateway whose route `chat` goes to provider `first` (`kind` at `base`, no retries), with
+/// the mock's OpenAI API (`oai/gpt-4o-mini`) as its fallback.
+async fn first_then_mock(kind: &str, base: &str, m: &MockServer) -> TestGateway {
+    TestGateway::start(&format!(
+        r#"
+[[providers]]
+name = "first"
+kind = "{kind}"
+base_url = "{base}"
+max_retries = 0
+[[providers.keys]]
+name = "k"
+secret = "sk-first"
+[[providers]]
+name = "oai"
+kind = "openai"
+base_url = "{}"
+[[providers.keys]]
+name = "k"
+secret = "sk-test-openai-1"
+[[routes]]
+name = "chat"
+targets = [{{ provider = "first", model = "model-x" }}]
+fallbacks = ["oai/gpt-4o-mini"]
+"#,
+        m.openai_base()
+    ))
+    .await
+}
+
 /// Anthropic's usual overload: a 200 that opens the stream (`message_start`) and then fails
 /// in-band (`overloaded_error`) before any content. Nothing usable was sent, so the request
 /// fails over to the route's fallback, for clients of both APIs, and the client sees one
@@ -2456,31 +2486,7 @@ async fn a_stream_that_fails_after_its_opening_event_fails_over() {
         .start()
         .await
         .unwrap();
-    let gw = TestGateway::start(&format!(
-        r#"
-[[providers]]
-name = "ant"
-kind = "anthropic"
-base_url = "{root}"
-max_retries = 0
-[[providers.keys]]
-name = "k"
-secret = "sk-ant-test"
-[[providers]]
-name = "oai"
-kind = "openai"
-base_url = "{}"
-[[providers.keys]]
-name = "k"
-secret = "sk-test-openai-1"
-[[routes]]
-name = "chat"
-targets = [{{ provider = "ant", model = "claude-x" }}]
-fallbacks = ["oai/gpt-4o-mini"]
-"#,
-        m.openai_base()
-    ))
-    .await;
+    let gw = first_then_mock("anthropic", &root, &m).await;
     let mut ask = chat("chat", "hello");
     ask["stream"] = json!(true);
     let r = gw.post("/v1/chat/completions", &ask).await;
@@ -2519,31 +2525,7 @@ fallbacks = ["oai/gpt-4o-mini"]
         )
     })
     .await;
-    let gw = TestGateway::start(&format!(
-        r#"
-[[providers]]
-name = "first"
-kind = "openai"
-base_url = "{broken}"
-max_retries = 0
-[[providers.keys]]
-name = "k"
-secret = "sk-first"
-[[providers]]
-name = "oai"
-kind = "openai"
-base_url = "{}"
-[[providers.keys]]
-name = "k"
-secret = "sk-test-openai-1"
-[[routes]]
-name = "chat"
-targets = [{{ provider = "first", model = "gpt-x" }}]
-fallbacks = ["oai/gpt-4o-mini"]
-"#,
-        m.openai_base()
-    ))
-    .await;
+    let gw = first_then_mock("openai", &broken, &m).await;
     let mut ask = chat("chat", "hello");
     ask["stream"] = json!(true);
     let r = gw.post("/v1/chat/completions", &ask).await;
