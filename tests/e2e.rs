@@ -2336,7 +2336,11 @@ secret = "sk-test-openai-1"
     gw.stop().await;
     let records = collected.0.lock().unwrap().clone();
     assert_eq!(records.len(), 1, "{records:?}");
-    assert_eq!(records[0].status, 499, "{:?}", records[0]);
+    assert_eq!(records[0].status, 503, "{:?}", records[0]);
+    assert_eq!(
+        records[0].error.as_deref(),
+        Some("cut by the gateway's shutdown (grace period over)")
+    );
     assert!(records[0].stream);
     reader.abort();
 }

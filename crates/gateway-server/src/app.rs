@@ -127,6 +127,9 @@ pub struct Gateway {
     counter: AtomicU64,
     /// The key behind each stored Responses answer (see [`crate::affinity`]).
     responses: crate::affinity::ResponseAffinity,
+    /// Set when the shutdown grace period ends with requests still under way: the streams it
+    /// cuts are recorded as cut by the shutdown, not as left by their clients.
+    cut: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Responses remembered for `previous_response_id` (about 100 bytes each).
@@ -189,6 +192,7 @@ impl Gateway {
             reload_lock: tokio::sync::Mutex::new(()),
             counter: AtomicU64::new(0),
             responses: crate::affinity::ResponseAffinity::new(RESPONSE_AFFINITY_CAPACITY),
+            cut: Arc::default(),
         }))
     }
 
@@ -197,6 +201,11 @@ impl Gateway {
     pub fn header_read_timeout(&self) -> Option<Duration> {
         let ms = self.runtime.load().config.server.header_read_timeout_ms;
         (ms > 0).then(|| Duration::from_millis(ms))
+    }
+
+    /// The shutdown grace period is over: what is still under way is about to be cut.
+    pub fn mark_cut(&self) {
+        self.cut.store(true, Ordering::Release);
     }
 
     /// The engine.
@@ -1059,6 +1068,7 @@ impl Gateway {
                         provider: Arc::clone(&provider),
                         model: Arc::clone(&model),
                         estimated_input: est,
+                        cut: Arc::clone(&self.cut),
                     }),
                     events: 0,
                     foreign_ids: dialect == Dialect::OpenAi
@@ -1918,6 +1928,8 @@ struct StreamFinish {
     model: Arc<str>,
     /// The admission's estimate of the input tokens, charged when the provider reports none.
     estimated_input: u64,
+    /// [`Gateway::mark_cut`]'s flag.
+    cut: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl StreamFinish {
@@ -2266,8 +2278,20 @@ impl<S> SseBody<S> {
 
 impl<S> Drop for SseBody<S> {
     fn drop(&mut self) {
-        // The client went away mid-stream: the upstream is cancelled with `inner`; account for it.
-        self.finish(499, Some("client disconnected".to_owned()));
+        // The client went away mid-stream, or the shutdown cut it: the upstream is cancelled
+        // with `inner`; account for it.
+        let cut = self
+            .finish
+            .as_ref()
+            .is_some_and(|f| f.cut.load(Ordering::Acquire));
+        if cut {
+            self.finish(
+                503,
+                Some("cut by the gateway's shutdown (grace period over)".to_owned()),
+            );
+        } else {
+            self.finish(499, Some("client disconnected".to_owned()));
+        }
     }
 }
 

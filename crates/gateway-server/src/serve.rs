@@ -167,8 +167,11 @@ pub async fn serve(
         }
     }
     // What is left (connections the grace period cuts, and any still waiting for a first byte)
-    // ends here: a request cut short is logged (499) and settled by its drop before the caller
-    // flushes the services.
+    // ends here: a request cut short is logged and settled by its drop before the caller
+    // flushes the services (a stream under way as cut by the shutdown, 503).
+    if !conns.is_empty() {
+        gateway.mark_cut();
+    }
     conns.abort_all();
     while conns.join_next().await.is_some() {}
     Ok(())
