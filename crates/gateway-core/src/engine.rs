@@ -186,12 +186,6 @@ impl KeyEntry {
     fn allows(&self, model: &str) -> bool {
         self.models.as_ref().is_none_or(|m| m.contains(model))
     }
-
-    /// Whether it has as many attempts in flight as its cap allows.
-    fn is_full(&self) -> bool {
-        self.max_concurrent
-            .is_some_and(|cap| self.signals.in_flight() >= cap)
-    }
 }
 
 struct ProviderEntry {
@@ -985,7 +979,9 @@ impl Engine {
                             if !eligible {
                                 continue;
                             }
-                            if let Some(cap) = k.max_concurrent.filter(|_| k.is_full()) {
+                            if let Some(cap) =
+                                k.max_concurrent.filter(|&cap| k.signals.in_flight() >= cap)
+                            {
                                 busy.get_or_insert_with(|| (Arc::clone(&k.signals), cap));
                                 continue;
                             }

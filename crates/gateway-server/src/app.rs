@@ -814,15 +814,13 @@ impl Gateway {
             Ok(admitted) => admitted,
             Err(refusal) => return refusal,
         };
-        let slot = caching.map(|c| c.admitted(permit.virtual_key()));
-        if let Some(hit) = slot.as_ref().and_then(|s| s.lookup(request.stream)) {
-            return serve_cached(hit, permit, record, started, &ext);
-        }
-        let cache_asked = slot.is_some();
-        if cache_asked {
-            record.cache = Some("miss");
-        }
-        let slot = slot.filter(|s| s.control.write);
+        let slot = match caching
+            .map(|c| c.consult(permit.virtual_key(), request.stream, &mut record))
+            .transpose()
+        {
+            Ok(slot) => slot,
+            Err(hit) => return serve_cached(hit, permit, record, started, &ext),
+        };
         let (pinned_key, remember) = match api {
             Api::Responses => self.responses_state(&request),
             _ => (None, false),
@@ -853,7 +851,8 @@ impl Gateway {
                     api,
                     legacy_functions,
                     remember,
-                    cache: slot,
+                    // A stream is kept while it runs only when it may be stored.
+                    cache: slot.as_ref().filter(|s| s.control.write).cloned(),
                 },
                 opts,
                 permit,
@@ -862,10 +861,7 @@ impl Gateway {
                 ext,
             ))
             .await;
-            if cache_asked {
-                resp.headers_mut()
-                    .insert(X_GATEWAY_CACHE.clone(), MISS.clone());
-            }
+            missed(&mut resp, slot.as_ref());
             return resp;
         }
         let waiting = Unanswered::new(record, started, &ext);
@@ -924,29 +920,19 @@ impl Gateway {
                 };
                 let (_, served_by, attempts) =
                     record_served(&mut record, out, Some(usage), cost, started);
-                if let Some((_, answer)) = &mut record.content {
-                    *answer = String::from_utf8_lossy(&body).into_owned();
-                }
-                if let Some(slot) = &slot {
-                    slot.store_answer(&body, &record, &served_by);
-                }
-                ext.observer.on_finish(&record);
-                let mut resp = bytes_response(200, body);
-                served_headers(
-                    resp.headers_mut(),
-                    &served_by.provider,
-                    &served_by.model,
+                answered(
+                    record,
+                    body,
+                    &served_by,
                     attempts,
                     cost,
-                );
-                resp
+                    slot.as_ref(),
+                    &ext,
+                )
             }
             Err(f) => self.fail(f, dialect, request_id, record, started, &ext),
         };
-        if cache_asked {
-            resp.headers_mut()
-                .insert(X_GATEWAY_CACHE.clone(), MISS.clone());
-        }
+        missed(&mut resp, slot.as_ref());
         resp
     }
 
@@ -1307,14 +1293,13 @@ impl Gateway {
             Ok(admitted) => admitted,
             Err(refusal) => return refusal,
         };
-        let slot = caching.map(|c| c.admitted(permit.virtual_key()));
-        if let Some(hit) = slot.as_ref().and_then(|s| s.lookup(false)) {
-            return serve_cached(hit, permit, record, started, &ext);
-        }
-        let cache_asked = slot.is_some();
-        if cache_asked {
-            record.cache = Some("miss");
-        }
+        let slot = match caching
+            .map(|c| c.consult(permit.virtual_key(), false, &mut record))
+            .transpose()
+        {
+            Ok(slot) => slot,
+            Err(hit) => return serve_cached(hit, permit, record, started, &ext),
+        };
         let opts = RequestOptions {
             request_id: Arc::clone(request_id),
             trace: Some(trace),
@@ -1341,29 +1326,19 @@ impl Gateway {
                 let (value, served_by, attempts) =
                     record_served(&mut record, out, Some(usage), cost, started);
                 let body = openai::encode_embeddings(&value, b64);
-                if let Some((_, answer)) = &mut record.content {
-                    *answer = String::from_utf8_lossy(&body).into_owned();
-                }
-                if let Some(slot) = &slot {
-                    slot.store_answer(&body, &record, &served_by);
-                }
-                ext.observer.on_finish(&record);
-                let mut resp = bytes_response(200, body);
-                served_headers(
-                    resp.headers_mut(),
-                    &served_by.provider,
-                    &served_by.model,
+                answered(
+                    record,
+                    body,
+                    &served_by,
                     attempts,
                     cost,
-                );
-                resp
+                    slot.as_ref(),
+                    &ext,
+                )
             }
             Err(f) => self.fail(f, dialect, request_id, record, started, &ext),
         };
-        if cache_asked {
-            resp.headers_mut()
-                .insert(X_GATEWAY_CACHE.clone(), MISS.clone());
-        }
+        missed(&mut resp, slot.as_ref());
         resp
     }
 
@@ -2078,17 +2053,29 @@ struct Caching {
 }
 
 impl Caching {
-    /// The key, now that the request's virtual key (its scope) is known.
-    fn admitted(self, virtual_key: Option<&str>) -> CacheSlot {
-        CacheSlot {
+    /// Looks an admitted request up, its virtual key (the scope) now known: the stored answer,
+    /// or the request's place to keep its own (its record marked a miss).
+    fn consult(
+        self,
+        virtual_key: Option<&str>,
+        stream: bool,
+        record: &mut RequestRecord,
+    ) -> Result<CacheSlot, Hit> {
+        let slot = CacheSlot {
             key: self.cache.key(self.partial, virtual_key),
             cache: self.cache,
             control: self.control,
+        };
+        if let Some(hit) = slot.lookup(stream) {
+            return Err(hit);
         }
+        record.cache = Some("miss");
+        Ok(slot)
     }
 }
 
 /// An admitted request's place in the answer cache.
+#[derive(Clone)]
 struct CacheSlot {
     cache: Arc<ResponseCache>,
     key: CacheKey,
@@ -2127,6 +2114,44 @@ impl CacheSlot {
         if self.control.write {
             self.cache.put(self.key, hit);
         }
+    }
+}
+
+/// The response to a request the engine answered: its record finished and logged, the answer
+/// kept in the cache when the request may be, the `x-gateway-*` headers.
+fn answered(
+    mut record: RequestRecord,
+    body: Bytes,
+    served_by: &gateway_core::engine::ServedBy,
+    attempts: usize,
+    cost: f64,
+    slot: Option<&CacheSlot>,
+    ext: &Extensions,
+) -> Response<Body> {
+    if let Some((_, answer)) = &mut record.content {
+        *answer = String::from_utf8_lossy(&body).into_owned();
+    }
+    if let Some(slot) = slot {
+        slot.store_answer(&body, &record, served_by);
+    }
+    ext.observer.on_finish(&record);
+    let mut resp = bytes_response(200, body);
+    served_headers(
+        resp.headers_mut(),
+        &served_by.provider,
+        &served_by.model,
+        attempts,
+        cost,
+    );
+    resp
+}
+
+/// `x-gateway-cache: miss` on the response of a request the cache was asked for and could
+/// not answer.
+fn missed(resp: &mut Response<Body>, slot: Option<&CacheSlot>) {
+    if slot.is_some() {
+        resp.headers_mut()
+            .insert(X_GATEWAY_CACHE.clone(), MISS.clone());
     }
 }
 
